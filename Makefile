@@ -1,0 +1,36 @@
+# lossbook: `make book` builds the book, `make test` runs the tests; both set up .venv first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# scale the chapters are executed at; "committed" renders from the committed result files
+SCALE  ?= committed
+# data: a local folder (here ../shared/data when it exists); unset LOSSBOOK_DATA to download
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin LOSSBOOK_DATA), undefined)
+ifneq ($(wildcard $(SHARED_DATA)/mnist.npz),)
+export LOSSBOOK_DATA := $(SHARED_DATA)
+endif
+endif
+export MPLBACKEND := Agg
+
+.PHONY: setup book test bench browser-test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[book,test]"
+	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
+	touch $@
+
+book: setup
+	$(PY) -m lossbook book --scale $(SCALE)
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/bench_attacks.py
+
+clean:
+	rm -rf book/_build

@@ -1,0 +1,193 @@
+"""Standard (ST) and PGD adversarial training (AT) of the AutoLoss-AR models, with resumable checkpoints.
+
+Optimizer as the paper (Section V-B.8): SGD, momentum 0.9, weight decay 5e-4, lr divided by 10 at
+the milestones. AT (Madry et al.) trains on PGD-7 l_inf examples, eps 0.1 (MNIST) / 0.01
+(CIFAR-10), random start, constant step 2.5 * eps / 7. The adversarial examples are made with the
+model in eval mode (BatchNorm uses its running statistics and is not updated by the attack's
+forward passes); the weight update is in train mode.
+
+Files, per model, under ``results/models/<scale>/``:
+
+* ``<dataset>-<net>-<training>.pt``      -- final weights + configuration + test accuracy (small)
+* ``<dataset>-<net>-<training>.log.csv`` -- per-epoch loss, train accuracy, test accuracy, seconds
+* ``<dataset>-<net>-<training>.last.pt`` -- the resumable state after the last finished epoch
+  (optimizer, scheduler, RNG); deleted once training ends.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data
+from .config import RESULTS_DIR, TrainConfig, train_config
+from .models import build_model, default_device
+
+
+def model_dir(scale: str, root: Path | None = None) -> Path:
+    return (root or RESULTS_DIR / "models") / scale
+
+
+def checkpoint_path(cfg: TrainConfig, root: Path | None = None) -> Path:
+    return model_dir(cfg.scale, root) / f"{cfg.name()}.pt"
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
+    """Clean accuracy of ``model`` (eval mode) on (x, y)."""
+    return float(predict(model, x, batch_size).eq(y).float().mean())
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """Predicted labels of ``model`` in eval mode, on the model's device, returned on x's device."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out.to(x.device)
+
+
+def _adversarial_batch(model, xb, yb, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    from .attacks import pgd  # the engine; imported here to keep data -> models -> train light
+
+    model.eval()
+    res = pgd(model, xb, yb, norm="linf", eps=cfg.at_eps, steps=cfg.at_steps, step_size=cfg.at_step_size,
+              schedule="constant", mode="final", generator=generator)
+    model.train()
+    return res.x_adv[0]
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+
+
+def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | None = None,
+          progress: bool = True, stop_after_epochs: int | None = None) -> dict:
+    """Train one model as ``cfg`` says, resuming from ``.last.pt`` if an earlier run was interrupted.
+
+    Returns the final record (configuration, test accuracy, seconds). ``stop_after_epochs`` ends
+    the call early (as an interruption would), leaving the resumable state on disk.
+    """
+    device = device or default_device()
+    out = checkpoint_path(cfg, root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    last = out.with_suffix(".last.pt")
+    log_path = out.with_suffix(".log.csv")
+
+    x_train, y_train = data.load(cfg.dataset, "train", cfg.n_train)
+    x_test, y_test = data.load(cfg.dataset, "test", cfg.n_train)  # smoke uses a test subset too
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.dataset, cfg.net).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # data order and PGD random starts
+    start_epoch, seconds, log = 0, 0.0, []
+
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state["config"] != cfg.to_dict():
+            raise ValueError(f"{last} was written by another configuration; delete it to start afresh")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        gen.set_state(state["rng"]["gen"])
+        start_epoch, seconds, log = state["epoch"], state["seconds"], state["log"]
+
+    n = len(x_train)
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+            return {"interrupted_at_epoch": epoch}
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        tot_loss = tot_correct = 0.0
+        bar = tqdm(range(0, n, cfg.batch_size), desc=f"{cfg.name()} [{cfg.scale}] epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        for i in bar:
+            idx = perm[i:i + cfg.batch_size]
+            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+            if cfg.training == "at":
+                xb = _adversarial_batch(model, xb, yb, cfg, gen)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += loss.item() * len(idx)
+            tot_correct += float(logits.argmax(1).eq(yb).sum())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        sched.step()
+        seconds += time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": tot_loss / n,
+               "train_acc": tot_correct / n, "test_acc": accuracy(model, x_test, y_test), "seconds": round(seconds, 2)}
+        log.append(row)
+        torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "rng": _rng_state(gen), "epoch": epoch + 1,
+                    "seconds": seconds, "log": log}, last)
+        if progress:
+            tqdm.write(f"{cfg.name()} [{cfg.scale}] epoch {epoch + 1}: loss {row['train_loss']:.4f} "
+                       f"train acc {row['train_acc']:.4f} test acc {row['test_acc']:.4f} ({seconds:.0f}s)")
+
+    with open(log_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(log[0]))
+        w.writeheader()
+        w.writerows(log)
+    record = {"config": cfg.to_dict(), "test_acc": log[-1]["test_acc"], "train_seconds": round(seconds, 1),
+              "device": str(device), "torch": torch.__version__}
+    torch.save({**record, "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out)
+    last.unlink(missing_ok=True)
+    return record
+
+
+def load_model(dataset: str, net: str, training: str, scale: str, root: Path | None = None,
+               device: torch.device | None = None) -> torch.nn.Module:
+    """Load a trained model by name and scale (eval mode); a clear error if it was never trained."""
+    cfg = train_config(dataset, net, training, scale)
+    path = checkpoint_path(cfg, root)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no trained model {cfg.name()} at scale {scale!r} ({path}); train it with "
+            f"`python -m lossbook train --dataset {dataset} --net {net} --training {training} --scale {scale}`"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(state["config"]["dataset"], state["config"]["net"])
+    model.load_state_dict(state["model"])
+    return model.to(device or default_device()).eval()
+
+
+def load_record(dataset: str, net: str, training: str, scale: str, root: Path | None = None) -> dict:
+    """The configuration and metrics stored with a trained model (no weights)."""
+    path = checkpoint_path(train_config(dataset, net, training, scale), root)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state.pop("model")
+    return state
+
+
+def write_accuracies(scale: str, root: Path | None = None) -> Path:
+    """Collect the test accuracies of every trained model of ``scale`` into ``accuracies.csv``."""
+    folder = model_dir(scale, root)
+    rows = []
+    for path in sorted(folder.glob("*.pt")):
+        if path.name.endswith(".last.pt"):
+            continue
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        c = st["config"]
+        rows.append({"dataset": c["dataset"], "net": c["net"], "training": c["training"], "scale": c["scale"],
+                     "epochs": c["epochs"], "lr": c["lr"], "at_eps": c["at_eps"], "test_acc": round(st["test_acc"], 4),
+                     "train_seconds": st["train_seconds"], "device": st.get("device", "?")})
+    out = folder / "accuracies.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["dataset"])
+        w.writeheader()
+        w.writerows(rows)
+    (folder / "accuracies.json").write_text(json.dumps(rows, indent=1))
+    return out

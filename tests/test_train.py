@@ -1,0 +1,76 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lossbook.config import paper_eps, train_config
+from lossbook.models import build_model
+from lossbook.train import _adversarial_batch, load_model, load_record, train
+
+
+@pytest.mark.parametrize("training,drop", [("st", 0.3), ("at", 0.1)])
+def test_a_few_training_steps_lower_the_loss(mnist_small, training, drop):
+    x, y, _, _ = mnist_small
+    cfg = train_config("mnist", "net1", training, "smoke", lr=0.05)
+    torch.manual_seed(0)
+    model = build_model("mnist", "net1")
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    gen = torch.Generator().manual_seed(0)
+    xb, yb = x[:256], y[:256]
+    losses = []
+    for _ in range(15):
+        model.train()
+        inp = _adversarial_batch(model, xb, yb, cfg, gen) if training == "at" else xb
+        loss = F.cross_entropy(model(inp), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - drop
+
+
+def test_adversarial_batch_respects_eps_and_box(mnist_small):
+    x, y, _, _ = mnist_small
+    cfg = train_config("mnist", "net1", "at", "smoke")
+    model = build_model("mnist", "net1")
+    xa = _adversarial_batch(model, x[:64], y[:64], cfg, torch.Generator().manual_seed(0))
+    assert (xa - x[:64]).abs().max() <= cfg.at_eps + 1e-6
+    assert xa.min() >= 0 and xa.max() <= 1
+    assert model.training  # back in train mode for the update
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path, data_available):
+    cfg = train_config("mnist", "net1", "st", "smoke", epochs=2, milestones=(1,))
+    # interrupted after one epoch, then resumed ...
+    assert train(cfg, root=tmp_path, progress=False, stop_after_epochs=1) == {"interrupted_at_epoch": 1}
+    assert (tmp_path / "smoke" / "mnist-net1-st.last.pt").exists()
+    resumed = train(cfg, root=tmp_path / ".", progress=False)
+    m_resumed = load_model("mnist", "net1", "st", "smoke", root=tmp_path, device=torch.device("cpu"))
+    # ... equals an uninterrupted run with the same seed
+    other = tmp_path / "b"
+    straight = train(cfg, root=other, progress=False)
+    m_straight = load_model("mnist", "net1", "st", "smoke", root=other, device=torch.device("cpu"))
+    for a, b in zip(m_resumed.state_dict().values(), m_straight.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed["test_acc"] == straight["test_acc"]
+    rec = load_record("mnist", "net1", "st", "smoke", root=tmp_path)
+    assert rec["config"] == cfg.to_dict() and not (tmp_path / "smoke" / "mnist-net1-st.last.pt").exists()
+    log = (tmp_path / "smoke" / "mnist-net1-st.log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,lr,train_loss,train_acc,test_acc") and len(log) == 3
+
+
+def test_missing_model_and_bad_parameters(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m lossbook train --dataset mnist --net net2"):
+        load_model("mnist", "net2", "at", "cpu", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown training 'pgd'; allowed: 'st', 'at'"):
+        train_config("mnist", "net1", "pgd", "cpu")
+    with pytest.raises(ValueError, match="unknown scale 'huge'; allowed: 'smoke', 'cpu', 'paper'"):
+        train_config("mnist", "net1", "st", "huge")
+    with pytest.raises(ValueError, match="unknown norm 'l3'"):
+        paper_eps("mnist", "net1", "st", "l3")
+
+
+def test_paper_settings_tables():
+    assert paper_eps("mnist", "net2", "at", "linf") == 0.24
+    assert paper_eps("cifar10", "net2", "st", "l2") == 0.18
+    cfg = train_config("cifar10", "net1", "at", "paper")
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.at_eps, cfg.at_steps) == (160, 512, 0.01, (80, 120), 0.01, 7)
