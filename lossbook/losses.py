@@ -264,5 +264,8 @@ def pretty(formula: str) -> str:
 
 def formula_size(formula: str) -> int:
     """Number of nodes of a formula's tree."""
-    return sum(isinstance(n, (ast.Call, ast.Name, ast.Constant)) for n in ast.walk(ast.parse(formula, mode="eval")))
+    def count(node) -> int:
+        return 1 + sum(count(a) for a in node.args) if isinstance(node, ast.Call) else 1
+
+    return count(ast.parse(formula.strip(), mode="eval").body)
 
