@@ -1,8 +1,10 @@
 # lossbook: `make book` builds the book, `make test` runs the tests; both set up .venv first.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# scale the chapters are executed at; "committed" renders from the committed result files
-SCALE  ?= committed
+# scale of the results the book shows; by default they are loaded from the committed files,
+# RECOMPUTE=1 recomputes them at that scale
+SCALE  ?= cpu
+RECOMPUTE ?=
 # data: a local folder (here ../shared/data when it exists); unset LOSSBOOK_DATA to download
 SHARED_DATA := $(abspath ../shared/data)
 ifeq ($(origin LOSSBOOK_DATA), undefined)
@@ -10,7 +12,6 @@ ifneq ($(wildcard $(SHARED_DATA)/mnist.npz),)
 export LOSSBOOK_DATA := $(SHARED_DATA)
 endif
 endif
-export MPLBACKEND := Agg
 
 .PHONY: setup book test bench browser-test clean
 
@@ -24,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 book: setup
-	$(PY) -m lossbook book --scale $(SCALE)
+	$(PY) -m lossbook book --scale $(SCALE) $(if $(RECOMPUTE),--recompute)
 
 test: setup
 	$(PY) -m pytest

@@ -20,6 +20,20 @@ def _train(args) -> None:
     print("accuracies:", write_accuracies(args.scale))
 
 
+def _book(args) -> None:
+    from .book import build
+
+    build(scale=args.scale, recompute=args.recompute, chapters=args.chapters, execute=not args.no_execute)
+
+
+def _run(args) -> None:
+    from .book import run_chapter
+
+    extra = dict(p.split("=", 1) for p in args.param)
+    for name in args.chapters:
+        print("executed:", run_chapter(name, args.scale, args.recompute, extra=extra))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lossbook", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -31,6 +45,20 @@ def main(argv=None) -> int:
     t.add_argument("--scale", choices=SCALES, default="cpu")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train)
+
+    b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")
+    b.add_argument("--scale", choices=SCALES, default="cpu", help="scale of the results the book shows")
+    b.add_argument("--recompute", action="store_true", help="recompute results at --scale instead of loading them")
+    b.add_argument("--chapters", nargs="+", default=None, help="only these chapters (default: all that exist)")
+    b.add_argument("--no-execute", action="store_true", help="build from already executed chapters")
+    b.set_defaults(func=_book)
+
+    r = sub.add_parser("run", help="execute chapters with papermill into book/chapters/")
+    r.add_argument("chapters", nargs="+", help="e.g. 02_training")
+    r.add_argument("--scale", choices=SCALES, default="smoke")
+    r.add_argument("--recompute", action="store_true")
+    r.add_argument("-p", "--param", action="append", default=[], help="NAME=VALUE (string) for the notebook")
+    r.set_defaults(func=_run)
 
     args = ap.parse_args(argv)
     args.func(args)

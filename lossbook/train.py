@@ -191,3 +191,43 @@ def write_accuracies(scale: str, root: Path | None = None) -> Path:
         w.writerows(rows)
     (folder / "accuracies.json").write_text(json.dumps(rows, indent=1))
     return out
+
+
+def ensure_trained(datasets, nets, trainings, scale: str, seed: int = 0, recompute: bool = False,
+                   root: Path | None = None, progress: bool = True) -> list[dict]:
+    """Load the record of each requested model, training it first where no matching checkpoint exists
+    (or ``recompute`` is set). Returns one record per model (configuration, accuracy, seconds)."""
+    records = []
+    for dataset in datasets:
+        for net in nets:
+            for training in trainings:
+                cfg = train_config(dataset, net, training, scale, seed=seed)
+                path = checkpoint_path(cfg, root)
+                rec = None
+                if path.exists() and not recompute:
+                    rec = load_record(dataset, net, training, scale, root)
+                    if rec["config"] != cfg.to_dict():
+                        rec = None  # trained with other settings (e.g. another seed): train anew
+                if rec is None:
+                    if recompute:  # start afresh rather than resume
+                        path.with_suffix(".last.pt").unlink(missing_ok=True)
+                    rec = train(cfg, root=root, progress=progress)
+                records.append(rec)
+    write_accuracies(scale, root)
+    return records
+
+
+def training_logs(records: list[dict], root: Path | None = None):
+    """The per-epoch logs of the given models as one DataFrame (columns: model, dataset, training, ...)."""
+    import pandas as pd
+
+    frames = []
+    for rec in records:
+        cfg = train_config(**{k: rec["config"][k] for k in ("dataset", "net", "training", "scale")})
+        df = pd.read_csv(checkpoint_path(cfg, root).with_suffix(".log.csv"))
+        df.insert(0, "model", cfg.name())
+        df.insert(1, "dataset", cfg.dataset)
+        df.insert(2, "net", cfg.net.upper().replace("NET", "NET-"))
+        df.insert(3, "training", cfg.training.upper())
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,46 @@
+"""Helpers every chapter calls first: parameter validation and the "how this was made" banner."""
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+
+from .config import DATASETS, NETS, NORMS, SCALES, TRAININGS
+
+#: Allowed values of the parameters shared by the chapters (None = any value of the given type).
+ALLOWED: dict[str, tuple] = {
+    "scale": SCALES,
+    "dataset": DATASETS + ("all",),
+    "net": NETS + ("all",),
+    "training": TRAININGS + ("all",),
+    "norm": NORMS + ("all",),
+    "recompute": (True, False),
+}
+
+
+def check(**params: Any) -> dict:
+    """Validate notebook parameters; unknown values raise ``ValueError`` listing the allowed ones."""
+    for name, value in params.items():
+        allowed = ALLOWED.get(name)
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"parameter {name}={value!r} is not allowed; allowed values: "
+                             f"{', '.join(map(repr, allowed))}")
+    return params
+
+
+def expand(value: str, every: tuple) -> list[str]:
+    """``"all"`` -> every value, anything else -> [value]."""
+    return list(every) if value == "all" else [value]
+
+
+def banner(chapter: str, params: dict) -> None:
+    """Show, at the top of an executed chapter, the scale and parameters that produced it."""
+    from IPython.display import Markdown, display
+
+    rows = "\n".join(f"| `{k}` | `{v!r}` |" for k, v in params.items())
+    dev = "CUDA GPU" if torch.cuda.is_available() else "CPU"
+    display(Markdown(
+        f"**{chapter}**, executed at scale **`{params.get('scale', '?')}`** on a {dev} "
+        f"(torch {torch.__version__}, Python {platform.python_version()}).\n\n| parameter | value |\n|---|---|\n{rows}"
+    ))
