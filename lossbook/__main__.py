@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import DATASETS, NETS, SCALES, TRAININGS
+from .config import DATASETS, NETS, NORMS, SCALES, TRAININGS
 
 
 def _train(args) -> None:
@@ -18,6 +18,25 @@ def _train(args) -> None:
                 print(f"{dataset}-{net}-{training} [{args.scale}]: test acc {rec['test_acc']:.4f}, "
                       f"{rec['train_seconds']:.0f}s")
     print("accuracies:", write_accuracies(args.scale))
+
+
+def _search(args) -> None:
+    from .search import SEARCH_PRESETS, calibrated_setting, make_setting, search_setting, with_overrides
+
+    cfg = with_overrides(SEARCH_PRESETS[args.scale], gn=args.generations, ps=args.population,
+                         st=args.population, n_images=args.images)
+    for norm in args.norm:
+        if args.eps == "calibrate":
+            setting = calibrated_setting(args.dataset, args.net, args.training, norm, args.scale, n_images=cfg.n_images)
+        else:
+            setting = make_setting(args.dataset, args.net, args.training, norm,
+                                   None if args.eps == "paper" else float(args.eps))
+        print(f"searching {setting.name()} at eps={setting.eps} [{args.scale}]")
+        for rec in search_setting(setting, args.scale, runs=args.runs, seed=args.seed, cfg=cfg):
+            b = rec["baselines"]
+            print(f"  run seed {rec['seed']}: R''={rec['best_fitness']:.3f} (CE {b['ce']:.3f}, C&W {b['cw']:.3f}, "
+                  f"DLR {b['dlr']:.3f}; gain over CE {rec['gain_over_ce_pp']:+.1f} pp) in {rec['seconds']:.0f}s, "
+                  f"cache hit rate {rec['cache_hit_rate']:.0%}: {rec['best_pretty']}")
 
 
 def _book(args) -> None:
@@ -45,6 +64,20 @@ def main(argv=None) -> int:
     t.add_argument("--scale", choices=SCALES, default="cpu")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train)
+
+    s = sub.add_parser("search", help="AutoLoss-AR: GP search for a surrogate loss (resumes interrupted runs)")
+    s.add_argument("--dataset", choices=DATASETS, required=True)
+    s.add_argument("--net", choices=NETS, required=True)
+    s.add_argument("--training", choices=TRAININGS, required=True)
+    s.add_argument("--norm", nargs="+", choices=NORMS, default=["linf"])
+    s.add_argument("--scale", choices=SCALES, default="cpu")
+    s.add_argument("--runs", type=int, default=None, help="independent runs (default: 1 smoke, 3 cpu, 20 paper)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the first run; run r uses seed + r")
+    s.add_argument("--eps", default="paper", help="'paper' (Table III), 'calibrate' (CE R''=0.7) or a number")
+    s.add_argument("--generations", type=int, default=None)
+    s.add_argument("--population", type=int, default=None)
+    s.add_argument("--images", type=int, default=None)
+    s.set_defaults(func=_search)
 
     b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")
     b.add_argument("--scale", choices=SCALES, default="cpu", help="scale of the results the book shows")

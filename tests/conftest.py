@@ -13,7 +13,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if not os.environ.get("LOSSBOOK_DATA") and (SHARED_DATA / "mnist.npz").exists():
     os.environ["LOSSBOOK_DATA"] = str(SHARED_DATA)
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # small tensors: one thread is fastest and never oversubscribes
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,391 @@
+"""AutoLoss-AR: genetic programming over loss trees (Section IV, Table IV), with DEAP.
+
+Read top to bottom, the set-up follows the paper's Section IV-C:
+
+1. *Search space*: a DEAP ``PrimitiveSet`` with inputs ``p`` (logits) and ``q`` (one-hot label),
+   the constants 0 and 1, and the 12 primitives of Table I (:mod:`lossbook.losses`).
+2. *Initialisation*: ``ps`` trees by ramped half-and-half, depths ``init_depth`` (2..5 by default).
+3. *Evaluation*: fitness = R'' reached by PGD-10 with the tree as surrogate on the evaluation set
+   (the first n test images the model classifies correctly); NaN/Inf or an exception gives 0. All
+   new trees of a generation are attacked together (:func:`lossbook.attacks.evaluate_losses`), with
+   the same random starts, so a tree's fitness depends on its formula only: it is cached by
+   formula and never computed twice in a run.
+4. *Selection*: ``st`` tournaments of size ``ts``.
+5. *Crossover and mutation*: one-point crossover with probability ``cp``, uniform subtree mutation
+   with probability ``mp`` (DEAP's ``varAnd``); trees higher than ``md`` are refused (static limit).
+
+A run checkpoints after every generation (population, hall of fame, logbook, cache, RNG state) and
+resumes from it: on CPU a resumed run ends exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import operator
+import pickle
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from deap import algorithms, base, creator, gp, tools
+from tqdm.auto import tqdm
+
+from .attacks import evaluate_losses
+from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, paper_eps
+from .losses import HANDCRAFTED, PRIMITIVES, compile_formula, formula_size, pretty
+
+
+# ------------------------------------------------------------------------------------------------
+# Hyper-parameters (Table IV) and scales
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GPConfig:
+    """Hyper-parameters of one GP run (names as the paper's Table IV)."""
+
+    gn: int = 100  # generations
+    md: int = 25  # maximum tree height
+    ps: int = 200  # population size
+    ts: int = 3  # tournament size
+    st: int = 200  # selections per generation
+    cp: float = 0.5  # crossover probability
+    mp: float = 0.3  # mutation probability
+    init_depth: tuple = (2, 5)  # ramped half-and-half depths of the initial trees
+    mut_depth: tuple = (0, 2)  # depths of the subtrees grown by mutation
+    n_images: int = 1000  # evaluation set: first n correctly classified test images
+    steps: int = 10  # PGD steps of the fitness attack
+    hof: int = 10  # hall-of-fame size
+
+
+SEARCH_PRESETS = {
+    "smoke": GPConfig(gn=2, ps=8, st=8, n_images=32, hof=3),
+    "cpu": GPConfig(gn=20, ps=50, st=50, n_images=500),
+    "paper": GPConfig(),
+}
+RUNS = {"smoke": 1, "cpu": 3, "paper": 20}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What is attacked: dataset x net x training x norm at eps."""
+
+    dataset: str
+    net: str
+    training: str
+    norm: str
+    eps: float
+
+    def name(self) -> str:
+        return f"{self.dataset}-{self.net}-{self.training}-{self.norm}"
+
+
+def make_setting(dataset: str, net: str, training: str, norm: str, eps: float | None = None) -> Setting:
+    """A setting with the paper's Table III eps unless ``eps`` is given."""
+    for n, v, allowed in (("dataset", dataset, DATASETS), ("net", net, NETS), ("training", training, TRAININGS),
+                          ("norm", norm, NORMS)):
+        check_choice(n, v, allowed)
+    return Setting(dataset, net, training, norm, float(eps) if eps is not None else paper_eps(dataset, net, training, norm))
+
+
+# ------------------------------------------------------------------------------------------------
+# The search space
+# ------------------------------------------------------------------------------------------------
+def primitive_set() -> gp.PrimitiveSet:
+    """Inputs p, q; constants 0, 1; the 12 primitives of Table I."""
+    pset = gp.PrimitiveSet("LOSS", 2)
+    pset.renameArguments(ARG0="p", ARG1="q")
+    for name, (fn, arity) in PRIMITIVES.items():
+        pset.addPrimitive(fn, arity, name=name)
+    pset.addTerminal(0, name="0")
+    pset.addTerminal(1, name="1")
+    return pset
+
+
+def _creator() -> None:
+    if not hasattr(creator, "LossFitness"):
+        creator.create("LossFitness", base.Fitness, weights=(1.0,))
+    if not hasattr(creator, "LossTree"):
+        creator.create("LossTree", gp.PrimitiveTree, fitness=creator.LossFitness)
+
+
+def toolbox(pset: gp.PrimitiveSet, cfg: GPConfig) -> base.Toolbox:
+    """Registration by registration, Section IV-C."""
+    _creator()
+    tb = base.Toolbox()
+    tb.register("expr", gp.genHalfAndHalf, pset=pset, min_=cfg.init_depth[0], max_=cfg.init_depth[1])
+    tb.register("individual", tools.initIterate, creator.LossTree, tb.expr)
+    tb.register("population", tools.initRepeat, list, tb.individual)
+    tb.register("select", tools.selTournament, tournsize=cfg.ts)
+    tb.register("mate", gp.cxOnePoint)
+    tb.register("expr_mut", gp.genFull, min_=cfg.mut_depth[0], max_=cfg.mut_depth[1])
+    tb.register("mutate", gp.mutUniform, expr=tb.expr_mut, pset=pset)
+    limit = gp.staticLimit(key=operator.attrgetter("height"), max_value=cfg.md)
+    tb.decorate("mate", limit)
+    tb.decorate("mutate", limit)
+    return tb
+
+
+def tree_from_formula(formula: str, pset: gp.PrimitiveSet | None = None):
+    """A DEAP individual from its formula string (the inverse of ``str(tree)``)."""
+    _creator()
+    return creator.LossTree(gp.PrimitiveTree.from_string(formula, pset or primitive_set()))
+
+
+# ------------------------------------------------------------------------------------------------
+# Fitness
+# ------------------------------------------------------------------------------------------------
+class Evaluator:
+    """R'' of formulas on a fixed evaluation set, with a cache by formula.
+
+    Every formula is attacked with the same random starts (``seed``), so its fitness depends on the
+    formula only; ``group`` formulas are attacked together.
+    """
+
+    def __init__(self, model, x, y, setting: Setting, steps: int = 10, seed: int = 0, group: int | None = None):
+        self.model, self.x, self.y, self.setting = model, x, y, setting
+        self.steps, self.seed = steps, seed
+        dev = next(model.parameters()).device
+        self.group = group or (200 if dev.type == "cuda" else 64)
+        self.cache: dict[str, float] = {}
+        self.errors: dict[str, str] = {}
+
+    def __call__(self, formulas: list[str]) -> tuple[list[float], int]:
+        """Fitness of each formula, and how many of them came from the cache."""
+        todo = list(dict.fromkeys(f for f in formulas if f not in self.cache))
+        hits = len(formulas) - len(todo)
+        for i in range(0, len(todo), self.group):
+            part = todo[i:i + self.group]
+            res = evaluate_losses(self.model, self.x, self.y, [compile_formula(f) for f in part],
+                                  norm=self.setting.norm, eps=self.setting.eps, steps=self.steps, seed=self.seed)
+            for f, r, bad, err in zip(part, res.risk.tolist(), res.invalid.tolist(), res.errors):
+                self.cache[f] = 0.0 if bad else float(r)
+                if bad:
+                    self.errors[f] = err
+        return [self.cache[f] for f in formulas], hits
+
+    def handcrafted(self) -> dict[str, float]:
+        """R'' of CE, C&W, margin and DLR on the same set with the same starts."""
+        res = evaluate_losses(self.model, self.x, self.y, list(HANDCRAFTED.values()), norm=self.setting.norm,
+                              eps=self.setting.eps, steps=self.steps, seed=self.seed)
+        return dict(zip(HANDCRAFTED, res.risk.tolist()))
+
+
+# ------------------------------------------------------------------------------------------------
+# One run
+# ------------------------------------------------------------------------------------------------
+def _assign(population, evaluator: Evaluator) -> tuple[int, int]:
+    new = [ind for ind in population if not ind.fitness.valid]
+    fits, hits = evaluator([str(ind) for ind in new])
+    for ind, f in zip(new, fits):
+        ind.fitness.values = (f,)
+    return len(new), hits
+
+
+def _stats(population) -> dict:
+    fits = np.array([ind.fitness.values[0] for ind in population])
+    sizes = np.array([len(ind) for ind in population])
+    heights = np.array([ind.height for ind in population])
+    return {"max": float(fits.max()), "mean": float(fits.mean()), "min": float(fits.min()),
+            "invalid_or_zero": int((fits == 0).sum()), "size_mean": float(sizes.mean()), "size_max": int(sizes.max()),
+            "height_max": int(heights.max())}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(state, fh)
+    tmp.replace(path)  # atomic: a kill never leaves half a checkpoint
+
+
+def run_search(evaluator: Evaluator, cfg: GPConfig, seed: int, checkpoint: Path | None = None,
+               progress: bool = True, stop_after: int | None = None, desc: str = "GP") -> dict:
+    """One GP run. Resumes from ``checkpoint`` if it exists; ``stop_after`` generations end the call
+    early (as a kill would). Returns the run's record (best formula, hall of fame, logbook)."""
+    pset = primitive_set()
+    tb = toolbox(pset, cfg)
+    rng_state = None
+    if checkpoint is not None and checkpoint.exists():
+        with open(checkpoint, "rb") as fh:
+            st = pickle.load(fh)
+        population = [tree_from_formula(f, pset) for f in st["population"]]
+        for ind, fit in zip(population, st["fitness"]):
+            ind.fitness.values = (fit,)
+        hof = tools.HallOfFame(cfg.hof)  # restored in its exact order (ties included)
+        hof.items = [_with_fitness(tree_from_formula(f, pset), v) for f, v in zip(st["hof"], st["hof_fitness"])]
+        hof.keys = [ind.fitness for ind in reversed(hof.items)]
+        logbook, start_gen = st["logbook"], st["generation"] + 1
+        evaluator.cache.update(st["cache"])
+        rng_state = st["random"]
+        elapsed = st["elapsed"]
+    else:
+        random.seed(seed)
+        population = tb.population(n=cfg.ps)
+        hof = tools.HallOfFame(cfg.hof)
+        logbook, start_gen, elapsed = [], 0, 0.0
+    if rng_state is not None:
+        random.setstate(rng_state)
+
+    bar = tqdm(range(start_gen, cfg.gn + 1), desc=desc, disable=not progress, initial=start_gen, total=cfg.gn + 1)
+    done = 0
+    for gen in bar:
+        if stop_after is not None and done >= stop_after:
+            bar.close()
+            return {"interrupted_at_generation": gen}
+        t0 = time.perf_counter()
+        if gen > 0:  # generation 0 is the initial population
+            population = algorithms.varAnd(tb.select(population, cfg.st), tb, cfg.cp, cfg.mp)
+        n_new, hits = _assign(population, evaluator)
+        hof.update(population)
+        elapsed += time.perf_counter() - t0
+        row = {"generation": gen, "evaluated": n_new - hits, "cache_hits": hits, **_stats(population),
+               "best_so_far": float(hof[0].fitness.values[0]), "seconds": round(elapsed, 2)}
+        logbook.append(row)
+        bar.set_postfix(best=f"{row['best_so_far']:.3f}", mean=f"{row['mean']:.3f}", hits=hits)
+        done += 1
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "generation": gen, "population": [str(i) for i in population],
+                "fitness": [i.fitness.values[0] for i in population], "hof": [str(i) for i in hof],
+                "hof_fitness": [i.fitness.values[0] for i in hof], "logbook": logbook, "cache": evaluator.cache,
+                "random": random.getstate(), "elapsed": elapsed, "config": asdict(cfg), "seed": seed})
+    best = hof[0]
+    return {
+        "seed": seed, "best": str(best), "best_pretty": pretty(str(best)), "best_fitness": best.fitness.values[0],
+        "best_size": formula_size(str(best)),
+        "hall_of_fame": [{"formula": str(i), "pretty": pretty(str(i)), "fitness": i.fitness.values[0]} for i in hof],
+        "logbook": logbook, "evaluations": sum(r["evaluated"] for r in logbook),
+        "cache_hits": sum(r["cache_hits"] for r in logbook), "seconds": round(elapsed, 1),
+    }
+
+
+def _with_fitness(ind, value):
+    ind.fitness.values = (value,)
+    return ind
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration (the paper's rule: eps such that CE-PGD-10 gives R'' ~ 0.7)
+# ------------------------------------------------------------------------------------------------
+def calibrate_eps(model, x, y, norm: str, target: float = 0.7, steps: int = 10, seed: int = 0,
+                  lo: float | None = None, hi: float | None = None, iters: int = 12, tol: float = 0.01) -> float:
+    """The eps at which CE-PGD-``steps`` reaches R'' ~= ``target`` on (x, y), by bisection (R'' grows with eps)."""
+    check_choice("norm", norm, NORMS)
+    lo = lo if lo is not None else 0.0
+    hi = hi if hi is not None else {"linf": 0.5, "l2": 10.0, "l1": 100.0}[norm]
+    ce = HANDCRAFTED["ce"]
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        r = float(evaluate_losses(model, x, y, [ce], norm=norm, eps=mid, steps=steps, seed=seed).risk[0])
+        if abs(r - target) <= tol:
+            return mid
+        lo, hi = (mid, hi) if r < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs on disk
+# ------------------------------------------------------------------------------------------------
+def search_dir(setting: Setting, scale: str, root: Path | None = None) -> Path:
+    return (root or RESULTS_DIR / "search") / scale / setting.name()
+
+
+def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: int = 0,
+                   model_scale: str | None = None, root: Path | None = None, progress: bool = True,
+                   cfg: GPConfig | None = None, device: torch.device | None = None) -> list[dict]:
+    """Run (or resume, or load) ``runs`` independent GP runs of one setting; seeds seed, seed+1, ...
+
+    Each finished run is saved as ``run-<seed>.json`` (config, best loss, CE/C&W/DLR baselines on
+    the same set, logbook) and ``run-<seed>.csv`` (per-generation statistics).
+    """
+    from . import data
+    from .attacks import evaluation_set
+    from .train import load_model
+
+    check_choice("scale", scale, SCALES)
+    cfg = cfg or SEARCH_PRESETS[scale]
+    runs = runs if runs is not None else RUNS[scale]
+    model_scale = model_scale or scale
+    out = search_dir(setting, scale, root)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(setting.dataset, setting.net, setting.training, model_scale, device=device)
+    xt, yt = data.load(setting.dataset, "test")
+    x, y, idx = evaluation_set(model, xt, yt, n=cfg.n_images)
+    records = []
+    for r in range(runs):
+        run_seed = seed + r
+        path = out / f"run-{run_seed}.json"
+        if path.exists():
+            records.append(json.loads(path.read_text()))
+            continue
+        ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed)
+        baselines = ev.handcrafted()
+        rec = run_search(ev, cfg, run_seed, checkpoint=out / f"run-{run_seed}.ckpt.pkl", progress=progress,
+                         desc=f"{setting.name()} run {r + 1}/{runs}")
+        rec = {"setting": asdict(setting), "scale": scale, "model_scale": model_scale, "gp": asdict(cfg),
+               "evaluation_set": f"first {cfg.n_images} correctly classified test images", "baselines": baselines,
+               "gain_over_ce_pp": round(100 * (rec["best_fitness"] - baselines["ce"]), 2),
+               "cache_hit_rate": rec["cache_hits"] / max(1, rec["cache_hits"] + rec["evaluations"]),
+               "device": str(next(model.parameters()).device), **rec}
+        with open(out / f"run-{run_seed}.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rec["logbook"][0]))
+            w.writeheader()
+            w.writerows(rec["logbook"])
+        path.write_text(json.dumps(rec, indent=1))
+        (out / f"run-{run_seed}.ckpt.pkl").unlink(missing_ok=True)
+        records.append(rec)
+    return records
+
+
+def load_runs(setting_name: str, scale: str, root: Path | None = None) -> list[dict]:
+    """All finished runs of a setting (by name, e.g. ``"mnist-net1-st-linf"``) at a scale."""
+    folder = (root or RESULTS_DIR / "search") / scale / setting_name
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("run-*.json"))]
+    if not runs:
+        raise FileNotFoundError(f"no search results for {setting_name!r} at scale {scale!r} in {folder}; run "
+                                f"`python -m lossbook search` for it first")
+    return runs
+
+
+def load_searched_loss(setting_name: str, scale: str, run: str | int = "best", root: Path | None = None):
+    """The loss found for a setting, as a callable: the best over runs, or a given run's seed."""
+    runs = load_runs(setting_name, scale, root)
+    if run == "best":
+        rec = max(runs, key=lambda r: r["best_fitness"])
+    else:
+        match = [r for r in runs if r["seed"] == int(run)]
+        if not match:
+            raise ValueError(f"no run with seed {run} for {setting_name!r}; seeds: {[r['seed'] for r in runs]}")
+        rec = match[0]
+    return compile_formula(rec["best"])
+
+
+def with_overrides(cfg: GPConfig, **kw) -> GPConfig:
+    """A copy of ``cfg`` with some hyper-parameters changed (None values ignored)."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
+def calibrated_setting(dataset: str, net: str, training: str, norm: str, scale: str, n_images: int = 1000,
+                       target: float = 0.7, root: Path | None = None, device: torch.device | None = None) -> Setting:
+    """A setting whose eps makes CE-PGD-10 reach R'' ~= ``target`` on our own model (the paper's rule).
+
+    The calibrated eps is stored in ``results/search/<scale>/calibration.json`` and reused.
+    """
+    from . import data
+    from .attacks import evaluation_set
+    from .train import load_model
+
+    base_setting = make_setting(dataset, net, training, norm)
+    path = (root or RESULTS_DIR / "search") / scale / "calibration.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    key = f"{base_setting.name()}@{target}"
+    if key not in table:
+        model = load_model(dataset, net, training, scale, device=device)
+        xt, yt = data.load(dataset, "test")
+        x, y, _ = evaluation_set(model, xt, yt, n=n_images)
+        eps = calibrate_eps(model, x, y, norm, target=target)
+        table[key] = {"eps": round(eps, 5), "paper_eps": base_setting.eps, "target": target, "n_images": n_images}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    return replace(base_setting, eps=table[key]["eps"])

@@ -1,0 +1,132 @@
+import random
+
+import pytest
+import torch
+from deap import gp
+
+from lossbook import search as S
+from lossbook.losses import compile_formula, cross_entropy
+
+CFG = S.GPConfig(gn=3, ps=16, st=16, n_images=200, hof=3)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The paper's 3-class linear toy: attacks on it cost next to nothing."""
+    from lossbook.toy import ToyModel, sample, to_unit
+
+    x, y = sample(200, seed=0)
+    return ToyModel(), to_unit(x), y, S.Setting("toy", "linear", "st", "linf", 0.1)
+
+
+def _evaluator(toy, seed=0):
+    model, x, y, setting = toy
+    return S.Evaluator(model, x, y, setting, steps=10, seed=seed)
+
+
+def test_search_finds_a_loss_at_least_as_good_as_ce(toy):
+    ev = _evaluator(toy)
+    ce = ev.handcrafted()["ce"]
+    rec = S.run_search(ev, S.GPConfig(gn=10, ps=100, st=100, hof=3), seed=2, progress=False)
+    assert rec["best_fitness"] >= ce
+    # the reported fitness is the R'' of the compiled formula
+    assert ev([rec["best"]])[0][0] == rec["best_fitness"]
+    assert [r["generation"] for r in rec["logbook"]] == list(range(11))
+    assert all(r["best_so_far"] >= q["best_so_far"] for q, r in zip(rec["logbook"], rec["logbook"][1:]))
+
+
+def test_caching_never_changes_results(toy):
+    class NoCache(S.Evaluator):
+        def __call__(self, formulas):
+            self.cache.clear()
+            return super().__call__(formulas)
+
+    model, x, y, setting = toy
+    cfg = S.GPConfig(gn=5, ps=40, st=40, hof=3)
+    cached = S.run_search(_evaluator(toy), cfg, seed=2, progress=False)
+    uncached = S.run_search(NoCache(model, x, y, setting, seed=0), cfg, seed=2, progress=False)
+    strip = lambda log: [{k: v for k, v in r.items() if k not in ("seconds", "evaluated", "cache_hits")} for r in log]
+    assert strip(cached["logbook"]) == strip(uncached["logbook"])
+    assert cached["hall_of_fame"] == uncached["hall_of_fame"]
+    # without the cache only repeats within one generation are saved
+    assert cached["cache_hits"] > uncached["cache_hits"]
+
+
+def test_invalid_trees_get_zero(toy):
+    ev = _evaluator(toy)
+    fits, _ = ev(["Exp(Exp(Exp(Exp(Square(Mul(p, p))))))", "Neg(Sum(Mul(q, Log(Softmax(p)))))"])
+    assert fits[0] == 0.0 and fits[1] > 0
+    assert "Inf" in ev.errors["Exp(Exp(Exp(Exp(Square(Mul(p, p))))))"]
+
+
+def test_resumed_run_equals_uninterrupted(toy, tmp_path):
+    straight = S.run_search(_evaluator(toy), CFG, seed=3, progress=False)
+    ckpt = tmp_path / "run.ckpt.pkl"
+    assert S.run_search(_evaluator(toy), CFG, seed=3, checkpoint=ckpt, progress=False, stop_after=2) == \
+        {"interrupted_at_generation": 2}
+    random.seed(12345)  # whatever happened in between, the checkpoint's RNG state rules
+    resumed = S.run_search(_evaluator(toy), CFG, seed=3, checkpoint=ckpt, progress=False)
+    for key in ("best", "best_fitness", "hall_of_fame"):
+        assert resumed[key] == straight[key]
+    drop = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]
+    assert drop(resumed["logbook"]) == drop(straight["logbook"])
+
+
+def test_formula_round_trip():
+    pset = S.primitive_set()
+    random.seed(0)
+    p = torch.randn(7, 10)
+    q = torch.nn.functional.one_hot(torch.randint(0, 10, (7,)), 10).float()
+    for _ in range(50):
+        tree = gp.PrimitiveTree(gp.genHalfAndHalf(pset, 1, 5))
+        formula = str(tree)
+        assert str(S.tree_from_formula(formula, pset)) == formula
+        expected = gp.compile(tree, pset)(p, q)
+        got = compile_formula(formula)(p, q)
+        expected = torch.as_tensor(expected, dtype=torch.float32)
+        assert torch.allclose(got, expected, equal_nan=True) or (got.isnan().all() and expected.isnan().all())
+
+
+def test_depth_limit_is_respected():
+    cfg = S.GPConfig(md=5, init_depth=(2, 5))
+    pset = S.primitive_set()
+    tb = S.toolbox(pset, cfg)
+    random.seed(0)
+    pop = tb.population(n=40)
+    for _ in range(30):
+        a, b = random.sample(pop, 2)
+        c1, c2 = tb.mate(tb.clone(a), tb.clone(b))
+        (m,) = tb.mutate(tb.clone(c1))
+        pop += [c1, c2, m]
+        assert max(t.height for t in (c1, c2, m)) <= cfg.md
+
+
+def test_loss_loaded_by_name_from_results(toy, tmp_path):
+    import json
+
+    folder = tmp_path / "cpu" / "mnist-net1-st-linf"
+    folder.mkdir(parents=True)
+    for seed, formula, fit in [(0, "Neg(Sum(Mul(q, Log(Softmax(p)))))", 0.5), (1, "Mul(Log(Softmax(p)), q)", 0.6)]:
+        (folder / f"run-{seed}.json").write_text(json.dumps({"seed": seed, "best": formula, "best_fitness": fit}))
+    loss = S.load_searched_loss("mnist-net1-st-linf", "cpu", root=tmp_path)
+    p, q = torch.randn(4, 10), torch.eye(10)[:4]
+    assert torch.allclose(loss(p, q), compile_formula("Mul(Log(Softmax(p)), q)")(p, q))
+    assert torch.allclose(S.load_searched_loss("mnist-net1-st-linf", "cpu", run=0, root=tmp_path)(p, q),
+                          cross_entropy(p, q), atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="no search results for 'cifar10-net1-st-linf'"):
+        S.load_runs("cifar10-net1-st-linf", "cpu", root=tmp_path)
+
+
+def test_calibration_reaches_the_target(toy):
+    model, x, y, _ = toy
+    eps = S.calibrate_eps(model, x, y, "linf", target=0.7, tol=0.02)
+    r = S.Evaluator(model, x, y, S.Setting("mnist", "mlp", "st", "linf", eps), seed=0).handcrafted()["ce"]
+    assert abs(r - 0.7) <= 0.05
+
+
+def test_paper_preset_is_table_iv():
+    c = S.SEARCH_PRESETS["paper"]
+    assert (c.gn, c.md, c.ps, c.ts, c.st, c.cp, c.mp) == (100, 25, 200, 3, 200, 0.5, 0.3)
+    assert S.make_setting("cifar10", "net1", "at", "l1").eps == 34.0
+    with pytest.raises(ValueError, match="unknown norm 'l3'"):
+        S.make_setting("mnist", "net1", "st", "l3")
