@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     s.add_argument("--training", choices=TRAININGS, required=True)
     s.add_argument("--norm", nargs="+", choices=NORMS, default=["linf"])
     s.add_argument("--scale", choices=SCALES, default="cpu")
-    s.add_argument("--runs", type=int, default=None, help="independent runs (default: 1 smoke, 3 cpu, 20 paper)")
+    s.add_argument("--runs", type=int, default=None, help="independent runs (default: 1 smoke, 2 cpu, 20 paper)")
     s.add_argument("--seed", type=int, default=0, help="seed of the first run; run r uses seed + r")
     s.add_argument("--eps", default="paper", help="'paper' (Table III), 'calibrate' (CE R''=0.7) or a number")
     s.add_argument("--generations", type=int, default=None)

@@ -20,6 +20,9 @@ Conventions
 * "any" mode (default): a sample is broken if any visited point -- the clean point, the random
   start, each iterate -- is misclassified; broken rows leave the batch. "final" mode: only the
   last iterate counts.
+* A row whose step leaves its point unchanged (zero gradient, a tree without ``p``, or a step
+  into the normal cone of the feasible set) would stay there for every later step, since steps
+  and projections are deterministic and scale-free in alpha: it leaves the batch too ("frozen").
 * A loss whose value or gradient is NaN/Inf (or that raises) is *invalid*: its rows leave the
   batch, its risk is reported as 0 and ``invalid`` is set; other losses are unaffected.
 
@@ -244,6 +247,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: Loss |
         delta0 = torch.zeros_like(x_flat)
     delta = delta0.repeat(K, 1)  # rows k * N + n
     broken = torch.zeros(K * N, dtype=torch.bool, device=dev)
+    frozen = torch.zeros(K * N, dtype=torch.bool, device=dev)  # stuck for good; outcome known
     invalid = torch.zeros(K, dtype=torch.bool)
     errors: list = [None] * K
     x_best = None
@@ -259,7 +263,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: Loss |
         x_best = torch.where(broken[:, None], x_flat.repeat(K, 1), torch.zeros(1, device=dev)) if return_x else None
 
     def active_rows() -> torch.Tensor:
-        alive = ~invalid.to(dev).repeat_interleave(N)
+        alive = ~invalid.to(dev).repeat_interleave(N) & ~frozen
         if mode == "any":
             alive &= ~broken
         return alive.nonzero().squeeze(1)
@@ -329,18 +333,24 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: Loss |
             broken[hit] = True
             if return_x:
                 x_best[hit] = x_flat[hit % N] + delta[hit]
-            rows, g = rows[~wrong], g[~wrong]
+            rows, g, wrong = rows[~wrong], g[~wrong], wrong[~wrong]
         if len(rows) == 0:
             continue
         n_idx = rows % N
-        d = delta[rows]
-        d = d + alphas[i] * _ascent_direction(g, d, lo[n_idx], hi[n_idx], norm, l1_top)
-        delta[rows] = _PROJECT[norm](d, lo[n_idx], hi[n_idx], eps)
+        old = delta[rows]
+        new = _PROJECT[norm](old + alphas[i] * _ascent_direction(g, old, lo[n_idx], hi[n_idx], norm, l1_top),
+                             lo[n_idx], hi[n_idx], eps)
+        stuck = (new == old).all(dim=1)
+        if stuck.any():  # their outcome at this point is final
+            frozen[rows[stuck]] = True
+            if mode == "final":
+                broken[rows[stuck]] = wrong[stuck]
+        delta[rows] = new
         if record:
             trajectory.append(delta.clone().cpu())
 
-    # the last iterate
-    rows = active_rows() if mode == "any" else (~invalid.to(dev).repeat_interleave(N)).nonzero().squeeze(1)
+    # the last iterate (frozen rows were decided when they froze)
+    rows = active_rows()
     if len(rows):
         logits, _ = forward(rows, with_grad=False)
         wrong = logits.argmax(1).ne(y[rows % N])

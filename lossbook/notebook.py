@@ -19,6 +19,11 @@ ALLOWED: dict[str, tuple] = {
 }
 
 
+def _check_type(name: str, value: Any) -> None:
+    if name in ("seed", "runs") and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise ValueError(f"parameter {name}={value!r} is not allowed; allowed values: a whole number >= 0")
+
+
 def check(**params: Any) -> dict:
     """Validate notebook parameters; unknown values raise ``ValueError`` listing the allowed ones."""
     for name, value in params.items():
@@ -26,6 +31,7 @@ def check(**params: Any) -> dict:
         if allowed is not None and value not in allowed:
             raise ValueError(f"parameter {name}={value!r} is not allowed; allowed values: "
                              f"{', '.join(map(repr, allowed))}")
+        _check_type(name, value)
     return params
 
 

@@ -27,3 +27,30 @@ def training_curves(logs: pd.DataFrame):
         axes[0, j].set(title=f"{ds}: clean test accuracy", ylabel="test accuracy")
         axes[1, j].set(title=f"{ds}: training loss (on PGD examples for AT)", ylabel="cross-entropy")
     return fig
+
+
+def search_curves(runs_by_setting: dict):
+    """Fitness over generations for every run (the paper's Figs. 3/4): CE baseline as a red line,
+    the best run in blue, the other runs in grey; best-so-far per run."""
+    import numpy as np
+
+    names = list(runs_by_setting)
+    cols = min(2, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 3.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        runs = runs_by_setting[name]
+        best = max(runs, key=lambda r: r["best_fitness"])
+        for r in runs:
+            gens = [g["generation"] for g in r["logbook"]]
+            vals = [g["best_so_far"] for g in r["logbook"]]
+            is_best = r is best
+            ax.plot(gens, vals, color=COLORS["searched"] if is_best else "0.7", lw=2.2 if is_best else 1.2,
+                    zorder=3 if is_best else 2, label="best run" if is_best else None)
+        ce = float(np.mean([r["baselines"]["ce"] for r in runs]))
+        ax.axhline(ce, color=COLORS["ce"], ls="--", lw=1.5, label="CE baseline")
+        ax.set(title=f"{name} (eps={best['setting']['eps']})", xlabel="generation", ylabel="R'' (PGD-10)")
+        ax.legend(loc="lower right", fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    return fig

@@ -61,10 +61,11 @@ class GPConfig:
 
 SEARCH_PRESETS = {
     "smoke": GPConfig(gn=2, ps=8, st=8, n_images=32, hof=3),
-    "cpu": GPConfig(gn=20, ps=50, st=50, n_images=500),
+    # sized so that one run takes minutes on 2 CPU cores (~2M image-steps of MNIST NET-1)
+    "cpu": GPConfig(gn=15, ps=40, st=40, n_images=400),
     "paper": GPConfig(),
 }
-RUNS = {"smoke": 1, "cpu": 3, "paper": 20}
+RUNS = {"smoke": 1, "cpu": 2, "paper": 20}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,17 @@ class Setting:
 
     def name(self) -> str:
         return f"{self.dataset}-{self.net}-{self.training}-{self.norm}"
+
+
+def parse_setting(name: str) -> tuple[str, str, str, str]:
+    """``"mnist-net1-st-linf"`` -> ("mnist", "net1", "st", "linf"), with a clear error otherwise."""
+    parts = name.split("-")
+    if len(parts) != 4:
+        raise ValueError(f"setting {name!r} is not of the form <dataset>-<net>-<training>-<norm>, "
+                         f"e.g. 'mnist-net1-st-linf'")
+    for what, v, allowed in zip(("dataset", "net", "training", "norm"), parts, (DATASETS, NETS, TRAININGS, NORMS)):
+        check_choice(f"{what} in setting {name!r}", v, allowed)
+    return tuple(parts)
 
 
 def make_setting(dataset: str, net: str, training: str, norm: str, eps: float | None = None) -> Setting:
@@ -309,6 +321,10 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
     model_scale = model_scale or scale
     out = search_dir(setting, scale, root)
     out.mkdir(parents=True, exist_ok=True)
+    if model_scale == "smoke":  # smoke models cost seconds: train them where missing
+        from .train import ensure_trained
+
+        ensure_trained([setting.dataset], [setting.net], [setting.training], "smoke", progress=progress)
     model = load_model(setting.dataset, setting.net, setting.training, model_scale, device=device)
     xt, yt = data.load(setting.dataset, "test")
     x, y, idx = evaluation_set(model, xt, yt, n=cfg.n_images)
@@ -389,3 +405,34 @@ def calibrated_setting(dataset: str, net: str, training: str, norm: str, scale: 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(table, indent=1, sort_keys=True))
     return replace(base_setting, eps=table[key]["eps"])
+
+
+def heldout_check(setting: Setting, scale: str, runs: list[dict], n: int | None = None, seed: int = 1000,
+                  steps: int = 10, root: Path | None = None, device: torch.device | None = None) -> dict:
+    """R'' of the best found loss and of the handcrafted losses on *unseen* images.
+
+    A run's fitness is measured on the images the search selected on. Here the best loss is
+    re-evaluated on the next ``n`` correctly classified test images (after the search's), with new
+    random starts; saved as ``heldout.json`` beside the runs.
+    """
+    from . import data
+    from .attacks import evaluation_set
+    from .train import load_model
+
+    best = max(runs, key=lambda r: r["best_fitness"])
+    n_search = best["gp"]["n_images"]
+    n = n or n_search
+    model = load_model(setting.dataset, setting.net, setting.training, best["model_scale"], device=device)
+    xt, yt = data.load(setting.dataset, "test")
+    x, y, idx = evaluation_set(model, xt, yt, n=n_search + n)
+    x, y = x[n_search:], y[n_search:]
+    names = ["searched"] + list(HANDCRAFTED)
+    res = evaluate_losses(model, x, y, [compile_formula(best["best"])] + list(HANDCRAFTED.values()),
+                          norm=setting.norm, eps=setting.eps, steps=steps, seed=seed)
+    out = {"setting": asdict(setting), "scale": scale, "formula": best["best"], "steps": steps,
+           "images": f"correctly classified test images {n_search + 1}..{n_search + n} (unseen by the search)",
+           "test_indices": [int(idx[n_search]), int(idx[-1])], "seed": seed,
+           "risk": dict(zip(names, res.risk.tolist()))}
+    folder = search_dir(setting, scale, root)
+    (folder / "heldout.json").write_text(json.dumps(out, indent=1))
+    return out
