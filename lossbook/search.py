@@ -333,8 +333,16 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
         run_seed = seed + r
         path = out / f"run-{run_seed}.json"
         if path.exists():
-            records.append(json.loads(path.read_text()))
-            continue
+            rec = json.loads(path.read_text())
+            made = (rec["setting"], rec["gp"], rec["model_scale"])
+            if made == (asdict(setting), json.loads(json.dumps(asdict(cfg))), model_scale):
+                records.append(rec)
+                continue
+            if scale != "smoke":
+                raise ValueError(f"{path} was made with other settings (eps={rec['setting']['eps']}, "
+                                 f"{rec['gp']}); delete it or choose another scale/seed to search anew")
+            path.unlink()  # smoke results are cheap: redo them
+            (out / f"run-{run_seed}.ckpt.pkl").unlink(missing_ok=True)
         ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed)
         baselines = ev.handcrafted()
         rec = run_search(ev, cfg, run_seed, checkpoint=out / f"run-{run_seed}.ckpt.pkl", progress=progress,

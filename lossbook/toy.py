@@ -6,8 +6,15 @@ is the ball of radius eps / 2 around u.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
+
+from .config import NORMS, RESULTS_DIR, check_choice
 
 #: The weights of Eq. 3.
 W = torch.tensor([[0.2, 0.8], [0.9, 0.4], [0.3, 0.9]])
@@ -43,3 +50,283 @@ def sample(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 2, generator=g) * 2 - 1
     return x, (x @ W.T).argmax(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact inner maximization of the 0-1 loss for the linear toy
+# ------------------------------------------------------------------------------------------------
+def _box(x: np.ndarray, eps: float, norm: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of the perturbation delta: the square [-1, 1]^2 (and, for l_inf, the ball)."""
+    lo, hi = -1 - x, 1 - x
+    if norm == "linf":
+        lo, hi = np.maximum(lo, -eps), np.minimum(hi, eps)
+    return lo, hi
+
+
+def max_linear(a: np.ndarray, x: np.ndarray, eps: float, norm: str) -> float:
+    """Exact max of a . delta over {||delta||_p <= eps, x + delta in [-1, 1]^2} (2-d).
+
+    l_inf: a box, closed form. l_1: fractional knapsack (spend the budget on the coordinate with the
+    largest |a_i| first, up to the box), which is optimal for a linear objective. l_2: the maximum
+    is at an extreme point of disc ∩ rectangle: the disc's own maximizer if it lies in the box,
+    else a rectangle vertex inside the disc or a circle-edge intersection.
+    """
+    lo, hi = _box(x, eps, norm)
+    cap = np.where(a >= 0, hi, -lo)  # room in the improving direction (>= 0: x is in the square)
+    if norm == "linf":
+        return float(np.abs(a) @ cap)
+    if norm == "l1":
+        total, budget = 0.0, eps
+        for i in np.argsort(-np.abs(a)):
+            step = min(budget, cap[i])
+            total += abs(a[i]) * step
+            budget -= step
+        return float(total)
+    na = np.linalg.norm(a)
+    if na == 0:
+        return 0.0
+    d = eps * a / na
+    if np.all(d >= lo - 1e-12) and np.all(d <= hi + 1e-12):
+        return float(a @ d)
+    cands = [np.array([u, v]) for u in (lo[0], hi[0]) for v in (lo[1], hi[1])]
+    cands = [c for c in cands if c @ c <= eps ** 2 + 1e-12]
+    for i in range(2):  # circle ∩ the edges delta_i = lo_i or hi_i
+        for b in (lo[i], hi[i]):
+            if b * b <= eps ** 2:
+                r = np.sqrt(eps ** 2 - b * b)
+                for s in (r, -r):
+                    c = np.empty(2)
+                    c[i], c[1 - i] = b, s
+                    if lo[1 - i] - 1e-12 <= s <= hi[1 - i] + 1e-12:
+                        cands.append(c)
+    return float(max(a @ c for c in cands)) if cands else 0.0
+
+
+def max_margin(x: np.ndarray, label: int, eps: float, norm: str) -> float:
+    """max over x' in B(x, eps) ∩ [-1, 1]^2 of max_{j != label} (z_j - z_label): > 0 iff breakable."""
+    Wn = W.numpy().astype(np.float64)
+    return max(float((Wn[j] - Wn[label]) @ x + max_linear(Wn[j] - Wn[label], x, eps, norm))
+               for j in range(3) if j != label)
+
+
+def exactly_breakable(x: np.ndarray, label: int, eps: float, norm: str) -> bool:
+    """Whether some x' in B(x, eps) ∩ [-1, 1]^2 is misclassified (its score for another class
+    exceeds the label's): the exact inner maximization of the 0-1 loss."""
+    return max_margin(x, label, eps, norm) > 0
+
+
+def exact_risk(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> tuple[float, np.ndarray]:
+    """The true adversarial risk R on the points (x, y) and the per-point outcome."""
+    check_choice("norm", norm, NORMS)
+    xs, ys = x.double().numpy(), y.numpy()
+    broken = np.array([exactly_breakable(xi, int(yi), eps, norm) for xi, yi in zip(xs, ys)])
+    return float(broken.mean()), broken
+
+
+def grid_breakable(x: np.ndarray, label: int, eps: float, norm: str, n: int = 401) -> bool:
+    """Cross-check by a dense grid over the ball (may miss thin regions; never claims too much)."""
+    t = np.linspace(-eps, eps, n)
+    d = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
+    keep = {"linf": np.abs(d).max(1), "l2": np.linalg.norm(d, axis=1), "l1": np.abs(d).sum(1)}[norm] <= eps
+    pts = x + d[keep]
+    pts = pts[(np.abs(pts) <= 1).all(1)]
+    return bool(((pts @ W.numpy().T.astype(np.float64)).argmax(1) != label).any())
+
+
+# ------------------------------------------------------------------------------------------------
+# Fig. 1: the surrogate's maximizer versus the 0-1 loss's
+# ------------------------------------------------------------------------------------------------
+def feasible_polygon(x0: np.ndarray, eps: float, norm: str, arc_points: int = 1024) -> np.ndarray:
+    """Boundary points of B(x0, eps) ∩ [-1, 1]^2: the exact vertices for l_inf / l_1 (the ball's
+    polygon clipped by the square), dense boundary points for l_2 (circle points clamped into the
+    square: clamping towards a square that holds x0 never increases the distance, and it traces
+    both the arcs inside the square and the square's edges inside the disc)."""
+    if norm == "l2":
+        t = np.linspace(0, 2 * np.pi, arc_points, endpoint=False)
+        return np.clip(x0 + eps * np.stack([np.cos(t), np.sin(t)], 1), -1, 1)
+    ring = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]] if norm == "linf" else [[1, 0], [0, 1], [-1, 0], [0, -1]], float)
+    poly = x0 + ring * eps
+    for axis in (0, 1):  # Sutherland-Hodgman clipping by the square's four half-planes
+        for sign in (1, -1):
+            out = []
+            for i in range(len(poly)):
+                p, q = poly[i], poly[(i + 1) % len(poly)]
+                pin, qin = sign * p[axis] <= 1, sign * q[axis] <= 1
+                if pin:
+                    out.append(p)
+                if pin != qin:
+                    out.append(p + (sign - p[axis]) / (q[axis] - p[axis]) * (q - p))
+            poly = np.array(out)
+    return poly
+
+
+def ce(x: np.ndarray, label: int = 0) -> np.ndarray:
+    """Cross-entropy -log softmax(W x)_label at points x (..., 2); convex in x."""
+    z = x @ W.numpy().T.astype(np.float64)
+    m = z.max(-1, keepdims=True)
+    return (m[..., 0] + np.log(np.exp(z - m).sum(-1))) - z[..., label]
+
+
+def ce_maximizer(x0: np.ndarray, eps: float, norm: str, label: int = 0) -> np.ndarray:
+    """The point of B(x0, eps) ∩ square that maximizes CE: CE is convex, so it is a vertex of the
+    feasible polygon (exact for l_inf / l_1; on the fine polygon for l_2)."""
+    poly = feasible_polygon(x0, eps, norm)
+    return poly[np.argmax(ce(poly, label))]
+
+
+def predict(x: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, np.float64) @ W.numpy().T.astype(np.float64)).argmax(-1)
+
+
+@dataclass
+class Counterexample:
+    """A ball where the CE maximizer keeps the label but another point of the ball does not."""
+
+    norm: str
+    label: int
+    x0: np.ndarray
+    eps: float
+    ce_max: np.ndarray  # the CE maximizer (classified 0)
+    wrong: np.ndarray  # a misclassified point of the same ball (the 0-1 loss's maximizer)
+
+
+def misclassified_point(x0: np.ndarray, eps: float, norm: str, label: int = 0) -> np.ndarray | None:
+    """A point of the ball ∩ square classified != label, maximizing the best competing margin."""
+    poly = feasible_polygon(x0, eps, norm)
+    z = poly @ W.numpy().T.astype(np.float64)
+    margin = np.delete(z, label, axis=1).max(1) - z[:, label]
+    i = np.argmax(margin)  # the margins are linear: their max over the polygon is at a vertex
+    return poly[i] if margin[i] > 0 else None
+
+
+def find_counterexample(norm: str, label: int = 0, eps_grid=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
+                        n: int = 33) -> Counterexample | None:
+    """Search a grid of centres of class ``label`` for the paper's Fig. 1 situation; among the hits,
+    the one whose CE maximizer keeps the label with the largest margin (the clearest picture).
+    None if the grid holds no such ball."""
+    check_choice("norm", norm, NORMS)
+    t = np.linspace(-0.95, 0.95, n)
+    best, best_margin = None, -np.inf
+    for eps in eps_grid:
+        for a in t:
+            for b in t:
+                x0 = np.array([a, b])
+                if predict(x0) != label:
+                    continue
+                m = ce_maximizer(x0, eps, norm, label)
+                z = m @ W.numpy().T.astype(np.float64)
+                margin = z[label] - np.delete(z, label).max()
+                if margin <= 0:
+                    continue
+                wrong = misclassified_point(x0, eps, norm, label)
+                if wrong is not None and margin > best_margin:
+                    best, best_margin = Counterexample(norm, label, x0, eps, m, wrong), margin
+    return best
+
+
+# ------------------------------------------------------------------------------------------------
+# R, R'' and E = R - R'' per surrogate
+# ------------------------------------------------------------------------------------------------
+TOY_SEARCH = {  # GP budget on the toy: attacks on 2-d points cost next to nothing
+    "smoke": dict(gn=3, ps=20),
+    "cpu": dict(gn=10, ps=100),
+    "paper": dict(gn=30, ps=200),
+}
+
+
+def search_toy_loss(norm: str, eps: float, scale: str, n_points: int = 500, seed: int = 0) -> dict:
+    """GP search (PGD-10 fitness) for a surrogate on the toy, on the sample drawn with ``seed``."""
+    from .search import Evaluator, GPConfig, Setting, run_search
+
+    check_choice("scale", scale, tuple(TOY_SEARCH))
+    x, y = sample(n_points, seed)
+    ev = Evaluator(ToyModel(), to_unit(x), y, Setting("toy", "linear", "st", norm, eps / 2), seed=seed)
+    cfg = GPConfig(**TOY_SEARCH[scale], st=TOY_SEARCH[scale]["ps"], n_images=n_points, hof=5)
+    return run_search(ev, cfg, seed=seed, progress=False)
+
+
+def risk_table(norm: str, eps: float, surrogates: dict, n_points: int = 1000, seed: int = 1,
+               steps: tuple = (10, 100)) -> list[dict]:
+    """Exact R and PGD estimates R'' for each surrogate on ``n_points`` toy points (drawn with
+    ``seed``), eps in the toy's [-1, 1]^2 units. One row per (surrogate, steps), with E = R - R''."""
+    from .attacks import evaluate_losses
+
+    x, y = sample(n_points, seed)
+    R, _ = exact_risk(x, y, eps, norm)
+    names = list(surrogates)
+    rows = []
+    for k in steps:
+        res = evaluate_losses(ToyModel(), to_unit(x), y, list(surrogates.values()), norm=norm, eps=eps / 2,
+                              steps=k, seed=seed)
+        for name, r, bad in zip(names, res.risk.tolist(), res.invalid.tolist()):
+            rows.append({"norm": norm, "eps": eps, "surrogate": name, "steps": k, "R (exact)": R,
+                         "R''": r, "E = R - R''": R - r, "invalid": bad})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Fig. 1
+# ------------------------------------------------------------------------------------------------
+def plot_fig1(cases: list, res: int = 300):
+    """One panel per counterexample: the 0-1 loss l(f(x), label) as regions (grey = misclassified),
+    the cross-entropy l_CE(f(x), label) as a heat map with contours, the ball, the CE maximizer
+    (still correct) and a misclassified point of the same ball."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.6 * len(cases), 4.4), squeeze=False)
+    t = np.linspace(-1, 1, res)
+    gx, gy = np.meshgrid(t, t)
+    pts = np.stack([gx, gy], -1)
+    for ax, c in zip(axes[0], cases):
+        loss = ce(pts, c.label)
+        wrong = predict(pts) != c.label
+        im = ax.imshow(loss, extent=(-1, 1, -1, 1), origin="lower", cmap="magma", alpha=0.85)
+        ax.contourf(gx, gy, wrong, levels=[0.5, 1.5], colors="none", hatches=["////"])
+        ax.contour(gx, gy, wrong, levels=[0.5], colors="white", linewidths=1.5)
+        cs = ax.contour(gx, gy, loss, levels=8, colors="k", linewidths=0.5, alpha=0.6)
+        ax.clabel(cs, fontsize=6)
+        poly = feasible_polygon(c.x0, c.eps, c.norm)
+        ax.fill(poly[:, 0], poly[:, 1], facecolor="none", edgecolor="cyan", lw=2)
+        ax.plot(*c.x0, "o", color="cyan", ms=6, label="x0")
+        ax.plot(*c.ce_max, "*", color="red", ms=14, mec="white", label=f"CE maximizer (class {predict(c.ce_max)})")
+        ax.plot(*c.wrong, "X", color="lime", ms=11, mec="k", label=f"misclassified (class {predict(c.wrong)})")
+        ax.set(title=f"{c.norm}: label {c.label}, eps={c.eps:g}", xlim=(-1, 1), ylim=(-1, 1), xlabel="$x_0$",
+               ylabel="$x_1$")
+        ax.legend(loc="lower left", fontsize=7, framealpha=0.9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cross-entropy")
+    return fig
+
+
+DEFAULT_EPS = {"linf": 0.2, "l2": 0.3, "l1": 0.3}  # in [-1, 1]^2 units
+
+
+def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, seed: int = 0,
+                    recompute: bool = False, root: Path | None = None) -> tuple:
+    """The toy chapter's numbers: per norm, a GP-found loss (searched on the sample of ``seed``)
+    and the R / R'' / E table of CE, C&W, margin, DLR and the found loss (on a fresh sample,
+    ``seed + 1``) for PGD-10 and PGD-100. Saved under ``results/toy/<scale>/`` and reloaded when the
+    parameters match."""
+    import pandas as pd
+
+    from .losses import HANDCRAFTED, compile_formula
+
+    folder = (root or RESULTS_DIR / "toy") / scale
+    config = {"norms": list(norms), "eps": {n: float(eps[n]) for n in norms}, "n_points": n_points, "seed": seed,
+              "scale": scale, "search": TOY_SEARCH[scale],
+              "data": "points uniform in [-1, 1]^2 labelled by the model's own prediction"}
+    meta = folder / "toy.json"
+    if not recompute and meta.exists():
+        saved = json.loads(meta.read_text())
+        if saved["config"] == config:
+            return pd.read_csv(folder / "risk.csv"), saved["found"]
+    found, rows = {}, []
+    for norm in norms:
+        rec = search_toy_loss(norm, eps[norm], scale, n_points=min(n_points, 500), seed=seed)
+        found[norm] = {"formula": rec["best"], "pretty": rec["best_pretty"], "fitness": rec["best_fitness"]}
+        sur = {**HANDCRAFTED, "searched": compile_formula(rec["best"])}
+        rows += risk_table(norm, eps[norm], sur, n_points=n_points, seed=seed + 1)
+    df = pd.DataFrame(rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    df.to_csv(folder / "risk.csv", index=False)
+    meta.write_text(json.dumps({"config": config, "found": found}, indent=1))
+    return df, found
