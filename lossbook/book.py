@@ -60,12 +60,13 @@ def _kernel_env():
 
 
 def install_mathjax() -> None:
-    """Copy a MathJax 2.7 (from the ``jupyter-server-mathjax`` package) into the book's static files,
+    """Copy a MathJax 2.7 (from the ``jupyter-server-mathjax`` package) into ``book/_mathjax/``, a
+    static path of the book (not ``_static``: Jupyter Book would load every .js there as a script),
     so that math renders without internet."""
     import jupyter_server_mathjax
 
     src = Path(jupyter_server_mathjax.__file__).parent / "static"
-    dst = BOOK_DIR / "_static" / "mathjax"
+    dst = BOOK_DIR / "_mathjax" / "mathjax"
     if not (dst / "MathJax.js").exists():
         shutil.copytree(src, dst, dirs_exist_ok=True)
 
@@ -94,5 +95,49 @@ def build(scale: str = "cpu", recompute: bool = False, chapters: list[str] | Non
     if res.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
     index = BOOK_DIR / "_build" / "html" / "index.html"
-    print(f"book built: {index}")
+    broken = check_links(index.parent)
+    if broken:
+        raise RuntimeError("broken internal links in the built book:\n" + "\n".join(broken[:50]))
+    print(f"book built: {index} (internal links checked)")
     return index
+
+
+def check_links(html_dir: Path) -> list[str]:
+    """Broken internal links of a built HTML book: every local href/src must name an existing file,
+    and every #fragment an id in the target page. Returns the problems (empty when all is well)."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote, urlsplit
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.links, self.ids = [], set()
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if "id" in a:
+                self.ids.add(a["id"])
+            for key in ("href", "src"):
+                if a.get(key) and tag in ("a", "img", "link", "script"):
+                    self.links.append(a[key])
+
+    pages = {}
+    for path in html_dir.rglob("*.html"):
+        if "_static" in path.parts:
+            continue
+        p = Page()
+        p.feed(path.read_text(errors="replace"))
+        pages[path.resolve()] = p
+    problems = []
+    for path, page in pages.items():
+        for link in page.links:
+            parts = urlsplit(link)
+            if parts.scheme or link.startswith(("//", "mailto:", "javascript:")):
+                continue  # external: not checked (the book must not need them)
+            target = (path.parent / unquote(parts.path)).resolve() if parts.path else path
+            if not target.exists():
+                problems.append(f"{path.relative_to(html_dir.resolve())}: missing {link}")
+            elif parts.fragment and target.suffix == ".html" and target in pages \
+                    and parts.fragment not in pages[target].ids:
+                problems.append(f"{path.relative_to(html_dir.resolve())}: no anchor #{parts.fragment} in {parts.path or 'itself'}")
+    return problems

@@ -42,11 +42,15 @@ def expand(value: str, every: tuple) -> list[str]:
 
 def banner(chapter: str, params: dict) -> None:
     """Show, at the top of an executed chapter, the scale and parameters that produced it."""
-    from IPython.display import Markdown, display
+    from html import escape
 
-    rows = "\n".join(f"| `{k}` | `{v!r}` |" for k, v in params.items())
+    from IPython.display import HTML, display
+
+    rows = "".join(f"<tr><td><code>{escape(k)}</code></td><td><code>{escape(repr(v))}</code></td></tr>"
+                   for k, v in params.items())
     dev = "CUDA GPU" if torch.cuda.is_available() else "CPU"
-    display(Markdown(
-        f"**{chapter}**, executed at scale **`{params.get('scale', '?')}`** on a {dev} "
-        f"(torch {torch.__version__}, Python {platform.python_version()}).\n\n| parameter | value |\n|---|---|\n{rows}"
+    display(HTML(
+        f"<p><b>{escape(chapter)}</b>, executed at scale <b><code>{escape(str(params.get('scale', '?')))}</code></b> "
+        f"on a {dev} (torch {torch.__version__}, Python {platform.python_version()}).</p>"
+        f"<table><thead><tr><th>parameter</th><th>value</th></tr></thead><tbody>{rows}</tbody></table>"
     ))

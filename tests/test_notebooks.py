@@ -15,7 +15,7 @@ def test_chapter_runs_at_smoke_scale(chapter, tmp_path, data_available):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the chapter shows no figure"
-    assert "smoke" in str(outputs[0].get("data", {}).get("text/markdown", "")), "no banner with the scale on top"
+    assert "<code>smoke</code>" in str(outputs[0].get("data", {}).get("text/html", "")), "no banner with the scale on top"
 
 
 def test_unknown_parameter_value_fails_at_the_first_cell(tmp_path):

@@ -130,3 +130,13 @@ def test_paper_preset_is_table_iv():
     assert S.make_setting("cifar10", "net1", "at", "l1").eps == 34.0
     with pytest.raises(ValueError, match="unknown norm 'l3'"):
         S.make_setting("mnist", "net1", "st", "l3")
+
+
+def test_seeded_population_starts_from_the_handcrafted_trees(toy):
+    from lossbook.losses import HANDCRAFTED_FORMULAS
+
+    ev = _evaluator(toy)
+    cfg = S.GPConfig(gn=1, ps=10, st=10, hof=3, seed_losses=("ce", "margin"))
+    rec = S.run_search(ev, cfg, seed=0, progress=False)
+    assert HANDCRAFTED_FORMULAS["ce"] in ev.cache and HANDCRAFTED_FORMULAS["margin"] in ev.cache
+    assert rec["best_fitness"] >= ev.handcrafted()["margin"] - 1e-9
