@@ -33,5 +33,12 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_attacks.py
 
+# headless Chromium (Debian's chromium + chromium-driver) over the built book; screenshots in docs/screenshots
+browser-test: setup
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+	$(PY) -m pip install --quiet "selenium>=4.20"
+	$(PY) tests/browser_check.py book/_build/html docs/screenshots
+
 clean:
 	rm -rf book/_build

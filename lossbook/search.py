@@ -436,6 +436,12 @@ def heldout_check(setting: Setting, scale: str, runs: list[dict], n: int | None 
     best = max(runs, key=lambda r: r["best_fitness"])
     n_search = best["gp"]["n_images"]
     n = n or n_search
+    saved = search_dir(setting, scale, root) / "heldout.json"
+    if saved.exists():
+        prev = json.loads(saved.read_text())
+        if (prev["formula"], prev["steps"], prev["seed"], prev["setting"], prev.get("n")) == \
+                (best["best"], steps, seed, asdict(setting), n):
+            return prev
     model = load_model(setting.dataset, setting.net, setting.training, best["model_scale"], device=device)
     xt, yt = data.load(setting.dataset, "test")
     x, y, idx = evaluation_set(model, xt, yt, n=n_search + n)
@@ -445,7 +451,7 @@ def heldout_check(setting: Setting, scale: str, runs: list[dict], n: int | None 
                           norm=setting.norm, eps=setting.eps, steps=steps, seed=seed)
     out = {"setting": asdict(setting), "scale": scale, "formula": best["best"], "steps": steps,
            "images": f"correctly classified test images {n_search + 1}..{n_search + n} (unseen by the search)",
-           "test_indices": [int(idx[n_search]), int(idx[-1])], "seed": seed,
+           "test_indices": [int(idx[n_search]), int(idx[-1])], "seed": seed, "n": n,
            "risk": dict(zip(names, res.risk.tolist()))}
     folder = search_dir(setting, scale, root)
     (folder / "heldout.json").write_text(json.dumps(out, indent=1))
