@@ -54,3 +54,10 @@ def banner(chapter: str, params: dict) -> None:
         f"on a {dev} (torch {torch.__version__}, Python {platform.python_version()}).</p>"
         f"<table><thead><tr><th>parameter</th><th>value</th></tr></thead><tbody>{rows}</tbody></table>"
     ))
+
+
+def report_missing(missing: list, command: str) -> None:
+    """Say which results of this scale are not saved yet (the chapter shows the others)."""
+    if missing:
+        print(f"Not computed at this scale yet, left out below: {', '.join(missing)}.\n"
+              f"Compute them with `{command}` or rerun this chapter with recompute=True.")

@@ -311,8 +311,10 @@ def search_dir(setting: Setting, scale: str, root: Path | None = None) -> Path:
 
 def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: int = 0,
                    model_scale: str | None = None, root: Path | None = None, progress: bool = True,
-                   cfg: GPConfig | None = None, device: torch.device | None = None) -> list[dict]:
+                   cfg: GPConfig | None = None, device: torch.device | None = None,
+                   load_only: bool = False) -> list[dict]:
     """Run (or resume, or load) ``runs`` independent GP runs of one setting; seeds seed, seed+1, ...
+    With ``load_only`` only the finished runs on disk are returned (possibly none).
 
     Each finished run is saved as ``run-<seed>.json`` (config, best loss, CE/C&W/DLR baselines on
     the same set, logbook) and ``run-<seed>.csv`` (per-generation statistics).
@@ -326,6 +328,10 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
     runs = runs if runs is not None else RUNS[scale]
     model_scale = model_scale or scale
     out = search_dir(setting, scale, root)
+    if load_only:
+        return [rec for rec in (json.loads(p.read_text()) for p in sorted(out.glob("run-*.json")))
+                if rec["setting"] == asdict(setting) and rec["gp"] == json.loads(json.dumps(asdict(cfg)))
+                and rec["seed"] in range(seed, seed + runs)]
     out.mkdir(parents=True, exist_ok=True)
     if model_scale == "smoke":  # smoke models cost seconds: train them where missing
         from .train import ensure_trained

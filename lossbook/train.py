@@ -194,9 +194,11 @@ def write_accuracies(scale: str, root: Path | None = None) -> Path:
 
 
 def ensure_trained(datasets, nets, trainings, scale: str, seed: int = 0, recompute: bool = False,
-                   root: Path | None = None, progress: bool = True) -> list[dict]:
+                   root: Path | None = None, progress: bool = True, train_missing: bool = True,
+                   missing: list | None = None) -> list[dict]:
     """Load the record of each requested model, training it first where no matching checkpoint exists
-    (or ``recompute`` is set). Returns one record per model (configuration, accuracy, seconds)."""
+    (or ``recompute`` is set). With ``train_missing=False`` a model without checkpoint is skipped and
+    its name appended to ``missing``. Returns one record per model (configuration, accuracy, seconds)."""
     records = []
     for dataset in datasets:
         for net in nets:
@@ -208,12 +210,17 @@ def ensure_trained(datasets, nets, trainings, scale: str, seed: int = 0, recompu
                     rec = load_record(dataset, net, training, scale, root)
                     if rec["config"] != cfg.to_dict():
                         rec = None  # trained with other settings (e.g. another seed): train anew
+                if rec is None and not (train_missing or recompute):
+                    if missing is not None:
+                        missing.append(cfg.name())
+                    continue
                 if rec is None:
                     if recompute:  # start afresh rather than resume
                         path.with_suffix(".last.pt").unlink(missing_ok=True)
                     rec = train(cfg, root=root, progress=progress)
                 records.append(rec)
-    write_accuracies(scale, root)
+    if records:
+        write_accuracies(scale, root)
     return records
 
 

@@ -1,0 +1,259 @@
+"""ATRAS (Alparslan & Kim): FGSM attacks and FGSM adversarial training over 40 MLP architectures.
+
+For each architecture and dataset, the paper's six columns:
+
+1. ``train_acc`` / 2. ``test_acc``: clean accuracy of the standard-trained (ST) MLP;
+3. ``acc_attacked_before_at``: its test accuracy under FGSM (white-box, crafted on itself);
+4. ``adv_train_acc`` / 5. ``adv_test_acc``: clean accuracy of the FGSM-adversarially-trained MLP;
+6. ``acc_attacked_after_at``: its test accuracy under FGSM crafted on itself.
+
+Choices the paper leaves open (each a field of :class:`ATRASConfig`, stated in the chapter):
+ReLU, Adam (lr 1e-3), batch 128, PyTorch's default initialisation; FGSM eps 0.1 (MNIST) and 8/255
+(CIFAR-10); adversarial training *continues from the ST model* on Goodfellow et al.'s 50/50 mix of
+clean and FGSM examples (FGSM crafted on the current model for each batch).
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data
+from .attacks import fgsm
+from .config import DATASETS, RESULTS_DIR, SCALES, check_choice
+from .models import build_model, n_params
+
+#: The 40 hidden-layer lists of the paper's Tables I and II, in their order.
+ARCHITECTURES: list[list[int]] = [
+    [8, 16, 32, 64, 128, 256, 512, 1024], [16, 32, 64, 128, 256, 512, 1024], [24, 48, 96, 192, 384, 768],
+    [32, 64, 128, 256, 512, 1024], [40, 80, 160, 320, 640], [48, 96, 192, 384, 768], [56, 112, 224, 448, 896],
+    [64, 128, 256, 512, 1024], [8, 32, 128, 512], [16, 64, 256, 1024], [24, 96, 384], [32, 128, 512],
+    [40, 160, 640], [48, 192, 768], [56, 224, 896], [64, 256, 1024], [8, 64, 512], [16, 128, 1024], [24, 192],
+    [32, 256], [40, 320], [48, 384], [56, 448], [64, 512], [8, 128], [16, 256], [24, 384], [32, 512], [40, 640],
+    [48, 768], [56, 896], [64, 1024], [8, 256], [16, 512], [24, 768], [32, 1024], [40], [48], [56], [64],
+]
+
+#: The paper's depth summaries: mean change (pp) of accuracy under FGSM after vs before AT.
+PAPER_DEPTH_SUMMARY = {
+    "mnist": {"1": 4.58, "2": -2.5, "3": 4.06, ">3": 0.99},
+    "cifar10": {"1": 35.2, "2": -44.5, "3": 31.30, ">3": 7.28},
+}
+COLUMNS = ["train_acc", "test_acc", "acc_attacked_before_at", "adv_train_acc", "adv_test_acc", "acc_attacked_after_at"]
+PAPER_TABLES = Path(__file__).parent / "paper_data" / "atras_tables.csv"
+FAILURE_MODES = ("none", "sigmoid-sgd")
+
+
+@dataclass(frozen=True)
+class ATRASConfig:
+    """Everything that determines one dataset's sweep."""
+
+    dataset: str
+    scale: str
+    epochs: int  # standard training
+    adv_epochs: int  # FGSM adversarial training (continuing from the ST model)
+    eps: float  # FGSM radius (l_inf, images in [0, 1])
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    activation: str = "relu"
+    at_mix: float = 0.5  # weight of the FGSM examples in the AT loss (Goodfellow et al.: 0.5)
+    n_train: int | None = None
+    n_test: int | None = None
+    seed: int = 0
+    failure_mode: str = "none"  # "sigmoid-sgd": sigmoid units + plain SGD (lr 0.01), to probe the paper's dead MLPs
+
+    def __post_init__(self):
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("scale", self.scale, SCALES)
+        check_choice("failure_mode", self.failure_mode, FAILURE_MODES)
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps must be in [0, 1] (images are in [0, 1]), got {self.eps}")
+
+
+_EPS = {"mnist": 0.1, "cifar10": 8 / 255}
+_SCALE = {
+    "smoke": dict(epochs=1, adv_epochs=1, n_train=2000, n_test=500),
+    "cpu": dict(epochs=2, adv_epochs=2),
+    "paper": dict(epochs=10, adv_epochs=10),
+}
+
+
+def atras_config(dataset: str, scale: str, **overrides) -> ATRASConfig:
+    """The sweep's configuration for a dataset at a scale (overrides: any field)."""
+    check_choice("scale", scale, SCALES)
+    kw = dict(dataset=dataset, scale=scale, eps=_EPS.get(dataset, 0.1), **_SCALE[scale])
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return ATRASConfig(**kw)
+
+
+def depth_group(hidden) -> str:
+    """'1', '2', '3' or '>3' hidden layers."""
+    n = len(hidden)
+    return str(n) if n <= 3 else ">3"
+
+
+# ------------------------------------------------------------------------------------------------
+# One architecture
+# ------------------------------------------------------------------------------------------------
+def _make_model(cfg: ATRASConfig, hidden) -> torch.nn.Module:
+    act = "sigmoid" if cfg.failure_mode == "sigmoid-sgd" else cfg.activation
+    return build_model(cfg.dataset, "mlp", hidden=list(hidden), activation=act)
+
+
+def _optimizer(cfg: ATRASConfig, model):
+    if cfg.failure_mode == "sigmoid-sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.01)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+
+
+def _fit(model, opt, x, y, epochs: int, batch: int, gen: torch.Generator, eps: float | None, mix: float,
+         desc: str, progress: bool) -> None:
+    dev = next(model.parameters()).device
+    for ep in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in tqdm(range(0, len(x), batch), desc=f"{desc} epoch {ep + 1}/{epochs}", leave=False, disable=not progress):
+            idx = perm[i:i + batch]
+            xb, yb = x[idx].to(dev), y[idx].to(dev)
+            if eps is None:
+                loss = F.cross_entropy(model(xb), yb)
+            else:
+                xa = fgsm(model, xb, yb, eps)  # crafted on the current model
+                model.train()
+                loss = (1 - mix) * F.cross_entropy(model(xb), yb) + mix * F.cross_entropy(model(xa), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+@torch.no_grad()
+def _acc(model, x, y, batch: int = 4096) -> float:
+    model.eval()
+    dev = next(model.parameters()).device
+    return float(sum(model(x[i:i + batch].to(dev)).argmax(1).eq(y[i:i + batch].to(dev)).sum().item()
+                     for i in range(0, len(x), batch)) / len(x))
+
+
+def fgsm_accuracy(model, x, y, eps: float, source=None) -> float:
+    """Accuracy of ``model`` on FGSM examples crafted on ``source`` (default: on ``model`` itself)."""
+    xa = fgsm(source or model, x, y, eps)
+    return _acc(model, xa, y)
+
+
+def run_architecture(cfg: ATRASConfig, hidden, splits, progress: bool = True) -> tuple[dict, torch.nn.Module]:
+    """Train, attack, adversarially train and attack again one MLP; returns its row and the ST model."""
+    x, y, xt, yt = splits
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = _make_model(cfg, hidden)
+    model.train()
+    _fit(model, _optimizer(cfg, model), x, y, cfg.epochs, cfg.batch_size, gen, None, 0.0, f"{hidden} ST", progress)
+    row = {"dataset": cfg.dataset, "hidden": str(list(hidden)), "depth": len(hidden), "params": n_params(model),
+           "train_acc": _acc(model, x, y), "test_acc": _acc(model, xt, yt),
+           "acc_attacked_before_at": fgsm_accuracy(model, xt, yt, cfg.eps)}
+    standard = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()  # adversarial training continues from the ST model, with a fresh optimizer
+    _fit(model, _optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen, cfg.eps, cfg.at_mix,
+         f"{hidden} AT", progress)
+    row.update({"adv_train_acc": _acc(model, x, y), "adv_test_acc": _acc(model, xt, yt),
+                "acc_attacked_after_at": fgsm_accuracy(model, xt, yt, cfg.eps),
+                "seconds": round(time.perf_counter() - t0, 1)})
+    st_model = _make_model(cfg, hidden)
+    st_model.load_state_dict(standard)
+    return row, st_model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# The sweep (resumable: one CSV row per finished architecture)
+# ------------------------------------------------------------------------------------------------
+def sweep_dir(scale: str, failure_mode: str = "none", root: Path | None = None) -> Path:
+    base = (root or RESULTS_DIR / "atras") / scale
+    return base if failure_mode == "none" else base / f"failure-{failure_mode}"
+
+
+def load_splits(cfg: ATRASConfig):
+    x, y = data.load(cfg.dataset, "train", cfg.n_train)
+    xt, yt = data.load(cfg.dataset, "test", cfg.n_test)
+    return x, y, xt, yt
+
+
+def run_sweep(cfg: ATRASConfig, archs: list | None = None, root: Path | None = None, progress: bool = True,
+              keep_models: list | None = None) -> tuple[pd.DataFrame, dict]:
+    """Run (or resume) the sweep of ``archs`` (default: all 40) for one dataset.
+
+    Rows are appended to ``<dataset>.csv`` as each architecture finishes, with the configuration in
+    ``<dataset>.json``; a rerun skips the finished ones. ST models of the architectures in
+    ``keep_models`` are returned (for the transfer matrix; finished ones are retrained for it).
+    """
+    archs = [list(a) for a in (archs or ARCHITECTURES)]
+    folder = sweep_dir(cfg.scale, cfg.failure_mode, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    out, meta = folder / f"{cfg.dataset}.csv", folder / f"{cfg.dataset}.json"
+    if meta.exists() and json.loads(meta.read_text()) != asdict(cfg):
+        raise ValueError(f"{out} was made with another configuration ({meta}); delete both to rerun")
+    meta.write_text(json.dumps(asdict(cfg), indent=1))
+    done = pd.read_csv(out) if out.exists() else pd.DataFrame()
+    finished = set(done["hidden"]) if len(done) else set()
+    keep = {str(list(a)) for a in (keep_models or [])}
+    splits = load_splits(cfg)
+    models = {}
+    bar = tqdm(archs, desc=f"ATRAS {cfg.dataset} [{cfg.scale}]", disable=not progress)
+    for hidden in bar:
+        key = str(hidden)
+        if key in finished and key not in keep:
+            continue
+        row, st_model = run_architecture(cfg, hidden, splits, progress=False)
+        if key in keep:
+            models[key] = st_model
+        if key not in finished:
+            with open(out, "a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(row))
+                if fh.tell() == 0:
+                    w.writeheader()
+                w.writerow(row)
+            finished.add(key)
+        bar.set_postfix(last=key, test=f"{row['test_acc']:.3f}", fgsm=f"{row['acc_attacked_before_at']:.3f}")
+    df = pd.read_csv(out)
+    order = {str(a): i for i, a in enumerate(archs)}
+    df = df[df["hidden"].isin(order)].assign(_o=lambda d: d["hidden"].map(order)).sort_values("_o").drop(columns="_o")
+    return df.reset_index(drop=True), models
+
+
+def transfer_matrix(models: dict, x, y, eps: float) -> pd.DataFrame:
+    """Accuracy of model j (columns) on FGSM examples crafted on model i (rows)."""
+    names = list(models)
+    adv = {i: fgsm(models[i], x, y, eps) for i in names}
+    return pd.DataFrame([[_acc(models[j], adv[i], y) for j in names] for i in names], index=names, columns=names)
+
+
+# ------------------------------------------------------------------------------------------------
+# The paper's summaries
+# ------------------------------------------------------------------------------------------------
+def paper_tables() -> pd.DataFrame:
+    """The paper's Tables I and II as printed (cited data)."""
+    return pd.read_csv(PAPER_TABLES, comment="#")
+
+
+def depth_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean change (pp) of accuracy under FGSM after vs before AT, by dataset and depth group."""
+    d = df.assign(depth_group=df["hidden"].map(lambda h: depth_group(ast.literal_eval(h) if isinstance(h, str) else h)),
+                  change_pp=100 * (df["acc_attacked_after_at"] - df["acc_attacked_before_at"]))
+    out = d.groupby(["dataset", "depth_group"], sort=False)["change_pp"].agg(["mean", "count"]).reset_index()
+    out["paper_pp"] = [PAPER_DEPTH_SUMMARY.get(ds, {}).get(g, np.nan) for ds, g in zip(out["dataset"], out["depth_group"])]
+    order = {"1": 0, "2": 1, "3": 2, ">3": 3}
+    return out.sort_values(["dataset", "depth_group"], key=lambda s: s.map(order) if s.name == "depth_group" else s)
+
+
+def with_overrides(cfg: ATRASConfig, **kw) -> ATRASConfig:
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
