@@ -39,6 +39,18 @@ def _search(args) -> None:
                   f"cache hit rate {rec['cache_hit_rate']:.0%}: {rec['best_pretty']}")
 
 
+def _atras(args) -> None:
+    from .atras import ARCHITECTURES, TRANSFER_SUBSET, atras_config, dataset_results, depth_summary
+
+    archs = ARCHITECTURES if args.architectures is None else [ARCHITECTURES[i] for i in args.architectures]
+    for ds in args.dataset:
+        cfg = atras_config(ds, args.scale, eps=args.eps, epochs=args.epochs, adv_epochs=args.adv_epochs,
+                           seed=args.seed, failure_mode=args.failure_mode)
+        transfer = archs if args.scale == "paper" else [a for a in TRANSFER_SUBSET if a in archs]
+        df, _ = dataset_results(cfg, archs, transfer, compute=True)
+        print(depth_summary(df).to_string(index=False))
+
+
 def _book(args) -> None:
     from .book import build
 
@@ -78,6 +90,17 @@ def main(argv=None) -> int:
     s.add_argument("--population", type=int, default=None)
     s.add_argument("--images", type=int, default=None)
     s.set_defaults(func=_search)
+
+    a = sub.add_parser("atras", help="the ATRAS sweep: FGSM and FGSM-AT over the 40 MLPs (resumes)")
+    a.add_argument("--dataset", nargs="+", choices=DATASETS, default=list(DATASETS))
+    a.add_argument("--scale", choices=SCALES, default="cpu")
+    a.add_argument("--architectures", nargs="+", type=int, default=None, help="indices 0..39 (default: all)")
+    a.add_argument("--eps", type=float, default=None)
+    a.add_argument("--epochs", type=int, default=None)
+    a.add_argument("--adv-epochs", type=int, default=None)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--failure-mode", choices=("none", "sigmoid-sgd"), default="none")
+    a.set_defaults(func=_atras)
 
     b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")
     b.add_argument("--scale", choices=SCALES, default="cpu", help="scale of the results the book shows")

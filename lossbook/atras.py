@@ -257,3 +257,32 @@ def depth_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def with_overrides(cfg: ATRASConfig, **kw) -> ATRASConfig:
     return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
+#: The architectures of the transfer matrix at cpu scale: one to eight hidden layers, narrow and wide.
+TRANSFER_SUBSET = [[64], [8, 256], [64, 1024], [24, 96, 384], [64, 256, 1024], [8, 32, 128, 512],
+                   [40, 80, 160, 320, 640], [8, 16, 32, 64, 128, 256, 512, 1024]]
+
+
+def dataset_results(cfg: ATRASConfig, archs: list, transfer_archs: list, compute: bool, n_transfer: int = 2000,
+                    root: Path | None = None, progress: bool = True) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The sweep table and the transfer matrix of one dataset: computed (resuming a partial sweep) when
+    ``compute``, else loaded from ``results/atras/<scale>/`` (None where nothing is saved)."""
+    folder = sweep_dir(cfg.scale, cfg.failure_mode, root)
+    tpath = folder / f"transfer-{cfg.dataset}.csv"
+    if not compute:
+        out = folder / f"{cfg.dataset}.csv"
+        df = pd.read_csv(out) if out.exists() else None
+        if df is not None:
+            keys = [str(list(a)) for a in archs]
+            df = df[df["hidden"].isin(keys)].set_index("hidden").loc[[k for k in keys if k in set(df["hidden"])]]
+            df = df.reset_index()
+        tm = pd.read_csv(tpath, index_col=0) if tpath.exists() else None
+        return df, tm
+    df, models = run_sweep(cfg, archs, root=root, progress=progress, keep_models=transfer_archs)
+    tm = None
+    if len(models) > 1:
+        _, _, xt, yt = load_splits(cfg)
+        tm = transfer_matrix(models, xt[:n_transfer], yt[:n_transfer], cfg.eps)
+        tm.to_csv(tpath)
+    return df, tm

@@ -20,7 +20,7 @@ ALLOWED: dict[str, tuple] = {
 
 
 def _check_type(name: str, value: Any) -> None:
-    if name in ("seed", "runs") and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+    if name in ("seed", "runs", "epochs", "adv_epochs", "n_points") and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         raise ValueError(f"parameter {name}={value!r} is not allowed; allowed values: a whole number >= 0")
 
 

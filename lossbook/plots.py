@@ -55,3 +55,30 @@ def search_curves(runs_by_setting: dict):
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     return fig
+
+
+def atras_accuracy_vs_params(df):
+    """Test accuracy, accuracy under FGSM before and after FGSM-AT against the parameter count."""
+    datasets = list(dict.fromkeys(df["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.0 * len(datasets), 4.0), squeeze=False)
+    series = [("test_acc", "clean test (ST)", "#4c4c4c", "o"), ("acc_attacked_before_at", "FGSM, before AT", COLORS["ce"], "v"),
+              ("acc_attacked_after_at", "FGSM, after AT", COLORS["searched"], "^")]
+    for ax, ds in zip(axes[0], datasets):
+        d = df[df["dataset"] == ds]
+        for col, label, color, marker in series:
+            ax.scatter(d["params"], d[col], label=label, color=color, marker=marker, s=28, alpha=0.85)
+        for depth, g in d.groupby("depth"):
+            ax.annotate(f"{depth}", (g["params"].iloc[-1], g["acc_attacked_after_at"].iloc[-1]), fontsize=6, alpha=0.6)
+        ax.set(xscale="log", xlabel="parameters", ylabel="accuracy", title=ds, ylim=(0, 1.02))
+        ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def transfer_heatmap(tm, title: str):
+    """Accuracy of model j (columns) on FGSM examples crafted on model i (rows)."""
+    fig, ax = plt.subplots(figsize=(0.75 * len(tm) + 3, 0.6 * len(tm) + 2))
+    sns.heatmap(tm, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax, cbar_kws={"label": "accuracy"},
+                annot_kws={"fontsize": 7})
+    ax.set(xlabel="evaluated on (j)", ylabel="FGSM crafted on (i)", title=title)
+    ax.tick_params(labelsize=7)
+    return fig

@@ -1,0 +1,65 @@
+import pandas as pd
+import pytest
+import torch
+
+from lossbook import atras
+from lossbook.models import build_model
+
+
+def test_the_40_architectures_are_the_papers_and_build_with_their_widths():
+    assert len(atras.ARCHITECTURES) == 40 and len({str(a) for a in atras.ARCHITECTURES}) == 40
+    paper = atras.paper_tables()
+    for ds in ("mnist", "cifar10"):
+        assert paper[paper["dataset"] == ds]["hidden"].tolist() == [str(a) for a in atras.ARCHITECTURES]
+    for hidden in atras.ARCHITECTURES:
+        for ds, d_in in (("mnist", 784), ("cifar10", 3072)):
+            linears = [m for m in build_model(ds, "mlp", hidden=hidden) if isinstance(m, torch.nn.Linear)]
+            assert [m.out_features for m in linears] == hidden + [10]
+            assert [m.in_features for m in linears] == [d_in] + hidden
+
+
+def test_fgsm_on_a_trained_mlp(trained_mlp, mnist_small):
+    _, _, xt, yt = mnist_small
+    clean = atras._acc(trained_mlp, xt, yt)
+    attacked = atras.fgsm_accuracy(trained_mlp, xt, yt, eps=0.1)
+    assert clean > 0.8 and attacked < clean - 0.3
+    from lossbook.attacks import fgsm
+    xa = fgsm(trained_mlp, xt, yt, 0.1)
+    assert (xa - xt).abs().max() <= 0.1 + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+
+
+def test_one_architecture_pipeline_at_smoke_scale(tmp_path, data_available):
+    cfg = atras.atras_config("mnist", "smoke", n_train=2000, n_test=300, epochs=4)
+    df, tm = atras.dataset_results(cfg, [[40], [8, 128]], [[40], [8, 128]], compute=True, root=tmp_path,
+                                   n_transfer=300, progress=False)
+    assert list(df["hidden"]) == ["[40]", "[8, 128]"]
+    assert set(atras.COLUMNS) <= set(df.columns) and df[atras.COLUMNS].apply(lambda c: c.between(0, 1).all()).all()
+    assert (df["test_acc"] > 0.6).all()  # it learned something
+    assert tm.shape == (2, 2) and list(tm.index) == ["[40]", "[8, 128]"]
+    # resuming: nothing is recomputed, the saved rows come back; another configuration is refused
+    again, _ = atras.dataset_results(cfg, [[40], [8, 128]], [], compute=False, root=tmp_path)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True), check_dtype=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        atras.run_sweep(atras.with_overrides(cfg, eps=0.2), [[40]], root=tmp_path, progress=False)
+
+
+def test_depth_summary_on_a_hand_made_table():
+    df = pd.DataFrame({
+        "dataset": ["mnist"] * 5,
+        "hidden": ["[8]", "[16]", "[8, 16]", "[8, 16, 32]", "[8, 16, 32, 64, 128]"],
+        "acc_attacked_before_at": [0.5, 0.6, 0.7, 0.2, 0.9],
+        "acc_attacked_after_at": [0.6, 0.8, 0.6, 0.5, 0.9],
+    })
+    s = atras.depth_summary(df).set_index("depth_group")
+    assert s.loc["1", "mean"] == pytest.approx(15.0) and s.loc["1", "count"] == 2
+    assert s.loc["2", "mean"] == pytest.approx(-10.0)
+    assert s.loc["3", "mean"] == pytest.approx(30.0)
+    assert s.loc[">3", "mean"] == pytest.approx(0.0)
+    assert s.loc["2", "paper_pp"] == -2.5
+
+
+def test_bad_configuration_values():
+    with pytest.raises(ValueError, match="unknown failure_mode 'relu-adam'"):
+        atras.atras_config("mnist", "cpu", failure_mode="relu-adam")
+    with pytest.raises(ValueError, match=r"eps must be in \[0, 1\]"):
+        atras.atras_config("mnist", "cpu", eps=3)
