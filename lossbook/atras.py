@@ -274,9 +274,8 @@ def dataset_results(cfg: ATRASConfig, archs: list, transfer_archs: list, compute
         out = folder / f"{cfg.dataset}.csv"
         df = pd.read_csv(out) if out.exists() else None
         if df is not None:
-            keys = [str(list(a)) for a in archs]
-            df = df[df["hidden"].isin(keys)].set_index("hidden").loc[[k for k in keys if k in set(df["hidden"])]]
-            df = df.reset_index()
+            order = {str(list(a)): i for i, a in enumerate(archs)}
+            df = df[df["hidden"].isin(order)].sort_values("hidden", key=lambda h: h.map(order)).reset_index(drop=True)
         tm = pd.read_csv(tpath, index_col=0) if tpath.exists() else None
         return df, tm
     df, models = run_sweep(cfg, archs, root=root, progress=progress, keep_models=transfer_archs)
