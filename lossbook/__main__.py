@@ -21,13 +21,15 @@ def _train(args) -> None:
 
 
 def _search(args) -> None:
-    from .search import SEARCH_PRESETS, calibrated_setting, make_setting, search_setting, with_overrides
+    from .search import SEARCH_PRESETS, auto_setting, calibrated_setting, make_setting, search_setting, with_overrides
 
     cfg = with_overrides(SEARCH_PRESETS[args.scale], gn=args.generations, ps=args.population,
                          st=args.population, n_images=args.images)
     for norm in args.norm:
         if args.eps == "calibrate":
             setting = calibrated_setting(args.dataset, args.net, args.training, norm, args.scale, n_images=cfg.n_images)
+        elif args.eps == "auto":
+            setting = auto_setting(args.dataset, args.net, args.training, norm, args.scale, n_images=cfg.n_images)
         else:
             setting = make_setting(args.dataset, args.net, args.training, norm,
                                    None if args.eps == "paper" else float(args.eps))
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
     s.add_argument("--scale", choices=SCALES, default="cpu")
     s.add_argument("--runs", type=int, default=None, help="independent runs (default: 1 smoke, 2 cpu, 20 paper)")
     s.add_argument("--seed", type=int, default=0, help="seed of the first run; run r uses seed + r")
-    s.add_argument("--eps", default="paper", help="'paper' (Table III), 'calibrate' (CE R''=0.7) or a number")
+    s.add_argument("--eps", default="auto", help="'auto' (Table III unless CE's R'' at it is outside 0.5-0.9, "
+                   "then calibrated), 'paper' (Table III), 'calibrate' (CE R''=0.7) or a number")
     s.add_argument("--generations", type=int, default=None)
     s.add_argument("--population", type=int, default=None)
     s.add_argument("--images", type=int, default=None)

@@ -89,6 +89,7 @@ def build(scale: str = "cpu", recompute: bool = False, chapters: list[str] | Non
             run_chapter(name, scale, recompute)
             print(f"executed {name} at scale {scale} ({time.perf_counter() - t0:.0f}s)", flush=True)
     write_toc(chapters)
+    write_reproducing()
     install_mathjax()
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(BOOK_DIR), "--warningiserror", "--quiet"]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -141,3 +142,54 @@ def check_links(html_dir: Path) -> list[str]:
                     and parts.fragment not in pages[target].ids:
                 problems.append(f"{path.relative_to(html_dir.resolve())}: no anchor #{parts.fragment} in {parts.path or 'itself'}")
     return problems
+
+
+def results_inventory(root: Path | None = None) -> list[dict]:
+    """Every result under ``results/`` (but smoke ones) with the scale and settings stored inside it."""
+    import json
+
+    import torch
+
+    root = root or REPO_ROOT / "results"
+    rows = []
+    for p in sorted(root.glob("models/*/*.pt")):
+        if p.name.endswith(".last.pt"):
+            continue
+        c = torch.load(p, map_location="cpu", weights_only=False)
+        cfg = c["config"]
+        rows.append({"result": p.relative_to(root.parent).as_posix(), "scale": cfg["scale"],
+                     "settings": f"{cfg['training'].upper()}, {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}"
+                                 + (f", PGD-{cfg['at_steps']} eps {cfg['at_eps']}" if cfg["training"] == "at" else "")
+                                 + f", seed {cfg['seed']}",
+                     "outcome": f"test acc {c['test_acc']:.4f} in {c['train_seconds']:.0f}s on {c.get('device', '?')}"})
+    for p in sorted(root.glob("search/*/*/run-*.json")):
+        r = json.loads(p.read_text())
+        g = r["gp"]
+        rows.append({"result": p.relative_to(root.parent).as_posix(), "scale": r["scale"],
+                     "settings": f"eps {r['setting']['eps']}, {g['ps']}x{g['gn']} GP on {g['n_images']} images, "
+                                 f"PGD-{g['steps']}, seed {r['seed']}" + (f", seeded with {', '.join(g['seed_losses'])}"
+                                                                          if g.get("seed_losses") else ""),
+                     "outcome": f"R'' {r['best_fitness']:.3f} vs CE {r['baselines']['ce']:.3f} in {r['seconds']:.0f}s"})
+    for p in sorted(root.glob("toy/*/toy.json")):
+        c = json.loads(p.read_text())["config"]
+        rows.append({"result": p.relative_to(root.parent).as_posix(), "scale": c["scale"],
+                     "settings": f"{c['n_points']} points, eps {c['eps']}, GP {c['search']}, seed {c['seed']}",
+                     "outcome": "R, R'' and E per surrogate (risk.csv)"})
+    for p in sorted(root.glob("atras/**/*.json")):
+        c = json.loads(p.read_text())
+        csv_rows = sum(1 for _ in open(p.with_suffix(".csv"))) - 1 if p.with_suffix(".csv").exists() else 0
+        rows.append({"result": p.with_suffix(".csv").relative_to(root.parent).as_posix(), "scale": c["scale"],
+                     "settings": f"{c['epochs']}+{c['adv_epochs']} epochs, FGSM eps {c['eps']:.4f}, "
+                                 f"{c['optimizer']} lr {c['lr']}, {c['failure_mode']}",
+                     "outcome": f"{csv_rows} architectures"})
+    return [r for r in rows if r["scale"] != "smoke"]  # smoke results are never committed
+
+
+def write_reproducing() -> None:
+    """``reproducing.md``: the hand-written head and the inventory of committed results."""
+    rows = results_inventory()
+    lines = [(BOOK_DIR / "reproducing_head.md").read_text().rstrip(), "", "## Which results came from where", "",
+             "Generated from the result files at build time.", "",
+             "| result | scale | settings | outcome |", "|---|---|---|---|"]
+    lines += [f"| `{r['result']}` | `{r['scale']}` | {r['settings']} | {r['outcome']} |" for r in rows]
+    (BOOK_DIR / "reproducing.md").write_text("\n".join(lines) + "\n")
