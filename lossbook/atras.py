@@ -240,9 +240,17 @@ def transfer_matrix(models: dict, x, y, eps: float) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # The paper's summaries
 # ------------------------------------------------------------------------------------------------
+def param_count(dataset: str, hidden) -> int:
+    """Parameters of the MLP with these hidden widths (weights and biases)."""
+    widths = [784 if dataset == "mnist" else 3072] + list(hidden) + [10]
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
 def paper_tables() -> pd.DataFrame:
-    """The paper's Tables I and II as printed (cited data)."""
-    return pd.read_csv(PAPER_TABLES, comment="#")
+    """The paper's Tables I and II as printed (cited data), with depth and parameter counts added."""
+    df = pd.read_csv(PAPER_TABLES, comment="#")
+    hidden = df["hidden"].map(ast.literal_eval)
+    return df.assign(depth=hidden.map(len), params=[param_count(d, h) for d, h in zip(df["dataset"], hidden)])
 
 
 def depth_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -57,7 +57,7 @@ def search_curves(runs_by_setting: dict):
     return fig
 
 
-def atras_accuracy_vs_params(df):
+def atras_accuracy_vs_params(df, source: str = "ours"):
     """Test accuracy, accuracy under FGSM before and after FGSM-AT against the parameter count."""
     datasets = list(dict.fromkeys(df["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.0 * len(datasets), 4.0), squeeze=False)
@@ -69,7 +69,7 @@ def atras_accuracy_vs_params(df):
             ax.scatter(d["params"], d[col], label=label, color=color, marker=marker, s=28, alpha=0.85)
         for depth, g in d.groupby("depth"):
             ax.annotate(f"{depth}", (g["params"].iloc[-1], g["acc_attacked_after_at"].iloc[-1]), fontsize=6, alpha=0.6)
-        ax.set(xscale="log", xlabel="parameters", ylabel="accuracy", title=ds, ylim=(0, 1.02))
+        ax.set(xscale="log", xlabel="parameters", ylabel="accuracy", title=f"{ds} ({source})", ylim=(0, 1.02))
         ax.legend(fontsize=8, loc="lower left")
     return fig
 
