@@ -53,3 +53,12 @@ def test_bad_parameters():
         data.load("mnist", "val")
     with pytest.raises(ValueError, match="unknown dataset 'svhn'; allowed: 'mnist', 'cifar10'"):
         data.load("svhn")
+
+
+def test_qmnist_unavailable_gives_a_clear_message(tmp_path, monkeypatch):
+    # a dead local proxy makes the download fail at once, with or without internet
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.setenv("LOSSBOOK_DOWNLOAD", str(tmp_path))
+    with pytest.raises(data.DataError, match=r"QMNIST's extended test set \(test50k\) is not available.*needs internet"):
+        data.load_qmnist_extended()
