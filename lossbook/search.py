@@ -402,29 +402,37 @@ def with_overrides(cfg: GPConfig, **kw) -> GPConfig:
     return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
 
 
+def _calibration(key: str, dataset: str, net: str, training: str, scale: str, n_images: int, compute,
+                 root: Path | None, device) -> dict:
+    """An entry of ``results/search/<scale>/calibration.json``; ``compute(model, x, y)`` makes it when
+    missing, on the model's evaluation set (first ``n_images`` correctly classified test images)."""
+    from . import data
+    from .attacks import evaluation_set
+    from .train import load_model
+
+    path = (root or RESULTS_DIR / "search") / scale / "calibration.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    if key not in table:
+        model = load_model(dataset, net, training, scale, device=device)
+        xt, yt = data.load(dataset, "test")
+        x, y, _ = evaluation_set(model, xt, yt, n=n_images)
+        table[key] = {**compute(model, x, y), "n_images": n_images}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    return table[key]
+
+
 def calibrated_setting(dataset: str, net: str, training: str, norm: str, scale: str, n_images: int = 1000,
                        target: float = 0.7, root: Path | None = None, device: torch.device | None = None) -> Setting:
     """A setting whose eps makes CE-PGD-10 reach R'' ~= ``target`` on our own model (the paper's rule).
 
     The calibrated eps is stored in ``results/search/<scale>/calibration.json`` and reused.
     """
-    from . import data
-    from .attacks import evaluation_set
-    from .train import load_model
-
-    base_setting = make_setting(dataset, net, training, norm)
-    path = (root or RESULTS_DIR / "search") / scale / "calibration.json"
-    table = json.loads(path.read_text()) if path.exists() else {}
-    key = f"{base_setting.name()}@{target}"
-    if key not in table:
-        model = load_model(dataset, net, training, scale, device=device)
-        xt, yt = data.load(dataset, "test")
-        x, y, _ = evaluation_set(model, xt, yt, n=n_images)
-        eps = calibrate_eps(model, x, y, norm, target=target)
-        table[key] = {"eps": round(eps, 5), "paper_eps": base_setting.eps, "target": target, "n_images": n_images}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table, indent=1, sort_keys=True))
-    return replace(base_setting, eps=table[key]["eps"])
+    paper = make_setting(dataset, net, training, norm)
+    entry = _calibration(f"{paper.name()}@{target}", dataset, net, training, scale, n_images,
+                         lambda m, x, y: {"eps": round(calibrate_eps(m, x, y, norm, target=target), 5),
+                                          "paper_eps": paper.eps, "target": target}, root, device)
+    return replace(paper, eps=entry["eps"])
 
 
 def heldout_check(setting: Setting, scale: str, runs: list[dict], n: int | None = None, seed: int = 1000,
@@ -469,22 +477,13 @@ def auto_setting(dataset: str, net: str, training: str, norm: str, scale: str, n
     """Table III's eps where it puts *our* model in the paper's regime (CE-PGD-10 R'' within ``band``),
     else the paper's own rule: the eps where CE-PGD-10 reaches R'' = 0.7 (:func:`calibrated_setting`).
     The measured R'' at Table III's eps is stored in ``calibration.json``."""
-    from . import data
-    from .attacks import evaluation_set
-    from .train import load_model
-
     paper = make_setting(dataset, net, training, norm)
-    path = (root or RESULTS_DIR / "search") / scale / "calibration.json"
-    table = json.loads(path.read_text()) if path.exists() else {}
-    key = f"{paper.name()}@table-iii"
-    if key not in table:
-        model = load_model(dataset, net, training, scale, device=device)
-        xt, yt = data.load(dataset, "test")
-        x, y, _ = evaluation_set(model, xt, yt, n=n_images)
-        r = float(evaluate_losses(model, x, y, [HANDCRAFTED["ce"]], norm=norm, eps=paper.eps, steps=10).risk[0])
-        table[key] = {"eps": paper.eps, "ce_risk": round(r, 4), "n_images": n_images}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table, indent=1, sort_keys=True))
-    if band[0] <= table[key]["ce_risk"] <= band[1]:
+
+    def ce_risk(model, x, y):
+        r = evaluate_losses(model, x, y, [HANDCRAFTED["ce"]], norm=norm, eps=paper.eps, steps=10).risk[0]
+        return {"eps": paper.eps, "ce_risk": round(float(r), 4)}
+
+    entry = _calibration(f"{paper.name()}@table-iii", dataset, net, training, scale, n_images, ce_risk, root, device)
+    if band[0] <= entry["ce_risk"] <= band[1]:
         return paper
     return calibrated_setting(dataset, net, training, norm, scale, n_images=n_images, root=root, device=device)
