@@ -18,6 +18,7 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +138,7 @@ def main(argv=None):
     print(f"a/b = {out['ratio_naive_over_batched']:.2f}   b/c = {out['ratio_batched_over_floor']:.2f}   "
           f"(mean R'': batched {out['mean_risk_batched']:.3f}, naive {out['mean_risk_naive']:.3f})")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)
 
