@@ -8,7 +8,7 @@ Every chapter takes a ``scale``:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -118,19 +118,3 @@ def train_config(dataset: str, net: str, training: str, scale: str, seed: int = 
     )
     cfg.update(overrides)
     return TrainConfig(**cfg)
-
-
-@dataclass(frozen=True)
-class ScaleInfo:
-    """A human-readable summary of what a scale costs, for the book's Reproducing page."""
-
-    name: str
-    meant_for: str
-    notes: list = field(default_factory=list)
-
-
-SCALE_INFO = {
-    "smoke": ScaleInfo("smoke", "CI, seconds on a CPU", ["512 training images, 1 epoch", "tiny searches"]),
-    "cpu": ScaleInfo("cpu", "2 CPU cores, minutes per chapter", ["few epochs, full data", "small searches"]),
-    "paper": ScaleInfo("paper", "one GPU, hours", ["the papers' schedules and hyper-parameters"]),
-}
