@@ -148,14 +148,11 @@ def results_inventory(root: Path | None = None) -> list[dict]:
     """Every result under ``results/`` (but smoke ones) with the scale and settings stored inside it."""
     import json
 
-    import torch
+    from .train import saved_models
 
     root = root or REPO_ROOT / "results"
     rows = []
-    for p in sorted(root.glob("models/*/*.pt")):
-        if p.name.endswith(".last.pt"):
-            continue
-        c = torch.load(p, map_location="cpu", weights_only=False)
+    for p, c in (m for folder in sorted(root.glob("models/*")) for m in saved_models(folder)):
         cfg = c["config"]
         rows.append({"result": p.relative_to(root.parent).as_posix(), "scale": cfg["scale"],
                      "settings": f"{cfg['training'].upper()}, {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}"

@@ -172,14 +172,20 @@ def load_record(dataset: str, net: str, training: str, scale: str, root: Path | 
     return state
 
 
+def saved_models(folder: Path):
+    """(path, record without weights) of every finished checkpoint in ``folder`` (resume states skipped)."""
+    for path in sorted(folder.glob("*.pt")):
+        if not path.name.endswith(".last.pt"):
+            st = torch.load(path, map_location="cpu", weights_only=False)
+            st.pop("model", None)
+            yield path, st
+
+
 def write_accuracies(scale: str, root: Path | None = None) -> Path:
     """Collect the test accuracies of every trained model of ``scale`` into ``accuracies.csv``."""
     folder = model_dir(scale, root)
     rows = []
-    for path in sorted(folder.glob("*.pt")):
-        if path.name.endswith(".last.pt"):
-            continue
-        st = torch.load(path, map_location="cpu", weights_only=False)
+    for _, st in saved_models(folder):
         c = st["config"]
         rows.append({"dataset": c["dataset"], "net": c["net"], "training": c["training"], "scale": c["scale"],
                      "epochs": c["epochs"], "lr": c["lr"], "at_eps": c["at_eps"], "test_acc": round(st["test_acc"], 4),
