@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import data
 from .attacks import fgsm
-from .config import DATASETS, RESULTS_DIR, SCALES, check_choice
+from .config import DATASETS, RESULTS_DIR, SCALES, check_choice, quiet
 from .models import build_model, n_params
 
 #: The 40 hidden-layer lists of the paper's Tables I and II, in their order.
@@ -122,7 +122,7 @@ def _fit(model, opt, x, y, epochs: int, batch: int, gen: torch.Generator, eps: f
     dev = next(model.parameters()).device
     for ep in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
-        for i in tqdm(range(0, len(x), batch), desc=f"{desc} epoch {ep + 1}/{epochs}", leave=False, disable=not progress):
+        for i in tqdm(range(0, len(x), batch), desc=f"{desc} epoch {ep + 1}/{epochs}", leave=False, **quiet(progress)):
             idx = perm[i:i + batch]
             xb, yb = x[idx].to(dev), y[idx].to(dev)
             if eps is None:
@@ -208,7 +208,7 @@ def run_sweep(cfg: ATRASConfig, archs: list | None = None, root: Path | None = N
     keep = {str(list(a)) for a in (keep_models or [])}
     splits = load_splits(cfg)
     models = {}
-    bar = tqdm(archs, desc=f"ATRAS {cfg.dataset} [{cfg.scale}]", disable=not progress)
+    bar = tqdm(archs, desc=f"ATRAS {cfg.dataset} [{cfg.scale}]", **quiet(progress))
     for hidden in bar:
         key = str(hidden)
         if key in finished and key not in keep:

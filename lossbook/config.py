@@ -118,3 +118,9 @@ def train_config(dataset: str, net: str, training: str, scale: str, seed: int = 
     )
     cfg.update(overrides)
     return TrainConfig(**cfg)
+
+
+def quiet(progress: bool) -> dict:
+    """tqdm keyword arguments: none when ``progress`` (so that ``TQDM_DISABLE`` can still silence the bar,
+    as the book's runner does), ``disable=True`` otherwise."""
+    return {} if progress else {"disable": True}

@@ -19,8 +19,13 @@ ALLOWED: dict[str, tuple] = {
 }
 
 
+#: Parameters that must be whole numbers >= 0.
+WHOLE_NUMBERS = ("seed", "runs", "epochs", "adv_epochs", "n_points", "n_images", "steps", "resolution", "n_examples",
+                 "per_kind")
+
+
 def _check_type(name: str, value: Any) -> None:
-    if name in ("seed", "runs", "epochs", "adv_epochs", "n_points") and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+    if name in WHOLE_NUMBERS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         raise ValueError(f"parameter {name}={value!r} is not allowed; allowed values: a whole number >= 0")
 
 

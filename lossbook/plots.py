@@ -82,3 +82,85 @@ def transfer_heatmap(tm, title: str):
     ax.set(xlabel="evaluated on (j)", ylabel="FGSM crafted on (i)", title=title)
     ax.tick_params(labelsize=7)
     return fig
+
+
+LOSS_LABELS = {"searched": "searched", "ce": "CE", "cw": "C&W", "dlr": "DLR"}
+
+
+def eps_curves(sweeps: list, title_of=lambda df, steps: f"{df['target'].iloc[0]}, PGD-{steps}",
+               cols: int | None = None):
+    """R'' against eps, one panel per (setting, PGD budget) (the paper's Figs. 5/6): CE red, the
+    searched loss blue, C&W and DLR as thinner references."""
+    import numpy as np
+
+    panels = [(df, steps) for df in sweeps for steps in dict.fromkeys(df["steps"])]
+    cols = cols or (len(dict.fromkeys(panels[0][0]["steps"])) if panels else 1)
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax, (df, steps) in zip(axes.flat, panels):
+        d = df[df["steps"] == steps]
+        for loss in ("dlr", "cw", "ce", "searched"):
+            g = d[d["loss"] == loss]
+            main = loss in ("ce", "searched")
+            ax.plot(g["eps"], g["risk"], marker="o" if main else ".", color=COLORS[loss], lw=2 if main else 1,
+                    ls="-" if main else ":", label=LOSS_LABELS[loss], zorder=3 if main else 2)
+        ax.axvline(d.loc[d["factor"] == 1.0, "eps"].iloc[0], color="0.6", lw=0.8)
+        ax.set(title=title_of(df, steps), xlabel="eps", ylabel="R''", ylim=(0, 1.02))
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return fig
+
+
+def gain_heatmap(matrix, title: str, label: str = "gain over CE (pp)"):
+    """Source x target matrix of gains in pp (Fig. 8): bright for large gains, dark for none or negative."""
+    fig, ax = plt.subplots(figsize=(0.9 * matrix.shape[1] + 3.2, 0.55 * matrix.shape[0] + 2.2))
+    vmax = max(1.0, float(matrix.max().max()))
+    sns.heatmap(matrix, annot=True, fmt="+.1f", cmap="mako", vmin=0, vmax=vmax, ax=ax, cbar_kws={"label": label},
+                annot_kws={"fontsize": 7})
+    ax.set(xlabel="evaluated under (test setting)", ylabel="loss searched under", title=title)
+    ax.tick_params(labelsize=7)
+    plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
+    return fig
+
+
+def landscape_panel(ax, item, which: str = "ce", title: str = ""):
+    """One local landscape: 0-1 outcome (green correct, grey misclassified), contours of one loss, and
+    both PGD paths (CE red, searched blue) projected onto the plane."""
+    from matplotlib.colors import ListedColormap
+
+    ax.pcolormesh(item.a, item.b, item.correct.astype(float), cmap=ListedColormap(["#bdbdbd", "#a1d99b"]),
+                  vmin=0, vmax=1, shading="auto")
+    values = item.ce if which == "ce" else item.searched
+    cs = ax.contour(item.a, item.b, values, levels=10, colors="k", linewidths=0.6, alpha=0.7)
+    ax.clabel(cs, fontsize=5, fmt="%.2g")
+    for path, key in ((item.path_ce, "ce"), (item.path_searched, "searched")):
+        ax.plot(path[:, 0], path[:, 1], color=COLORS[key], lw=1.2, label=f"PGD path, {LOSS_LABELS[key]}")
+        ax.plot(*path[-1], marker="*", ms=9, color=COLORS[key], mec="k", mew=0.5)
+    ax.plot(0, 0, marker="o", color="k", ms=4)
+    ax.set(xlabel="searched-loss direction", ylabel="CE direction (orthogonalized)",
+           title=title or f"contours of {LOSS_LABELS[which]}")
+    ax.set_aspect("equal")
+    return ax
+
+
+def qualitative(ex, class_names=None, title: str = ""):
+    """Clean image, CE adversary and searched-loss adversary per row, with predictions (Fig. 10)."""
+    import numpy as np
+
+    n = len(ex.index)
+    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.9 * n + 0.4), squeeze=False)
+    name = (lambda c: class_names[c]) if class_names else str
+    for i in range(n):
+        for j, (img, pred, head) in enumerate(((ex.clean[i], ex.label[i], "clean"), (ex.adv_ce[i], ex.pred_ce[i], "CE"),
+                                                (ex.adv_searched[i], ex.pred_searched[i], "searched"))):
+            ax = axes[i, j]
+            im = np.transpose(img, (1, 2, 0))
+            ax.imshow(im.squeeze(-1) if im.shape[-1] == 1 else im, cmap="gray" if im.shape[-1] == 1 else None,
+                      vmin=0, vmax=1)
+            wrong = j > 0 and pred != ex.label[i]
+            ax.set_title(f"{head}: {name(int(pred))}", fontsize=8, color="#b30000" if wrong else "black")
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

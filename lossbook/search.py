@@ -34,7 +34,7 @@ from deap import algorithms, base, creator, gp, tools
 from tqdm.auto import tqdm
 
 from .attacks import evaluate_losses
-from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, paper_eps
+from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, paper_eps, quiet
 from .losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, PRIMITIVES, compile_formula, formula_size, pretty
 
 
@@ -245,7 +245,7 @@ def run_search(evaluator: Evaluator, cfg: GPConfig, seed: int, checkpoint: Path 
     if rng_state is not None:
         random.setstate(rng_state)
 
-    bar = tqdm(range(start_gen, cfg.gn + 1), desc=desc, disable=not progress, initial=start_gen, total=cfg.gn + 1)
+    bar = tqdm(range(start_gen, cfg.gn + 1), desc=desc, **quiet(progress), initial=start_gen, total=cfg.gn + 1)
     done = 0
     for gen in bar:
         if stop_after is not None and done >= stop_after:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data
-from .config import RESULTS_DIR, TrainConfig, train_config
+from .config import RESULTS_DIR, TrainConfig, train_config, quiet
 from .models import build_model, default_device
 
 
@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
         perm = torch.randperm(n, generator=gen)
         tot_loss = tot_correct = 0.0
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"{cfg.name()} [{cfg.scale}] epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
+                   **quiet(progress), leave=False)
         for i in bar:
             idx = perm[i:i + cfg.batch_size]
             xb, yb = x_train[idx].to(device), y_train[idx].to(device)

@@ -1,0 +1,285 @@
+"""Why are searched losses better? Local loss landscapes (the paper's Fig. 9) and examples (Fig. 10).
+
+For an image x, PGD-100 is run with CE and with a searched loss (mode "final", every step recorded).
+The plane through x spanned by the two final perturbations is given an orthonormal basis:
+``u`` along the searched loss's perturbation (horizontal axis, as the paper) and ``v`` along CE's,
+orthogonalized against ``u`` (vertical). On a grid of that plane we evaluate the model's 0-1 outcome,
+CE and the searched loss; the PGD paths are projected onto the plane. Grid points are clipped to the
+image box [0, 1] (the model's domain), so far from x the "plane" bends where pixels saturate.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .attacks import pgd
+from .config import RESULTS_DIR
+from .losses import cross_entropy, per_sample
+
+#: How an example is explained (the paper's two reasons), decided from CE at the two endpoints.
+EXPLANATIONS = {
+    "optimization": "the searched loss's adversary has a higher CE than CE's own: PGD on CE missed a "
+                    "better (and misclassified) point that the searched loss found",
+    "consistency": "CE's own endpoint has the higher CE yet is still classified correctly: maximizing CE "
+                   "does not maximize the 0-1 loss here, the searched loss is locally more consistent with it",
+}
+
+
+def plane_basis(d_searched: torch.Tensor, d_ce: torch.Tensor, generator: torch.Generator | None = None,
+                tol: float = 1e-8) -> torch.Tensor:
+    """Orthonormal basis (2, D) of the plane spanned by two perturbations (flattened).
+
+    Row 0 is ``d_searched`` normalized; row 1 is ``d_ce`` with its component along row 0 removed,
+    normalized. Where a perturbation is zero or the two are parallel, the missing direction is a
+    random unit vector orthogonal to the other (so both perturbations still lie in the plane).
+    """
+    a, b = d_searched.flatten().double(), d_ce.flatten().double()
+    if a.shape != b.shape:
+        raise ValueError(f"perturbations differ in size: {tuple(d_searched.shape)} vs {tuple(d_ce.shape)}")
+    gen = generator or torch.Generator().manual_seed(0)
+
+    def unit_orthogonal(v: torch.Tensor, to: torch.Tensor | None) -> torch.Tensor | None:
+        if to is not None:
+            v = v - (v @ to) * to
+        n = v.norm()
+        return v / n if n > tol * max(1.0, float(b.norm()), float(a.norm())) else None
+
+    u = unit_orthogonal(a, None)
+    if u is None:  # the searched loss left x where it was: take CE's direction first
+        u = unit_orthogonal(b, None)
+        if u is None:
+            u = unit_orthogonal(torch.randn(a.shape, generator=gen, dtype=torch.float64), None)
+    v = unit_orthogonal(b, u)
+    while v is None:
+        v = unit_orthogonal(torch.randn(a.shape, generator=gen, dtype=torch.float64), u)
+    return torch.stack([u, v]).to(d_searched.dtype)
+
+
+def coordinates(deltas: torch.Tensor, basis: torch.Tensor) -> np.ndarray:
+    """Coordinates (..., 2) in the plane of flattened perturbations (..., D)."""
+    return (deltas.double() @ basis.T.double()).numpy()
+
+
+def explain(broken_searched: bool, broken_ce: bool, ce_at_searched_end: float, ce_at_ce_end: float) -> str | None:
+    """Which of the paper's two reasons an image shows; None unless the searched loss breaks it and CE
+    does not."""
+    if not broken_searched or broken_ce:
+        return None
+    return "optimization" if ce_at_searched_end > ce_at_ce_end else "consistency"
+
+
+@dataclass
+class Landscape:
+    """One image's landscape: grid axes, outcomes and loss values, PGD paths in plane coordinates."""
+
+    index: int  # test-set index of the image
+    label: int
+    a: np.ndarray  # (R,) coordinates along u (searched direction)
+    b: np.ndarray  # (R,) coordinates along v (CE direction, orthogonalized)
+    correct: np.ndarray  # (R, R) bool, [i, j] at (a[j], b[i])
+    ce: np.ndarray  # (R, R)
+    searched: np.ndarray  # (R, R)
+    path_ce: np.ndarray  # (steps + 1, 2)
+    path_searched: np.ndarray  # (steps + 1, 2)
+    broken_ce: bool  # outcome of PGD at its final point
+    broken_searched: bool
+    ce_at_ce_end: float
+    ce_at_searched_end: float
+
+    @property
+    def explanation(self) -> str | None:
+        """Which of the paper's two reasons the example shows (only when the searched loss wins)."""
+        return explain(self.broken_searched, self.broken_ce, self.ce_at_searched_end, self.ce_at_ce_end)
+
+
+@torch.no_grad()
+def evaluate_plane(model: torch.nn.Module, x: torch.Tensor, y: int, basis: torch.Tensor, a: np.ndarray,
+                   b: np.ndarray, loss: Callable, batch: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """0-1 outcome (correct?), CE and ``loss`` (per sample) at x + a_j u + b_i v, clipped to [0, 1]."""
+    model.eval()
+    dev = next(model.parameters()).device
+    aa, bb = np.meshgrid(a, b)  # [i, j] -> (a[j], b[i])
+    coef = torch.tensor(np.stack([aa.ravel(), bb.ravel()], 1), dtype=basis.dtype)
+    pts = (x.reshape(1, -1) + coef @ basis).clamp_(0, 1).to(x.dtype)
+    correct, ce, ls = [], [], []
+    for i in range(0, len(pts), batch):
+        logits = model(pts[i:i + batch].view(-1, *x.shape).to(dev)).float()
+        q = F.one_hot(torch.full((len(logits),), int(y), device=dev), logits.shape[1]).float()
+        correct.append(logits.argmax(1).eq(int(y)).cpu())
+        ce.append(per_sample(cross_entropy(logits, q), len(logits)).cpu())
+        ls.append(per_sample(loss(logits, q), len(logits)).cpu())
+    shape = aa.shape
+    return (torch.cat(correct).view(shape).numpy(), torch.cat(ce).view(shape).numpy(),
+            torch.cat(ls).view(shape).numpy())
+
+
+@dataclass
+class Race:
+    """PGD with the searched loss (row 0) and CE (row 1) on the same N images from the same starts."""
+
+    deltas: torch.Tensor  # (T, 2, N, D): the perturbation after the random start and after each step
+    broken: torch.Tensor  # (2, N) bool: final iterate misclassified
+    ce_end: torch.Tensor  # (2, N): CE at each final iterate
+
+    def explanations(self) -> list[str | None]:
+        return [explain(bool(self.broken[0, n]), bool(self.broken[1, n]), float(self.ce_end[0, n]),
+                        float(self.ce_end[1, n])) for n in range(self.broken.shape[1])]
+
+
+def race(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Callable, norm: str, eps: float,
+         steps: int = 100, seed: int = 0) -> Race:
+    """PGD-``steps`` (mode "final", every step recorded) with ``loss`` and with CE."""
+    res = pgd(model, x, y, [loss, cross_entropy], norm=norm, eps=eps, steps=steps, mode="final", seed=seed,
+              record=True)
+    N = len(x)
+    deltas = torch.stack(res.trajectory).view(len(res.trajectory), 2, N, -1)
+    with torch.no_grad():
+        dev = next(model.parameters()).device
+        logits = model(res.x_adv.reshape(2 * N, *x.shape[1:]).to(dev)).float()
+        q = F.one_hot(y.repeat(2).to(dev), logits.shape[1]).float()
+        ce_end = per_sample(cross_entropy(logits, q), 2 * N).view(2, N).cpu()
+    return Race(deltas=deltas, broken=res.broken, ce_end=ce_end)
+
+
+def landscape(model: torch.nn.Module, x: torch.Tensor, y: int, index: int, r: Race, n: int, loss: Callable,
+              resolution: int = 41, margin: float = 1.25) -> Landscape:
+    """Image ``n`` of a race: its plane, a ``resolution`` x ``resolution`` grid spanning ``margin`` x the
+    farthest point of either path, and both paths in plane coordinates."""
+    if resolution < 3:
+        raise ValueError(f"resolution must be at least 3 grid points per axis, got {resolution}")
+    d_s, d_c = r.deltas[:, 0, n], r.deltas[:, 1, n]
+    basis = plane_basis(d_s[-1], d_c[-1])
+    path_s, path_c = coordinates(d_s, basis), coordinates(d_c, basis)
+    reach = max(np.abs(path_s).max(), np.abs(path_c).max(), 1e-3) * margin
+    axis = np.linspace(-reach, reach, resolution)
+    correct, ce, ls = evaluate_plane(model, x, y, basis, axis, axis, loss)
+    return Landscape(index=int(index), label=int(y), a=axis, b=axis.copy(), correct=correct, ce=ce, searched=ls,
+                     path_ce=path_c, path_searched=path_s, broken_ce=bool(r.broken[1, n]),
+                     broken_searched=bool(r.broken[0, n]), ce_at_ce_end=float(r.ce_end[1, n]),
+                     ce_at_searched_end=float(r.ce_end[0, n]))
+
+
+def pick(r: Race, per_kind: int = 1) -> dict[str, list[int]]:
+    """Images (positions in the race) showing each explanation: among those the searched loss breaks
+    and CE does not, the ones with the largest CE gap between the two endpoints (the clearest cases)."""
+    kinds = r.explanations()
+    gap = (r.ce_end[0] - r.ce_end[1]).abs()
+    return {kind: sorted((n for n, k in enumerate(kinds) if k == kind), key=lambda n: -float(gap[n]))[:per_kind]
+            for kind in EXPLANATIONS}
+
+
+# ------------------------------------------------------------------------------------------------
+# Fig. 10: qualitative examples
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Examples:
+    """Clean images and their CE and searched-loss adversaries (PGD, final iterate), with predictions."""
+
+    index: np.ndarray  # (n,) test-set indices
+    label: np.ndarray
+    clean: np.ndarray  # (n, C, H, W) float32 in [0, 1]
+    adv_ce: np.ndarray
+    adv_searched: np.ndarray
+    pred_ce: np.ndarray
+    pred_searched: np.ndarray
+
+
+@torch.no_grad()
+def examples(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, indices, r: Race, n: int = 4) -> Examples:
+    """Up to ``n`` images of a race that the searched loss breaks and CE does not (filled up with images
+    both break, then with the rest), with both final adversaries and the predictions on them."""
+    bs, bc = r.broken[0], r.broken[1]
+    order = torch.cat([(bs & ~bc).nonzero(), (bs & bc).nonzero(), (~bs).nonzero()]).squeeze(1)[:n]
+    flat = x[order].reshape(len(order), -1)
+    adv = [(flat + r.deltas[-1, k, order]).view(-1, *x.shape[1:]) for k in (0, 1)]
+    dev = next(model.parameters()).device
+    model.eval()
+    pred = [model(a.to(dev)).argmax(1).cpu().numpy() for a in adv]
+    return Examples(index=np.asarray(indices)[order.numpy()], label=y[order].numpy(), clean=x[order].numpy(),
+                    adv_ce=adv[1].numpy(), adv_searched=adv[0].numpy(), pred_ce=pred[1], pred_searched=pred[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# One study (a searched loss on one model): run, save, load
+# ------------------------------------------------------------------------------------------------
+def landscape_dir(scale: str, root: Path | None = None) -> Path:
+    return (root or RESULTS_DIR / "landscape") / scale
+
+
+_ARRAYS = ("a", "b", "correct", "ce", "searched", "path_ce", "path_searched")
+_SCALARS = ("index", "label", "broken_ce", "broken_searched", "ce_at_ce_end", "ce_at_searched_end")
+
+
+def save(path: Path, items: list[Landscape], ex: Examples, meta: dict) -> None:
+    """Arrays to ``path`` (.npz), ``meta`` and per-image scalars to ``path`` with suffix .json."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{k}_{i}": getattr(it, k) for i, it in enumerate(items) for k in _ARRAYS}
+    arrays.update({f"ex_{k}": getattr(ex, k) for k in Examples.__dataclass_fields__})
+    np.savez_compressed(path, **arrays)
+    meta = {**meta, "landscapes": [{k: getattr(it, k) for k in _SCALARS} | {"explanation": it.explanation}
+                                   for it in items]}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+
+def load(path: Path) -> tuple[list[Landscape], Examples, dict]:
+    """What :func:`save` wrote."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    with np.load(path) as z:
+        items = [Landscape(**{k: z[f"{k}_{i}"] for k in _ARRAYS}, **{k: im[k] for k in _SCALARS})
+                 for i, im in enumerate(meta["landscapes"])]
+        ex = Examples(**{k: z[f"ex_{k}"] for k in Examples.__dataclass_fields__})
+    return items, ex, meta
+
+
+def study(source: str, scale: str, dataset: str | None = None, n_images: int = 64, steps: int = 100,
+          resolution: int = 41, per_kind: int = 1, n_examples: int = 4, seed: int = 0, compute: bool = True,
+          root: Path | None = None, device=None):
+    """Landscapes (Fig. 9) and examples (Fig. 10) of the loss searched under ``source``, attacked on the
+    source's own model, or on the same net/training/norm of another ``dataset`` (a transferred loss,
+    at that setting's eps as chosen by :func:`lossbook.search.auto_setting`).
+
+    The race runs on the first ``n_images`` correctly classified test images; ``meta["outcomes"]``
+    counts how each of them came out, and how the searched-only wins split between the explanations.
+    Returns (landscapes, examples, meta), or None where nothing is saved and ``compute`` is False.
+    """
+    from . import data
+    from .attacks import evaluation_set
+    from .train import load_model
+    from .transfer import same_setting_on, searched_loss
+
+    found = searched_loss(source, scale)
+    target = same_setting_on(dataset or found.setting.dataset, found, scale, device)
+    path = landscape_dir(scale, root) / f"{target.name()}--from-{source}.npz"
+    request = {"scale": scale, "source": source, "formula": found.formula, "target": target.name(), "eps": target.eps,
+               "norm": target.norm, "n_images": n_images, "steps": steps, "resolution": resolution,
+               "per_kind": per_kind, "n_examples": n_examples, "seed": seed}
+    if path.exists() and path.with_suffix(".json").exists():
+        items, ex, meta = load(path)
+        if meta["request"] == request:
+            return items, ex, meta
+    if not compute:
+        return None
+    model = load_model(target.dataset, target.net, target.training, scale, device=device)
+    xt, yt = data.load(target.dataset, "test")
+    x, y, idx = evaluation_set(model, xt, yt, n=n_images)
+    loss = found.loss()
+    r = race(model, x, y, loss, target.norm, target.eps, steps=steps, seed=seed)
+    chosen = [n for kind in EXPLANATIONS for n in pick(r, per_kind)[kind]] or [0]  # none: show the first image
+    items = [landscape(model, x[n], int(y[n]), int(idx[n]), r, n, loss, resolution=resolution) for n in chosen]
+    kinds = r.explanations()
+    bs, bc = r.broken[0], r.broken[1]
+    outcomes = {"images": len(x), "searched only": int((bs & ~bc).sum()), "CE only": int((~bs & bc).sum()),
+                "both": int((bs & bc).sum()), "neither": int((~bs & ~bc).sum()),
+                **{f"searched only, {k}": kinds.count(k) for k in EXPLANATIONS}}
+    meta = {"request": request, "formula_pretty": found.pretty, "outcomes": outcomes,
+            "how picked": "among the images the searched loss breaks and CE does not, for each explanation the "
+                          f"{per_kind} with the largest |CE(searched end) - CE(CE end)|; where there is no such image, the "
+                          "first image of the set"}
+    save(path, items, examples(model, x, y, idx, r, n=n_examples), meta)
+    return load(path)

@@ -1,0 +1,296 @@
+"""Do searched losses transfer? The paper's Question 2 (Figs. 5-8), beside handcrafted references.
+
+Every comparison attacks the same images with the same random starts for every loss (one
+:func:`~lossbook.attacks.evaluate_losses` call), and reports CE, C&W and DLR beside the searched
+loss. Results are saved under ``results/transfer/<scale>/`` as CSV with a JSON of what made them;
+a saved result is reused only when that JSON matches the request.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import data
+from .attacks import evaluate_losses, evaluation_set
+from .config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
+from .losses import HANDCRAFTED, compile_formula, pretty
+from .search import SEARCH_PRESETS, Setting, auto_setting, load_runs, make_setting, parse_setting, search_setting
+
+#: The handcrafted references shown beside every searched loss (margin equals C&W at kappa 0).
+REFERENCES = ("ce", "cw", "dlr")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """What every transfer experiment evaluates on."""
+
+    n_images: int | None  # first n correctly classified test images; None: all of them
+    steps: tuple = (10, 100)  # PGD iterations compared (Figs. 5/6)
+    eps_factors: tuple = (0.5, 0.75, 1.0, 1.25, 1.5)  # eps sweep, relative to the setting's eps
+    cross_steps: int = 10  # PGD iterations of the cross-setting table (the search's attack)
+    seed: int = 0  # random starts, shared by every loss compared
+
+
+TRANSFER_PRESETS = {
+    "smoke": TransferConfig(n_images=32, steps=(10, 20), eps_factors=(0.5, 1.0, 1.5)),
+    "cpu": TransferConfig(n_images=1000),
+    "paper": TransferConfig(n_images=None),
+}
+
+
+def transfer_config(scale: str, **overrides) -> TransferConfig:
+    """The preset of a scale, with fields overridden (None values ignored)."""
+    check_choice("scale", scale, SCALES)
+    return replace(TRANSFER_PRESETS[scale], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def transfer_dir(scale: str, root: Path | None = None) -> Path:
+    return (root or RESULTS_DIR / "transfer") / scale
+
+
+# ------------------------------------------------------------------------------------------------
+# The searched losses, by setting name
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchedLoss:
+    """The best loss found for one setting (over its runs) and the setting it was found under."""
+
+    source: str  # setting name, e.g. "mnist-net1-at-linf"
+    setting: Setting
+    formula: str
+    fitness: float  # R'' on the search's own images
+
+    @property
+    def pretty(self) -> str:
+        return pretty(self.formula)
+
+    def loss(self) -> Callable:
+        return compile_formula(self.formula)
+
+
+def searched_loss(source: str, scale: str, root: Path | None = None) -> SearchedLoss:
+    """The best run's loss of a searched setting (``FileNotFoundError`` if it was not searched)."""
+    parse_setting(source)
+    best = max(load_runs(source, scale, root), key=lambda r: r["best_fitness"])
+    return SearchedLoss(source, Setting(**best["setting"]), best["best"], float(best["best_fitness"]))
+
+
+def searched_sources(scale: str, dataset: str | None = None, root: Path | None = None) -> list[str]:
+    """Names of the settings with finished search runs at a scale (optionally of one dataset)."""
+    folder = (root or RESULTS_DIR / "search") / scale
+    names = sorted(p.parent.name for p in folder.glob("*/run-*.json"))
+    return [n for n in dict.fromkeys(names) if dataset is None or n.startswith(dataset + "-")]
+
+
+def prepare_smoke(sources: list[str], datasets=("mnist",), progress: bool = False) -> None:
+    """At smoke scale (seconds): train the smoke models the chapters need and search missing sources."""
+    from .train import ensure_trained
+
+    for src in sources:
+        dataset, net, training, norm = parse_setting(src)
+        ensure_trained(sorted({dataset, *datasets}), [net], [training], "smoke", progress=progress)
+        if src not in searched_sources("smoke", dataset):
+            search_setting(make_setting(dataset, net, training, norm), "smoke", progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------
+# Saved results
+# ------------------------------------------------------------------------------------------------
+def _cached(path: Path, meta: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``path`` (CSV) if its ``.json`` says it was made with ``meta``, else ``compute()`` saved there."""
+    meta = json.loads(json.dumps(meta))
+    info = path.with_suffix(".json")
+    if path.exists() and info.exists() and json.loads(info.read_text()) == meta:
+        return pd.read_csv(path)
+    df = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    info.write_text(json.dumps(meta, indent=1))
+    return df
+
+
+def saved(path: Path) -> pd.DataFrame | None:
+    """A saved result table, or None."""
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _evaluation(setting: Setting, model_scale: str, n_images: int | None, device=None):
+    from .train import load_model
+
+    model = load_model(setting.dataset, setting.net, setting.training, model_scale, device=device)
+    xt, yt = data.load(setting.dataset, "test")
+    x, y, _ = evaluation_set(model, xt, yt, n=n_images if n_images is not None else len(xt))
+    return model, x, y
+
+
+def _attack_all(model, x, y, named: dict, norm: str, eps: float, steps: int, seed: int) -> dict:
+    res = evaluate_losses(model, x, y, list(named.values()), norm=norm, eps=eps, steps=steps, seed=seed)
+    return dict(zip(named, res.risk.tolist()))
+
+
+# ------------------------------------------------------------------------------------------------
+# Figs. 5/6: other eps, other attack budget
+# ------------------------------------------------------------------------------------------------
+def same_setting_on(dataset: str, found: SearchedLoss, scale: str, device=None) -> Setting:
+    """The source's net, training and norm on ``dataset``: the source setting itself, or on another
+    dataset at the eps :func:`~lossbook.search.auto_setting` picks for our model there."""
+    s = found.setting
+    if dataset == s.dataset:
+        return s
+    return auto_setting(dataset, s.net, s.training, s.norm, scale, n_images=SEARCH_PRESETS[scale].n_images,
+                        device=device)
+
+
+def eps_sweep(source: str, scale: str, cfg: TransferConfig | None = None, dataset: str | None = None,
+              root: Path | None = None, compute: bool = True, progress: bool = True,
+              device=None) -> pd.DataFrame | None:
+    """R'' of the searched loss of ``source`` and of CE/C&W/DLR for eps = factor x the setting's eps and
+    PGD with each of ``cfg.steps`` iterations, on the source's own model and norm (Figs. 5/6) or, with
+    ``dataset``, on the same net/training/norm of another dataset (a transferred loss).
+
+    Rows: source, target, formula, eps, factor, steps, loss, risk, n_images, seed.
+    """
+    cfg = cfg or TRANSFER_PRESETS[scale]
+    found = searched_loss(source, scale)
+    path_target = found.setting.name() if dataset in (None, found.setting.dataset) else \
+        found.setting.name().replace(found.setting.dataset, dataset, 1)
+    path = transfer_dir(scale, root) / f"eps-{path_target}--from-{source}.csv"
+    if not compute:
+        return saved(path)
+    t = same_setting_on(dataset or found.setting.dataset, found, scale, device)
+    meta = {"what": "eps sweep", "scale": scale, "source": source, "formula": found.formula, "target": t.name(),
+            "eps": t.eps, **asdict(cfg)}
+
+    def run() -> pd.DataFrame:
+        model, x, y = _evaluation(t, scale, cfg.n_images, device)
+        named = {"searched": found.loss(), **{k: HANDCRAFTED[k] for k in REFERENCES}}
+        rows = []
+        grid = [(f, m) for m in cfg.steps for f in cfg.eps_factors]
+        for factor, steps in tqdm(grid, desc=f"eps sweep {t.name()} <- {source}", **quiet(progress)):
+            eps = round(t.eps * factor, 6)
+            if t.norm == "linf":
+                eps = min(eps, 1.0)
+            for loss, risk in _attack_all(model, x, y, named, t.norm, eps, steps, cfg.seed).items():
+                rows.append({"source": source, "target": t.name(), "formula": found.pretty, "eps": eps,
+                             "factor": factor, "steps": steps, "loss": loss, "risk": risk, "n_images": len(x),
+                             "seed": cfg.seed})
+        return pd.DataFrame(rows)
+
+    return _cached(path, meta, run)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fig. 7: other data (MNIST's extended test set, QMNIST test50k)
+# ------------------------------------------------------------------------------------------------
+def extended_data(source: str, scale: str, cfg: TransferConfig | None = None, root: Path | None = None,
+                  compute: bool = True, progress: bool = True, device=None,
+                  loader: Callable | None = None) -> pd.DataFrame | None:
+    """PGD-10 R'' over the eps sweep on the original MNIST test set and on QMNIST's 50k extended
+    test set (first n correctly classified images of each). Raises :class:`~lossbook.data.DataError`
+    where the extended set cannot be loaded. Rows: data, eps, factor, loss, risk, n_images."""
+    from .train import load_model
+
+    cfg = cfg or TRANSFER_PRESETS[scale]
+    found = searched_loss(source, scale)
+    s = found.setting
+    if s.dataset != "mnist":
+        raise ValueError(f"the extended test set exists for MNIST only; {source!r} is a {s.dataset} setting")
+    path = transfer_dir(scale, root) / f"extended-{source}.csv"
+    meta = {"what": "extended data", "scale": scale, "source": source, "formula": found.formula, "eps": s.eps,
+            **asdict(cfg)}
+    if not compute:
+        return saved(path)
+
+    def run() -> pd.DataFrame:
+        model = load_model(s.dataset, s.net, s.training, scale, device=device)
+        x_ext, y_ext = (loader or data.load_qmnist_extended)()
+        sets = {"MNIST test": data.load("mnist", "test"), "QMNIST extended (test50k)": (x_ext, y_ext)}
+        named = {"searched": found.loss(), **{k: HANDCRAFTED[k] for k in REFERENCES}}
+        rows = []
+        for name, (xs, ys) in sets.items():
+            x, y, _ = evaluation_set(model, xs, ys, n=cfg.n_images if cfg.n_images is not None else len(xs))
+            for factor in tqdm(cfg.eps_factors, desc=f"{source} on {name}", **quiet(progress)):
+                eps = min(round(s.eps * factor, 6), 1.0) if s.norm == "linf" else round(s.eps * factor, 6)
+                for loss, risk in _attack_all(model, x, y, named, s.norm, eps, cfg.steps[0], cfg.seed).items():
+                    rows.append({"source": source, "data": name, "eps": eps, "factor": factor, "loss": loss,
+                                 "risk": risk, "n_images": len(x)})
+        return pd.DataFrame(rows)
+
+    return _cached(path, meta, run)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fig. 8: other models and norms
+# ------------------------------------------------------------------------------------------------
+def target_settings(dataset: str, scale: str, norms=NORMS, device=None) -> list[Setting]:
+    """Every (net, training, norm) of a dataset at the eps the search chapter would use for it
+    (Table III unless CE-PGD-10 leaves the 0.5-0.9 band on our model, else calibrated to 0.7)."""
+    n = SEARCH_PRESETS[scale].n_images
+    return [auto_setting(dataset, net, training, norm, scale, n_images=n, device=device)
+            for training in TRAININGS for net in NETS for norm in norms]
+
+
+def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: TransferConfig | None = None,
+                  root: Path | None = None, compute: bool = True, progress: bool = True,
+                  device=None) -> pd.DataFrame | None:
+    """Each source's searched loss evaluated under every target (model, norm, eps), with PGD-
+    ``cfg.cross_steps``, beside CE, C&W and DLR on the same images and starts.
+
+    One row per (source, target): risk_searched, risk_ce, risk_cw, risk_dlr, gain_over_ce_pp,
+    gain_over_best_reference_pp (over the best of CE/C&W/DLR).
+    """
+    cfg = cfg or TRANSFER_PRESETS[scale]
+    if not sources or not targets:
+        raise ValueError("cross_setting needs at least one source and one target")
+    found = {src: searched_loss(src, scale) for src in sources}
+    datasets = sorted({t.dataset for t in targets})
+    path = transfer_dir(scale, root) / f"cross-{'-'.join(datasets)}.csv"
+    meta = {"what": "cross setting", "scale": scale, "sources": {k: v.formula for k, v in found.items()},
+            "targets": [asdict(t) for t in targets], **asdict(cfg)}
+    if not compute:
+        return saved(path)
+
+    def run() -> pd.DataFrame:
+        rows = []
+        for t in tqdm(targets, desc="cross-setting targets", **quiet(progress)):
+            model, x, y = _evaluation(t, scale, cfg.n_images, device)
+            named = {**{f"src:{k}": v.loss() for k, v in found.items()}, **{k: HANDCRAFTED[k] for k in REFERENCES}}
+            risk = _attack_all(model, x, y, named, t.norm, t.eps, cfg.cross_steps, cfg.seed)
+            refs = {k: risk[k] for k in REFERENCES}
+            for src in found:
+                r = risk[f"src:{src}"]
+                rows.append({"source": src, "target": t.name(), "target_eps": t.eps, "n_images": len(x),
+                             "risk_searched": r, **{f"risk_{k}": v for k, v in refs.items()},
+                             "gain_over_ce_pp": round(100 * (r - refs["ce"]), 2),
+                             "gain_over_best_reference_pp": round(100 * (r - max(refs.values())), 2)})
+        return pd.DataFrame(rows)
+
+    return _cached(path, meta, run)
+
+
+def gain_matrix(table: pd.DataFrame, column: str = "gain_over_ce_pp") -> pd.DataFrame:
+    """The cross-setting table as a source x target matrix of one column (Fig. 8)."""
+    check_choice("column", column, [c for c in table.columns if c.startswith("gain")])
+    src = list(dict.fromkeys(table["source"]))
+    tgt = list(dict.fromkeys(table["target"]))
+    return table.pivot(index="source", columns="target", values=column).loc[src, tgt]
+
+
+def summary(sweeps: list[pd.DataFrame]) -> pd.DataFrame:
+    """At the search's own eps (factor 1): R'' of each loss per source and PGD budget, and the gains
+    of the searched loss over CE and over the best of C&W/DLR, in pp."""
+    rows = []
+    for df in sweeps:
+        at = df[df["factor"] == 1.0]
+        for (source, target, steps), g in at.groupby(["source", "target", "steps"], sort=False):
+            r = dict(zip(g["loss"], g["risk"]))
+            rows.append({"searched under": source, "evaluated on": target, "steps": steps, "eps": g["eps"].iloc[0],
+                         **{f"R'' {k}": r[k] for k in ("searched",) + REFERENCES},
+                         "gain over CE (pp)": 100 * (r["searched"] - r["ce"]),
+                         "gain over best of C&W/DLR (pp)": 100 * (r["searched"] - max(r["cw"], r["dlr"]))})
+    return pd.DataFrame(rows)

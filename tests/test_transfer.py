@@ -1,0 +1,113 @@
+"""Transfer tables (Figs. 5-8): searched losses loaded by name, one cell per (source, target), the same
+starts for every loss, saved results reused only for the same request."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from lossbook import data
+from lossbook import search as S
+from lossbook import transfer as T
+from lossbook.attacks import evaluate_losses
+from lossbook.losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, compile_formula
+
+SOURCES = {"mnist-net1-st-linf": HANDCRAFTED_FORMULAS["margin"], "mnist-net1-at-linf": "Mul(Log(Softmax(p)), q)"}
+
+
+@pytest.fixture(scope="module")
+def searched(data_available, tmp_path_factory):
+    """Two fake search results (the margin tree, and CE written with the wrong sign) for the smoke models."""
+    from lossbook.train import ensure_trained
+
+    ensure_trained(["mnist"], ["net1"], ["st", "at"], "smoke", progress=False)
+    root = tmp_path_factory.mktemp("results")
+    for name, formula in SOURCES.items():
+        folder = root / "search" / "smoke" / name
+        folder.mkdir(parents=True)
+        setting = S.make_setting(*S.parse_setting(name), eps=0.1)
+        (folder / "run-0.json").write_text(json.dumps({"seed": 0, "best": formula, "best_fitness": 0.5,
+                                                        "setting": {**vars(setting)}}))
+    return root
+
+
+@pytest.fixture()
+def in_results(searched, monkeypatch):
+    monkeypatch.setattr(S, "RESULTS_DIR", searched)
+    return searched
+
+
+def test_loss_loaded_by_name_equals_the_original_callable(in_results):
+    found = T.searched_loss("mnist-net1-st-linf", "smoke")
+    assert found.formula == SOURCES["mnist-net1-st-linf"] and found.setting.eps == 0.1
+    p, q = torch.randn(64, 10), torch.eye(10)[torch.randint(0, 10, (64,))]
+    assert torch.equal(found.loss()(p, q), compile_formula(found.formula)(p, q))
+    # the margin tree is the margin loss written in primitives
+    assert torch.allclose(found.loss()(p, q).sum(1), HANDCRAFTED["margin"](p, q).reshape(-1), atol=1e-3)
+    from lossbook.train import load_model
+
+    model = load_model("mnist", "net1", "st", "smoke")
+    x, y = data.load("mnist", "test", 64)
+    res = evaluate_losses(model, x, y, [found.loss(), compile_formula(found.formula)], eps=0.1, steps=5)
+    assert res.risk[0] == res.risk[1]
+    assert T.searched_sources("smoke", "mnist", root=in_results / "search") == sorted(SOURCES)
+    with pytest.raises(FileNotFoundError, match="no search results for 'mnist-net2-st-linf'"):
+        T.searched_loss("mnist-net2-st-linf", "smoke")
+    with pytest.raises(ValueError, match="not of the form"):
+        T.searched_loss("mnist-net1", "smoke")
+
+
+def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
+    cfg = T.transfer_config("smoke", n_images=24)
+    targets = [S.make_setting("mnist", "net1", "st", "linf", 0.1), S.make_setting("mnist", "net1", "at", "l2", 1.5),
+               S.make_setting("mnist", "net1", "st", "l1", 8.0)]
+    table = T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, progress=False)
+    assert len(table) == len(SOURCES) * len(targets)
+    assert not table.duplicated(["source", "target"]).any()
+    m = T.gain_matrix(table)
+    assert m.shape == (2, 3) and list(m.index) == list(SOURCES) and list(m.columns) == [t.name() for t in targets]
+    assert table[[c for c in table if c.startswith("risk")]].stack().between(0, 1).all()
+    assert (table["gain_over_ce_pp"] == (100 * (table["risk_searched"] - table["risk_ce"])).round(2)).all()
+    assert (table["gain_over_best_reference_pp"] <= table["gain_over_ce_pp"]).all()
+    assert (table["n_images"] == 24).all()
+    # the CE tree with the wrong sign descends from the same starts: it breaks no more than CE does
+    wrong_sign = table[table["source"] == "mnist-net1-at-linf"]
+    assert (wrong_sign["risk_searched"] <= wrong_sign["risk_ce"]).all() and (wrong_sign["gain_over_ce_pp"] <= 0).all()
+    # saved with what made it; reused for the same request, loaded without computing
+    saved = json.loads((tmp_path / "smoke" / "cross-mnist.json").read_text())
+    assert saved["sources"] == SOURCES and saved["n_images"] == 24
+    pd.testing.assert_frame_equal(T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, progress=False), table)
+    pd.testing.assert_frame_equal(T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, compute=False), table)
+    with pytest.raises(ValueError, match="unknown column 'risk_ce'; allowed: 'gain_over_ce_pp', 'gain_over_best_reference_pp'"):
+        T.gain_matrix(table, "risk_ce")
+
+
+def test_eps_sweep_covers_every_eps_budget_and_loss(in_results, tmp_path):
+    cfg = T.transfer_config("smoke", n_images=16, steps=(3, 6), eps_factors=(0.5, 1.0))
+    df = T.eps_sweep("mnist-net1-st-linf", "smoke", cfg, root=tmp_path, progress=False)
+    assert len(df) == 2 * 2 * 4 and set(df["loss"]) == {"searched", "ce", "cw", "dlr"}
+    assert sorted(set(df["eps"])) == [0.05, 0.1]
+    # same starts: the margin tree and C&W (the margin clipped at 0, equal until a row breaks) agree up to rounding
+    wide = df.pivot_table(index=["eps", "steps"], columns="loss", values="risk")
+    assert ((wide["searched"] - wide["cw"]).abs() <= 2 / 16 + 1e-9).all()
+    s = T.summary([df])
+    assert list(s["steps"]) == [3, 6] and (s["eps"] == 0.1).all()
+    assert s["gain over CE (pp)"].tolist() == pytest.approx((100 * (wide.loc[0.1, "searched"] - wide.loc[0.1, "ce"])).tolist())
+
+
+def test_extended_data_reports_unavailable_data_and_works_with_a_loader(in_results, tmp_path):
+    cfg = T.transfer_config("smoke", n_images=16, eps_factors=(1.0,))
+
+    def unavailable():
+        raise data.DataError("QMNIST's extended test set (test50k) is not available")
+
+    with pytest.raises(data.DataError, match="test50k"):
+        T.extended_data("mnist-net1-st-linf", "smoke", cfg, root=tmp_path, loader=unavailable)
+    df = T.extended_data("mnist-net1-st-linf", "smoke", cfg, root=tmp_path, progress=False,
+                         loader=lambda: data.load("mnist", "train", 200))  # any MNIST-like set stands in
+    assert set(df["data"]) == {"MNIST test", "QMNIST extended (test50k)"} and len(df) == 2 * 4
+
+
+def test_transfer_config_rejects_unknown_scale():
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        T.transfer_config("huge")
