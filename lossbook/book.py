@@ -179,6 +179,21 @@ def results_inventory(root: Path | None = None) -> list[dict]:
                      "settings": f"{c['epochs']}+{c['adv_epochs']} epochs, FGSM eps {c['eps']:.4f}, "
                                  f"{c['optimizer']} lr {c['lr']}, {c['failure_mode']}",
                      "outcome": f"{csv_rows} architectures"})
+    for p in sorted(root.glob("transfer/*/*.json")):
+        c = json.loads(p.read_text())
+        n = "all correctly classified" if c["n_images"] is None else f"first {c['n_images']} correctly classified"
+        what = (f"{c['what']}: {c.get('target', '')} <- {c['source']}, eps factors {c['eps_factors']}, PGD-{c['steps']}"
+                if "source" in c else f"{c['what']}: {len(c['sources'])} sources x {len(c['targets'])} targets, "
+                                      f"PGD-{c['cross_steps']}")
+        rows.append({"result": p.with_suffix(".csv").relative_to(root.parent).as_posix(), "scale": c["scale"],
+                     "settings": f"{what}, {n} test images, seed {c['seed']}", "outcome": "R'' per loss (CSV)"})
+    for p in sorted(root.glob("landscape/*/*.json")):
+        c = json.loads(p.read_text())
+        q = c["request"]
+        rows.append({"result": p.with_suffix(".npz").relative_to(root.parent).as_posix(), "scale": q["scale"],
+                     "settings": f"{q['target']} <- {q['source']}, eps {q['eps']}, PGD-{q['steps']} on {q['n_images']} "
+                                 f"images, grid {q['resolution']}x{q['resolution']}, seed {q['seed']}",
+                     "outcome": ", ".join(f"{k}: {v}" for k, v in c["outcomes"].items())})
     return [r for r in rows if r["scale"] != "smoke"]  # smoke results are never committed
 
 

@@ -38,7 +38,7 @@ class TransferConfig:
 
 TRANSFER_PRESETS = {
     "smoke": TransferConfig(n_images=32, steps=(10, 20), eps_factors=(0.5, 1.0, 1.5)),
-    "cpu": TransferConfig(n_images=1000),
+    "cpu": TransferConfig(n_images=1000, eps_factors=(0.5, 1.0, 1.5)),
     "paper": TransferConfig(n_images=None),
 }
 
