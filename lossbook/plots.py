@@ -164,3 +164,28 @@ def qualitative(ex, class_names=None, title: str = ""):
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def eps_gains(sweeps: list):
+    """The same sweeps as differences to CE in pp (zoomed in where :func:`eps_curves` overlap): one
+    panel per setting, the searched loss solid and C&W/DLR dotted, PGD-10 thin and PGD-100 thick."""
+    import numpy as np
+
+    cols = min(2, len(sweeps))
+    rows = int(np.ceil(len(sweeps) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows + 0.5), squeeze=False, layout="constrained")
+    for ax, df in zip(axes.flat, sweeps):
+        wide = df.pivot_table(index=["steps", "eps"], columns="loss", values="risk")
+        for steps in wide.index.get_level_values(0).unique():
+            w = wide.loc[steps]
+            for loss in ("searched", "cw", "dlr"):
+                ax.plot(w.index, 100 * (w[loss] - w["ce"]), color=COLORS[loss], ls="-" if loss == "searched" else ":",
+                        lw=2.2 if steps == wide.index.get_level_values(0).max() else 1.0, marker=".",
+                        label=f"{LOSS_LABELS[loss]}, PGD-{steps}")
+        ax.axhline(0, color=COLORS["ce"], lw=1)
+        ax.set(title=df["target"].iloc[0], xlabel="eps", ylabel="R'' minus CE's (pp)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7)
+    for ax in list(axes.flat)[len(sweeps):]:
+        ax.set_visible(False)
+    return fig
