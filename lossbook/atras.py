@@ -293,3 +293,37 @@ def dataset_results(cfg: ATRASConfig, archs: list, transfer_archs: list, compute
         tm = transfer_matrix(models, xt[:n_transfer], yt[:n_transfer], cfg.eps)
         tm.to_csv(tpath)
     return df, tm
+
+
+def claims(df: pd.DataFrame, transfers: dict | None = None) -> pd.DataFrame:
+    """The paper's conclusions, tested on a sweep table (and the transfer matrices, by dataset): one row
+    per claim with the statistic and whether our numbers support it."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for ds, d in df.groupby("dataset", sort=False):
+        change = 100 * (d["acc_attacked_after_at"] - d["acc_attacked_before_at"])
+        rho = spearmanr(d["params"], change).statistic
+        by_depth = depth_summary(d).set_index("depth_group")["mean"]
+        rows.append({"dataset": ds, "claim": "adversarial training recovers most on smaller architectures",
+                     "evidence": f"Spearman(params, recovery) = {rho:+.2f}; largest mean recovery at depth "
+                                 f"{by_depth.idxmax()} ({by_depth.max():+.1f} pp)",
+                     "supported": bool(rho < 0 and by_depth.idxmax() == "1")})
+        rho2 = spearmanr(d["params"], d["acc_attacked_after_at"]).statistic
+        best = d.loc[d["acc_attacked_after_at"].idxmax()]
+        rows.append({"dataset": ds, "claim": "accuracy under attack after AT is highest on smaller architectures",
+                     "evidence": f"Spearman(params, accuracy) = {rho2:+.2f}; best {best['hidden']} "
+                                 f"({best['acc_attacked_after_at']:.3f}, {int(best['params']):,} parameters)",
+                     "supported": bool(rho2 < 0)})
+        m = (transfers or {}).get(ds)
+        if m is not None:
+            size = {h: param_count(ds, ast.literal_eval(h)) for h in m.index}
+            clean = dict(zip(d["hidden"], d["test_acc"]))
+            drops = [clean[j] - m.loc[i, j] for i in m.index for j in m.columns if size[i] < size[j]]
+            back = [clean[j] - m.loc[i, j] for i in m.index for j in m.columns if size[i] > size[j]]
+            rows.append({"dataset": ds, "claim": "FGSM examples crafted on a smaller network fool larger ones",
+                         "evidence": f"mean drop of a larger network's accuracy on them: {100 * np.mean(drops):.1f} pp "
+                                     f"over {len(drops)} (smaller, larger) pairs (min {100 * np.min(drops):.1f} pp); "
+                                     f"larger to smaller: {100 * np.mean(back):.1f} pp",
+                         "supported": bool(np.mean(drops) > 0.1)})
+    return pd.DataFrame(rows)

@@ -63,3 +63,23 @@ def test_bad_configuration_values():
         atras.atras_config("mnist", "cpu", failure_mode="relu-adam")
     with pytest.raises(ValueError, match=r"eps must be in \[0, 1\]"):
         atras.atras_config("mnist", "cpu", eps=3)
+
+
+def test_claims_are_tested_on_a_hand_made_table():
+    import pandas as pd
+
+    from lossbook import atras
+
+    # smaller networks recover more and end more robust; attacks from small to large drop accuracy by 50 pp
+    rows = [("[8]", 6370, 0.1, 0.9), ("[64]", 50890, 0.1, 0.7), ("[8, 16]", 6634, 0.1, 0.85), ("[64, 128]", 59850, 0.1, 0.6)]
+    df = pd.DataFrame([{"dataset": "mnist", "hidden": h, "params": p, "test_acc": 0.95, "acc_attacked_before_at": b,
+                        "acc_attacked_after_at": a} for h, p, b, a in rows])
+    tm = pd.DataFrame([[0.1, 0.45], [0.9, 0.1]], index=["[8]", "[64]"], columns=["[8]", "[64]"])
+    c = atras.claims(df, {"mnist": tm}).set_index("claim")
+    assert c["supported"].tolist() == [True, True, True]
+    assert "largest mean recovery at depth 1 (+70.0 pp)" in c.iloc[0]["evidence"]  # depth 2: +62.5 pp
+    assert "Spearman(params, recovery) = -" in c.iloc[0]["evidence"]
+    # the opposite table (larger networks recover more) is not supported
+    flipped = df.assign(acc_attacked_after_at=df["acc_attacked_after_at"].values[::-1])
+    assert not atras.claims(flipped)["supported"].any()
+    assert "50.0 pp over 1 (smaller, larger) pairs" in c.iloc[2]["evidence"] and "larger to smaller: 5.0 pp" in c.iloc[2]["evidence"]
