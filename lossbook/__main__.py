@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import DATASETS, NETS, NORMS, SCALES, TRAININGS
+from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
 
 
 def _train(args) -> None:
@@ -42,14 +42,13 @@ def _search(args) -> None:
 
 
 def _atras(args) -> None:
-    from .atras import ARCHITECTURES, TRANSFER_SUBSET, atras_config, dataset_results, depth_summary
+    from .atras import ARCHITECTURES, atras_config, dataset_results, depth_summary, transfer_architectures
 
     archs = ARCHITECTURES if args.architectures is None else [ARCHITECTURES[i] for i in args.architectures]
     for ds in args.dataset:
         cfg = atras_config(ds, args.scale, eps=args.eps, epochs=args.epochs, adv_epochs=args.adv_epochs,
                            seed=args.seed, failure_mode=args.failure_mode)
-        transfer = archs if args.scale == "paper" else [a for a in TRANSFER_SUBSET if a in archs]
-        df, _ = dataset_results(cfg, archs, transfer, compute=True)
+        df, _ = dataset_results(cfg, archs, transfer_architectures(archs, args.scale), compute=True)
         print(depth_summary(df).to_string(index=False))
 
 
@@ -102,7 +101,7 @@ def main(argv=None) -> int:
     a.add_argument("--epochs", type=int, default=None)
     a.add_argument("--adv-epochs", type=int, default=None)
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--failure-mode", choices=("none", "sigmoid-sgd"), default="none")
+    a.add_argument("--failure-mode", choices=FAILURE_MODES, default="none")
     a.set_defaults(func=_atras)
 
     b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")

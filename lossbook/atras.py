@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import data
 from .attacks import fgsm
-from .config import DATASETS, RESULTS_DIR, SCALES, check_choice, quiet
+from .config import DATASETS, FAILURE_MODES, RESULTS_DIR, SCALES, check_choice, quiet
 from .models import build_model, n_params
 
 #: The 40 hidden-layer lists of the paper's Tables I and II, in their order.
@@ -49,7 +49,6 @@ PAPER_DEPTH_SUMMARY = {
 }
 COLUMNS = ["train_acc", "test_acc", "acc_attacked_before_at", "adv_train_acc", "adv_test_acc", "acc_attacked_after_at"]
 PAPER_TABLES = Path(__file__).parent / "paper_data" / "atras_tables.csv"
-FAILURE_MODES = ("none", "sigmoid-sgd")
 
 
 @dataclass(frozen=True)
@@ -270,6 +269,12 @@ def with_overrides(cfg: ATRASConfig, **kw) -> ATRASConfig:
 #: The architectures of the transfer matrix at cpu scale: one to eight hidden layers, narrow and wide.
 TRANSFER_SUBSET = [[64], [8, 256], [64, 1024], [24, 96, 384], [64, 256, 1024], [8, 32, 128, 512],
                    [40, 80, 160, 320, 640], [8, 16, 32, 64, 128, 256, 512, 1024]]
+
+
+def transfer_architectures(archs: list, scale: str) -> list:
+    """The architectures of the transfer matrix: all of ``archs`` at smoke and paper scale, else those
+    of :data:`TRANSFER_SUBSET` among them."""
+    return list(archs) if scale in ("smoke", "paper") else [a for a in TRANSFER_SUBSET if a in archs]
 
 
 def dataset_results(cfg: ATRASConfig, archs: list, transfer_archs: list, compute: bool, n_transfer: int = 2000,

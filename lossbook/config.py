@@ -17,6 +17,8 @@ DATASETS = ("mnist", "cifar10")
 NETS = ("net1", "net2")
 TRAININGS = ("st", "at")
 NORMS = ("linf", "l1", "l2")
+#: ATRAS training recipes: ours, and one that reproduces the paper's dead deep MLPs (sigmoid + plain SGD).
+FAILURE_MODES = ("none", "sigmoid-sgd")
 
 #: Root of the repository (the folder that holds ``lossbook/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .config import DATASETS, NETS, NORMS, SCALES, TRAININGS
+from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
 
 #: Allowed values of the parameters shared by the chapters (None = any value of the given type).
 ALLOWED: dict[str, tuple] = {
@@ -16,6 +16,7 @@ ALLOWED: dict[str, tuple] = {
     "training": TRAININGS + ("all",),
     "norm": NORMS + ("all",),
     "recompute": (True, False),
+    "failure_mode": FAILURE_MODES,
 }
 
 

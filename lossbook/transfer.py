@@ -128,6 +128,12 @@ def _evaluation(setting: Setting, model_scale: str, n_images: int | None, device
     return model, x, y
 
 
+def scaled_eps(eps: float, factor: float, norm: str) -> float:
+    """``factor`` x ``eps``, rounded; an l_inf radius is capped at 1 (images live in [0, 1])."""
+    e = round(eps * factor, 6)
+    return min(e, 1.0) if norm == "linf" else e
+
+
 def _attack_all(model, x, y, named: dict, norm: str, eps: float, steps: int, seed: int) -> dict:
     res = evaluate_losses(model, x, y, list(named.values()), norm=norm, eps=eps, steps=steps, seed=seed)
     return dict(zip(named, res.risk.tolist()))
@@ -172,9 +178,7 @@ def eps_sweep(source: str, scale: str, cfg: TransferConfig | None = None, datase
         rows = []
         grid = [(f, m) for m in cfg.steps for f in cfg.eps_factors]
         for factor, steps in tqdm(grid, desc=f"eps sweep {t.name()} <- {source}", **quiet(progress)):
-            eps = round(t.eps * factor, 6)
-            if t.norm == "linf":
-                eps = min(eps, 1.0)
+            eps = scaled_eps(t.eps, factor, t.norm)
             for loss, risk in _attack_all(model, x, y, named, t.norm, eps, steps, cfg.seed).items():
                 rows.append({"source": source, "target": t.name(), "formula": found.pretty, "eps": eps,
                              "factor": factor, "steps": steps, "loss": loss, "risk": risk, "n_images": len(x),
@@ -215,7 +219,7 @@ def extended_data(source: str, scale: str, cfg: TransferConfig | None = None, ro
         for name, (xs, ys) in sets.items():
             x, y, _ = evaluation_set(model, xs, ys, n=cfg.n_images if cfg.n_images is not None else len(xs))
             for factor in tqdm(cfg.eps_factors, desc=f"{source} on {name}", **quiet(progress)):
-                eps = min(round(s.eps * factor, 6), 1.0) if s.norm == "linf" else round(s.eps * factor, 6)
+                eps = scaled_eps(s.eps, factor, s.norm)
                 for loss, risk in _attack_all(model, x, y, named, s.norm, eps, cfg.steps[0], cfg.seed).items():
                     rows.append({"source": source, "data": name, "eps": eps, "factor": factor, "loss": loss,
                                  "risk": risk, "n_images": len(x)})
@@ -235,6 +239,11 @@ def target_settings(dataset: str, scale: str, norms=NORMS, device=None) -> list[
             for training in TRAININGS for net in NETS for norm in norms]
 
 
+def cross_path(datasets, scale: str, root: Path | None = None) -> Path:
+    """Where the cross-setting table of the targets of these datasets is saved."""
+    return transfer_dir(scale, root) / f"cross-{'-'.join(sorted(datasets))}.csv"
+
+
 def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: TransferConfig | None = None,
                   root: Path | None = None, compute: bool = True, progress: bool = True,
                   device=None) -> pd.DataFrame | None:
@@ -248,8 +257,7 @@ def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: T
     if not sources or not targets:
         raise ValueError("cross_setting needs at least one source and one target")
     found = {src: searched_loss(src, scale) for src in sources}
-    datasets = sorted({t.dataset for t in targets})
-    path = transfer_dir(scale, root) / f"cross-{'-'.join(datasets)}.csv"
+    path = cross_path({t.dataset for t in targets}, scale, root)
     meta = {"what": "cross setting", "scale": scale, "sources": {k: v.formula for k, v in found.items()},
             "targets": [asdict(t) for t in targets], **asdict(cfg)}
     if not compute:
@@ -294,3 +302,20 @@ def summary(sweeps: list[pd.DataFrame]) -> pd.DataFrame:
                          "gain over CE (pp)": 100 * (r["searched"] - r["ce"]),
                          "gain over best of C&W/DLR (pp)": 100 * (r["searched"] - max(r["cw"], r["dlr"]))})
     return pd.DataFrame(rows)
+
+
+def verdicts(sweeps: list[pd.DataFrame], cross: dict[str, pd.DataFrame]) -> list[str]:
+    """One sentence per (source, target, budget) of the sweeps at the search's eps, and one per
+    cross-setting table counting the (source, target) cells with a positive gain away from the source."""
+    out = []
+    for _, r in summary(sweeps).iterrows():
+        out.append(f"{r['searched under']} on {r['evaluated on']}, PGD-{r['steps']}: {r['gain over CE (pp)']:+.1f} pp "
+                   f"over CE, {r['gain over best of C&W/DLR (pp)']:+.1f} pp over the better of C&W and DLR")
+    for ds, table in cross.items():
+        off = table[table["source"] != table["target"]]
+        out.append(f"{ds}, other (model, norm) than searched under: gain over CE > 0 in "
+                   f"{int((off['gain_over_ce_pp'] > 0).sum())} of {len(off)} cells (median "
+                   f"{off['gain_over_ce_pp'].median():+.1f} pp); over the best of CE/C&W/DLR > 0 in "
+                   f"{int((off['gain_over_best_reference_pp'] > 0).sum())} (median "
+                   f"{off['gain_over_best_reference_pp'].median():+.1f} pp)")
+    return out

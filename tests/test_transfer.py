@@ -78,6 +78,12 @@ def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
     assert saved["sources"] == SOURCES and saved["n_images"] == 24
     pd.testing.assert_frame_equal(T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, progress=False), table)
     pd.testing.assert_frame_equal(T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, compute=False), table)
+    assert T.cross_path(["mnist"], "smoke", root=tmp_path) == tmp_path / "smoke" / "cross-mnist.csv"
+    # the verdict counts the cells away from the source's own setting (mnist-net1-st-linf is a target too)
+    lines = T.verdicts([], {"mnist": table})
+    off = table[table["source"] != table["target"]]
+    assert len(off) == 5 and len(lines) == 1
+    assert f"gain over CE > 0 in {int((off['gain_over_ce_pp'] > 0).sum())} of 5 cells" in lines[0]
     with pytest.raises(ValueError, match="unknown column 'risk_ce'; allowed: 'gain_over_ce_pp', 'gain_over_best_reference_pp'"):
         T.gain_matrix(table, "risk_ce")
 
@@ -90,7 +96,9 @@ def test_eps_sweep_covers_every_eps_budget_and_loss(in_results, tmp_path):
     # same starts: the margin tree and C&W (the margin clipped at 0, equal until a row breaks) agree up to rounding
     wide = df.pivot_table(index=["eps", "steps"], columns="loss", values="risk")
     assert ((wide["searched"] - wide["cw"]).abs() <= 2 / 16 + 1e-9).all()
+    assert T.scaled_eps(0.7, 1.5, "linf") == 1.0 and T.scaled_eps(0.7, 1.5, "l2") == 1.05
     s = T.summary([df])
+    assert len(T.verdicts([df], {})) == len(s) and "PGD-6: " in T.verdicts([df], {})[1]
     assert list(s["steps"]) == [3, 6] and (s["eps"] == 0.1).all()
     assert s["gain over CE (pp)"].tolist() == pytest.approx((100 * (wide.loc[0.1, "searched"] - wide.loc[0.1, "ce"])).tolist())
 
