@@ -38,7 +38,7 @@ def _search(args) -> None:
             b = rec["baselines"]
             print(f"  run seed {rec['seed']}: R''={rec['best_fitness']:.3f} (CE {b['ce']:.3f}, C&W {b['cw']:.3f}, "
                   f"DLR {b['dlr']:.3f}; gain over CE {rec['gain_over_ce_pp']:+.1f} pp) in {rec['seconds']:.0f}s, "
-                  f"cache hit rate {rec['cache_hit_rate']:.0%}: {rec['best_pretty']}")
+                  f"{rec.get('attacked', rec['evaluations'])} of {rec.get('asked', '?')} trees attacked: {rec['best_pretty']}")
 
 
 def _atras(args) -> None:

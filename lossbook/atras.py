@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import data
 from .attacks import fgsm
 from .config import DATASETS, FAILURE_MODES, RESULTS_DIR, SCALES, check_choice, quiet
-from .models import build_model, n_params
+from .models import accuracy, build_model, n_params
 
 #: The 40 hidden-layer lists of the paper's Tables I and II, in their order.
 ARCHITECTURES: list[list[int]] = [
@@ -127,20 +127,15 @@ def _fit(model, opt, x, y, epochs: int, batch: int, gen: torch.Generator, eps: f
             if eps is None:
                 loss = F.cross_entropy(model(xb), yb)
             else:
-                xa = fgsm(model, xb, yb, eps)  # crafted on the current model
-                model.train()
+                xa = fgsm(model, xb, yb, eps)  # crafted on the current model (fgsm restores training mode)
                 loss = (1 - mix) * F.cross_entropy(model(xb), yb) + mix * F.cross_entropy(model(xa), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
 
-@torch.no_grad()
 def _acc(model, x, y, batch: int = 4096) -> float:
-    model.eval()
-    dev = next(model.parameters()).device
-    return float(sum(model(x[i:i + batch].to(dev)).argmax(1).eq(y[i:i + batch].to(dev)).sum().item()
-                     for i in range(0, len(x), batch)) / len(x))
+    return accuracy(model, x, y, batch)
 
 
 def fgsm_accuracy(model, x, y, eps: float, source=None) -> float:
@@ -162,7 +157,7 @@ def run_architecture(cfg: ATRASConfig, hidden, splits, progress: bool = True) ->
            "train_acc": _acc(model, x, y), "test_acc": _acc(model, xt, yt),
            "acc_attacked_before_at": fgsm_accuracy(model, xt, yt, cfg.eps)}
     standard = {k: v.clone() for k, v in model.state_dict().items()}
-    model.train()  # adversarial training continues from the ST model, with a fresh optimizer
+    # adversarial training continues from the ST model, with a fresh optimizer
     _fit(model, _optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen, cfg.eps, cfg.at_mix,
          f"{hidden} AT", progress)
     row.update({"adv_train_acc": _acc(model, x, y), "adv_test_acc": _acc(model, xt, yt),

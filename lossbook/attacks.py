@@ -34,6 +34,8 @@ so "equal" is tested on the outcomes (broken masks, risks) and x_adv to 1e-5.
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 
 from .config import NORMS, check_choice
 from .losses import Loss, cross_entropy, per_sample
+from .models import eval_mode, model_device, predict
 
 MODES = ("any", "final")
 SCHEDULES = ("cosine", "constant")
@@ -182,7 +185,64 @@ def _ascent_direction(g: torch.Tensor, delta: torch.Tensor, lo: torch.Tensor, hi
 
 
 # ------------------------------------------------------------------------------------------------
-# The engine
+# Rows per forward/backward: measured once per (architecture, input shape, device, threads)
+# ------------------------------------------------------------------------------------------------
+CHUNK_CANDIDATES = {"cpu": (64, 128, 256, 512, 1024, 2048), "cuda": (1024, 2048, 4096, 8192, 16384, 32768, 65536)}
+_CHUNK_CACHE: dict[tuple, int] = {}
+
+
+def _chunk_key(model: torch.nn.Module, img_shape: tuple, dev: torch.device) -> tuple:
+    return (repr(model), tuple(img_shape), str(dev), torch.get_num_threads())
+
+
+def measure_chunk(model: torch.nn.Module, img_shape: tuple, dev: torch.device, candidates=None,
+                  min_images: int = 512, repeats: int = 2) -> dict[int, float]:
+    """Images per second of forward + input gradient (the engine's inner work) at each batch size:
+    one warm-up, then the best of ``repeats`` passes over at least ``min_images`` images."""
+    candidates = candidates or CHUNK_CANDIDATES["cuda" if dev.type == "cuda" else "cpu"]
+    gen = torch.Generator().manual_seed(0)
+    speed = {}
+    with eval_mode(model):
+        for b in candidates:
+            try:
+                xb = torch.rand(b, *img_shape, generator=gen).to(dev)
+                passes = max(1, -(-min_images // b))
+                best = math.inf
+                for rep in range(repeats + 1):
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    for _ in range(passes):
+                        xa = xb.clone().requires_grad_(True)
+                        torch.autograd.grad(model(xa).sum(), xa)
+                    _sync(dev)
+                    if rep:  # the first pass warms up
+                        best = min(best, time.perf_counter() - t0)
+                speed[b] = passes * b / best
+            except torch.cuda.OutOfMemoryError:
+                break
+    return speed
+
+
+def default_chunk(model: torch.nn.Module, img_shape: tuple, dev: torch.device | None = None) -> int:
+    """The fastest batch size of :func:`measure_chunk`, measured once per architecture, input shape,
+    device and thread count in a process (``LOSSBOOK_CHUNK`` overrides it)."""
+    if os.environ.get("LOSSBOOK_CHUNK"):
+        return int(os.environ["LOSSBOOK_CHUNK"])
+    dev = dev or model_device(model)
+    key = _chunk_key(model, img_shape, dev)
+    if key not in _CHUNK_CACHE:
+        speed = measure_chunk(model, img_shape, dev)
+        _CHUNK_CACHE[key] = max(speed, key=speed.get)
+    return _CHUNK_CACHE[key]
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------
+# The engine: K losses x N images as K * N rows (row k * N + n is loss k on image n)
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class AttackResult:
@@ -200,9 +260,149 @@ class AttackResult:
         return self.broken.float().mean(dim=1).masked_fill(self.invalid, 0.0)
 
 
-def default_chunk(device: torch.device) -> int:
-    """Images per forward/backward: large on a GPU, moderate on a CPU."""
-    return 32768 if device.type == "cuda" else 2048
+class LossBank:
+    """The model and K losses over the rows: each loss sees only its own rows' logits.
+
+    :meth:`gradients` is one forward/backward per chunk of rows; a loss that raises, or whose
+    value is NaN/Inf, is marked invalid in ``invalid``/``errors`` and contributes no gradient.
+    """
+
+    def __init__(self, model, losses: list, x_flat: torch.Tensor, y: torch.Tensor, img_shape: tuple, chunk: int):
+        self.model, self.losses, self.x, self.y = model, losses, x_flat, y
+        self.img_shape, self.chunk, self.N = img_shape, chunk, len(x_flat)
+        self.invalid = torch.zeros(len(losses), dtype=torch.bool)
+        self.errors: list = [None] * len(losses)
+
+    def mark_invalid(self, k: int, why: str) -> None:
+        if not self.invalid[k]:
+            self.invalid[k], self.errors[k] = True, why
+
+    def _points(self, rows: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return (self.x[rows % self.N] + delta[rows]).view(-1, *self.img_shape)
+
+    @torch.no_grad()
+    def logits(self, rows: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Logits at the rows' current points (no gradient)."""
+        return torch.cat([self.model(self._points(rows[i:i + self.chunk], delta))
+                          for i in range(0, len(rows), self.chunk)])
+
+    def _summed_loss(self, rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Sum over rows of each row's own loss (rows are sorted, so each loss is one slice)."""
+        q = F.one_hot(self.y[rows % self.N], logits.shape[1]).to(logits.dtype)
+        ks, counts = torch.unique_consecutive(rows // self.N, return_counts=True)
+        total, start = logits.new_zeros(()), 0
+        for k, cnt in zip(ks.tolist(), counts.tolist()):
+            sl, start = slice(start, start + cnt), start + cnt
+            try:
+                v = per_sample(self.losses[k](logits[sl], q[sl]), cnt)
+            except Exception as exc:  # a malformed loss: invalid, the others go on
+                self.mark_invalid(k, f"{type(exc).__name__}: {exc}")
+                continue
+            if not torch.isfinite(v).all():
+                self.mark_invalid(k, "loss value is NaN or Inf")
+            elif v.requires_grad:
+                total = total + v.sum()
+        return total
+
+    def gradients(self, rows: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (detached) and input gradients (len(rows), D) at the rows' current points."""
+        all_logits, all_grads = [], []
+        for i in range(0, len(rows), self.chunk):
+            r = rows[i:i + self.chunk]
+            xa = self._points(r, delta).requires_grad_(True)
+            logits = self.model(xa)
+            total = self._summed_loss(r, logits)
+            if total.requires_grad:
+                g = torch.autograd.grad(total, xa)[0].reshape(len(r), -1)
+            else:  # no loss of the chunk depends on the input
+                g = torch.zeros(len(r), delta.shape[1], device=delta.device)
+            all_logits.append(logits.detach())
+            all_grads.append(g)
+        return torch.cat(all_logits), torch.cat(all_grads)
+
+
+def ascent_step(delta: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, norm: str, alpha: float,
+                eps: float, l1_top: float = 0.05) -> torch.Tensor:
+    """One PGD step: ``alpha`` along the steepest-ascent direction of ``norm``, then the exact projection."""
+    return _PROJECT[norm](delta + alpha * _ascent_direction(g, delta, lo, hi, norm, l1_top), lo, hi, eps)
+
+
+class RowBook:
+    """Which rows are broken (misclassified at a visited point), frozen (a step left them in place,
+    so every later step would too) or belong to an invalid loss; and the first adversarial points."""
+
+    def __init__(self, bank: LossBank, mode: str, return_x: bool, device):
+        K, N = len(bank.losses), bank.N
+        self.bank, self.mode, self.N = bank, mode, N
+        self.broken = torch.zeros(K * N, dtype=torch.bool, device=device)
+        self.frozen = torch.zeros(K * N, dtype=torch.bool, device=device)
+        self.x_best = torch.zeros(K * N, bank.x.shape[1], device=device) if return_x and mode == "any" else None
+
+    def active(self) -> torch.Tensor:
+        """Rows still under attack (sorted)."""
+        alive = ~self.bank.invalid.to(self.broken.device).repeat_interleave(self.N) & ~self.frozen
+        if self.mode == "any":
+            alive &= ~self.broken
+        return alive.nonzero().squeeze(1)
+
+    def drop_invalid(self, rows, logits, g):
+        """Mark losses with a NaN/Inf gradient invalid; keep the rows of valid losses."""
+        bad = ~torch.isfinite(g).all(dim=1)
+        for k in torch.unique(rows[bad] // self.N).tolist():
+            self.bank.mark_invalid(k, "gradient is NaN or Inf")
+        keep = ~self.bank.invalid.to(rows.device)[rows // self.N]
+        return rows[keep], logits[keep], g[keep]
+
+    def record_breaks(self, rows, wrong, delta):
+        """In "any" mode, misclassified rows are broken at their current point and leave the attack."""
+        if self.mode != "any" or not wrong.any():
+            return torch.ones_like(wrong)
+        hit = rows[wrong]
+        self.broken[hit] = True
+        if self.x_best is not None:
+            self.x_best[hit] = self.bank.x[hit % self.N] + delta[hit]
+        return ~wrong
+
+    def freeze(self, rows, wrong, old, new) -> None:
+        """Rows whose step changed nothing are decided where they stand."""
+        stuck = (new == old).all(dim=1)
+        self.frozen[rows[stuck]] = True
+        if self.mode == "final":
+            self.broken[rows[stuck]] = wrong[stuck]
+
+    def decide_last(self, rows, wrong, delta) -> None:
+        """The outcome at the last iterate of the rows still active after the last step."""
+        if self.mode == "final":
+            self.broken[rows] = wrong
+        else:
+            self.record_breaks(rows, wrong, delta)
+
+
+def _nudge_inside(x_flat: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Returned points whose perturbation exceeds eps after float32 rounding of x + delta are moved
+    towards x until it does not (a few ulps; l_2 and l_1 at tiny eps)."""
+    for _ in range(8):
+        d = x_adv - x_flat
+        n = lp_norm(d, norm)
+        over = n > eps
+        if not over.any():
+            break
+        scale = (eps / n[over] * (1 - 1e-6 * 4 ** _)).unsqueeze(1)
+        x_adv[over] = (x_flat[over] + d[over] * scale).clamp(0, 1)
+    return x_adv
+
+
+def _check_pgd_args(loss_list, x, y, norm, eps, steps, mode) -> None:
+    check_choice("norm", norm, NORMS)
+    check_choice("mode", mode, MODES)
+    if not loss_list:
+        raise ValueError("pgd needs at least one loss")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} images but y has {len(y)} labels")
 
 
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: Loss | Sequence[Loss] = cross_entropy,
@@ -213,164 +413,56 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: Loss |
     """Run PGD with each of ``losses`` (one loss or a list of K) on images ``x`` with labels ``y``.
 
     One forward/backward per step over all rows still under attack; see the module docstring for
-    the conventions. ``generator`` (a CPU ``torch.Generator``) overrides ``seed`` for the random start.
+    the conventions. ``generator`` (a CPU ``torch.Generator``) overrides ``seed`` for the random start;
+    ``chunk`` (rows per forward) defaults to the measured fastest size (:func:`default_chunk`).
     """
-    check_choice("norm", norm, NORMS)
-    check_choice("mode", mode, MODES)
-    single = callable(losses)
-    loss_list = [losses] if single else list(losses)
-    if not loss_list:
-        raise ValueError("pgd needs at least one loss")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} images but y has {len(y)} labels")
-
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    K, N = len(loss_list), len(x)
-    img_shape = tuple(x.shape[1:])
-    D = math.prod(img_shape)
-    chunk = chunk or default_chunk(dev)
-    x_flat = x.reshape(N, D).to(dev)
-    y = y.to(dev)
-    n_classes = None
-
-    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    loss_list = [losses] if callable(losses) else list(losses)
+    _check_pgd_args(loss_list, x, y, norm, eps, steps, mode)
+    dev, (K, N), img_shape = model_device(model), (len(loss_list), len(x)), tuple(x.shape[1:])
+    x_flat, y = x.reshape(N, -1).to(dev), y.to(dev)
     lo, hi = -x_flat, 1 - x_flat
-    if random_init:
-        delta0 = project(random_start(N, D, norm, eps, gen).to(dev), x_flat, norm, eps)
-    else:
-        delta0 = torch.zeros_like(x_flat)
-    delta = delta0.repeat(K, 1)  # rows k * N + n
-    broken = torch.zeros(K * N, dtype=torch.bool, device=dev)
-    frozen = torch.zeros(K * N, dtype=torch.bool, device=dev)  # stuck for good; outcome known
-    invalid = torch.zeros(K, dtype=torch.bool)
-    errors: list = [None] * K
-    x_best = None
-    alphas = step_sizes(eps, steps, schedule, step_size)
-    trajectory = [delta.clone().cpu()] if record else None
+    with eval_mode(model):
+        bank = LossBank(model, loss_list, x_flat, y, img_shape, chunk or default_chunk(model, img_shape, dev))
+        book = RowBook(bank, mode, return_x, dev)
+        gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+        delta0 = project(random_start(N, x_flat.shape[1], norm, eps, gen).to(dev), x_flat, norm, eps) \
+            if random_init else torch.zeros_like(x_flat)
+        delta = delta0.repeat(K, 1)
+        trajectory = [delta.clone().cpu()] if record else None
+        if mode == "any":  # the clean point is part of the ball: a misclassified clean image is broken
+            clean_wrong = bank.logits(torch.arange(N, device=dev), torch.zeros_like(x_flat)).argmax(1).ne(y)
+            book.record_breaks(torch.arange(K * N, device=dev), clean_wrong.repeat(K), torch.zeros_like(delta))
+        for alpha in step_sizes(eps, steps, schedule, step_size):
+            rows = book.active()
+            if len(rows) == 0:
+                break
+            rows, logits, g = book.drop_invalid(rows, *bank.gradients(rows, delta))
+            wrong = logits.argmax(1).ne(y[rows % N])
+            go_on = book.record_breaks(rows, wrong, delta)
+            rows, g, wrong = rows[go_on], g[go_on], wrong[go_on]
+            old, n_idx = delta[rows], rows % N
+            delta[rows] = new = ascent_step(old, g, lo[n_idx], hi[n_idx], norm, alpha, eps, l1_top)
+            book.freeze(rows, wrong, old, new)
+            if record:
+                trajectory.append(delta.clone().cpu())
+        rows = book.active()  # the last iterate (frozen rows were decided when they froze)
+        if len(rows):
+            book.decide_last(rows, bank.logits(rows, delta).argmax(1).ne(y[rows % N]), delta)
+    return _result(book, bank, x_flat, delta, norm, eps, return_x, img_shape, trajectory)
 
-    # the clean point is part of the ball: in "any" mode a misclassified clean image is broken
-    if mode == "any":
-        with torch.no_grad():
-            clean_wrong = torch.cat([model(x_flat[i:i + chunk].view(-1, *img_shape)).argmax(1)
-                                     for i in range(0, N, chunk)]).ne(y)
-        broken |= clean_wrong.repeat(K)
-        x_best = torch.where(broken[:, None], x_flat.repeat(K, 1), torch.zeros(1, device=dev)) if return_x else None
 
-    def active_rows() -> torch.Tensor:
-        alive = ~invalid.to(dev).repeat_interleave(N) & ~frozen
-        if mode == "any":
-            alive &= ~broken
-        return alive.nonzero().squeeze(1)
-
-    def forward(rows: torch.Tensor, with_grad: bool):
-        """Logits and (optionally) input gradients of the rows, chunk by chunk."""
-        nonlocal n_classes
-        all_logits, all_grads = [], []
-        for c0 in range(0, len(rows), chunk):
-            r = rows[c0:c0 + chunk]
-            n_idx = r % N
-            xa = (x_flat[n_idx] + delta[r]).view(-1, *img_shape)
-            if not with_grad:
-                with torch.no_grad():
-                    all_logits.append(model(xa))
-                continue
-            xa.requires_grad_(True)
-            logits = model(xa)
-            n_classes = logits.shape[1]
-            q = F.one_hot(y[n_idx], n_classes).to(logits.dtype)
-            k_idx = r // N
-            ks, counts = torch.unique_consecutive(k_idx, return_counts=True)
-            total, start = logits.new_zeros(()), 0
-            for k, cnt in zip(ks.tolist(), counts.tolist()):
-                sl = slice(start, start + cnt)
-                start += cnt
-                try:
-                    v = per_sample(loss_list[k](logits[sl], q[sl]), cnt)
-                except Exception as exc:  # a malformed loss: invalid, others go on
-                    invalid[k] = True
-                    errors[k] = f"{type(exc).__name__}: {exc}"
-                    continue
-                if not torch.isfinite(v).all():
-                    invalid[k] = True
-                    errors[k] = "loss value is NaN or Inf"
-                    continue
-                if v.requires_grad:
-                    total = total + v.sum()
-            if total.requires_grad:
-                (g,) = torch.autograd.grad(total, xa)
-                g = g.reshape(len(r), D)
-            else:
-                g = torch.zeros(len(r), D, device=dev)
-            all_logits.append(logits.detach())
-            all_grads.append(g)
-        logits = torch.cat(all_logits) if all_logits else torch.empty(0, 1, device=dev)
-        grads = torch.cat(all_grads) if all_grads else None
-        return logits, grads
-
-    for i in range(steps):
-        rows = active_rows()
-        if len(rows) == 0:
-            break
-        logits, g = forward(rows, with_grad=True)
-        # gradients: NaN/Inf makes the whole loss invalid
-        bad = ~torch.isfinite(g).all(dim=1)
-        if bad.any():
-            for k in torch.unique(rows[bad] // N).tolist():
-                if not invalid[k]:
-                    invalid[k] = True
-                    errors[k] = "gradient is NaN or Inf"
-        keep = ~invalid.to(dev)[rows // N]
-        rows, logits, g = rows[keep], logits[keep], g[keep]
-        wrong = logits.argmax(1).ne(y[rows % N])
-        if mode == "any" and wrong.any():
-            hit = rows[wrong]
-            broken[hit] = True
-            if return_x:
-                x_best[hit] = x_flat[hit % N] + delta[hit]
-            rows, g, wrong = rows[~wrong], g[~wrong], wrong[~wrong]
-        if len(rows) == 0:
-            continue
-        n_idx = rows % N
-        old = delta[rows]
-        new = _PROJECT[norm](old + alphas[i] * _ascent_direction(g, old, lo[n_idx], hi[n_idx], norm, l1_top),
-                             lo[n_idx], hi[n_idx], eps)
-        stuck = (new == old).all(dim=1)
-        if stuck.any():  # their outcome at this point is final
-            frozen[rows[stuck]] = True
-            if mode == "final":
-                broken[rows[stuck]] = wrong[stuck]
-        delta[rows] = new
-        if record:
-            trajectory.append(delta.clone().cpu())
-
-    # the last iterate (frozen rows were decided when they froze)
-    rows = active_rows()
-    if len(rows):
-        logits, _ = forward(rows, with_grad=False)
-        wrong = logits.argmax(1).ne(y[rows % N])
-        if mode == "final":
-            broken[rows] = wrong
-        elif wrong.any():
-            hit = rows[wrong]
-            broken[hit] = True
-            if return_x:
-                x_best[hit] = x_flat[hit % N] + delta[hit]
-
+def _result(book: RowBook, bank: LossBank, x_flat, delta, norm, eps, return_x, img_shape, trajectory) -> AttackResult:
+    """The (K, N) outcome; the returned points inside the ball after rounding."""
+    K, N = len(bank.losses), bank.N
     x_adv = None
     if return_x:
-        x_last = x_flat.repeat(K, 1) + delta
-        x_adv = x_last if mode == "final" else torch.where(broken[:, None], x_best, x_last)
-        x_adv = x_adv.view(K, N, *img_shape)
-    model.train(was_training)
-    broken = broken.view(K, N).cpu()
-    broken[invalid] = False
-    return AttackResult(broken=broken, invalid=invalid, x_adv=x_adv, errors=errors, trajectory=trajectory)
+        x_adv = x_flat.repeat(K, 1) + delta
+        if book.x_best is not None:
+            x_adv = torch.where(book.broken[:, None], book.x_best, x_adv)
+        x_adv = _nudge_inside(x_flat.repeat(K, 1), x_adv, norm, eps).view(K, N, *img_shape)
+    broken = book.broken.view(K, N).cpu()
+    broken[bank.invalid] = False
+    return AttackResult(broken=broken, invalid=bank.invalid, x_adv=x_adv, errors=bank.errors, trajectory=trajectory)
 
 
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: Loss = cross_entropy,
@@ -378,17 +470,15 @@ def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, l
     """Fast Gradient Sign Method (Goodfellow et al.): one l_inf step of size eps, clipped to [0, 1]."""
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(dev).clone().requires_grad_(True)
-        logits = model(xb)
-        q = F.one_hot(y[i:i + batch_size].to(dev), logits.shape[1]).to(logits.dtype)
-        (g,) = torch.autograd.grad(per_sample(loss(logits, q), len(xb)).sum(), xb)
-        out.append((xb.detach() + eps * g.sign()).clamp(0, 1))
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(dev).clone().requires_grad_(True)
+            logits = model(xb)
+            q = F.one_hot(y[i:i + batch_size].to(dev), logits.shape[1]).to(logits.dtype)
+            (g,) = torch.autograd.grad(per_sample(loss(logits, q), len(xb)).sum(), xb)
+            out.append((xb.detach() + eps * g.sign()).clamp(0, 1))
     return torch.cat(out)
 
 
@@ -425,8 +515,6 @@ def evaluate_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lo
 def evaluation_set(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: int = 1000,
                    batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first ``n`` images of (x, y) that ``model`` classifies correctly, and their indices."""
-    from .train import predict
-
     ok = predict(model, x, batch_size).eq(y).nonzero().squeeze(1)[:n]
     if len(ok) < n:
         raise ValueError(f"only {len(ok)} of {len(x)} images are classified correctly; asked for n={n}")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .attacks import pgd
 from .config import RESULTS_DIR
 from .losses import cross_entropy, per_sample
+from .models import eval_mode, model_device, predict
 
 #: How an example is explained (the paper's two reasons), decided from CE at the two endpoints.
 EXPLANATIONS = {
@@ -102,18 +103,18 @@ class Landscape:
 def evaluate_plane(model: torch.nn.Module, x: torch.Tensor, y: int, basis: torch.Tensor, a: np.ndarray,
                    b: np.ndarray, loss: Callable, batch: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """0-1 outcome (correct?), CE and ``loss`` (per sample) at x + a_j u + b_i v, clipped to [0, 1]."""
-    model.eval()
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     aa, bb = np.meshgrid(a, b)  # [i, j] -> (a[j], b[i])
     coef = torch.tensor(np.stack([aa.ravel(), bb.ravel()], 1), dtype=basis.dtype)
     pts = (x.reshape(1, -1) + coef @ basis).clamp_(0, 1).to(x.dtype)
     correct, ce, ls = [], [], []
-    for i in range(0, len(pts), batch):
-        logits = model(pts[i:i + batch].view(-1, *x.shape).to(dev)).float()
-        q = F.one_hot(torch.full((len(logits),), int(y), device=dev), logits.shape[1]).float()
-        correct.append(logits.argmax(1).eq(int(y)).cpu())
-        ce.append(per_sample(cross_entropy(logits, q), len(logits)).cpu())
-        ls.append(per_sample(loss(logits, q), len(logits)).cpu())
+    with eval_mode(model):
+        for i in range(0, len(pts), batch):
+            logits = model(pts[i:i + batch].view(-1, *x.shape).to(dev)).float()
+            q = F.one_hot(torch.full((len(logits),), int(y), device=dev), logits.shape[1]).float()
+            correct.append(logits.argmax(1).eq(int(y)).cpu())
+            ce.append(per_sample(cross_entropy(logits, q), len(logits)).cpu())
+            ls.append(per_sample(loss(logits, q), len(logits)).cpu())
     shape = aa.shape
     return (torch.cat(correct).view(shape).numpy(), torch.cat(ce).view(shape).numpy(),
             torch.cat(ls).view(shape).numpy())
@@ -198,9 +199,7 @@ def examples(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, indices, 
     order = torch.cat([(bs & ~bc).nonzero(), (bs & bc).nonzero(), (~bs).nonzero()]).squeeze(1)[:n]
     flat = x[order].reshape(len(order), -1)
     adv = [(flat + r.deltas[-1, k, order]).view(-1, *x.shape[1:]) for k in (0, 1)]
-    dev = next(model.parameters()).device
-    model.eval()
-    pred = [model(a.to(dev)).argmax(1).cpu().numpy() for a in adv]
+    pred = [predict(model, a).numpy() for a in adv]
     return Examples(index=np.asarray(indices)[order.numpy()], label=y[order].numpy(), clean=x[order].numpy(),
                     adv_ce=adv[1].numpy(), adv_searched=adv[0].numpy(), pred_ce=pred[1], pred_searched=pred[0])
 

@@ -7,7 +7,8 @@ listed in Table II therefore applies. Where Table II lists no "BN + ReLU" after 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -92,3 +93,36 @@ def n_params(model: nn.Module) -> int:
 def default_device() -> torch.device:
     """CUDA when available, CPU otherwise (one code path for both)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` (and every submodule) in eval mode for the block; restore each one's mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's parameters (CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """Predicted labels of ``model`` in eval mode, computed on the model's device, returned on x's device."""
+    dev = model_device(model)
+    with eval_mode(model):
+        out = torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    return out.to(x.device)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
+    """Clean accuracy of ``model`` (eval mode) on (x, y)."""
+    return float(predict(model, x, batch_size).eq(y).float().mean())

@@ -9,7 +9,8 @@ Read top to bottom, the set-up follows the paper's Section IV-C:
    (the first n test images the model classifies correctly); NaN/Inf or an exception gives 0. All
    new trees of a generation are attacked together (:func:`lossbook.attacks.evaluate_losses`), with
    the same random starts, so a tree's fitness depends on its formula only: it is cached by
-   formula and never computed twice in a run.
+   formula, and by behaviour -- trees whose logit gradients point the same way share one attack
+   (:mod:`lossbook.fitness`; ``semantic_cache=False`` turns that off).
 4. *Selection*: ``st`` tournaments of size ``ts``.
 5. *Crossover and mutation*: one-point crossover with probability ``cp``, uniform subtree mutation
    with probability ``mp`` (DEAP's ``varAnd``); trees higher than ``md`` are refused (static limit).
@@ -34,6 +35,7 @@ from deap import algorithms, base, creator, gp, tools
 from tqdm.auto import tqdm
 
 from .attacks import evaluate_losses
+from .fitness import COUNTERS, Evaluator  # noqa: F401 (Evaluator is part of this module's API)
 from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, paper_eps, quiet
 from .losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, PRIMITIVES, compile_formula, formula_size, pretty
 
@@ -58,6 +60,14 @@ class GPConfig:
     steps: int = 10  # PGD steps of the fitness attack
     hof: int = 10  # hall-of-fame size
     seed_losses: tuple = ()  # handcrafted trees put into the initial population (not in the paper)
+    semantic_cache: bool = True  # share one attack among trees of equal behaviour (lossbook.fitness)
+
+    def identity(self) -> dict:
+        """What defines the search (everything but how its fitness is computed): runs made with equal
+        identities answer the same request."""
+        d = json.loads(json.dumps(asdict(self)))
+        d.pop("semantic_cache")
+        return d
 
 
 SEARCH_PRESETS = {
@@ -150,53 +160,15 @@ def tree_from_formula(formula: str, pset: gp.PrimitiveSet | None = None):
 
 
 # ------------------------------------------------------------------------------------------------
-# Fitness
-# ------------------------------------------------------------------------------------------------
-class Evaluator:
-    """R'' of formulas on a fixed evaluation set, with a cache by formula.
-
-    Every formula is attacked with the same random starts (``seed``), so its fitness depends on the
-    formula only; ``group`` formulas are attacked together.
-    """
-
-    def __init__(self, model, x, y, setting: Setting, steps: int = 10, seed: int = 0, group: int | None = None):
-        self.model, self.x, self.y, self.setting = model, x, y, setting
-        self.steps, self.seed = steps, seed
-        dev = next(model.parameters()).device
-        self.group = group or (200 if dev.type == "cuda" else 64)
-        self.cache: dict[str, float] = {}
-        self.errors: dict[str, str] = {}
-
-    def __call__(self, formulas: list[str]) -> tuple[list[float], int]:
-        """Fitness of each formula, and how many of them came from the cache."""
-        todo = list(dict.fromkeys(f for f in formulas if f not in self.cache))
-        hits = len(formulas) - len(todo)
-        for i in range(0, len(todo), self.group):
-            part = todo[i:i + self.group]
-            res = evaluate_losses(self.model, self.x, self.y, [compile_formula(f) for f in part],
-                                  norm=self.setting.norm, eps=self.setting.eps, steps=self.steps, seed=self.seed)
-            for f, r, bad, err in zip(part, res.risk.tolist(), res.invalid.tolist(), res.errors):
-                self.cache[f] = 0.0 if bad else float(r)
-                if bad:
-                    self.errors[f] = err
-        return [self.cache[f] for f in formulas], hits
-
-    def handcrafted(self) -> dict[str, float]:
-        """R'' of CE, C&W, margin and DLR on the same set with the same starts."""
-        res = evaluate_losses(self.model, self.x, self.y, list(HANDCRAFTED.values()), norm=self.setting.norm,
-                              eps=self.setting.eps, steps=self.steps, seed=self.seed)
-        return dict(zip(HANDCRAFTED, res.risk.tolist()))
-
-
-# ------------------------------------------------------------------------------------------------
 # One run
 # ------------------------------------------------------------------------------------------------
-def _assign(population, evaluator: Evaluator) -> tuple[int, int]:
+def _assign(population, evaluator: Evaluator) -> dict:
+    """Fitness of the individuals without one; the evaluator's counters of this generation."""
     new = [ind for ind in population if not ind.fitness.valid]
-    fits, hits = evaluator([str(ind) for ind in new])
+    fits, _ = evaluator([str(ind) for ind in new])
     for ind, f in zip(new, fits):
         ind.fitness.values = (f,)
-    return len(new), hits
+    return {c: evaluator.last[c] for c in COUNTERS}
 
 
 def _stats(population) -> dict:
@@ -215,26 +187,51 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)  # atomic: a kill never leaves half a checkpoint
 
 
+def _checkpoint_request(evaluator: Evaluator, cfg: GPConfig, seed: int) -> dict:
+    """What a checkpoint was made for: a resumed run must answer the same request."""
+    setting = evaluator.setting
+    return {"setting": json.loads(json.dumps(asdict(setting))) if hasattr(setting, "__dataclass_fields__")
+            else str(setting), "gp": cfg.identity(), "seed": seed, "n_images": len(evaluator.x),
+            "steps": evaluator.steps}
+
+
+def _load_checkpoint(path: Path, request: dict) -> dict:
+    """A run's checkpoint, refused (naming the file and what differs) if made for another request."""
+    try:
+        with open(path, "rb") as fh:
+            st = pickle.load(fh)
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable search checkpoint ({type(exc).__name__}: {exc}); delete it to start "
+                         f"the run anew") from None
+    made = st.get("request")
+    if made != request:
+        diff = sorted(k for k in request if (made or {}).get(k) != request[k])
+        raise ValueError(f"{path}: checkpoint made for another request (differs in {', '.join(diff) or 'format'}: "
+                         f"{', '.join(f'{k}={(made or {}).get(k)!r}' for k in diff)}, asked "
+                         f"{', '.join(f'{k}={request[k]!r}' for k in diff)}); delete it or ask for what it was made for")
+    return st
+
+
 def run_search(evaluator: Evaluator, cfg: GPConfig, seed: int, checkpoint: Path | None = None,
                progress: bool = True, stop_after: int | None = None, desc: str = "GP") -> dict:
-    """One GP run. Resumes from ``checkpoint`` if it exists; ``stop_after`` generations end the call
-    early (as a kill would). Returns the run's record (best formula, hall of fame, logbook)."""
+    """One GP run. Resumes from ``checkpoint`` if it exists (and was made for the same setting, GP
+    configuration, seed and evaluation set: otherwise it stops and says what differs);
+    ``stop_after`` generations end the call early (as a kill would). Returns the run's record
+    (best formula, hall of fame, logbook with the fitness caches' counters per generation)."""
     pset = primitive_set()
     tb = toolbox(pset, cfg)
-    rng_state = None
+    request = _checkpoint_request(evaluator, cfg, seed)
     if checkpoint is not None and checkpoint.exists():
-        with open(checkpoint, "rb") as fh:
-            st = pickle.load(fh)
+        st = _load_checkpoint(checkpoint, request)
         population = [tree_from_formula(f, pset) for f in st["population"]]
         for ind, fit in zip(population, st["fitness"]):
             ind.fitness.values = (fit,)
         hof = tools.HallOfFame(cfg.hof)  # restored in its exact order (ties included)
         hof.items = [_with_fitness(tree_from_formula(f, pset), v) for f, v in zip(st["hof"], st["hof_fitness"])]
         hof.keys = [ind.fitness for ind in reversed(hof.items)]
-        logbook, start_gen = st["logbook"], st["generation"] + 1
-        evaluator.cache.update(st["cache"])
-        rng_state = st["random"]
-        elapsed = st["elapsed"]
+        logbook, start_gen, elapsed = st["logbook"], st["generation"] + 1, st["elapsed"]
+        evaluator.restore(st["evaluator"])
+        random.setstate(st["random"])
     else:
         random.seed(seed)
         population = tb.population(n=cfg.ps)
@@ -242,39 +239,38 @@ def run_search(evaluator: Evaluator, cfg: GPConfig, seed: int, checkpoint: Path 
             population[i] = tree_from_formula(HANDCRAFTED_FORMULAS[name], pset)
         hof = tools.HallOfFame(cfg.hof)
         logbook, start_gen, elapsed = [], 0, 0.0
-    if rng_state is not None:
-        random.setstate(rng_state)
 
     bar = tqdm(range(start_gen, cfg.gn + 1), desc=desc, **quiet(progress), initial=start_gen, total=cfg.gn + 1)
-    done = 0
-    for gen in bar:
+    for done, gen in enumerate(bar):
         if stop_after is not None and done >= stop_after:
             bar.close()
             return {"interrupted_at_generation": gen}
         t0 = time.perf_counter()
         if gen > 0:  # generation 0 is the initial population
             population = algorithms.varAnd(tb.select(population, cfg.st), tb, cfg.cp, cfg.mp)
-        n_new, hits = _assign(population, evaluator)
+        counts = _assign(population, evaluator)
         hof.update(population)
         elapsed += time.perf_counter() - t0
-        row = {"generation": gen, "evaluated": n_new - hits, "cache_hits": hits, **_stats(population),
-               "best_so_far": float(hof[0].fitness.values[0]), "seconds": round(elapsed, 2)}
+        row = {"generation": gen, **counts, **_stats(population), "best_so_far": float(hof[0].fitness.values[0]),
+               "seconds": round(elapsed, 2)}
         logbook.append(row)
-        bar.set_postfix(best=f"{row['best_so_far']:.3f}", mean=f"{row['mean']:.3f}", hits=hits)
-        done += 1
+        bar.set_postfix(best=f"{row['best_so_far']:.3f}", mean=f"{row['mean']:.3f}", attacked=counts["attacked"])
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {
-                "generation": gen, "population": [str(i) for i in population],
+                "request": request, "generation": gen, "population": [str(i) for i in population],
                 "fitness": [i.fitness.values[0] for i in population], "hof": [str(i) for i in hof],
-                "hof_fitness": [i.fitness.values[0] for i in hof], "logbook": logbook, "cache": evaluator.cache,
-                "random": random.getstate(), "elapsed": elapsed, "config": asdict(cfg), "seed": seed})
+                "hof_fitness": [i.fitness.values[0] for i in hof], "logbook": logbook,
+                "evaluator": evaluator.state(), "random": random.getstate(), "elapsed": elapsed})
     best = hof[0]
+    totals = {c: sum(r[c] for r in logbook) for c in COUNTERS}
     return {
         "seed": seed, "best": str(best), "best_pretty": pretty(str(best)), "best_fitness": best.fitness.values[0],
         "best_size": formula_size(str(best)),
         "hall_of_fame": [{"formula": str(i), "pretty": pretty(str(i)), "fitness": i.fitness.values[0]} for i in hof],
-        "logbook": logbook, "evaluations": sum(r["evaluated"] for r in logbook),
-        "cache_hits": sum(r["cache_hits"] for r in logbook), "seconds": round(elapsed, 1),
+        "logbook": logbook, "semantic_cache": evaluator.semantic, **totals,
+        # the names earlier run files used: attacks run, and formula-cache hits
+        "evaluations": totals["attacked"], "cache_hits": totals["formula_hits"],
+        "disagreement_list": list(evaluator.disagreements), "seconds": round(elapsed, 1),
     }
 
 
@@ -305,6 +301,11 @@ def calibrate_eps(model, x, y, norm: str, target: float = 0.7, steps: int = 10, 
 # ------------------------------------------------------------------------------------------------
 # Runs on disk
 # ------------------------------------------------------------------------------------------------
+def gp_identity(gp: dict) -> dict:
+    """The identity (:meth:`GPConfig.identity`) of a GP configuration saved in a run file."""
+    return {k: v for k, v in gp.items() if k != "semantic_cache"}
+
+
 def search_dir(setting: Setting, scale: str, root: Path | None = None) -> Path:
     return (root or RESULTS_DIR / "search") / scale / setting.name()
 
@@ -330,7 +331,7 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
     out = search_dir(setting, scale, root)
     if load_only:
         return [rec for rec in (json.loads(p.read_text()) for p in sorted(out.glob("run-*.json")))
-                if rec["setting"] == asdict(setting) and rec["gp"] == json.loads(json.dumps(asdict(cfg)))
+                if rec["setting"] == asdict(setting) and gp_identity(rec["gp"]) == cfg.identity()
                 and rec["seed"] in range(seed, seed + runs)]
     out.mkdir(parents=True, exist_ok=True)
     if model_scale == "smoke":  # smoke models cost seconds: train them where missing
@@ -346,8 +347,8 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
         path = out / f"run-{run_seed}.json"
         if path.exists():
             rec = json.loads(path.read_text())
-            made = (rec["setting"], rec["gp"], rec["model_scale"])
-            if made == (asdict(setting), json.loads(json.dumps(asdict(cfg))), model_scale):
+            made = (rec["setting"], gp_identity(rec["gp"]), rec["model_scale"])
+            if made == (asdict(setting), cfg.identity(), model_scale):
                 records.append(rec)
                 continue
             if scale != "smoke":
@@ -355,14 +356,20 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
                                  f"{rec['gp']}); delete it or choose another scale/seed to search anew")
             path.unlink()  # smoke results are cheap: redo them
             (out / f"run-{run_seed}.ckpt.pkl").unlink(missing_ok=True)
-        ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed)
+        ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed, semantic=cfg.semantic_cache)
         baselines = ev.handcrafted()
-        rec = run_search(ev, cfg, run_seed, checkpoint=out / f"run-{run_seed}.ckpt.pkl", progress=progress,
-                         desc=f"{setting.name()} run {r + 1}/{runs}")
+        ckpt = out / f"run-{run_seed}.ckpt.pkl"
+        if scale == "smoke" and ckpt.exists():  # smoke checkpoints are cheap: one of another request is redone
+            try:
+                _load_checkpoint(ckpt, _checkpoint_request(ev, cfg, run_seed))
+            except ValueError:
+                ckpt.unlink()
+        rec = run_search(ev, cfg, run_seed, checkpoint=ckpt, progress=progress, desc=f"{setting.name()} run {r + 1}/{runs}")
         rec = {"setting": asdict(setting), "scale": scale, "model_scale": model_scale, "gp": asdict(cfg),
                "evaluation_set": f"first {cfg.n_images} correctly classified test images", "baselines": baselines,
                "gain_over_ce_pp": round(100 * (rec["best_fitness"] - baselines["ce"]), 2),
-               "cache_hit_rate": rec["cache_hits"] / max(1, rec["cache_hits"] + rec["evaluations"]),
+               "cache_hit_rate": rec["cache_hits"] / max(1, rec["asked"]),
+               "attacks_saved": 1 - rec["attacked"] / max(1, rec["asked"]),
                "device": str(next(model.parameters()).device), **rec}
         with open(out / f"run-{run_seed}.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rec["logbook"][0]))

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data
+from .attacks import pgd
 from .config import RESULTS_DIR, TrainConfig, train_config, quiet
-from .models import build_model, default_device
+from .models import accuracy, build_model, default_device, predict  # noqa: F401 (re-exported)
 
 
 def model_dir(scale: str, root: Path | None = None) -> Path:
@@ -37,30 +38,10 @@ def checkpoint_path(cfg: TrainConfig, root: Path | None = None) -> Path:
     return model_dir(cfg.scale, root) / f"{cfg.name()}.pt"
 
 
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
-    """Clean accuracy of ``model`` (eval mode) on (x, y)."""
-    return float(predict(model, x, batch_size).eq(y).float().mean())
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """Predicted labels of ``model`` in eval mode, on the model's device, returned on x's device."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out.to(x.device)
-
-
 def _adversarial_batch(model, xb, yb, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    from .attacks import pgd  # the engine; imported here to keep data -> models -> train light
-
-    model.eval()
+    # pgd attacks the model in eval mode and hands it back in the mode it found it (training)
     res = pgd(model, xb, yb, norm="linf", eps=cfg.at_eps, steps=cfg.at_steps, step_size=cfg.at_step_size,
               schedule="constant", mode="final", generator=generator)
-    model.train()
     return res.x_adv[0]
 
 

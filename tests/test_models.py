@@ -50,3 +50,21 @@ def test_mlp_widths_and_errors():
         build_model("mnist", "net3")
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         build_model("svhn", "net1")
+
+
+def test_eval_mode_restores_every_submodule():
+    from lossbook.attacks import fgsm, pgd
+    from lossbook.models import eval_mode
+
+    model = build_model("mnist", "net1").train()
+    model[1].eval()  # one BatchNorm already in eval mode: it must stay so
+    before = [m.training for m in model.modules()]
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    stats = model[1].running_mean.clone()
+    pgd(model, x, y, eps=0.1, steps=2)
+    fgsm(model, x, y, eps=0.1)
+    assert [m.training for m in model.modules()] == before
+    assert torch.equal(model[1].running_mean, stats)  # attacks ran in eval mode: no statistics updated
