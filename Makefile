@@ -30,8 +30,10 @@ book: setup
 test: setup
 	$(PY) -m pytest
 
+# torchattacks (the peer of the benchmark) pins an old `requests`: installed without its dependencies
 bench: setup
-	$(PY) benchmarks/bench_attacks.py
+	$(PY) -m pip install --quiet --no-deps "torchattacks==3.5.1"
+	PY=$(PY) benchmarks/run_all.sh
 
 # headless Chromium (Debian's chromium + chromium-driver) over the built book; screenshots in docs/screenshots
 browser-test: setup

@@ -7,6 +7,46 @@ import sys
 from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: an integer >= 1") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed; allowed: an integer >= 1")
+    return v
+
+
+EPS_RULES = ("auto", "paper", "calibrate")
+
+
+def eps_value(text: str):
+    """argparse type: one of EPS_RULES or a positive number."""
+    if text in EPS_RULES:
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: {', '.join(EPS_RULES)} or a number > 0")
+    return v
+
+
+def architecture_index(text: str) -> int:
+    """argparse type: an index into the 40 ATRAS architectures."""
+    from .atras import ARCHITECTURES
+
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v < len(ARCHITECTURES) or str(v) != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: an index 0..{len(ARCHITECTURES) - 1}")
+    return v
+
+
 def _train(args) -> None:
     from .config import train_config
     from .train import train, write_accuracies
@@ -14,9 +54,9 @@ def _train(args) -> None:
     for dataset in args.dataset:
         for net in args.net:
             for training in args.training:
-                rec = train(train_config(dataset, net, training, args.scale, seed=args.seed))
-                print(f"{dataset}-{net}-{training} [{args.scale}]: test acc {rec['test_acc']:.4f}, "
-                      f"{rec['train_seconds']:.0f}s")
+                rec = train(train_config(dataset, net, training, args.scale, seed=args.seed), force=args.force)
+                print(f"{dataset}-{net}-{training} [{args.scale}]: {'skipped, already trained: ' * bool(rec.get('skipped'))}"
+                      f"test acc {rec['test_acc']:.4f}, {rec['train_seconds']:.0f}s")
     print("accuracies:", write_accuracies(args.scale))
 
 
@@ -24,7 +64,7 @@ def _search(args) -> None:
     from .search import SEARCH_PRESETS, auto_setting, calibrated_setting, make_setting, search_setting, with_overrides
 
     cfg = with_overrides(SEARCH_PRESETS[args.scale], gn=args.generations, ps=args.population,
-                         st=args.population, n_images=args.images)
+                         st=args.population, n_images=args.images, semantic_cache=args.semantic_cache)
     for norm in args.norm:
         if args.eps == "calibrate":
             setting = calibrated_setting(args.dataset, args.net, args.training, norm, args.scale, n_images=cfg.n_images)
@@ -32,13 +72,19 @@ def _search(args) -> None:
             setting = auto_setting(args.dataset, args.net, args.training, norm, args.scale, n_images=cfg.n_images)
         else:
             setting = make_setting(args.dataset, args.net, args.training, norm,
-                                   None if args.eps == "paper" else float(args.eps))
+                                   None if args.eps == "paper" else args.eps)
         print(f"searching {setting.name()} at eps={setting.eps} [{args.scale}]")
         for rec in search_setting(setting, args.scale, runs=args.runs, seed=args.seed, cfg=cfg):
             b = rec["baselines"]
             print(f"  run seed {rec['seed']}: R''={rec['best_fitness']:.3f} (CE {b['ce']:.3f}, C&W {b['cw']:.3f}, "
                   f"DLR {b['dlr']:.3f}; gain over CE {rec['gain_over_ce_pp']:+.1f} pp) in {rec['seconds']:.0f}s, "
                   f"{rec.get('attacked', rec['evaluations'])} of {rec.get('asked', '?')} trees attacked: {rec['best_pretty']}")
+
+
+def _grid(args) -> None:
+    from .grid import run_grid
+
+    print("summary:", run_grid(args.scale, settings=args.settings, progress=not args.quiet))
 
 
 def _atras(args) -> None:
@@ -75,7 +121,8 @@ def main(argv=None) -> int:
     t.add_argument("--net", nargs="+", choices=NETS, default=list(NETS))
     t.add_argument("--training", nargs="+", choices=TRAININGS, default=list(TRAININGS))
     t.add_argument("--scale", choices=SCALES, default="cpu")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed 0 is the book's model; others are saved as ...-seed<k>.pt")
+    t.add_argument("--force", action="store_true", help="train again a model that is already trained (replaced when done)")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("search", help="AutoLoss-AR: GP search for a surrogate loss (resumes interrupted runs)")
@@ -84,19 +131,35 @@ def main(argv=None) -> int:
     s.add_argument("--training", choices=TRAININGS, required=True)
     s.add_argument("--norm", nargs="+", choices=NORMS, default=["linf"])
     s.add_argument("--scale", choices=SCALES, default="cpu")
-    s.add_argument("--runs", type=int, default=None, help="independent runs (default: 1 smoke, 2 cpu, 20 paper)")
+    s.add_argument("--runs", type=positive_int, default=None, help="independent runs (default: 1 smoke, 2 cpu, 20 paper)")
     s.add_argument("--seed", type=int, default=0, help="seed of the first run; run r uses seed + r")
-    s.add_argument("--eps", default="auto", help="'auto' (Table III unless CE's R'' at it is outside 0.5-0.9, "
+    s.add_argument("--eps", type=eps_value, default="auto", help="'auto' (Table III unless CE's R'' at it is outside 0.5-0.9, "
                    "then calibrated), 'paper' (Table III), 'calibrate' (CE R''=0.7) or a number")
-    s.add_argument("--generations", type=int, default=None)
-    s.add_argument("--population", type=int, default=None)
-    s.add_argument("--images", type=int, default=None)
+    s.add_argument("--generations", type=positive_int, default=None, help="GP generations (default: the preset's)")
+    s.add_argument("--population", type=positive_int, default=None, help="GP population (default: the preset's)")
+    s.add_argument("--images", type=positive_int, default=None, help="evaluation images (default: the preset's)")
+    s.add_argument("--no-semantic-cache", dest="semantic_cache", action="store_false",
+                   help="attack every new tree (no sharing of one attack among trees of equal behaviour)")
     s.set_defaults(func=_search)
+
+    from .grid import SETTINGS
+
+    g = sub.add_parser("grid", help="AutoLoss-AR's 24 settings: GP runs, held-out re-evaluation with paired statistics "
+                       "and verdicts in results/search/<preset>/summary.csv (skips finished runs, resumes interrupted ones)",
+                       description="cpu: the 'grid' preset (3 runs per setting, 2 of them with the paper's initialisation) "
+                       "on the cpu models, results in results/search/grid/; about 12 CPU-hours for all 24 settings. "
+                       "paper: Table IV, 20 runs per setting, on the paper-scale models (GPU hours). smoke: seconds.")
+    g.add_argument("--scale", choices=SCALES, default="cpu", help="the models' scale (default: cpu)")
+    g.add_argument("--settings", nargs="+", choices=SETTINGS, default=None, metavar="SETTING",
+                   help="only these settings, e.g. mnist-net1-st-linf (default: all 24)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (one line per finished run and setting)")
+    g.set_defaults(func=_grid)
 
     a = sub.add_parser("atras", help="the ATRAS sweep: FGSM and FGSM-AT over the 40 MLPs (resumes)")
     a.add_argument("--dataset", nargs="+", choices=DATASETS, default=list(DATASETS))
     a.add_argument("--scale", choices=SCALES, default="cpu")
-    a.add_argument("--architectures", nargs="+", type=int, default=None, help="indices 0..39 (default: all)")
+    a.add_argument("--architectures", nargs="+", type=architecture_index, default=None,
+                   help="indices 0..39 (default: all)")
     a.add_argument("--eps", type=float, default=None)
     a.add_argument("--epochs", type=int, default=None)
     a.add_argument("--adv-epochs", type=int, default=None)
@@ -119,7 +182,13 @@ def main(argv=None) -> int:
     r.set_defaults(func=_run)
 
     args = ap.parse_args(argv)
-    args.func(args)
+    from .data import DataError
+
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, DataError) as exc:  # what a user can fix: one line, no traceback
+        print(f"python -m lossbook {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

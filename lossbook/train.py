@@ -35,7 +35,21 @@ def model_dir(scale: str, root: Path | None = None) -> Path:
 
 
 def checkpoint_path(cfg: TrainConfig, root: Path | None = None) -> Path:
-    return model_dir(cfg.scale, root) / f"{cfg.name()}.pt"
+    """``<dataset>-<net>-<training>.pt`` for seed 0 (the book's models), ``...-seed<k>.pt`` otherwise."""
+    return model_dir(cfg.scale, root) / f"{cfg.name()}{f'-seed{cfg.seed}' if cfg.seed else ''}.pt"
+
+
+def _read_checkpoint(path: Path, device=None) -> dict:
+    """A saved model or resume state; an unreadable file is named in the error."""
+    try:
+        return torch.load(path, map_location=device or "cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:120]}); delete it to "
+                         f"train anew") from None
+
+
+def _config_difference(saved: dict, wanted: dict) -> str:
+    return ", ".join(f"{k}={saved.get(k)!r} (asked {wanted[k]!r})" for k in wanted if saved.get(k) != wanted[k])
 
 
 def _adversarial_batch(model, xb, yb, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -50,16 +64,27 @@ def _rng_state(gen: torch.Generator) -> dict:
 
 
 def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | None = None,
-          progress: bool = True, stop_after_epochs: int | None = None) -> dict:
+          progress: bool = True, stop_after_epochs: int | None = None, force: bool = False) -> dict:
     """Train one model as ``cfg`` says, resuming from ``.last.pt`` if an earlier run was interrupted.
 
-    Returns the final record (configuration, test accuracy, seconds). ``stop_after_epochs`` ends
-    the call early (as an interruption would), leaving the resumable state on disk.
+    Returns the final record (configuration, test accuracy, seconds). A finished model of the same
+    configuration is not trained again (its record comes back with ``skipped``); one of another
+    configuration stops with the differences, unless ``force``, which trains anew and replaces the
+    file only when training is complete. ``stop_after_epochs`` ends the call early (as an
+    interruption would), leaving the resumable state on disk.
     """
     device = device or default_device()
     out = checkpoint_path(cfg, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     last = out.with_suffix(".last.pt")
+    if out.exists() and not force:  # a finished model is never trained again by accident
+        saved = _read_checkpoint(out)
+        if saved["config"] != cfg.to_dict():
+            diff = _config_difference(saved["config"], cfg.to_dict())
+            raise ValueError(f"{out} holds a model trained with other settings ({diff}); pass force=True (--force) "
+                             f"to replace it")
+        saved.pop("model")
+        return {**saved, "skipped": True}
     log_path = out.with_suffix(".log.csv")
 
     x_train, y_train = data.load(cfg.dataset, "train", cfg.n_train)
@@ -73,9 +98,10 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
     start_epoch, seconds, log = 0, 0.0, []
 
     if last.exists():
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = _read_checkpoint(last, device)
         if state["config"] != cfg.to_dict():
-            raise ValueError(f"{last} was written by another configuration; delete it to start afresh")
+            diff = _config_difference(state["config"], cfg.to_dict())
+            raise ValueError(f"{last}: resume state of another configuration ({diff}); delete it to start afresh")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -124,7 +150,9 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
         w.writerows(log)
     record = {"config": cfg.to_dict(), "test_acc": log[-1]["test_acc"], "train_seconds": round(seconds, 1),
               "device": str(device), "torch": torch.__version__}
-    torch.save({**record, "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out)
+    tmp = out.with_suffix(".tmp")
+    torch.save({**record, "model": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
+    tmp.replace(out)  # atomic: the old model stays until the new one is complete
     last.unlink(missing_ok=True)
     return record
 
@@ -139,7 +167,7 @@ def load_model(dataset: str, net: str, training: str, scale: str, root: Path | N
             f"no trained model {cfg.name()} at scale {scale!r} ({path}); train it with "
             f"`python -m lossbook train --dataset {dataset} --net {net} --training {training} --scale {scale}`"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = _read_checkpoint(path)
     model = build_model(state["config"]["dataset"], state["config"]["net"])
     model.load_state_dict(state["model"])
     return model.to(device or default_device()).eval()
@@ -148,7 +176,7 @@ def load_model(dataset: str, net: str, training: str, scale: str, root: Path | N
 def load_record(dataset: str, net: str, training: str, scale: str, root: Path | None = None) -> dict:
     """The configuration and metrics stored with a trained model (no weights)."""
     path = checkpoint_path(train_config(dataset, net, training, scale), root)
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = _read_checkpoint(path)
     state.pop("model")
     return state
 
@@ -157,7 +185,7 @@ def saved_models(folder: Path):
     """(path, record without weights) of every finished checkpoint in ``folder`` (resume states skipped)."""
     for path in sorted(folder.glob("*.pt")):
         if not path.name.endswith(".last.pt"):
-            st = torch.load(path, map_location="cpu", weights_only=False)
+            st = _read_checkpoint(path)
             st.pop("model", None)
             yield path, st
 
@@ -204,7 +232,7 @@ def ensure_trained(datasets, nets, trainings, scale: str, seed: int = 0, recompu
                 if rec is None:
                     if recompute:  # start afresh rather than resume
                         path.with_suffix(".last.pt").unlink(missing_ok=True)
-                    rec = train(cfg, root=root, progress=progress)
+                    rec = train(cfg, root=root, progress=progress, force=True)
                 records.append(rec)
     if records:
         write_accuracies(scale, root)

@@ -74,3 +74,24 @@ def test_paper_settings_tables():
     assert paper_eps("cifar10", "net2", "st", "l2") == 0.18
     cfg = train_config("cifar10", "net1", "at", "paper")
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.milestones, cfg.at_eps, cfg.at_steps) == (160, 512, 0.01, (80, 120), 0.01, 7)
+
+
+def test_a_finished_model_is_not_trained_again(tmp_path, data_available):
+    from lossbook.config import train_config
+
+    cfg = train_config("mnist", "net1", "st", "smoke")
+    first = train(cfg, root=tmp_path, progress=False)
+    path = tmp_path / "smoke" / "mnist-net1-st.pt"
+    stamp = path.stat().st_mtime_ns
+    again = train(cfg, root=tmp_path, progress=False)
+    assert again["skipped"] and again["test_acc"] == first["test_acc"] and path.stat().st_mtime_ns == stamp
+    # another seed has its own file; the seed-0 model is untouched
+    other = train(train_config("mnist", "net1", "st", "smoke", seed=1), root=tmp_path, progress=False)
+    assert (tmp_path / "smoke" / "mnist-net1-st-seed1.pt").exists() and path.stat().st_mtime_ns == stamp
+    assert other["config"]["seed"] == 1
+    # other settings at the same place: stop and say what differs
+    with pytest.raises(ValueError, match=r"mnist-net1-st.pt holds a model trained with other settings \(epochs=1"):
+        train(train_config("mnist", "net1", "st", "smoke", epochs=2), root=tmp_path, progress=False)
+    path.write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="mnist-net1-st.pt: unreadable checkpoint"):
+        train(cfg, root=tmp_path, progress=False)

@@ -1,0 +1,70 @@
+"""Benchmark: one GP run of a search preset with the semantic fitness cache on and off.
+
+Same setting, seed, images and random starts; prints, for each: wall time, trees asked for,
+trees attacked, formula-cache and semantic hits, spot checks, disagreements, and the best fitness
+and formula. Usage: ``python benchmarks/bench_search.py --setting mnist-net1-at-linf --preset cpu``.
+Needs the trained models and the calibration of ``results/search/<scale>/calibration.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from lossbook import data
+from lossbook.attacks import evaluation_set
+from lossbook.fitness import Evaluator
+from lossbook.search import SEARCH_PRESETS, auto_setting, parse_setting, run_search, with_overrides
+from lossbook.train import load_model
+
+
+def one_run(model, x, y, setting, cfg, seed: int, semantic: bool) -> dict:
+    ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=seed, semantic=semantic)
+    t0 = time.perf_counter()
+    rec = run_search(ev, with_overrides(cfg, semantic_cache=semantic), seed, progress=False)
+    keep = ("asked", "attacked", "formula_hits", "semantic_hits", "probe_invalid", "spot_checks", "disagreements",
+            "best_fitness", "best")
+    return {"semantic_cache": semantic, "wall_s": round(time.perf_counter() - t0, 1), **{k: rec[k] for k in keep},
+            "disagreement_list": rec["disagreement_list"]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setting", default="mnist-net1-at-linf")
+    ap.add_argument("--preset", default="cpu", choices=sorted(SEARCH_PRESETS))
+    ap.add_argument("--model-scale", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    dataset, net, training, norm = parse_setting(args.setting)
+    cfg = SEARCH_PRESETS[args.preset]
+    setting = auto_setting(dataset, net, training, norm, args.model_scale, n_images=cfg.n_images)
+    model = load_model(dataset, net, training, args.model_scale)
+    xt, yt = data.load(dataset, "test")
+    x, y, _ = evaluation_set(model, xt, yt, n=cfg.n_images)
+    print(f"{args.setting} eps={setting.eps} [{args.preset} preset: {cfg.gn} generations x {cfg.ps} trees, "
+          f"{cfg.n_images} images] on {platform.machine()}, {torch.get_num_threads()} threads, seed {args.seed}")
+    rows = [one_run(model, x, y, setting, cfg, args.seed, semantic) for semantic in (True, False)]
+    for r in rows:
+        print(f"cache {'on ' if r['semantic_cache'] else 'off'}: {r['wall_s']:7.1f} s, asked {r['asked']}, attacked "
+              f"{r['attacked']} (formula hits {r['formula_hits']}, semantic hits {r['semantic_hits']}, invalid on "
+              f"the probe {r['probe_invalid']}, spot checks {r['spot_checks']}, disagreements {r['disagreements']}); "
+              f"best {r['best_fitness']:.4f}: {r['best']}")
+    on, off = rows
+    print(f"wall time off/on = {off['wall_s'] / on['wall_s']:.2f}; attacks off/on = "
+          f"{off['attacked'] / max(1, on['attacked']):.2f}; asked/attacked with the cache = "
+          f"{on['asked'] / max(1, on['attacked']):.2f}; disagreements / spot checks = "
+          f"{on['disagreements']}/{on['spot_checks']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"setting": args.setting, "eps": setting.eps, "preset": args.preset,
+                                               "seed": args.seed, "runs": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

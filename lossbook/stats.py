@@ -1,0 +1,77 @@
+"""Statistics behind a verdict: paired comparisons of two attacks on the same images.
+
+Two attacks on the same N images give paired outcomes (broken or not). Their difference in R''
+is the difference of the discordant counts over N: ``b`` images only attack A breaks, ``c`` only
+attack B breaks, gain = (b - c) / N. The uncertainty comes from the images (which ones happened
+to be drawn); it is given as
+
+* a 95% interval of the gain by the paired bootstrap over images (percentile, ``n_boot`` draws,
+  seeded: the same numbers on every run), and
+* the exact McNemar test of "no difference": under the null each discordant image is equally
+  likely to favour A or B, so ``b ~ Binomial(b + c, 1/2)``; two-sided p-value.
+
+A verdict on "A beats B" (the paper's claim, A = the searched loss, B = CE):
+*reproduced* if the gain is > 0 and the interval lies above 0; *not reproduced* if the gain is at
+most 0 and the interval's upper end is at most 0; *inconclusive* otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """Gain of attack A over attack B on the same images, in percentage points."""
+
+    gain_pp: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    only_a: int  # images only A breaks
+    only_b: int  # images only B breaks
+    n: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_gain(broken_a, broken_b, n_boot: int = 10_000, level: float = 0.95, seed: int = 0) -> PairedGain:
+    """Gain of A over B (pp) with its paired-bootstrap interval and the exact McNemar p-value."""
+    a, b = np.asarray(broken_a, bool), np.asarray(broken_b, bool)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired outcomes must be two 1-d arrays of the same non-zero length, got "
+                         f"{a.shape} and {b.shape}")
+    n = len(a)
+    diff = a.astype(np.int8) - b.astype(np.int8)  # +1: only A, -1: only B
+    only_a, only_b = int((diff == 1).sum()), int((diff == -1).sum())
+    rng = np.random.default_rng(seed)
+    # the bootstrap only needs how often each discordant kind is drawn: multinomial counts
+    probs = np.array([only_a, only_b, n - only_a - only_b]) / n
+    draws = rng.multinomial(n, probs, size=n_boot)
+    boot = 100.0 * (draws[:, 0] - draws[:, 1]) / n
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(boot, [tail, 100 - tail])
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return PairedGain(gain_pp=100.0 * (only_a - only_b) / n, ci_low=float(lo), ci_high=float(hi), p_value=float(p),
+                      only_a=only_a, only_b=only_b, n=n)
+
+
+def verdict(g: PairedGain) -> str:
+    """The three-way verdict on "A beats B" of the module docstring."""
+    if g.gain_pp > 0 and g.ci_low > 0:
+        return "reproduced"
+    if g.gain_pp <= 0 and g.ci_high <= 0:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def risk_interval(broken, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of an R'' from its per-image outcomes."""
+    k, n = int(np.sum(broken)), int(np.size(broken))
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)

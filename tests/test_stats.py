@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from lossbook import stats
+
+
+def test_gain_counts_and_exact_mcnemar():
+    a = np.array([1] * 10 + [0] * 90, bool)  # A alone breaks 10 images
+    b = np.zeros(100, bool)
+    g = stats.paired_gain(a, b)
+    assert (g.gain_pp, g.only_a, g.only_b, g.n) == (10.0, 10, 0, 100)
+    assert g.p_value == pytest.approx(2 * 0.5 ** 10)
+    assert 0 < g.ci_low < 10 < g.ci_high
+    assert stats.verdict(g) == "reproduced"
+    # swapped: the mirror image
+    h = stats.paired_gain(b, a)
+    assert (h.gain_pp, h.ci_low, h.ci_high) == (-10.0, -g.ci_high, -g.ci_low)
+    assert stats.verdict(h) == "not reproduced"
+
+
+def test_concordant_images_do_not_count():
+    a = np.array([1] * 50 + [0] * 50, bool)
+    g = stats.paired_gain(a, a)
+    assert (g.gain_pp, g.ci_low, g.ci_high, g.p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert stats.verdict(g) == "not reproduced"  # equal to CE is not a gain
+
+
+def test_balanced_discordance_is_inconclusive():
+    a = np.array([1, 0] * 20 + [0] * 60, bool)
+    b = np.array([0, 1] * 20 + [0] * 60, bool)
+    g = stats.paired_gain(a, b)
+    assert g.gain_pp == 0 and g.ci_low < 0 < g.ci_high and g.p_value == 1.0
+    assert stats.verdict(g) == "inconclusive"
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    rng = np.random.default_rng(1)
+    a = rng.random(1000) < 0.62
+    b = np.where(rng.random(1000) < 0.9, a, ~a)  # 10% discordant
+    g = stats.paired_gain(a, b, n_boot=20000)
+    d = a.astype(float) - b.astype(float)
+    se = 100 * d.std(ddof=1) / np.sqrt(len(d))
+    assert g.ci_low == pytest.approx(g.gain_pp - 1.96 * se, abs=0.25)
+    assert g.ci_high == pytest.approx(g.gain_pp + 1.96 * se, abs=0.25)
+    assert stats.paired_gain(a, b, n_boot=20000) == g  # seeded: the same interval every time
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match=r"same non-zero length, got \(3,\) and \(4,\)"):
+        stats.paired_gain(np.zeros(3), np.zeros(4))
+
+
+def test_risk_interval_is_clopper_pearson():
+    lo, hi = stats.risk_interval(np.array([1] * 7 + [0] * 3))
+    assert lo == pytest.approx(0.3475, abs=1e-3) and hi == pytest.approx(0.9333, abs=1e-3)
