@@ -267,8 +267,9 @@ def run_search(evaluator: Evaluator, cfg: GPConfig, seed: int, checkpoint: Path 
                 "fitness": [i.fitness.values[0] for i in population], "hof": [str(i) for i in hof],
                 "hof_fitness": [i.fitness.values[0] for i in hof], "logbook": logbook,
                 "evaluator": evaluator.state(), "random": random.getstate(), "elapsed": elapsed})
+    hof, checked = _verified(hof, evaluator, cfg, pset)
     best = hof[0]
-    totals = {c: sum(r[c] for r in logbook) for c in COUNTERS}
+    totals = {c: sum(r[c] for r in logbook) + checked.get(c, 0) for c in COUNTERS}
     return {
         "seed": seed, "best": str(best), "best_pretty": pretty(str(best)), "best_fitness": best.fitness.values[0],
         "best_size": formula_size(str(best)),
@@ -278,6 +279,17 @@ def run_search(evaluator: Evaluator, cfg: GPConfig, seed: int, checkpoint: Path 
         "evaluations": totals["attacked"], "cache_hits": totals["formula_hits"],
         "disagreement_list": list(evaluator.disagreements), "seconds": round(elapsed, 1),
     }
+
+
+def _verified(hof, evaluator: Evaluator, cfg: GPConfig, pset):
+    """The hall of fame with every borrowed fitness replaced by the tree's own attack (re-ranked), and
+    the counters of that check."""
+    if not evaluator.semantic:
+        return hof, {}
+    evaluator.verify([str(i) for i in hof])
+    out = tools.HallOfFame(cfg.hof)
+    out.update([_with_fitness(tree_from_formula(str(i), pset), evaluator.cache[str(i)]) for i in hof])
+    return out, {c: evaluator.last[c] for c in ("attacked", "spot_checks", "disagreements")}
 
 
 def _with_fitness(ind, value):

@@ -143,3 +143,18 @@ def test_a_checkpoint_of_another_eps_is_refused(toy, tmp_path):
     ckpt.write_bytes(b"truncated")
     with pytest.raises(ValueError, match="run.ckpt.pkl: unreadable search checkpoint"):
         S.run_search(Fit.Evaluator(model, x, y, setting), cfg, seed=0, checkpoint=ckpt, progress=False)
+
+
+def test_the_hall_of_fame_is_verified_by_its_own_attacks(toy, monkeypatch):
+    """Even with every merge false and no spot checks, the reported fitnesses are the trees' own."""
+    model, x, y, setting = toy
+    monkeypatch.setattr(Fit, "signature", lambda f, p, q, decimals=4: "one signature for all")
+    ev = Fit.Evaluator(model, x, y, setting, spot_share=0.0)
+    ev.spot_share = 0.0
+    monkeypatch.setattr(Fit.random.Random, "sample", lambda self, pop, k: [])  # no spot checks at all
+    rec = S.run_search(ev, S.GPConfig(gn=2, ps=12, st=12, hof=4), seed=0, progress=False)
+    truth = Fit.Evaluator(model, x, y, setting, semantic=False)
+    for h in rec["hall_of_fame"]:
+        assert truth([h["formula"]])[0][0] == h["fitness"]
+    fits = [h["fitness"] for h in rec["hall_of_fame"]]
+    assert fits == sorted(fits, reverse=True) and rec["best_fitness"] == fits[0]
