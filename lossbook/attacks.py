@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .checks import Diagnostics, model_checks
 from .config import NORMS, check_choice
 from .losses import Loss, cross_entropy, per_sample
 from .models import eval_mode, model_device, predict
@@ -253,6 +254,7 @@ class AttackResult:
     x_adv: torch.Tensor | None  # (K, N, ...) adversarial points (first misclassified point in "any" mode)
     errors: list  # (K,) message of what made a loss invalid, or None
     trajectory: list | None = None  # with record=True: the perturbation after the random start and each step
+    diagnostics: Diagnostics | None = None  # lossbook.checks: zero gradients, probabilities, randomness, norms
 
     @property
     def risk(self) -> torch.Tensor:
@@ -336,6 +338,7 @@ class RowBook:
         self.bank, self.mode, self.N = bank, mode, N
         self.broken = torch.zeros(K * N, dtype=torch.bool, device=device)
         self.frozen = torch.zeros(K * N, dtype=torch.bool, device=device)
+        self.zero_gradient = torch.zeros(K, dtype=torch.long)  # rows frozen by an exactly zero gradient, per loss
         self.x_best = torch.zeros(K * N, bank.x.shape[1], device=device) if return_x and mode == "any" else None
 
     def active(self) -> torch.Tensor:
@@ -363,10 +366,12 @@ class RowBook:
             self.x_best[hit] = self.bank.x[hit % self.N] + delta[hit]
         return ~wrong
 
-    def freeze(self, rows, wrong, old, new) -> None:
+    def freeze(self, rows, wrong, old, new, g) -> None:
         """Rows whose step changed nothing are decided where they stand."""
         stuck = (new == old).all(dim=1)
         self.frozen[rows[stuck]] = True
+        flat = rows[stuck & (g == 0).all(dim=1)] // self.N
+        self.zero_gradient += torch.bincount(flat.cpu(), minlength=len(self.zero_gradient))
         if self.mode == "final":
             self.broken[rows[stuck]] = wrong[stuck]
 
@@ -380,16 +385,21 @@ class RowBook:
 
 def _nudge_inside(x_flat: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     """Returned points whose perturbation exceeds eps after float32 rounding of x + delta are moved
-    towards x until it does not (a few ulps; l_2 and l_1 at tiny eps)."""
-    for _ in range(8):
+    towards x until it does not: l_inf coordinate by coordinate (one float at a time), l_1/l_2 by
+    shrinking the whole perturbation a little more at each try."""
+    for i in range(16):
         d = x_adv - x_flat
         n = lp_norm(d, norm)
         over = n > eps
         if not over.any():
-            break
-        scale = (eps / n[over] * (1 - 1e-6 * 4 ** _)).unsqueeze(1)
-        x_adv[over] = (x_flat[over] + d[over] * scale).clamp(0, 1)
-    return x_adv
+            return x_adv
+        if norm == "linf":
+            bad = over[:, None] & (d.abs() > eps)
+            x_adv = torch.where(bad, torch.nextafter(x_adv, x_flat), x_adv)
+        else:
+            shrink = max(0.5, 1 - 1e-6 * 4 ** i)
+            x_adv[over] = (x_flat[over] + d[over] * (eps / n[over] * shrink).unsqueeze(1)).clamp(0, 1)
+    return torch.where((lp_norm(x_adv - x_flat, norm) > eps)[:, None], x_flat, x_adv)  # never reached in practice
 
 
 def _check_pgd_args(loss_list, x, y, norm, eps, steps, mode) -> None:
@@ -424,6 +434,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: Loss |
     with eval_mode(model):
         bank = LossBank(model, loss_list, x_flat, y, img_shape, chunk or default_chunk(model, img_shape, dev))
         book = RowBook(bank, mode, return_x, dev)
+        looks_like_probabilities, random_outputs = model_checks(model, x_flat[:32].view(-1, *img_shape))
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
         delta0 = project(random_start(N, x_flat.shape[1], norm, eps, gen).to(dev), x_flat, norm, eps) \
             if random_init else torch.zeros_like(x_flat)
@@ -442,27 +453,35 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: Loss |
             rows, g, wrong = rows[go_on], g[go_on], wrong[go_on]
             old, n_idx = delta[rows], rows % N
             delta[rows] = new = ascent_step(old, g, lo[n_idx], hi[n_idx], norm, alpha, eps, l1_top)
-            book.freeze(rows, wrong, old, new)
+            book.freeze(rows, wrong, old, new, g)
             if record:
                 trajectory.append(delta.clone().cpu())
         rows = book.active()  # the last iterate (frozen rows were decided when they froze)
         if len(rows):
             book.decide_last(rows, bank.logits(rows, delta).argmax(1).ne(y[rows % N]), delta)
-    return _result(book, bank, x_flat, delta, norm, eps, return_x, img_shape, trajectory)
+    diagnostics = Diagnostics(norm, eps, rows=N, outputs_probabilities=looks_like_probabilities,
+                              random_outputs=random_outputs)
+    return _result(book, bank, x_flat, delta, return_x, img_shape, trajectory, diagnostics)
 
 
-def _result(book: RowBook, bank: LossBank, x_flat, delta, norm, eps, return_x, img_shape, trajectory) -> AttackResult:
-    """The (K, N) outcome; the returned points inside the ball after rounding."""
+def _result(book: RowBook, bank: LossBank, x_flat, delta, return_x, img_shape, trajectory,
+            diagnostics: Diagnostics) -> AttackResult:
+    """The (K, N) outcome; the returned points inside the ball after rounding; the diagnostics."""
     K, N = len(bank.losses), bank.N
     x_adv = None
+    diagnostics.zero_gradient_rows = book.zero_gradient.tolist()
     if return_x:
-        x_adv = x_flat.repeat(K, 1) + delta
+        x_rep = x_flat.repeat(K, 1)
+        x_adv = x_rep + delta
         if book.x_best is not None:
             x_adv = torch.where(book.broken[:, None], book.x_best, x_adv)
-        x_adv = _nudge_inside(x_flat.repeat(K, 1), x_adv, norm, eps).view(K, N, *img_shape)
+        x_adv = _nudge_inside(x_rep, x_adv, diagnostics.norm, diagnostics.eps)
+        diagnostics.max_perturbation = lp_norm(x_adv - x_rep, diagnostics.norm).view(K, N).amax(1).tolist()
+        x_adv = x_adv.view(K, N, *img_shape)
     broken = book.broken.view(K, N).cpu()
     broken[bank.invalid] = False
-    return AttackResult(broken=broken, invalid=bank.invalid, x_adv=x_adv, errors=bank.errors, trajectory=trajectory)
+    return AttackResult(broken=broken, invalid=bank.invalid, x_adv=x_adv, errors=bank.errors, trajectory=trajectory,
+                        diagnostics=diagnostics)
 
 
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: Loss = cross_entropy,

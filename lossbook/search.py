@@ -70,7 +70,7 @@ class GPConfig:
         return d
 
 
-GRID_GENERATIONS, GRID_POPULATION = 30, 100
+GRID_GENERATIONS, GRID_POPULATION = 25, 60
 SEARCH_PRESETS = {
     "smoke": GPConfig(gn=2, ps=8, st=8, n_images=32, hof=3),
     # sized so that one run takes minutes on 2 CPU cores (~2M image-steps of MNIST NET-1)

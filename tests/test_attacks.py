@@ -169,3 +169,43 @@ def test_clear_errors(evalset):
         A.pgd(model, x, y, eps=0)
     with pytest.raises(ValueError, match="only .* classified correctly; asked for n=100000"):
         A.evaluation_set(model, x, y, n=100000)
+
+
+# --------------------------------------------------------------------------------------- diagnostics
+def F32(v):
+    return float(torch.tensor(v, dtype=torch.float32))
+
+
+def test_diagnostics_fire_on_the_faults_they_name(trained_mlp, mnist_small):
+    _, _, xt, yt = mnist_small
+    x, y = xt[:64], yt[:64]
+    clean = A.pgd(trained_mlp, x, y, [L.cross_entropy], eps=0.1, steps=3).diagnostics
+    assert clean.warnings() == [] and clean.rows == 64 and clean.max_perturbation[0] <= F32(0.1)
+
+    constant = A.pgd(trained_mlp, x, y, [L.compile_formula("Sum(q)")], eps=0.1, steps=3, mode="final").diagnostics
+    assert constant.zero_gradient_rows == [64] and "exactly zero gradient" in constant.warnings()[0]
+
+    probs = torch.nn.Sequential(trained_mlp, torch.nn.Softmax(dim=1))
+    assert "probabilities" in A.pgd(probs, x, y, eps=0.1, steps=2).diagnostics.warnings()[0]
+
+    class Noisy(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x) + 0.01 * torch.randn(len(x), 10)
+
+    assert "differ" in A.pgd(Noisy(trained_mlp), x, y, eps=0.1, steps=2).diagnostics.warnings()[0]
+
+
+@pytest.mark.parametrize("norm,eps", [("l1", 1e-4), ("l2", 1e-5), ("linf", 1e-6), ("l1", 3.0)])
+def test_returned_points_never_leave_the_ball(norm, eps, trained_mlp, mnist_small):
+    """x + delta is rounded to float32; the returned points are nudged back inside."""
+    _, _, xt, yt = mnist_small
+    res = A.pgd(trained_mlp, xt[:100], yt[:100], [L.cross_entropy, L.margin_loss], norm=norm, eps=eps, steps=5,
+                mode="final")
+    d = res.x_adv - xt[:100].unsqueeze(0)
+    assert (A.lp_norm(d.reshape(-1, 784), norm) <= eps).all()
+    assert (res.x_adv >= 0).all() and (res.x_adv <= 1).all()
+    assert max(res.diagnostics.max_perturbation) <= F32(eps)  # eps as the float32 the points are made of
