@@ -15,8 +15,6 @@ clean and FGSM examples (FGSM crafted on the current model for each batch).
 from __future__ import annotations
 
 import ast
-import csv
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, store
 from .attacks import fgsm
 from .config import DATASETS, FAILURE_MODES, RESULTS_DIR, SCALES, check_choice, quiet
 from .models import accuracy, build_model, n_params
@@ -193,11 +191,8 @@ def run_sweep(cfg: ATRASConfig, archs: list | None = None, root: Path | None = N
     archs = [list(a) for a in (archs or ARCHITECTURES)]
     folder = sweep_dir(cfg.scale, cfg.failure_mode, root)
     folder.mkdir(parents=True, exist_ok=True)
-    out, meta = folder / f"{cfg.dataset}.csv", folder / f"{cfg.dataset}.json"
-    if meta.exists() and json.loads(meta.read_text()) != asdict(cfg):
-        raise ValueError(f"{out} was made with another configuration ({meta}); delete both to rerun")
-    meta.write_text(json.dumps(asdict(cfg), indent=1))
-    done = pd.read_csv(out) if out.exists() else pd.DataFrame()
+    out, request = folder / f"{cfg.dataset}.csv", asdict(cfg)
+    done = store.load(out, request) if out.exists() else pd.DataFrame()  # another configuration: stops, naming it
     finished = set(done["hidden"]) if len(done) else set()
     keep = {str(list(a)) for a in (keep_models or [])}
     splits = load_splits(cfg)
@@ -210,15 +205,12 @@ def run_sweep(cfg: ATRASConfig, archs: list | None = None, root: Path | None = N
         row, st_model = run_architecture(cfg, hidden, splits, progress=False)
         if key in keep:
             models[key] = st_model
-        if key not in finished:
-            with open(out, "a", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(row))
-                if fh.tell() == 0:
-                    w.writeheader()
-                w.writerow(row)
+        if key not in finished:  # the table is rewritten (atomically) with each finished architecture
+            done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+            store.save(out, done, request)
             finished.add(key)
         bar.set_postfix(last=key, test=f"{row['test_acc']:.3f}", fgsm=f"{row['acc_attacked_before_at']:.3f}")
-    df = pd.read_csv(out)
+    df = store.load(out, request)
     order = {str(a): i for i, a in enumerate(archs)}
     df = df[df["hidden"].isin(order)].assign(_o=lambda d: d["hidden"].map(order)).sort_values("_o").drop(columns="_o")
     return df.reset_index(drop=True), models
@@ -280,18 +272,20 @@ def dataset_results(cfg: ATRASConfig, archs: list, transfer_archs: list, compute
     tpath = folder / f"transfer-{cfg.dataset}.csv"
     if not compute:
         out = folder / f"{cfg.dataset}.csv"
-        df = pd.read_csv(out) if out.exists() else None
+        df = store.load(out, asdict(cfg)) if out.exists() else None
         if df is not None:
             order = {str(list(a)): i for i, a in enumerate(archs)}
             df = df[df["hidden"].isin(order)].sort_values("hidden", key=lambda h: h.map(order)).reset_index(drop=True)
-        tm = pd.read_csv(tpath, index_col=0) if tpath.exists() else None
+        tm = store.load(tpath).set_index("source") if tpath.exists() else None
         return df, tm
     df, models = run_sweep(cfg, archs, root=root, progress=progress, keep_models=transfer_archs)
     tm = None
     if len(models) > 1:
         _, _, xt, yt = load_splits(cfg)
         tm = transfer_matrix(models, xt[:n_transfer], yt[:n_transfer], cfg.eps)
-        tm.to_csv(tpath)
+        store.save(tpath, tm.rename_axis("source").reset_index(),
+                   {"what": "transfer matrix", **asdict(cfg), "architectures": list(tm.index), "images": n_transfer})
+        tm = tm.rename_axis("source")
     return df, tm
 
 

@@ -145,9 +145,9 @@ def check_links(html_dir: Path) -> list[str]:
 
 
 def results_inventory(root: Path | None = None) -> list[dict]:
-    """Every result under ``results/`` (but smoke ones) with the scale and settings stored inside it."""
-    import json
-
+    """Every result under ``results/`` (but smoke ones), from what the store recorded beside it: the
+    models' own configurations, and each result file's request."""
+    from . import store
     from .train import saved_models
 
     root = root or REPO_ROOT / "results"
@@ -159,42 +159,49 @@ def results_inventory(root: Path | None = None) -> list[dict]:
                                  + (f", PGD-{cfg['at_steps']} eps {cfg['at_eps']}" if cfg["training"] == "at" else "")
                                  + f", seed {cfg['seed']}",
                      "outcome": f"test acc {c['test_acc']:.4f} in {c['train_seconds']:.0f}s on {c.get('device', '?')}"})
-    for p in sorted(root.glob("search/*/*/run-*.json")):
-        r = json.loads(p.read_text())
-        g = r["gp"]
-        rows.append({"result": p.relative_to(root.parent).as_posix(), "scale": r["scale"],
-                     "settings": f"eps {r['setting']['eps']}, {g['ps']}x{g['gn']} GP on {g['n_images']} images, "
-                                 f"PGD-{g['steps']}, seed {r['seed']}" + (f", seeded with {', '.join(g['seed_losses'])}"
-                                                                          if g.get("seed_losses") else ""),
-                     "outcome": f"R'' {r['best_fitness']:.3f} vs CE {r['baselines']['ce']:.3f} in {r['seconds']:.0f}s"})
-    for p in sorted(root.glob("toy/*/toy.json")):
-        c = json.loads(p.read_text())["config"]
-        rows.append({"result": p.relative_to(root.parent).as_posix(), "scale": c["scale"],
-                     "settings": f"{c['n_points']} points, eps {c['eps']}, GP {c['search']}, seed {c['seed']}",
-                     "outcome": "R, R'' and E per surrogate (risk.csv)"})
-    for p in sorted(root.glob("atras/**/*.json")):
-        c = json.loads(p.read_text())
-        csv_rows = sum(1 for _ in open(p.with_suffix(".csv"))) - 1 if p.with_suffix(".csv").exists() else 0
-        rows.append({"result": p.with_suffix(".csv").relative_to(root.parent).as_posix(), "scale": c["scale"],
-                     "settings": f"{c['epochs']}+{c['adv_epochs']} epochs, FGSM eps {c['eps']:.4f}, "
-                                 f"{c['optimizer']} lr {c['lr']}, {c['failure_mode']}",
-                     "outcome": f"{csv_rows} architectures"})
-    for p in sorted(root.glob("transfer/*/*.json")):
-        c = json.loads(p.read_text())
-        n = "all correctly classified" if c["n_images"] is None else f"first {c['n_images']} correctly classified"
-        what = (f"{c['what']}: {c.get('target', '')} <- {c['source']}, eps factors {c['eps_factors']}, PGD-{c['steps']}"
-                if "source" in c else f"{c['what']}: {len(c['sources'])} sources x {len(c['targets'])} targets, "
-                                      f"PGD-{c['cross_steps']}")
-        rows.append({"result": p.with_suffix(".csv").relative_to(root.parent).as_posix(), "scale": c["scale"],
-                     "settings": f"{what}, {n} test images, seed {c['seed']}", "outcome": "R'' per loss (CSV)"})
-    for p in sorted(root.glob("landscape/*/*.json")):
-        c = json.loads(p.read_text())
-        q = c["request"]
-        rows.append({"result": p.with_suffix(".npz").relative_to(root.parent).as_posix(), "scale": q["scale"],
-                     "settings": f"{q['target']} <- {q['source']}, eps {q['eps']}, PGD-{q['steps']} on {q['n_images']} "
-                                 f"images, grid {q['resolution']}x{q['resolution']}, seed {q['seed']}",
-                     "outcome": ", ".join(f"{k}: {v}" for k, v in c["outcomes"].items())})
+    for p, rec in store.records(root):
+        described = _describe(p, rec["request"], rec)
+        if described is not None:
+            rows.append({"result": p.relative_to(root.parent).as_posix(), **described})
     return [r for r in rows if r["scale"] != "smoke"]  # smoke results are never committed
+
+
+def _describe(path: Path, q: dict, rec: dict) -> dict | None:
+    """Scale, settings and outcome of one stored result (None: a part shown with another file)."""
+    from . import store
+
+    folder = path.parent.parent.name
+    if path.name.startswith("run-") and path.suffix == ".json":
+        r, g = store.load(path), q["gp"]
+        return {"scale": r["scale"], "settings": f"eps {q['setting']['eps']}, {g['ps']}x{g['gn']} GP on {g['n_images']} "
+                f"images, PGD-{g['steps']}, seed {q['seed']}" + (f", seeded with {', '.join(g['seed_losses'])}"
+                                                              if g.get("seed_losses") else ""),
+                "outcome": f"R'' {r['best_fitness']:.3f} vs CE {r['baselines']['ce']:.3f} in {r['seconds']:.0f}s"}
+    if path.name == "summary.csv":
+        return {"scale": q["scale"], "settings": f"grid of the '{q['preset']}' preset, held-out PGD-"
+                f"{'/'.join(map(str, q['heldout_steps']))} on {q['heldout_images']} images",
+                "outcome": f"{rec['rows']} of 24 settings judged"}
+    if path.name == "toy.json":
+        return {"scale": q["scale"], "settings": f"{q['n_points']} points, eps {q['eps']}, GP {q['search']}, seed "
+                f"{q['seed']}", "outcome": "R, R'' and E per surrogate (risk.csv)"}
+    if folder == "atras" or path.parent.name == "failure-sigmoid-sgd":
+        if "epochs" not in q or path.name.startswith("transfer-"):
+            return None
+        return {"scale": q["scale"], "settings": f"{q['epochs']}+{q['adv_epochs']} epochs, FGSM eps {q['eps']:.4f}, "
+                f"{q['optimizer']} lr {q['lr']}, {q['failure_mode']}", "outcome": f"{rec['rows']} architectures"}
+    if folder == "transfer" and path.suffix == ".csv":
+        n = "all correctly classified" if q["n_images"] is None else f"first {q['n_images']} correctly classified"
+        what = (f"{q['what']}: {q.get('target', '')} <- {q['source']}, eps factors {q['eps_factors']}, PGD-{q['steps']}"
+                if "source" in q else f"{q['what']}: {len(q['sources'])} sources x {len(q['targets'])} targets, "
+                                      f"PGD-{q['cross_steps']}")
+        return {"scale": q["scale"], "settings": f"{what}, {n} test images, seed {q['seed']}",
+                "outcome": "R'' per loss (CSV)"}
+    if folder == "landscape" and path.suffix == ".json":
+        c = store.load(path)
+        return {"scale": q["scale"], "settings": f"{q['target']} <- {q['source']}, eps {q['eps']}, PGD-{q['steps']} on "
+                f"{q['n_images']} images, grid {q['resolution']}x{q['resolution']}, seed {q['seed']}",
+                "outcome": ", ".join(f"{k}: {v}" for k, v in c["outcomes"].items())}
+    return None
 
 
 def write_reproducing() -> None:

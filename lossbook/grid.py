@@ -11,14 +11,11 @@ is on disk at once, so the command can be stopped and started again at any time.
 """
 from __future__ import annotations
 
-import csv
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
+from . import store
 from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice
 from .losses import HANDCRAFTED, compile_formula
 from .search import SEARCH_PRESETS, Setting, auto_setting, search_dir, search_setting
@@ -120,11 +117,9 @@ def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | 
                "search_images": best["gp"]["n_images"], "n": plan.heldout_images, "steps": list(plan.heldout_steps),
                "seed": plan.heldout_seed, "model_scale": plan.scale, "losses": list(LOSS_NAMES)}
     meta, arrays = folder / "heldout-grid.json", folder / "heldout-grid.npz"
-    if meta.exists() and arrays.exists():
-        saved = json.loads(meta.read_text())
-        if saved["request"] == request:
-            with np.load(arrays) as z:
-                return {**saved, "broken": {int(s): z[f"pgd{s}"] for s in plan.heldout_steps}}
+    if store.matches(meta, request):
+        saved, z = store.load(meta, request), store.load(arrays, request)
+        return {**saved, "broken": {int(s): z[f"pgd{s}"] for s in plan.heldout_steps}}
     model = load_model(setting.dataset, setting.net, setting.training, plan.scale)
     xt, yt = data.load(setting.dataset, "test")
     n_search = best["gp"]["n_images"]
@@ -138,10 +133,8 @@ def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | 
         broken[steps] = res.broken.numpy()
     out = {"request": request, "test_indices": [int(i) for i in idx[n_search:]],
            "risk": {f"pgd{s}": dict(zip(LOSS_NAMES, b.mean(1).round(4).tolist())) for s, b in broken.items()}}
-    tmp = arrays.with_name("heldout-grid.tmp.npz")
-    np.savez_compressed(tmp, **{f"pgd{s}": b for s, b in broken.items()})
-    tmp.replace(arrays)
-    meta.write_text(json.dumps(out, indent=1))
+    store.save(arrays, {f"pgd{s}": b for s, b in broken.items()}, request)
+    store.save(meta, out, request)  # written last: marks the pair complete
     return {**out, "broken": broken}
 
 
@@ -171,17 +164,11 @@ def summary_path(plan: GridPlan, root: Path | None = None) -> Path:
 
 
 def write_summary(rows: list[dict], plan: GridPlan, root: Path | None = None) -> Path:
-    """``summary.csv`` (one row per finished setting, in the grid's order), written atomically."""
-    path = summary_path(plan, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``summary.csv`` (one row per finished setting, in the grid's order), through the store."""
+    import pandas as pd
+
     rows = sorted(rows, key=lambda r: SETTINGS.index(r["setting"]))
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-    return path
+    return store.save(summary_path(plan, root), pd.DataFrame(rows), {"what": "grid summary", **asdict(plan)})
 
 
 def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progress: bool = True, log=print) -> Path:
@@ -213,7 +200,5 @@ def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progre
 
 def read_summary(plan: GridPlan | str, root: Path | None = None) -> list[dict]:
     """The rows of ``summary.csv`` (numbers as numbers)."""
-    import pandas as pd
-
     plan = PLANS[plan] if isinstance(plan, str) else plan
-    return pd.read_csv(summary_path(plan, root)).to_dict("records")
+    return store.load(summary_path(plan, root), {"what": "grid summary", **asdict(plan)}).to_dict("records")

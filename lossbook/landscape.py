@@ -9,7 +9,6 @@ image box [0, 1] (the model's domain), so far from x the "plane" bends where pix
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import store
 from .attacks import pgd
 from .config import RESULTS_DIR
 from .losses import cross_entropy, per_sample
@@ -216,23 +216,27 @@ _SCALARS = ("index", "label", "broken_ce", "broken_searched", "ce_at_ce_end", "c
 
 
 def save(path: Path, items: list[Landscape], ex: Examples, meta: dict) -> None:
-    """Arrays to ``path`` (.npz), ``meta`` and per-image scalars to ``path`` with suffix .json."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"{k}_{i}": getattr(it, k) for i, it in enumerate(items) for k in _ARRAYS}
-    arrays.update({f"ex_{k}": getattr(ex, k) for k in Examples.__dataclass_fields__})
-    np.savez_compressed(path, **arrays)
-    meta = {**meta, "landscapes": [{k: getattr(it, k) for k in _SCALARS} | {"explanation": it.explanation}
+    """Arrays to ``path`` (.npz), ``meta`` and per-image scalars to ``path`` with suffix .json; both
+    through the store with ``meta["request"]`` (the .json, written last, marks the pair complete)."""
+    arrays = {f"{k}_{i}": np.asarray(getattr(it, k)) for i, it in enumerate(items) for k in _ARRAYS}
+    arrays.update({f"ex_{k}": np.asarray(getattr(ex, k)) for k in Examples.__dataclass_fields__})
+    store.save(path, arrays, meta["request"])
+    meta = {**meta, "landscapes": [{k: _plain(getattr(it, k)) for k in _SCALARS} | {"explanation": it.explanation}
                                    for it in items]}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    store.save(path.with_suffix(".json"), meta, meta["request"])
 
 
-def load(path: Path) -> tuple[list[Landscape], Examples, dict]:
-    """What :func:`save` wrote."""
-    meta = json.loads(path.with_suffix(".json").read_text())
-    with np.load(path) as z:
-        items = [Landscape(**{k: z[f"{k}_{i}"] for k in _ARRAYS}, **{k: im[k] for k in _SCALARS})
-                 for i, im in enumerate(meta["landscapes"])]
-        ex = Examples(**{k: z[f"ex_{k}"] for k in Examples.__dataclass_fields__})
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def load(path: Path, request: dict | None = None) -> tuple[list[Landscape], Examples, dict]:
+    """What :func:`save` wrote (validated; with ``request``, only if made for it)."""
+    meta = store.load(path.with_suffix(".json"), request)
+    z = store.load(path, meta["request"])
+    items = [Landscape(**{k: z[f"{k}_{i}"] for k in _ARRAYS}, **{k: im[k] for k in _SCALARS})
+             for i, im in enumerate(meta["landscapes"])]
+    ex = Examples(**{k: z[f"ex_{k}"] for k in Examples.__dataclass_fields__})
     return items, ex, meta
 
 
@@ -258,10 +262,8 @@ def study(source: str, scale: str, dataset: str | None = None, n_images: int = 6
     request = {"scale": scale, "source": source, "formula": found.formula, "target": target.name(), "eps": target.eps,
                "norm": target.norm, "n_images": n_images, "steps": steps, "resolution": resolution,
                "per_kind": per_kind, "n_examples": n_examples, "seed": seed}
-    if path.exists() and path.with_suffix(".json").exists():
-        items, ex, meta = load(path)
-        if meta["request"] == request:
-            return items, ex, meta
+    if store.matches(path.with_suffix(".json"), request):
+        return load(path, request)
     if not compute:
         return None
     model = load_model(target.dataset, target.net, target.training, scale, device=device)
@@ -281,4 +283,4 @@ def study(source: str, scale: str, dataset: str | None = None, n_images: int = 6
                           f"{per_kind} with the largest |CE(searched end) - CE(CE end)|; where there is no such image, the "
                           "first image of the set"}
     save(path, items, examples(model, x, y, idx, r, n=n_examples), meta)
-    return load(path)
+    return load(path, request)

@@ -20,7 +20,6 @@ resumes from it: on CPU a resumed run ends exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import json
 import operator
 import pickle
@@ -30,10 +29,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from deap import algorithms, base, creator, gp, tools
 from tqdm.auto import tqdm
 
+from . import store
 from .attacks import evaluate_losses
 from .fitness import COUNTERS, Evaluator  # noqa: F401 (Evaluator is part of this module's API)
 from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, paper_eps, quiet
@@ -187,6 +188,7 @@ def _stats(population) -> dict:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
         pickle.dump(state, fh)
@@ -331,9 +333,10 @@ def search_dir(setting: Setting, scale: str, root: Path | None = None) -> Path:
 def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: int = 0,
                    model_scale: str | None = None, root: Path | None = None, progress: bool = True,
                    cfg: GPConfig | None = None, device: torch.device | None = None,
-                   load_only: bool = False) -> list[dict]:
+                   load_only: bool = False, force: bool = False) -> list[dict]:
     """Run (or resume, or load) ``runs`` independent GP runs of one setting; seeds seed, seed+1, ...
-    With ``load_only`` only the finished runs on disk are returned (possibly none).
+    With ``load_only`` only the finished runs on disk are returned (possibly none); with ``force``
+    finished runs are searched again, each replacing its file only when it is complete.
 
     Each finished run is saved as ``run-<seed>.json`` (config, best loss, CE/C&W/DLR baselines on
     the same set, logbook) and ``run-<seed>.csv`` (per-generation statistics).
@@ -348,11 +351,10 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
     model_scale = model_scale or PRESET_MODEL_SCALE.get(scale, scale)
     check_choice("model scale", model_scale, SCALES)
     out = search_dir(setting, scale, root)
+    request = lambda run_seed: run_request(setting, cfg, model_scale, run_seed)  # noqa: E731
     if load_only:
-        return [rec for rec in (json.loads(p.read_text()) for p in sorted(out.glob("run-*.json")))
-                if rec["setting"] == asdict(setting) and gp_identity(rec["gp"]) == cfg.identity()
-                and rec["seed"] in range(seed, seed + runs)]
-    out.mkdir(parents=True, exist_ok=True)
+        return [store.load(p, request(seed + r)) for r in range(runs)
+                if store.matches(p := out / f"run-{seed + r}.json", request(seed + r))]
     if model_scale == "smoke":  # smoke models cost seconds: train them where missing
         from .train import ensure_trained
 
@@ -363,21 +365,13 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
     records = []
     for r in range(runs):
         run_seed = seed + r
-        path = out / f"run-{run_seed}.json"
-        if path.exists():
-            rec = json.loads(path.read_text())
-            made = (rec["setting"], gp_identity(rec["gp"]), rec["model_scale"])
-            if made == (asdict(setting), cfg.identity(), model_scale):
-                records.append(rec)
+        path, ckpt = out / f"run-{run_seed}.json", out / f"run-{run_seed}.ckpt.pkl"
+        if path.exists() and not force:
+            if store.matches(path, request(run_seed)) or scale != "smoke":  # else: smoke results are redone
+                records.append(store.load(path, request(run_seed)))  # another request: stops, naming what differs
                 continue
-            if scale != "smoke":
-                raise ValueError(f"{path} was made with other settings (eps={rec['setting']['eps']}, "
-                                 f"{rec['gp']}); delete it or choose another scale/seed to search anew")
-            path.unlink()  # smoke results are cheap: redo them
-            (out / f"run-{run_seed}.ckpt.pkl").unlink(missing_ok=True)
         ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed, semantic=cfg.semantic_cache)
         baselines = ev.handcrafted()
-        ckpt = out / f"run-{run_seed}.ckpt.pkl"
         if scale == "smoke" and ckpt.exists():  # smoke checkpoints are cheap: one of another request is redone
             try:
                 _load_checkpoint(ckpt, _checkpoint_request(ev, cfg, run_seed))
@@ -390,20 +384,22 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
                "cache_hit_rate": rec["cache_hits"] / max(1, rec["asked"]),
                "attacks_saved": 1 - rec["attacked"] / max(1, rec["asked"]),
                "device": str(next(model.parameters()).device), **rec}
-        with open(out / f"run-{run_seed}.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rec["logbook"][0]))
-            w.writeheader()
-            w.writerows(rec["logbook"])
-        path.write_text(json.dumps(rec, indent=1))
-        (out / f"run-{run_seed}.ckpt.pkl").unlink(missing_ok=True)
+        store.save(out / f"run-{run_seed}.csv", pd.DataFrame(rec["logbook"]), request(run_seed))
+        store.save(path, rec, request(run_seed))  # replaces an earlier result only now, complete
+        ckpt.unlink(missing_ok=True)
         records.append(rec)
     return records
+
+
+def run_request(setting: Setting, cfg: GPConfig, model_scale: str, seed: int) -> dict:
+    """What a run file answers: the setting, the GP configuration's identity, the models, the seed."""
+    return {"setting": asdict(setting), "gp": cfg.identity(), "model_scale": model_scale, "seed": seed}
 
 
 def load_runs(setting_name: str, scale: str, root: Path | None = None) -> list[dict]:
     """All finished runs of a setting (by name, e.g. ``"mnist-net1-st-linf"``) at a scale."""
     folder = (root or RESULTS_DIR / "search") / scale / setting_name
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("run-*.json"))]
+    runs = [store.load(p) for p in sorted(folder.glob("run-*.json"))]
     if not runs:
         raise FileNotFoundError(f"no search results for {setting_name!r} at scale {scale!r} in {folder}; run "
                                 f"`python -m lossbook search` for it first")
@@ -437,14 +433,14 @@ def _calibration(key: str, dataset: str, net: str, training: str, scale: str, n_
     from .train import load_model
 
     path = (root or RESULTS_DIR / "search") / scale / "calibration.json"
-    table = json.loads(path.read_text()) if path.exists() else {}
+    request = {"what": "eps calibration", "scale": scale}
+    table = store.load(path, request) if path.exists() else {}
     if key not in table:
         model = load_model(dataset, net, training, scale, device=device)
         xt, yt = data.load(dataset, "test")
         x, y, _ = evaluation_set(model, xt, yt, n=n_images)
         table[key] = {**compute(model, x, y), "n_images": n_images}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table, indent=1, sort_keys=True))
+        store.save(path, dict(sorted(table.items())), request)
     return table[key]
 
 
@@ -476,26 +472,23 @@ def heldout_check(setting: Setting, scale: str, runs: list[dict], n: int | None 
     best = max(runs, key=lambda r: r["best_fitness"])
     n_search = best["gp"]["n_images"]
     n = n or n_search
-    saved = search_dir(setting, scale, root) / "heldout.json"
-    if saved.exists():
-        prev = json.loads(saved.read_text())
-        if (prev["formula"], prev["steps"], prev["seed"], prev["setting"], prev.get("n")) == \
-                (best["best"], steps, seed, asdict(setting), n):
-            return prev
-    model = load_model(setting.dataset, setting.net, setting.training, best["model_scale"], device=device)
-    xt, yt = data.load(setting.dataset, "test")
-    x, y, idx = evaluation_set(model, xt, yt, n=n_search + n)
-    x, y = x[n_search:], y[n_search:]
-    names = ["searched"] + list(HANDCRAFTED)
-    res = evaluate_losses(model, x, y, [compile_formula(best["best"])] + list(HANDCRAFTED.values()),
-                          norm=setting.norm, eps=setting.eps, steps=steps, seed=seed)
-    out = {"setting": asdict(setting), "scale": scale, "formula": best["best"], "steps": steps,
-           "images": f"correctly classified test images {n_search + 1}..{n_search + n} (unseen by the search)",
-           "test_indices": [int(idx[n_search]), int(idx[-1])], "seed": seed, "n": n,
-           "risk": dict(zip(names, res.risk.tolist()))}
-    folder = search_dir(setting, scale, root)
-    (folder / "heldout.json").write_text(json.dumps(out, indent=1))
-    return out
+    path = search_dir(setting, scale, root) / "heldout.json"
+    request = {"setting": asdict(setting), "scale": scale, "formula": best["best"], "steps": steps, "seed": seed,
+               "n": n}
+
+    def compute() -> dict:
+        model = load_model(setting.dataset, setting.net, setting.training, best["model_scale"], device=device)
+        xt, yt = data.load(setting.dataset, "test")
+        x, y, idx = evaluation_set(model, xt, yt, n=n_search + n)
+        x, y = x[n_search:], y[n_search:]
+        names = ["searched"] + list(HANDCRAFTED)
+        res = evaluate_losses(model, x, y, [compile_formula(best["best"])] + list(HANDCRAFTED.values()),
+                              norm=setting.norm, eps=setting.eps, steps=steps, seed=seed)
+        return {**request, "images": f"correctly classified test images {n_search + 1}..{n_search + n} (unseen by "
+                f"the search)", "test_indices": [int(idx[n_search]), int(idx[-1])],
+                "risk": dict(zip(names, res.risk.tolist()))}
+
+    return store.cached(path, request, compute)
 
 
 def auto_setting(dataset: str, net: str, training: str, norm: str, scale: str, n_images: int = 1000,

@@ -6,7 +6,6 @@ is the ball of radius eps / 2 around u.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,6 +307,7 @@ def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, se
     parameters match."""
     import pandas as pd
 
+    from . import store
     from .losses import HANDCRAFTED, compile_formula
 
     folder = (root or RESULTS_DIR / "toy") / scale
@@ -315,10 +315,8 @@ def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, se
               "scale": scale, "search": TOY_SEARCH[scale],
               "data": "points uniform in [-1, 1]^2 labelled by the model's own prediction"}
     meta = folder / "toy.json"
-    if not recompute and meta.exists():
-        saved = json.loads(meta.read_text())
-        if saved["config"] == config:
-            return pd.read_csv(folder / "risk.csv"), saved["found"]
+    if not recompute and store.matches(meta, config):
+        return store.load(folder / "risk.csv", config), store.load(meta, config)["found"]
     found, rows = {}, []
     for norm in norms:
         rec = search_toy_loss(norm, eps[norm], scale, n_points=min(n_points, 500), seed=seed)
@@ -326,7 +324,6 @@ def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, se
         sur = {**HANDCRAFTED, "searched": compile_formula(rec["best"])}
         rows += risk_table(norm, eps[norm], sur, n_points=n_points, seed=seed + 1)
     df = pd.DataFrame(rows)
-    folder.mkdir(parents=True, exist_ok=True)
-    df.to_csv(folder / "risk.csv", index=False)
-    meta.write_text(json.dumps({"config": config, "found": found}, indent=1))
+    store.save(folder / "risk.csv", df, config)
+    store.save(meta, {"config": config, "found": found}, config)  # written last: it marks the pair complete
     return df, found

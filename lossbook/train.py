@@ -15,16 +15,15 @@ Files, per model, under ``results/models/<scale>/``:
 """
 from __future__ import annotations
 
-import csv
-import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, store
 from .attacks import pgd
 from .config import RESULTS_DIR, TrainConfig, train_config, quiet
 from .models import accuracy, build_model, default_device, predict  # noqa: F401 (re-exported)
@@ -144,10 +143,7 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
             tqdm.write(f"{cfg.name()} [{cfg.scale}] epoch {epoch + 1}: loss {row['train_loss']:.4f} "
                        f"train acc {row['train_acc']:.4f} test acc {row['test_acc']:.4f} ({seconds:.0f}s)")
 
-    with open(log_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(log[0]))
-        w.writeheader()
-        w.writerows(log)
+    store.save(log_path, pd.DataFrame(log), cfg.to_dict())
     record = {"config": cfg.to_dict(), "test_acc": log[-1]["test_acc"], "train_seconds": round(seconds, 1),
               "device": str(device), "torch": torch.__version__}
     tmp = out.with_suffix(".tmp")
@@ -199,13 +195,7 @@ def write_accuracies(scale: str, root: Path | None = None) -> Path:
         rows.append({"dataset": c["dataset"], "net": c["net"], "training": c["training"], "scale": c["scale"],
                      "epochs": c["epochs"], "lr": c["lr"], "at_eps": c["at_eps"], "test_acc": round(st["test_acc"], 4),
                      "train_seconds": st["train_seconds"], "device": st.get("device", "?")})
-    out = folder / "accuracies.csv"
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["dataset"])
-        w.writeheader()
-        w.writerows(rows)
-    (folder / "accuracies.json").write_text(json.dumps(rows, indent=1))
-    return out
+    return store.save(folder / "accuracies.csv", pd.DataFrame(rows), {"what": "accuracies", "scale": scale})
 
 
 def ensure_trained(datasets, nets, trainings, scale: str, seed: int = 0, recompute: bool = False,
@@ -246,7 +236,7 @@ def training_logs(records: list[dict], root: Path | None = None):
     frames = []
     for rec in records:
         cfg = train_config(**{k: rec["config"][k] for k in ("dataset", "net", "training", "scale")})
-        df = pd.read_csv(checkpoint_path(cfg, root).with_suffix(".log.csv"))
+        df = store.load(checkpoint_path(cfg, root).with_suffix(".log.csv"))
         df.insert(0, "model", cfg.name())
         df.insert(1, "dataset", cfg.dataset)
         df.insert(2, "net", cfg.net.upper().replace("NET", "NET-"))

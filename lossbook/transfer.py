@@ -7,7 +7,6 @@ a saved result is reused only when that JSON matches the request.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ from . import data
 from .attacks import evaluate_losses, evaluation_set
 from .config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
 from .losses import HANDCRAFTED, compile_formula, pretty
+from . import store
 from .search import SEARCH_PRESETS, Setting, auto_setting, load_runs, make_setting, parse_setting, search_setting
 
 #: The handcrafted references shown beside every searched loss (margin equals C&W at kappa 0).
@@ -102,21 +102,13 @@ def prepare_smoke(sources: list[str], datasets=("mnist",), progress: bool = Fals
 # Saved results
 # ------------------------------------------------------------------------------------------------
 def _cached(path: Path, meta: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """``path`` (CSV) if its ``.json`` says it was made with ``meta``, else ``compute()`` saved there."""
-    meta = json.loads(json.dumps(meta))
-    info = path.with_suffix(".json")
-    if path.exists() and info.exists() and json.loads(info.read_text()) == meta:
-        return pd.read_csv(path)
-    df = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
-    info.write_text(json.dumps(meta, indent=1))
-    return df
+    """``path`` (CSV) if the store's record says it was made with ``meta``, else ``compute()`` saved there."""
+    return store.cached(path, meta, compute)
 
 
 def saved(path: Path) -> pd.DataFrame | None:
-    """A saved result table, or None."""
-    return pd.read_csv(path) if path.exists() else None
+    """A saved result table (validated against its record), or None where none is saved."""
+    return store.load(path) if path.exists() else None
 
 
 def _evaluation(setting: Setting, model_scale: str, n_images: int | None, device=None):

@@ -39,7 +39,7 @@ def test_one_architecture_pipeline_at_smoke_scale(tmp_path, data_available):
     # resuming: nothing is recomputed, the saved rows come back; another configuration is refused
     again, _ = atras.dataset_results(cfg, [[40], [8, 128]], [], compute=False, root=tmp_path)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True), check_dtype=False)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"mnist.csv: made for another request \(eps=0.1 \(asked 0.2\)\)"):
         atras.run_sweep(atras.with_overrides(cfg, eps=0.2), [[40]], root=tmp_path, progress=False)
 
 

@@ -5,6 +5,7 @@ import torch
 from deap import gp
 
 from lossbook import search as S
+from lossbook import store
 from lossbook.losses import compile_formula, cross_entropy
 
 CFG = S.GPConfig(gn=3, ps=16, st=16, n_images=200, hof=3)
@@ -108,7 +109,7 @@ def test_loss_loaded_by_name_from_results(toy, tmp_path):
     folder = tmp_path / "cpu" / "mnist-net1-st-linf"
     folder.mkdir(parents=True)
     for seed, formula, fit in [(0, "Neg(Sum(Mul(q, Log(Softmax(p)))))", 0.5), (1, "Mul(Log(Softmax(p)), q)", 0.6)]:
-        (folder / f"run-{seed}.json").write_text(json.dumps({"seed": seed, "best": formula, "best_fitness": fit}))
+        store.save(folder / f"run-{seed}.json", {"seed": seed, "best": formula, "best_fitness": fit}, {"seed": seed})
     loss = S.load_searched_loss("mnist-net1-st-linf", "cpu", root=tmp_path)
     p, q = torch.randn(4, 10), torch.eye(10)[:4]
     assert torch.allclose(loss(p, q), compile_formula("Mul(Log(Softmax(p)), q)")(p, q))

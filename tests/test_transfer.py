@@ -1,12 +1,10 @@
 """Transfer tables (Figs. 5-8): searched losses loaded by name, one cell per (source, target), the same
 starts for every loss, saved results reused only for the same request."""
-import json
-
 import pandas as pd
 import pytest
 import torch
 
-from lossbook import data
+from lossbook import data, store
 from lossbook import search as S
 from lossbook import transfer as T
 from lossbook.attacks import evaluate_losses
@@ -24,10 +22,9 @@ def searched(data_available, tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     for name, formula in SOURCES.items():
         folder = root / "search" / "smoke" / name
-        folder.mkdir(parents=True)
         setting = S.make_setting(*S.parse_setting(name), eps=0.1)
-        (folder / "run-0.json").write_text(json.dumps({"seed": 0, "best": formula, "best_fitness": 0.5,
-                                                        "setting": {**vars(setting)}}))
+        store.save(folder / "run-0.json", {"seed": 0, "best": formula, "best_fitness": 0.5,
+                                           "setting": {**vars(setting)}}, {"seed": 0})
     return root
 
 
@@ -74,7 +71,7 @@ def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
     wrong_sign = table[table["source"] == "mnist-net1-at-linf"]
     assert (wrong_sign["risk_searched"] <= wrong_sign["risk_ce"]).all() and (wrong_sign["gain_over_ce_pp"] <= 0).all()
     # saved with what made it; reused for the same request, loaded without computing
-    saved = json.loads((tmp_path / "smoke" / "cross-mnist.json").read_text())
+    saved = store.record(tmp_path / "smoke" / "cross-mnist.csv")["request"]
     assert saved["sources"] == SOURCES and saved["n_images"] == 24
     pd.testing.assert_frame_equal(T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, progress=False), table)
     pd.testing.assert_frame_equal(T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, compute=False), table)
@@ -86,6 +83,12 @@ def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
     assert f"gain over CE > 0 in {int((off['gain_over_ce_pp'] > 0).sum())} of 5 cells" in lines[0]
     with pytest.raises(ValueError, match="unknown column 'risk_ce'; allowed: 'gain_over_ce_pp', 'gain_over_best_reference_pp'"):
         T.gain_matrix(table, "risk_ce")
+    # a truncated table is never read silently (it was: half the rows, other conclusions)
+    path = T.cross_path(["mnist"], "smoke", root=tmp_path)
+    lines_of = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines_of[: len(lines_of) // 2]))
+    with pytest.raises(store.ResultError, match=r"cross-mnist.csv: content does not match its record \(6 rows"):
+        T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, compute=False)
 
 
 def test_eps_sweep_covers_every_eps_budget_and_loss(in_results, tmp_path):

@@ -1,0 +1,189 @@
+"""The one way results are written and read.
+
+Every result file (a CSV table, a JSON object, an .npz of arrays) is written by :func:`save` with a
+*record* beside it, ``<file>.record``: the request that made it (its configuration, seed, scale),
+its kind, the number of rows, the SHA-256 of its bytes and the code version. Both are written to a
+temporary file first and then renamed, so a kill never leaves half a file, and a recomputation
+replaces the old result only when the new one is complete.
+
+:func:`load` validates: a missing record, a content that no longer matches its hash (a truncated or
+edited file) or a record made for another request raises :class:`ResultError` with one line that
+names the file and what is wrong. :func:`cached` reuses a result only for the same request and
+otherwise computes it anew into the same place.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+KINDS = ("table", "json", "arrays")
+
+
+class ResultError(ValueError):
+    """A result file that cannot be used as asked (missing record, damaged, made for another request)."""
+
+
+def record_path(path: Path) -> Path:
+    """Where the record of ``path`` lives: ``<file>.record``."""
+    path = Path(path)
+    return path.with_name(path.name + ".record")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version and, in a git checkout, the commit (``+dirty`` with uncommitted changes)."""
+    from . import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return f"{__version__}+{rev}" if rev else __version__
+
+
+def normalize(request: Any) -> Any:
+    """The JSON form of a request (tuples become lists, keys strings), as stored."""
+    return json.loads(json.dumps(request, default=str))
+
+
+def _encode(obj, kind: str) -> tuple[bytes, int | None]:
+    if kind == "table":
+        return obj.to_csv(index=False).encode(), len(obj)
+    if kind == "json":
+        return (json.dumps(obj, indent=1, default=str) + "\n").encode(), None
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **obj)
+    return buf.getvalue(), None
+
+
+def _decode(data: bytes, kind: str):
+    if kind == "table":
+        return pd.read_csv(io.BytesIO(data))
+    if kind == "json":
+        return json.loads(data)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def kind_of(obj) -> str:
+    if isinstance(obj, pd.DataFrame):
+        return "table"
+    if isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
+        return "arrays"
+    return "json"
+
+
+def save(path: Path, obj, request: dict, kind: str | None = None) -> Path:
+    """Write ``obj`` (DataFrame -> CSV, dict of arrays -> .npz, else JSON) and its record, atomically."""
+    path = Path(path)
+    kind = kind or kind_of(obj)
+    data, rows = _encode(obj, kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, data)
+    rec = {"kind": kind, "request": normalize(request), "rows": rows, "bytes": len(data),
+           "sha256": hashlib.sha256(data).hexdigest(), "code": code_version(),
+           "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _atomic_write(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
+    return path
+
+
+def record(path: Path) -> dict:
+    """The record of a result file (no validation of the content)."""
+    path = Path(path)
+    rp = record_path(path)
+    if not rp.exists():
+        raise ResultError(f"{path}: no record {rp.name} beside it, so what made it is unknown; recompute it")
+    try:
+        return json.loads(rp.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultError(f"{rp}: unreadable record ({exc}); recompute {path.name}") from None
+
+
+def differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """The keys (dotted) whose values differ between two requests."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        out = []
+        for k in sorted(set(saved) | set(wanted), key=str):
+            out += differences(saved.get(k), wanted.get(k), f"{prefix}{k}.")
+        return out
+    return [] if saved == wanted else [f"{prefix[:-1] or 'request'}={saved!r} (asked {wanted!r})"]
+
+
+def load(path: Path, request: dict | None = None):
+    """The validated content of a result file; with ``request``, only if it was made for it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such result; compute it first")
+    rec = record(path)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+        rows = f"{rec['rows']} rows, " if rec.get("rows") is not None else ""
+        raise ResultError(f"{path}: content does not match its record ({rows}{rec['bytes']} bytes written, "
+                          f"{len(data)} now): the file was truncated or edited; recompute it")
+    if request is not None and rec["request"] != normalize(request):
+        diff = differences(rec["request"], normalize(request))
+        raise ResultError(f"{path}: made for another request ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''})")
+    obj = _decode(data, rec["kind"])
+    if rec["kind"] == "table" and rec["rows"] is not None and len(obj) != rec["rows"]:
+        raise ResultError(f"{path}: {len(obj)} rows, its record says {rec['rows']}; recompute it")
+    return obj
+
+
+def matches(path: Path, request: dict) -> bool:
+    """Whether ``path`` exists with a record made for ``request`` (its content is checked on load)."""
+    path = Path(path)
+    if not path.exists() or not record_path(path).exists():
+        return False
+    try:
+        return record(path)["request"] == normalize(request)
+    except ResultError:
+        return False
+
+
+def cached(path: Path, request: dict, compute: Callable[[], Any], recompute: bool = False):
+    """The result at ``path`` if it was made for ``request`` (validated), else ``compute()`` saved there.
+
+    A result of another request (or ``recompute``) is replaced only once the new one is complete.
+    """
+    if not recompute and matches(path, request):
+        return load(path, request)
+    obj = compute()
+    save(path, obj, request)
+    return obj
+
+
+def adopt(path: Path, request: dict, kind: str | None = None) -> Path:
+    """Write a record for a result file made before the store existed (its content as it is now)."""
+    path = Path(path)
+    obj = _decode(path.read_bytes(), kind or {".csv": "table", ".npz": "arrays"}.get(path.suffix, "json"))
+    data = path.read_bytes()
+    rec = {"kind": kind or kind_of(obj), "request": normalize(request), "rows": len(obj) if isinstance(obj, pd.DataFrame)
+           else None, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "code": "adopted",
+           "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _atomic_write(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
+    return path
+
+
+def records(root: Path) -> list[tuple[Path, dict]]:
+    """Every (result path, record) under ``root``."""
+    out = []
+    for rp in sorted(Path(root).rglob("*.record")):
+        out.append((rp.with_name(rp.name[:-len(".record")]), json.loads(rp.read_text())))
+    return out

@@ -1,0 +1,62 @@
+"""The results store: atomic writes with a record, validated reads, reuse only for the same request."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from lossbook import store
+
+
+def test_round_trip_of_each_kind(tmp_path):
+    df = pd.DataFrame({"loss": ["ce", "cw"], "risk": [0.5, 0.625]})
+    arrays = {"broken": np.array([[True, False], [False, False]]), "eps": np.array([0.1])}
+    store.save(tmp_path / "t.csv", df, {"eps": 0.1})
+    store.save(tmp_path / "o.json", {"formula": "p", "fit": 0.5}, {"eps": 0.1})
+    store.save(tmp_path / "a.npz", arrays, {"eps": 0.1})
+    pd.testing.assert_frame_equal(store.load(tmp_path / "t.csv", {"eps": 0.1}), df)
+    assert store.load(tmp_path / "o.json") == {"formula": "p", "fit": 0.5}
+    got = store.load(tmp_path / "a.npz")
+    assert got.keys() == arrays.keys() and all(np.array_equal(got[k], arrays[k]) for k in arrays)
+    rec = store.record(tmp_path / "t.csv")
+    assert rec["kind"] == "table" and rec["rows"] == 2 and rec["request"] == {"eps": 0.1} and rec["code"]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p, _ in store.records(tmp_path)) == ["a.npz", "o.json", "t.csv"]
+
+
+def test_damaged_files_and_missing_records_are_named(tmp_path):
+    path = store.save(tmp_path / "t.csv", pd.DataFrame({"x": range(10)}), {"n": 10})
+    path.write_text("\n".join(path.read_text().splitlines()[:5]) + "\n")
+    with pytest.raises(store.ResultError, match=r"t.csv: content does not match its record \(10 rows, 22 bytes written, "
+                                                r"10 now\): the file was truncated or edited; recompute it"):
+        store.load(path)
+    (tmp_path / "bare.csv").write_text("x\n1\n")
+    with pytest.raises(store.ResultError, match=r"bare.csv: no record bare.csv.record beside it"):
+        store.load(tmp_path / "bare.csv")
+    store.record_path(path).write_text("{not json")
+    with pytest.raises(store.ResultError, match=r"t.csv.record: unreadable record"):
+        store.load(path)
+    with pytest.raises(FileNotFoundError, match="nothing.csv: no such result"):
+        store.load(tmp_path / "nothing.csv")
+
+
+def test_another_request_is_never_reused(tmp_path):
+    path = store.save(tmp_path / "r.json", {"risk": 0.7}, {"setting": {"eps": 0.15, "norm": "linf"}, "seed": 5})
+    with pytest.raises(store.ResultError, match=r"r.json: made for another request \(setting.eps=0.15 \(asked 0.07\)\)"):
+        store.load(path, {"setting": {"eps": 0.07, "norm": "linf"}, "seed": 5})
+    assert store.matches(path, {"setting": {"eps": 0.15, "norm": "linf"}, "seed": 5})
+    assert not store.matches(path, {"setting": {"eps": 0.07, "norm": "linf"}, "seed": 5})
+    calls = []
+    got = store.cached(path, {"setting": {"eps": 0.07, "norm": "linf"}, "seed": 5},
+                       lambda: calls.append(1) or {"risk": 0.65})
+    assert got == {"risk": 0.65} and calls == [1]
+    assert store.cached(path, {"setting": {"eps": 0.07, "norm": "linf"}, "seed": 5}, lambda: 1 / 0) == {"risk": 0.65}
+
+
+def test_a_failed_recomputation_leaves_the_old_result(tmp_path):
+    path = store.save(tmp_path / "r.csv", pd.DataFrame({"risk": [0.7]}), {"eps": 0.1})
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.cached(path, {"eps": 0.1}, interrupted, recompute=True)
+    assert store.load(path, {"eps": 0.1})["risk"].tolist() == [0.7]
