@@ -18,20 +18,14 @@ def positive_int(text: str) -> int:
     return v
 
 
-EPS_RULES = ("auto", "paper", "calibrate")
-
-
 def eps_value(text: str):
-    """argparse type: one of EPS_RULES or a positive number."""
-    if text in EPS_RULES:
-        return text
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: {', '.join(EPS_RULES)} or a number > 0")
-    return v
+    """argparse type: 'auto', 'paper', 'calibrate' or a number > 0 (the rule of chapter 03's ``eps``)."""
+    from .params import EPS_RULES, eps_rule
+
+    why = eps_rule(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: {why}")
+    return text if text in EPS_RULES else float(text)
 
 
 def architecture_index(text: str) -> int:
@@ -88,9 +82,13 @@ def _grid(args) -> None:
 
 
 def _atras(args) -> None:
-    from .atras import ARCHITECTURES, atras_config, dataset_results, depth_summary, transfer_architectures
+    from .atras import (atras_config, chapter_architectures, dataset_results, depth_summary, failure_architectures,
+                        transfer_architectures)
 
-    archs = ARCHITECTURES if args.architectures is None else [ARCHITECTURES[i] for i in args.architectures]
+    archs = chapter_architectures("all" if args.architectures is None else ",".join(map(str, args.architectures)),
+                                  args.scale)
+    if args.failure_mode != "none" and args.architectures is None:  # the chapter's choice: the deepest MLPs
+        archs = failure_architectures(archs, args.scale)
     for ds in args.dataset:
         cfg = atras_config(ds, args.scale, eps=args.eps, epochs=args.epochs, adv_epochs=args.adv_epochs,
                            seed=args.seed, failure_mode=args.failure_mode)
@@ -107,6 +105,9 @@ def _book(args) -> None:
 def _run(args) -> None:
     from .book import run_chapter
 
+    bad = [p for p in args.param if "=" not in p]
+    if bad:
+        raise ValueError(f"-p {bad[0]!r} is not of the form NAME=VALUE (e.g. -p seed=1)")
     extra = dict(p.split("=", 1) for p in args.param)
     for name in args.chapters:
         print("executed:", run_chapter(name, args.scale, args.recompute, extra=extra))
@@ -178,7 +179,8 @@ def main(argv=None) -> int:
     r.add_argument("chapters", nargs="+", help="e.g. 02_training")
     r.add_argument("--scale", choices=SCALES, default="smoke")
     r.add_argument("--recompute", action="store_true")
-    r.add_argument("-p", "--param", action="append", default=[], help="NAME=VALUE (string) for the notebook")
+    r.add_argument("-p", "--param", action="append", default=[],
+                   help="NAME=VALUE for the notebook, converted to the parameter's type (lossbook.params)")
     r.set_defaults(func=_run)
 
     args = ap.parse_args(argv)

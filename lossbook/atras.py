@@ -258,6 +258,27 @@ TRANSFER_SUBSET = [[64], [8, 256], [64, 1024], [24, 96, 384], [64, 256, 1024], [
                    [40, 80, 160, 320, 640], [8, 16, 32, 64, 128, 256, 512, 1024]]
 
 
+SMOKE_ARCHITECTURES = (36, 24, 8)  # indices: three sizes, seconds on a CPU
+
+
+def chapter_architectures(spec: str, scale: str) -> list:
+    """The architectures of a run: ``"all"`` (the 40 of the paper; three at smoke scale) or
+    comma-separated indices into :data:`ARCHITECTURES` (validated by :mod:`lossbook.params`)."""
+    if spec == "all":
+        return list(ARCHITECTURES) if scale != "smoke" else [ARCHITECTURES[i] for i in SMOKE_ARCHITECTURES]
+    idx = [int(i) for i in str(spec).split(",")]
+    bad = [i for i in idx if not 0 <= i < len(ARCHITECTURES)]
+    if bad:
+        raise ValueError(f"architecture index {bad[0]} is not allowed; allowed: 0..{len(ARCHITECTURES) - 1}")
+    return [ARCHITECTURES[i] for i in idx]
+
+
+def failure_architectures(archs: list, scale: str) -> list:
+    """The MLPs the failure switch is tried on: the four deepest (>= 5 hidden layers) of ``archs``;
+    the first two at smoke scale."""
+    return [a for a in archs if len(a) >= 5][:4] if scale != "smoke" else list(archs)[:2]
+
+
 def transfer_architectures(archs: list, scale: str) -> list:
     """The architectures of the transfer matrix: all of ``archs`` at smoke and paper scale, else those
     of :data:`TRANSFER_SUBSET` among them."""

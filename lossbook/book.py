@@ -32,10 +32,13 @@ def run_chapter(name: str, scale: str, recompute: bool = False, out_dir: Path = 
     """Execute ``nbs/<name>.ipynb`` with papermill into ``out_dir`` and return the output path."""
     import papermill as pm
 
+    from .params import convert, validate
+
     check_choice("chapter", name, available_chapters())
+    extra = {k: convert(name, k, v) if isinstance(v, str) else validate(name, k, v) for k, v in (extra or {}).items()}
+    params = {"scale": validate(name, "scale", scale), "recompute": recompute, **extra}
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}.ipynb"
-    params = {"scale": scale, "recompute": recompute, **(extra or {})}
     with _kernel_env():
         pm.execute_notebook(str(NBS_DIR / f"{name}.ipynb"), str(out), parameters=params, cwd=str(NBS_DIR),
                             progress_bar=False, kernel_name="python3")

@@ -69,11 +69,12 @@ def _npz_arrays(folder: Path, filename: str, names: tuple, dataset: str) -> dict
 
 
 def _check(dataset: str, x: np.ndarray, y: np.ndarray, source: str) -> None:
-    hw = SHAPES[dataset][1:]
-    if x.dtype != np.uint8 or y.ndim != 1 or len(x) != len(y) or tuple(x.shape[1:3]) != hw:
+    c, h, w = SHAPES[dataset]
+    shape = (h, w) if dataset == "mnist" else (h, w, c)  # as stored: N x 28 x 28, N x 32 x 32 x 3
+    if x.dtype != np.uint8 or y.ndim != 1 or len(x) != len(y) or tuple(x.shape[1:]) != shape:
         raise DataError(
             f"{dataset}: {source} holds x {x.shape} {x.dtype} and y {y.shape}; expected uint8 images "
-            f"of size {hw} and one label per image"
+            f"of shape N x {' x '.join(map(str, shape))} and one label per image"
         )
     if y.size and (y.min() < 0 or y.max() > 9):
         raise DataError(f"{dataset}: {source} has labels outside 0..9")
@@ -108,6 +109,7 @@ def _load_torchvision(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]
         ) from exc
     x = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
     y = np.asarray(ds.targets)
+    _check(dataset, x, y, f"torchvision's {dataset} in {root}")
     return x, y
 
 

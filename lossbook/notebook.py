@@ -41,6 +41,22 @@ def check(**params: Any) -> dict:
     return params
 
 
+def parameters(chapter: str, namespace: dict) -> dict:
+    """Validate a chapter's parameters against its schema (:mod:`lossbook.params`): unknown names,
+    wrong types and values outside the allowed ones stop the chapter with one line. Values are
+    coerced to the parameter's type in ``namespace`` (papermill's ``-p architectures 36`` is a number)."""
+    from .params import check as check_schema
+
+    params = check_schema(chapter, namespace)
+    namespace.update(params)
+    return params
+
+
+def items(value: str) -> list[str]:
+    """The items of a comma-separated parameter."""
+    return [s.strip() for s in str(value).split(",") if s.strip()]
+
+
 def expand(value: str, every: tuple) -> list[str]:
     """``"all"`` -> every value, anything else -> [value]."""
     return list(every) if value == "all" else [value]

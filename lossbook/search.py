@@ -387,7 +387,7 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
         store.save(out / f"run-{run_seed}.csv", pd.DataFrame(rec["logbook"]), request(run_seed))
         store.save(path, rec, request(run_seed))  # replaces an earlier result only now, complete
         ckpt.unlink(missing_ok=True)
-        records.append(rec)
+        records.append(store.normalize(rec))  # as it will read back
     return records
 
 

@@ -41,7 +41,12 @@ def test_malformed_files(tmp_path, monkeypatch):
     with pytest.raises(data.DataError, match=r"lacks arrays \['y_test'\]"):
         data.load("mnist", "test")
     np.savez(tmp_path / "mnist.npz", x_test=np.zeros((3, 27, 28), np.uint8), y_test=np.zeros(3, np.uint8))
-    with pytest.raises(data.DataError, match=r"expected uint8 images of size \(28, 28\)"):
+    with pytest.raises(data.DataError, match=r"expected uint8 images of shape N x 28 x 28"):
+        data.load("mnist", "test")
+    # a trailing channel axis passed the check before and failed later in conv2d
+    np.savez(tmp_path / "mnist.npz", x_test=np.zeros((3, 28, 28, 1), np.uint8), y_test=np.zeros(3, np.uint8))
+    data._load_uint8.cache_clear()
+    with pytest.raises(data.DataError, match=r"holds x \(3, 28, 28, 1\) uint8 .* expected uint8 images of shape N x 28 x 28"):
         data.load("mnist", "test")
     (tmp_path / "mnist.npz").write_bytes(b"not a zip")
     with pytest.raises(data.DataError, match="cannot read"):

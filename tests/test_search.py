@@ -142,3 +142,32 @@ def test_seeded_population_starts_from_the_handcrafted_trees(toy):
     rec = S.run_search(ev, cfg, seed=0, progress=False)
     assert HANDCRAFTED_FORMULAS["ce"] in ev.cache and HANDCRAFTED_FORMULAS["margin"] in ev.cache
     assert rec["best_fitness"] >= ev.handcrafted()["margin"] - 1e-9
+
+
+@pytest.mark.usefixtures("data_available")
+def test_recompute_replaces_a_run_only_when_it_is_complete(tmp_path, monkeypatch):
+    """Before: recompute deleted the saved runs first, and an interrupted recomputation lost them."""
+    setting = S.make_setting("mnist", "net1", "st", "linf", eps=0.1)
+    (first,) = S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False)
+    path = S.search_dir(setting, "smoke", tmp_path) / "run-0.json"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "run_search", killed)
+    with pytest.raises(KeyboardInterrupt):
+        S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False, force=True)
+    assert store.load(path) == first  # the saved run is untouched
+    # a finished run is loaded, not searched again, without force
+    assert S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False) == [first]
+
+
+@pytest.mark.usefixtures("data_available")
+def test_a_saved_run_of_another_eps_is_never_taken(tmp_path):
+    setting = S.make_setting("mnist", "net1", "st", "linf", eps=0.15)
+    S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False)
+    other = S.make_setting("mnist", "net1", "st", "linf", eps=0.07)
+    assert S.search_setting(other, "smoke", runs=1, root=tmp_path, load_only=True) == []
+    with pytest.raises(store.ResultError, match=r"run-0.json: made for another request \(setting.eps=0.15 \(asked 0.07\)\)"):
+        store.load(S.search_dir(other, "smoke", tmp_path) / "run-0.json",
+                   S.run_request(other, S.SEARCH_PRESETS["smoke"], "smoke", 0))
