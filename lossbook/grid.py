@@ -202,3 +202,52 @@ def read_summary(plan: GridPlan | str, root: Path | None = None) -> list[dict]:
     """The rows of ``summary.csv`` (numbers as numbers)."""
     plan = PLANS[plan] if isinstance(plan, str) else plan
     return store.load(summary_path(plan, root), {"what": "grid summary", **asdict(plan)}).to_dict("records")
+
+
+# ------------------------------------------------------------------------------------------------
+# What the chapters show
+# ------------------------------------------------------------------------------------------------
+def load_summary(scale: str = "cpu", root: Path | None = None):
+    """``summary.csv`` of the grid at ``scale`` as a DataFrame (validated), or None if none is saved."""
+    plan = PLANS[scale]
+    path = summary_path(plan, root)
+    return store.load(path, {"what": "grid summary", **asdict(plan)}) if path.exists() else None
+
+
+def grid_runs(scale: str = "cpu", settings=None, root: Path | None = None) -> dict[str, list[dict]]:
+    """The finished runs of each setting of the grid (settings without a finished run are left out)."""
+    plan = PLANS[scale]
+    out = {}
+    for name in settings or SETTINGS:
+        runs = []
+        for seed, seeded in plan.seeds:
+            path = search_dir(Setting(*name.split("-"), 0.0), plan.preset, root) / f"run-{seed}.json"
+            if path.exists():
+                rec = store.load(path)
+                if rec["gp"]["gn"] == SEARCH_PRESETS[plan.preset].gn and rec["seed"] == seed:
+                    runs.append(rec)
+        if runs:
+            out[name] = runs
+    return out
+
+
+def budget(scale: str = "cpu") -> dict:
+    """A grid run's budget beside Table IV's: trees evaluated (population x generations) and images."""
+    cfg, paper = SEARCH_PRESETS[PLANS[scale].preset], SEARCH_PRESETS["paper"]
+    trees, paper_trees = cfg.ps * (cfg.gn + 1), paper.ps * (paper.gn + 1)
+    return {"trees": trees, "paper_trees": paper_trees, "share_of_trees": trees / paper_trees,
+            "images": cfg.n_images, "paper_images": paper.n_images,
+            "share_of_image_attacks": trees * cfg.n_images / (paper_trees * paper.n_images)}
+
+
+def answer(summary, steps_suffix: str = "") -> str:
+    """AutoLoss-AR's Question 1 in one sentence, counted from ``summary.csv`` (None: nothing judged yet)."""
+    if summary is None or summary.empty:
+        return ("No setting of the 24 has been searched and judged at this scale yet "
+                "(`python -m lossbook grid --scale cpu`).")
+    counts = summary[f"verdict{steps_suffix}"].value_counts()
+    n = len(summary)
+    parts = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in ("reproduced", "not reproduced", "inconclusive"))
+    rest = "" if n == len(SETTINGS) else f"; the other {len(SETTINGS) - n} settings are not run at this scale yet"
+    return (f"Of the {n} of {len(SETTINGS)} settings searched and judged on held-out images, the paper's claim "
+            f"(a searched loss beats CE) is {parts}{rest}.")

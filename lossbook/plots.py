@@ -189,3 +189,31 @@ def eps_gains(sweeps: list):
     for ax in list(axes.flat)[len(sweeps):]:
         ax.set_visible(False)
     return fig
+
+
+def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix: str = ""):
+    """The 24-setting picture: held-out gain over CE (pp) per (model, norm), each cell annotated with
+    our gain and its 95% interval, the paper's gain and the verdict; settings not run stay blank."""
+    import numpy as np
+
+    from .grid import SETTINGS
+
+    models = list(dict.fromkeys(s.rsplit("-", 1)[0] for s in SETTINGS))
+    norms = ["linf", "l1", "l2"]
+    values = pd.DataFrame(np.nan, index=models, columns=norms)
+    notes = pd.DataFrame("not run", index=models, columns=norms)
+    mark = {"reproduced": "✓", "not reproduced": "✗", "inconclusive": "?"}
+    for _, r in summary.iterrows():
+        m, n = r["setting"].rsplit("-", 1)
+        values.loc[m, n] = r[f"{column}{suffix}"]
+        notes.loc[m, n] = (f"{r[f'{column}{suffix}']:+.1f} {mark[r[f'verdict{suffix}']]}\n[{r[f'ci_low{suffix}']:+.1f}, "
+                           f"{r[f'ci_high{suffix}']:+.1f}]\npaper {r['paper_gain_pp']:+.1f}")
+    fig, ax = plt.subplots(figsize=(7.2, 6.2))
+    lim = max(1.0, float(np.nanmax(np.abs(values.values))) if values.notna().any().any() else 1.0)
+    sns.heatmap(values, annot=notes, fmt="", cmap="RdBu", center=0, vmin=-lim, vmax=lim, ax=ax,
+                cbar_kws={"label": "held-out gain over CE (pp)"}, annot_kws={"fontsize": 7}, linewidths=0.5,
+                linecolor="white")
+    ax.set(xlabel="norm", ylabel="dataset-net-training",
+           title="✓ reproduced  ✗ not reproduced  ? inconclusive (95% paired interval)")
+    ax.tick_params(labelsize=8)
+    return fig
