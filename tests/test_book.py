@@ -26,3 +26,22 @@ def test_chapters_are_in_reading_order_and_the_toc_lists_them(monkeypatch, tmp_p
     toc = (tmp_path / "_toc.yml").read_text().splitlines()
     assert toc[1:] == ["format: jb-book", "root: intro", "chapters:", "- file: chapters/01_toy_inconsistency",
                        "- file: chapters/02_training", "- file: reproducing"]
+
+
+def test_the_introduction_answers_question_1_from_the_summary(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from lossbook import book, grid, store
+
+    monkeypatch.setattr(grid, "RESULTS_DIR", tmp_path)
+    rows = [{"setting": "mnist-net1-st-linf", "heldout_gain_pp": 0.4, "ci_low": -0.2, "ci_high": 1.0,
+             "verdict": "inconclusive", "paper_gain_pp": 1.8},
+            {"setting": "mnist-net1-at-l2", "heldout_gain_pp": 2.5, "ci_low": 1.1, "ci_high": 3.9,
+             "verdict": "reproduced", "paper_gain_pp": 1.0}]
+    grid.write_summary(rows, grid.PLANS["cpu"])
+    book.write_intro("cpu")
+    text = (book.BOOK_DIR / "intro.md").read_text()
+    assert "Of the 2 of 24 settings searched and judged on held-out images, the paper's claim (a searched loss beats " \
+           "CE) is 1 reproduced, 0 not reproduced, 1 inconclusive; the other 22 settings are not run" in text
+    assert "+2.5 points (mnist-net1-at-l2, 95% interval [+1.1, +3.9])" in text and book.QUESTION_1_MARKER not in text
+    assert isinstance(store.load(grid.summary_path(grid.PLANS["cpu"])), pd.DataFrame)
