@@ -190,6 +190,7 @@ def _ascent_direction(g: torch.Tensor, delta: torch.Tensor, lo: torch.Tensor, hi
 # ------------------------------------------------------------------------------------------------
 CHUNK_CANDIDATES = {"cpu": (64, 128, 256, 512, 1024, 2048), "cuda": (1024, 2048, 4096, 8192, 16384, 32768, 65536)}
 _CHUNK_CACHE: dict[tuple, int] = {}
+SMALL_BATCH = 256  # attacks of at most this many rows run as one batch, without measuring
 
 
 def _chunk_key(model: torch.nn.Module, img_shape: tuple, dev: torch.device) -> tuple:
@@ -197,7 +198,7 @@ def _chunk_key(model: torch.nn.Module, img_shape: tuple, dev: torch.device) -> t
 
 
 def measure_chunk(model: torch.nn.Module, img_shape: tuple, dev: torch.device, candidates=None,
-                  min_images: int = 512, repeats: int = 2) -> dict[int, float]:
+                  min_images: int = 256, repeats: int = 2) -> dict[int, float]:
     """Images per second of forward + input gradient (the engine's inner work) at each batch size:
     one warm-up, then the best of ``repeats`` passes over at least ``min_images`` images."""
     candidates = candidates or CHUNK_CANDIDATES["cuda" if dev.type == "cuda" else "cpu"]
@@ -432,7 +433,8 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, losses: Loss |
     x_flat, y = x.reshape(N, -1).to(dev), y.to(dev)
     lo, hi = -x_flat, 1 - x_flat
     with eval_mode(model):
-        bank = LossBank(model, loss_list, x_flat, y, img_shape, chunk or default_chunk(model, img_shape, dev))
+        chunk = chunk or (K * N if K * N <= SMALL_BATCH else default_chunk(model, img_shape, dev))
+        bank = LossBank(model, loss_list, x_flat, y, img_shape, chunk)
         book = RowBook(bank, mode, return_x, dev)
         looks_like_probabilities, random_outputs = model_checks(model, x_flat[:32].view(-1, *img_shape))
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)

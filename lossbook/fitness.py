@@ -102,6 +102,7 @@ class Evaluator:
         self.totals: Counter = Counter()
         self.last: Counter = Counter()
         self.calls = 0
+        self.diagnostics: list[str] = []
         self._probe = probe_logits(model, x, y, setting.norm, setting.eps, probe_rows, seed) if semantic else None
 
     # ---- the attack ------------------------------------------------------------------------
@@ -123,6 +124,7 @@ class Evaluator:
         """R'' of CE, C&W, margin and DLR on the same set with the same starts."""
         res = evaluate_losses(self.model, self.x, self.y, list(HANDCRAFTED.values()), norm=self.setting.norm,
                               eps=self.setting.eps, steps=self.steps, seed=self.seed)
+        self.diagnostics = res.diagnostics.warnings()  # what the checks say of the model under these attacks
         return dict(zip(HANDCRAFTED, res.risk.tolist()))
 
     # ---- the caches --------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def run_setting(name: str, plan: GridPlan, root: Path | None = None, progress: b
                               load_only=True)
         if done:
             records += done
+            log(f"{name} run seed {seed}: finished earlier, skipped (R''={done[0]['best_fitness']:.3f})")
             continue
         t0 = time.perf_counter()
         rec = search_setting(setting, plan.preset, runs=1, seed=seed, model_scale=plan.scale, root=root, cfg=cfg,

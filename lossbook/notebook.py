@@ -83,3 +83,10 @@ def report_missing(missing: list, command: str) -> None:
     if missing:
         print(f"Not computed at this scale yet, left out below: {', '.join(missing)}.\n"
               f"Compute them with `{command}` or rerun this chapter with recompute=True.")
+
+
+def report_diagnostics(named_warnings: dict) -> None:
+    """Say where an attack's checks fired (:mod:`lossbook.checks`); nothing when none did."""
+    for name, warnings in named_warnings.items():
+        for w in warnings or []:
+            print(f"Check on {name}: {w}.")

@@ -383,7 +383,7 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
                "gain_over_ce_pp": round(100 * (rec["best_fitness"] - baselines["ce"]), 2),
                "cache_hit_rate": rec["cache_hits"] / max(1, rec["asked"]),
                "attacks_saved": 1 - rec["attacked"] / max(1, rec["asked"]),
-               "device": str(next(model.parameters()).device), **rec}
+               "device": str(next(model.parameters()).device), "diagnostics": ev.diagnostics, **rec}
         store.save(out / f"run-{run_seed}.csv", pd.DataFrame(rec["logbook"]), request(run_seed))
         store.save(path, rec, request(run_seed))  # replaces an earlier result only now, complete
         ckpt.unlink(missing_ok=True)

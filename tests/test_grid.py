@@ -28,7 +28,7 @@ def test_smoke_grid_writes_a_verdict_per_setting_and_resumes(tmp_path):
     assert (df["runs"] == 2).all() and (df["seeded_runs"] == 1).all()
     assert set(df["verdict"]) <= set(VERDICTS)
     assert ((df["ci_low"] <= df["heldout_gain_pp"]) & (df["heldout_gain_pp"] <= df["ci_high"])).all()
-    assert sum("run seed" in line for line in lines) == 4
+    assert sum("run seed" in line and "skipped" not in line for line in lines) == 4
     # held-out outcomes: the searched loss and CE on the same 32 unseen images
     held = G.heldout_outcomes(G.grid_setting(names[0], G.PLANS["smoke"], tmp_path), G.PLANS["smoke"],
                               max(G.run_setting(names[0], G.PLANS["smoke"], tmp_path, False, lines.append),
@@ -39,5 +39,6 @@ def test_smoke_grid_writes_a_verdict_per_setting_and_resumes(tmp_path):
     # a second call skips every finished run and reuses the held-out outcomes
     again = []
     G.run_grid("smoke", settings=names, root=tmp_path, progress=False, log=again.append)
-    assert not any("run seed" in line for line in again)
+    runs = [line for line in again if "run seed" in line]
+    assert len(runs) == 4 and all("finished earlier, skipped" in line for line in runs)
     pd.testing.assert_frame_equal(pd.read_csv(path), df)

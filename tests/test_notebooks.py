@@ -18,11 +18,23 @@ def test_chapter_runs_at_smoke_scale(chapter, tmp_path, data_available):
     assert "<code>smoke</code>" in str(outputs[0].get("data", {}).get("text/html", "")), "no banner with the scale on top"
 
 
-def test_unknown_parameter_value_fails_at_the_first_cell(tmp_path):
+def test_bad_parameters_stop_the_notebook_at_its_first_cell(tmp_path):
+    """Straight through papermill (no runner in between): a bad value or an unknown name stops the
+    chapter at its check cell, with the allowed values."""
+    import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    from lossbook.book import NBS_DIR, _kernel_env
+    from lossbook.params import ParameterError
+
     chapter = available_chapters()[0]
-    with pytest.raises(PapermillExecutionError) as err:
+    for params, msg in [({"scale": "huge"}, "parameter scale='huge' is not allowed; allowed values: 'smoke', 'cpu', 'paper'"),
+                        ({"sede": 1}, f"unknown parameter 'sede' of chapter {chapter}; allowed: scale, seed")]:
+        with pytest.raises(PapermillExecutionError) as err, _kernel_env():
+            pm.execute_notebook(str(NBS_DIR / f"{chapter}.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
+                                cwd=str(NBS_DIR), progress_bar=False, kernel_name="python3")
+        assert msg in str(err.value)
+        assert err.value.exec_count <= 3  # parameters, injected parameters, check
+    # the runner checks before it starts a kernel
+    with pytest.raises(ParameterError, match="parameter scale='huge' is not allowed"):
         run_chapter(chapter, "huge", out_dir=tmp_path)
-    assert "parameter scale='huge' is not allowed; allowed values: 'smoke', 'cpu', 'paper'" in str(err.value)
-    assert err.value.exec_count <= 3  # parameters, injected parameters, check
