@@ -68,6 +68,10 @@ def _search(args) -> None:
             setting = make_setting(args.dataset, args.net, args.training, norm,
                                    None if args.eps == "paper" else args.eps)
         print(f"searching {setting.name()} at eps={setting.eps} [{args.scale}]")
+        done = [] if args.force else search_setting(setting, args.scale, runs=args.runs, seed=args.seed, cfg=cfg,
+                                                    load_only=True)
+        if done:
+            print(f"  skipped, finished earlier: run seeds {', '.join(str(r['seed']) for r in done)} (--force to redo)")
         for rec in search_setting(setting, args.scale, runs=args.runs, seed=args.seed, cfg=cfg, force=args.force):
             b = rec["baselines"]
             print(f"  run seed {rec['seed']}: R''={rec['best_fitness']:.3f} (CE {b['ce']:.3f}, C&W {b['cw']:.3f}, "

@@ -198,6 +198,9 @@ def run_sweep(cfg: ATRASConfig, archs: list | None = None, root: Path | None = N
     splits = load_splits(cfg)
     models = {}
     bar = tqdm(archs, desc=f"ATRAS {cfg.dataset} [{cfg.scale}]", **quiet(progress))
+    skipped = [str(h) for h in archs if str(h) in finished and str(h) not in keep]
+    if skipped:
+        print(f"ATRAS {cfg.dataset} [{cfg.scale}]: {len(skipped)} of {len(archs)} architectures finished earlier, skipped")
     for hidden in bar:
         key = str(hidden)
         if key in finished and key not in keep:

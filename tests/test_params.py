@@ -70,3 +70,10 @@ def test_cli_arguments_share_the_validators(capsys):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_a_model_not_trained_at_that_scale_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("lossbook.train.RESULTS_DIR", tmp_path)
+    assert main(["search", "--dataset", "mnist", "--net", "net1", "--training", "st", "--scale", "paper"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no trained model mnist-net1-st at scale 'paper'" in err[0]
