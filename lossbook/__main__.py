@@ -82,7 +82,8 @@ def _search(args) -> None:
 def _grid(args) -> None:
     from .grid import run_grid
 
-    print("summary:", run_grid(args.scale, settings=args.settings, progress=not args.quiet))
+    print("summary:", run_grid(args.scale, settings=args.settings, progress=not args.quiet, backend=args.backend,
+                               address=args.address))
 
 
 def _atras(args) -> None:
@@ -167,6 +168,10 @@ def main(argv=None) -> int:
     g.add_argument("--settings", nargs="+", choices=SETTINGS, default=None, metavar="SETTING",
                    help="only these settings, e.g. mnist-net1-st-linf (default: all 24)")
     g.add_argument("--quiet", action="store_true", help="no progress bars (one line per finished run and setting)")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: one Ray task per (setting, run) on the cluster at --address "
+                        "(pip install 'lossbook[cluster]'; results in LOSSBOOK_RESULTS, a folder every node can write)")
+    g.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else 'auto')")
     g.set_defaults(func=_grid)
 
     a = sub.add_parser("atras", help="the ATRAS sweep: FGSM and FGSM-AT over the 40 MLPs (resumes)",

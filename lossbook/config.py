@@ -8,6 +8,7 @@ Every chapter takes a ``scale``:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -22,8 +23,9 @@ FAILURE_MODES = ("none", "sigmoid-sgd")
 
 #: Root of the repository (the folder that holds ``lossbook/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Where computed results live (plain CSV/JSON files and small checkpoints).
-RESULTS_DIR = REPO_ROOT / "results"
+#: Where computed results live (plain CSV/JSON files and small checkpoints): ``LOSSBOOK_RESULTS`` names
+#: another folder, e.g. one that every node of a cluster can read and write.
+RESULTS_DIR = Path(os.environ.get("LOSSBOOK_RESULTS") or REPO_ROOT / "results").expanduser()
 
 
 def check_choice(name: str, value, allowed: Iterable) -> None:

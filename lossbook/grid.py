@@ -50,6 +50,7 @@ class GridPlan:
     heldout_images: int
     heldout_steps: tuple = (10, 100)
     heldout_seed: int = 1000  # new random starts: not the search's
+    gp_overrides: tuple = ()  # (name, value) pairs changing the preset (e.g. a longer smoke run in a test)
 
     @property
     def seeds(self) -> list[tuple[int, bool]]:
@@ -67,7 +68,8 @@ SEEDED = ("ce", "cw", "margin")
 
 
 def run_config(plan: GridPlan, seeded: bool):
-    cfg = SEARCH_PRESETS[plan.preset]
+    """The GP configuration of a run: the plan's preset (with its overrides), seeded or not."""
+    cfg = replace(SEARCH_PRESETS[plan.preset], **dict(plan.gp_overrides))
     return replace(cfg, seed_losses=SEEDED if seeded else ())
 
 
@@ -160,6 +162,14 @@ def summary_row(name: str, setting: Setting, runs: list[dict], held: dict, plan:
     return row
 
 
+def summary_request(plan: GridPlan) -> dict:
+    """What ``summary.csv`` answers: the plan (its GP overrides only where it has some)."""
+    d = asdict(plan)
+    if not d["gp_overrides"]:
+        d.pop("gp_overrides")
+    return {"what": "grid summary", **d}
+
+
 def summary_path(plan: GridPlan, root: Path | None = None) -> Path:
     return (root or RESULTS_DIR / "search") / plan.preset / "summary.csv"
 
@@ -169,23 +179,40 @@ def write_summary(rows: list[dict], plan: GridPlan, root: Path | None = None) ->
     import pandas as pd
 
     rows = sorted(rows, key=lambda r: SETTINGS.index(r["setting"]))
-    return store.save(summary_path(plan, root), pd.DataFrame(rows), {"what": "grid summary", **asdict(plan)})
+    return store.save(summary_path(plan, root), pd.DataFrame(rows), summary_request(plan))
 
 
-def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progress: bool = True, log=print) -> Path:
-    """Search and judge every setting (default: all 24) at ``scale``; returns ``summary.csv``'s path."""
+BACKENDS = ("local", "ray")
+
+
+def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progress: bool = True, log=print,
+             backend: str = "local", address: str | None = None, plan: GridPlan | None = None) -> Path:
+    """Search and judge every setting (default: all 24) at ``scale``; returns ``summary.csv``'s path.
+
+    ``backend="ray"`` runs the runs and held-out checks as Ray tasks on the cluster at ``address``
+    (:mod:`lossbook.cluster`); the results are the same files.
+    """
     check_choice("scale", scale, SCALES)
-    plan = PLANS[scale]
+    check_choice("backend", backend, BACKENDS)
+    plan = plan or PLANS[scale]
     settings = list(settings or SETTINGS)
     for s in settings:
         check_choice("setting", s, SETTINGS)
-    if scale == "smoke":
+    if plan.scale == "smoke":
         from .train import ensure_trained
 
         ensure_trained(sorted({s.split("-")[0] for s in settings}), list(NETS), list(TRAININGS), "smoke",
                        progress=progress)
+    for name in settings:  # the eps of every setting first, on the driver (calibration.json is shared)
+        grid_setting(name, plan, root)
     rows = {r["setting"]: r for r in read_summary(plan, root)} if summary_path(plan, root).exists() else {}
+    if backend == "ray":
+        from .cluster import run_grid_ray
+
+        rows.update(run_grid_ray(plan, settings, Path(root or RESULTS_DIR / "search"), address, progress, log))
+        return write_summary(list(rows.values()), plan, root)
     t_start = time.perf_counter()
+    path = summary_path(plan, root)
     for i, name in enumerate(settings):
         setting = grid_setting(name, plan, root)
         runs = run_setting(name, plan, root, progress, log)
@@ -202,7 +229,7 @@ def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progre
 def read_summary(plan: GridPlan | str, root: Path | None = None) -> list[dict]:
     """The rows of ``summary.csv`` (numbers as numbers)."""
     plan = PLANS[plan] if isinstance(plan, str) else plan
-    return store.load(summary_path(plan, root), {"what": "grid summary", **asdict(plan)}).to_dict("records")
+    return store.load(summary_path(plan, root), summary_request(plan)).to_dict("records")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,7 +239,7 @@ def load_summary(scale: str = "cpu", root: Path | None = None):
     """``summary.csv`` of the grid at ``scale`` as a DataFrame (validated), or None if none is saved."""
     plan = PLANS[scale]
     path = summary_path(plan, root)
-    return store.load(path, {"what": "grid summary", **asdict(plan)}) if path.exists() else None
+    return store.load(path, summary_request(plan)) if path.exists() else None
 
 
 def grid_runs(scale: str = "cpu", settings=None, root: Path | None = None) -> dict[str, list[dict]]:
