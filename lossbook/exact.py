@@ -1,0 +1,279 @@
+"""Exact adversarial risk of small ReLU networks by mixed-integer linear programming (HiGHS).
+
+For an image x with label y, a ReLU network f and the feasible set ``{x' : ||x' - x||_p <= eps,
+0 <= x' <= 1}`` (p = inf or 1: both linear), x is *vulnerable* iff for some wrong class c
+
+    max_{x'} f_c(x') - f_y(x') > 0,
+
+a MILP with the standard exact encoding of each ReLU a = max(z, 0) whose pre-activation bounds
+[l, u] straddle 0 (a binary d per such *unstable* neuron):
+
+    a >= 0,  a >= z,  a <= z - l (1 - d),  a <= u d.
+
+Neurons with u <= 0 are 0 and those with l >= 0 are the identity: they need no binary, so the
+bounds are tightened first -- exactly for the first layer (a linear function over the feasible set:
+the box for l_inf, a greedy knapsack for l_1), by interval arithmetic, then by one LP per
+unstable neuron of the later layers (the triangle relaxation of the layers before).
+
+:func:`verify_image` first tries the attacks' counterexamples (an image any attack breaks needs no
+solver), then solves one MILP per wrong class, classes in the order of the attack's margins, and
+stops at the first counterexample. Each image ends *robust* (the solver proved every class's
+maximum <= 0), *vulnerable* (a counterexample, re-checked by a float32 forward pass of the model
+itself) or *unknown* (time limit).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import check_choice
+
+NORMS_EXACT = ("linf", "l1")
+STATUSES = ("robust", "vulnerable", "unknown")
+
+
+# ------------------------------------------------------------------------------------------------
+# The network as matrices
+# ------------------------------------------------------------------------------------------------
+def relu_layers(model: nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(W, b) of each Linear layer of a ReLU MLP (``Flatten``, ``Linear``, ``ReLU``, ..., ``Linear``),
+    in float64; anything else is refused with what was found."""
+    mods = [m for m in model.modules() if not isinstance(m, nn.Sequential) and m is not model] \
+        if isinstance(model, nn.Sequential) else list(model.children())
+    layers, expect_linear = [], True
+    for m in mods:
+        if isinstance(m, nn.Flatten):
+            continue
+        if isinstance(m, nn.Linear) and expect_linear:
+            layers.append((m.weight.detach().double().cpu().numpy(),
+                           (m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros(m.out_features))))
+            expect_linear = False
+        elif isinstance(m, nn.ReLU) and not expect_linear:
+            expect_linear = True
+        else:
+            raise ValueError(f"exact verification needs a ReLU MLP (Flatten, Linear, ReLU, ..., Linear); found "
+                             f"{type(m).__name__} where a {'Linear' if expect_linear else 'ReLU'} was expected")
+    if not layers or expect_linear:
+        raise ValueError("exact verification needs a ReLU MLP ending in a Linear layer")
+    return layers
+
+
+def input_box(x: np.ndarray, norm: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinate bounds of the feasible set (exact for l_inf; the l_inf hull for l_1)."""
+    return np.maximum(x - eps, 0.0), np.minimum(x + eps, 1.0)
+
+
+def first_layer_bounds(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, eps: float):
+    """Exact bounds of W x' + b over the feasible set: the box for l_inf; for l_1 a greedy knapsack
+    (move the coordinates with the largest |w| first, each as far as the box lets it)."""
+    lo, hi = input_box(x, norm, eps)
+    base = W @ x + b
+    if norm == "linf":
+        Wp, Wn = np.clip(W, 0, None), np.clip(W, None, 0)
+        return Wp @ lo + Wn @ hi + b, Wp @ hi + Wn @ lo + b
+    up_room, down_room = hi - x, x - lo  # how far each coordinate can go up or down
+
+    def best(Ws):  # max over ||d||_1 <= eps, lo <= x + d <= hi of Ws d, per row
+        cap = np.where(Ws > 0, up_room, down_room)  # room in the direction that helps
+        gain = np.abs(Ws)
+        order = np.argsort(-gain, axis=1)
+        g, c = np.take_along_axis(gain, order, 1), np.take_along_axis(cap, order, 1)
+        used_before = np.cumsum(c, axis=1) - c
+        take = np.clip(eps - used_before, 0, None)
+        return (g * np.minimum(c, take)).sum(1)
+
+    return base - best(-W), base + best(W)
+
+
+# ------------------------------------------------------------------------------------------------
+# The MILP
+# ------------------------------------------------------------------------------------------------
+class _Model:
+    """Columns and rows of one image's problem in HiGHS (inputs, then per layer z and a, then binaries)."""
+
+    def __init__(self, layers, x, norm, eps, bounds, integer: bool, time_limit: float):
+        import highspy
+
+        self.h = h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("time_limit", float(time_limit))
+        h.setOptionValue("threads", 1)
+        self.inf = highspy.kHighsInf
+        lo, hi = input_box(x, norm, eps)
+        self.n = 0
+        self.x_cols = self._cols(lo, hi)
+        if norm == "l1":  # x' = x + d+ - d-, d+, d- >= 0, sum(d+ + d-) <= eps
+            dp, dm = self._cols(np.zeros_like(x), hi - x), self._cols(np.zeros_like(x), x - lo)
+            for i in range(len(x)):
+                self._row(x[i], x[i], [self.x_cols[i], dp[i], dm[i]], [1.0, -1.0, 1.0])
+            self._row(-self.inf, eps, list(dp) + list(dm), [1.0] * (2 * len(x)))
+        prev = self.x_cols
+        self.unstable = self.stable = 0
+        self.binaries = []
+        for k, (W, b) in enumerate(layers):
+            l, u = bounds[k]
+            z = self._cols(l, u)
+            for j in range(W.shape[0]):  # z_j - W_j a = b_j
+                nz = np.nonzero(W[j])[0]
+                self._row(b[j], b[j], [z[j]] + [prev[i] for i in nz], [1.0] + list(-W[j, nz]))
+            if k == len(layers) - 1:
+                self.logits = z
+                break
+            a = self._cols(np.maximum(l, 0), np.maximum(u, 0))
+            for j in range(W.shape[0]):
+                if u[j] <= 0 or l[j] >= 0:  # stable: a = 0 (bounds) or a = z
+                    self.stable += 1
+                    if l[j] >= 0:
+                        self._row(0.0, 0.0, [a[j], z[j]], [1.0, -1.0])
+                    continue
+                self.unstable += 1
+                d = self._cols(np.zeros(1), np.ones(1))[0]
+                self.binaries.append(d)
+                self._row(0.0, self.inf, [a[j], z[j]], [1.0, -1.0])  # a >= z
+                self._row(-self.inf, -l[j], [a[j], z[j], d], [1.0, -1.0, -l[j]])  # a <= z - l (1 - d)
+                self._row(-self.inf, 0.0, [a[j], d], [1.0, -u[j]])  # a <= u d
+            prev = a
+        if integer and self.binaries:
+            h.changeColsIntegrality(len(self.binaries), np.array(self.binaries, dtype=np.int32),
+                                    np.array([highspy.HighsVarType.kInteger] * len(self.binaries)))
+
+    def _cols(self, lo, hi) -> np.ndarray:
+        n = len(lo)
+        self.h.addVars(n, np.asarray(lo, float), np.asarray(hi, float))
+        idx = np.arange(self.n, self.n + n)
+        self.n += n
+        return idx
+
+    def _row(self, lower, upper, cols, vals) -> None:
+        self.h.addRow(float(lower), float(upper), len(cols), np.asarray(cols, np.int32), np.asarray(vals, float))
+
+    def objective(self, coefs: dict, maximize: bool = True) -> None:
+        import highspy
+
+        cost = np.zeros(self.n)
+        for c, v in coefs.items():
+            cost[c] += v
+        self.h.changeColsCost(self.n, np.arange(self.n, dtype=np.int32), cost)
+        self.h.changeObjectiveSense(highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize)
+
+
+def tightened_bounds(layers, x: np.ndarray, norm: str, eps: float, lp: bool = True,
+                     time_limit: float = 10.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pre-activation bounds of every layer: exact for the first, then interval arithmetic, then
+    (``lp``) one LP per unstable neuron over the relaxation of the layers before."""
+    bounds = [first_layer_bounds(*layers[0], x, norm, eps)]
+    for k in range(1, len(layers)):
+        W, b = layers[k]
+        l, u = bounds[-1]
+        al, au = np.maximum(l, 0), np.maximum(u, 0)
+        Wp, Wn = np.clip(W, 0, None), np.clip(W, None, 0)
+        lo, hi = Wp @ al + Wn @ au + b, Wp @ au + Wn @ al + b
+        if lp:
+            relax = _Model(layers[:k + 1], x, norm, eps, bounds + [(lo, hi)], integer=False, time_limit=time_limit)
+            for j in np.nonzero((lo < 0) & (hi > 0))[0]:
+                for sense, arr in ((False, lo), (True, hi)):
+                    relax.objective({relax.logits[j]: 1.0}, maximize=sense)
+                    relax.h.run()
+                    if relax.h.getModelStatus().name == "kOptimal":
+                        v = relax.h.getInfo().objective_function_value
+                        arr[j] = min(arr[j], v) if sense else max(arr[j], v)
+        bounds.append((lo, hi))
+    return bounds
+
+
+# ------------------------------------------------------------------------------------------------
+# One image, many images
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ImageResult:
+    index: int
+    label: int
+    status: str  # robust | vulnerable | unknown
+    by: str  # "attack", "milp" or "time limit"
+    seconds: float
+    unstable: int = 0
+    stable: int = 0
+    counterexample: np.ndarray | None = field(default=None, repr=False)
+    predicted: int | None = None
+
+
+def _misclassified(model, x_adv: np.ndarray, y: int, shape) -> tuple[bool, int]:
+    with torch.no_grad():
+        p = int(model(torch.tensor(x_adv, dtype=torch.float32).view(1, *shape)).argmax(1))
+    return p != y, p
+
+
+def _inside(x_adv: np.ndarray, x: np.ndarray, norm: str, eps: float) -> np.ndarray:
+    """The solver's point moved into the feasible set in float32 (solver tolerances are ~1e-9)."""
+    from .attacks import project
+
+    xt, dt = torch.tensor(x, dtype=torch.float32), torch.tensor(x_adv - x, dtype=torch.float32)
+    return (xt + project(dt[None], xt[None], norm, eps)[0]).clamp(0, 1).numpy()
+
+
+def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, shape, index: int = 0,
+                 class_order=None, candidates=(), time_limit: float = 60.0, lp_bounds: bool = True) -> ImageResult:
+    """Decide one image (see the module docstring); ``candidates`` are attack points tried first."""
+    t0 = time.perf_counter()
+    for cand in candidates:
+        wrong, pred = _misclassified(model, cand, y, shape)
+        if wrong:
+            return ImageResult(index, y, "vulnerable", "attack", time.perf_counter() - t0, counterexample=cand,
+                               predicted=pred)
+    bounds = tightened_bounds(layers, x, norm, eps, lp=lp_bounds)
+    n_classes = layers[-1][0].shape[0]
+    classes = [c for c in (class_order if class_order is not None else range(n_classes)) if c != y]
+    m = None
+    unknown = False
+    for c in classes:
+        left = time_limit - (time.perf_counter() - t0)
+        if left <= 0:
+            unknown = True
+            break
+        l_out, u_out = bounds[-1]
+        if u_out[c] - l_out[y] <= 0:  # the bounds alone prove this class cannot win
+            continue
+        m = _Model(layers, x, norm, eps, bounds, integer=True, time_limit=left)
+        m.objective({m.logits[c]: 1.0, m.logits[y]: -1.0})
+        m.h.run()
+        status = m.h.getModelStatus().name
+        info = m.h.getInfo()
+        has_point = info.primal_solution_status == 2  # feasible
+        if has_point and info.objective_function_value > 0:
+            sol = np.array(m.h.getSolution().col_value)[m.x_cols]
+            point = _inside(sol, x, norm, eps)
+            wrong, pred = _misclassified(model, point, y, shape)
+            if wrong:
+                return ImageResult(index, y, "vulnerable", "milp", time.perf_counter() - t0, m.unstable, m.stable,
+                                   point, pred)
+        if status == "kOptimal" and info.objective_function_value <= 0:
+            continue
+        if status != "kOptimal" and info.mip_dual_bound <= 0:
+            continue
+        unknown = True  # time limit, or a counterexample that float32 does not confirm
+        break
+    unstable, stable = (m.unstable, m.stable) if m is not None else _count_unstable(bounds)
+    return ImageResult(index, y, "unknown" if unknown else "robust", "time limit" if unknown else "milp",
+                       time.perf_counter() - t0, unstable, stable)
+
+
+def _count_unstable(bounds) -> tuple[int, int]:
+    hidden = bounds[:-1]
+    unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in hidden)
+    return unstable, sum(len(l) for l, _ in hidden) - unstable
+
+
+def exact_risk(results: list[ImageResult]) -> tuple[float, float]:
+    """R as an interval [vulnerable share, vulnerable + unknown share] (a number where none is unknown)."""
+    n = len(results)
+    v = sum(r.status == "vulnerable" for r in results)
+    u = sum(r.status == "unknown" for r in results)
+    return v / n, (v + u) / n
+
+
+def check_norm(norm: str) -> None:
+    check_choice("norm for exact verification", norm, NORMS_EXACT)

@@ -1,0 +1,106 @@
+"""Exact verification by MILP against answers known otherwise: brute force on a fine grid (2-D ReLU
+nets) and the toy's closed form (a linear net); counterexamples are real; proofs are never broken."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lossbook import attacks as A
+from lossbook import exact as X
+from lossbook import losses as L
+from lossbook import toy
+
+pytest.importorskip("highspy")
+
+
+def _relu_net(seed=0, widths=(12, 12)):
+    """A small ReLU net fitted to a 3-class pattern on the unit square (boundaries inside it)."""
+    torch.manual_seed(seed)
+    mods, w = [nn.Flatten()], 2
+    for h in widths:
+        mods += [nn.Linear(w, h), nn.ReLU()]
+        w = h
+    mods.append(nn.Linear(w, 3))
+    model = nn.Sequential(*mods)
+    u = torch.rand(600, 2)
+    y = ((u[:, 0] > 0.5).long() + (u[:, 1] > 0.3 + 0.4 * u[:, 0]).long()) % 3
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(u), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def _grid_breakable(model, x, y, norm, eps, n=241):
+    a = np.linspace(max(0, x[0] - eps), min(1, x[0] + eps), n)
+    b = np.linspace(max(0, x[1] - eps), min(1, x[1] + eps), n)
+    pts = np.stack(np.meshgrid(a, b), -1).reshape(-1, 2)
+    d = pts - x
+    keep = np.abs(d).max(1) <= eps if norm == "linf" else np.abs(d).sum(1) <= eps
+    with torch.no_grad():
+        pred = model(torch.tensor(pts[keep], dtype=torch.float32)).argmax(1).numpy()
+    return bool((pred != y).any())
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.06), ("l1", 0.1)])
+def test_two_dimensional_relu_net_against_brute_force(norm, eps):
+    model = _relu_net()
+    layers = X.relu_layers(model)
+    rng = np.random.default_rng(0)
+    xs = rng.random((40, 2))
+    with torch.no_grad():
+        ys = model(torch.tensor(xs, dtype=torch.float32)).argmax(1).numpy()
+    agree = 0
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        r = X.verify_image(model, layers, x, int(y), norm, eps, (2,), index=i, time_limit=30)
+        grid = _grid_breakable(model, x, int(y), norm, eps)
+        assert r.status in ("robust", "vulnerable")
+        if grid:
+            assert r.status == "vulnerable", f"point {i}: the grid breaks it, the MILP says robust"
+        if r.status == "vulnerable":
+            d = r.counterexample - x
+            assert (np.abs(d).max() if norm == "linf" else np.abs(d).sum()) <= eps * (1 + 1e-6)
+            assert r.counterexample.min() >= 0 and r.counterexample.max() <= 1 and r.predicted != y
+        agree += (r.status == "vulnerable") == grid
+    assert agree >= 36  # disagreements only where the breaking region is finer than the grid
+    assert 5 <= sum(_grid_breakable(model, x, int(y), norm, eps) for x, y in zip(xs, ys)) <= 35  # not vacuous
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_linear_toy_against_its_closed_form(norm):
+    Wt = toy.W.double()
+    lin = nn.Sequential(nn.Linear(2, 3))  # logits W (2u - 1): the toy on the unit square
+    with torch.no_grad():
+        lin[0].weight.copy_(2 * Wt)
+        lin[0].bias.copy_(-Wt.sum(1))
+    layers = X.relu_layers(lin)
+    x, y = toy.sample(60, seed=3)
+    eps = 0.3  # in the toy's [-1, 1] units; half of it on the unit square
+    for xi, yi in zip(x, y):
+        r = X.verify_image(lin, layers, toy.to_unit(xi).double().numpy(), int(yi), norm, eps / 2, (2,))
+        assert (r.status == "vulnerable") == toy.exactly_breakable(xi.double().numpy(), int(yi), eps, norm)
+
+
+def test_proven_robust_points_are_never_broken_by_an_attack():
+    model = _relu_net(seed=0)
+    layers = X.relu_layers(model)
+    rng = np.random.default_rng(1)
+    xs = rng.random((30, 2))
+    with torch.no_grad():
+        ys = model(torch.tensor(xs, dtype=torch.float32)).argmax(1)
+    res = [X.verify_image(model, layers, x, int(y), "linf", 0.08, (2,)) for x, y in zip(xs, ys)]
+    robust = torch.tensor([r.status == "robust" for r in res])
+    assert robust.any() and (~robust).any()
+    att = A.pgd(model, torch.tensor(xs, dtype=torch.float32), ys, [L.cross_entropy, L.margin_loss, L.dlr_loss],
+                eps=0.08, steps=100)
+    assert not (att.broken.any(0) & robust).any()
+    lo, hi = X.exact_risk(res)
+    assert lo == hi == pytest.approx(float((~robust).double().mean()))
+
+
+def test_only_relu_mlps_are_accepted():
+    with pytest.raises(ValueError, match="needs a ReLU MLP .* found Conv2d where a Linear was expected"):
+        X.relu_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(2, 3)))
+    with pytest.raises(ValueError, match="found Sigmoid where a ReLU was expected"):
+        X.relu_layers(nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 3)))
