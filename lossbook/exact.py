@@ -280,3 +280,67 @@ def exact_risk(results: list[ImageResult]) -> tuple[float, float]:
 
 def check_norm(norm: str) -> None:
     check_choice("norm for exact verification", norm, NORMS_EXACT)
+
+
+# ------------------------------------------------------------------------------------------------
+# A set of images, resumable
+# ------------------------------------------------------------------------------------------------
+def _row(r: ImageResult) -> dict:
+    return {"index": r.index, "label": r.label, "status": r.status, "by": r.by, "seconds": round(r.seconds, 3),
+            "unstable": r.unstable, "stable": r.stable, "predicted": r.predicted,
+            "counterexample": None if r.counterexample is None else np.asarray(r.counterexample, np.float32).tolist()}
+
+
+def attack_candidates(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int = 100, seed: int = 0):
+    """PGD-``steps`` with CE, margin and DLR on every image: per image the points that break it, and the
+    wrong classes ordered by the largest margin any of the attacks reached (most threatening first)."""
+    from .attacks import pgd
+    from .losses import cross_entropy, dlr_loss, margin_loss
+
+    res = pgd(model, x, y, [cross_entropy, margin_loss, dlr_loss], norm=norm, eps=eps, steps=steps, seed=seed)
+    with torch.no_grad():
+        logits = torch.stack([model(res.x_adv[k]) for k in range(3)])  # (3, N, C)
+    margin = (logits - logits.gather(2, y.view(1, -1, 1).expand(3, -1, 1))).amax(0)  # (N, C)
+    cands = [[res.x_adv[k, i].reshape(-1).numpy().astype(np.float64) for k in range(3) if res.broken[k, i]]
+             for i in range(len(x))]
+    order = [[int(c) for c in torch.argsort(margin[i], descending=True)] for i in range(len(x))]
+    return cands, order
+
+
+def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, path, request: dict,
+               indices=None, time_limit: float = 60.0, progress: bool = True) -> list[dict]:
+    """Decide every image of (x, y); each finished image is saved at once (``path``, through the
+    store, for ``request``), so an interrupted run resumes where it stopped. Returns one row per image."""
+    from tqdm.auto import tqdm
+
+    from . import store
+    from .config import quiet
+    from .models import eval_mode
+
+    check_norm(norm)
+    indices = list(range(len(x))) if indices is None else list(indices)
+    rows = store.load(path, request) if store.matches(path, request) else []
+    done = {r["index"] for r in rows}
+    todo = [k for k, i in enumerate(indices) if i not in done]
+    if todo:
+        with eval_mode(model):
+            layers = relu_layers(model)
+            cands, order = attack_candidates(model, x, y, norm, eps)  # all images: the same starts on a resume
+            shape = tuple(x.shape[1:])
+            for k in tqdm(todo, desc=f"exact {norm} eps={eps}", **quiet(progress)):
+                r = verify_image(model, layers, x[k].reshape(-1).double().numpy(), int(y[k]), norm, eps, shape,
+                                 index=indices[k], class_order=order[k], candidates=cands[k], time_limit=time_limit)
+                rows.append(_row(r))
+                store.save(path, rows, request)
+    by_index = {r["index"]: r for r in rows}
+    return [by_index[i] for i in indices]
+
+
+def summary(rows: list[dict]) -> dict:
+    """R (an interval where some image is unknown), counts, and solve times of a verified set."""
+    n = len(rows)
+    count = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    milp = [r["seconds"] for r in rows if r["by"] != "attack"]
+    return {"images": n, **count, "R_low": count["vulnerable"] / n, "R_high": (count["vulnerable"] + count["unknown"]) / n,
+            "by_attack": sum(r["by"] == "attack" for r in rows), "milp_median_s": float(np.median(milp)) if milp else 0.0,
+            "unstable_median": float(np.median([r["unstable"] for r in rows if r["by"] != "attack"])) if milp else 0.0}

@@ -104,3 +104,34 @@ def test_only_relu_mlps_are_accepted():
         X.relu_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(2, 3)))
     with pytest.raises(ValueError, match="found Sigmoid where a ReLU was expected"):
         X.relu_layers(nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 3)))
+
+
+def test_a_set_resumes_where_it_stopped_and_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    model = _relu_net(seed=0)
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.random((12, 2)), dtype=torch.float32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    request = {"what": "test", "eps": 0.08}
+    straight = X.verify_set(model, x, y, "linf", 0.08, tmp_path / "a.json", request, progress=False)
+    calls = {"n": 0}
+    real = X.verify_image
+
+    def dies_after_five(*a, **k):
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(X, "verify_image", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        X.verify_set(model, x, y, "linf", 0.08, tmp_path / "b.json", request, progress=False)
+    monkeypatch.setattr(X, "verify_image", real)
+    from lossbook import store
+
+    assert len(store.load(tmp_path / "b.json", request)) == 5
+    resumed = X.verify_set(model, x, y, "linf", 0.08, tmp_path / "b.json", request, progress=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(resumed) == strip(straight)
+    s = X.summary(resumed)
+    assert s["images"] == 12 and s["robust"] + s["vulnerable"] + s["unknown"] == 12 and s["R_low"] <= s["R_high"]
