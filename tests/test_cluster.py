@@ -80,15 +80,17 @@ def test_grid_survives_a_killed_node_and_matches_the_local_backend(cluster, tmp_
     while driver.is_alive() and killed is None and time.time() < deadline:
         events = read_events(root, "smoke")
         done = {(e["setting"], e["seed"]) for e in events if e["event"] == "done"}
-        on_b = [(e["setting"], e["seed"]) for e in events if e["node"] == "b" and e["event"] == "start"
+        on_b = [e for e in events if e["node"] == "b" and e["event"] == "start"
                 and (e["setting"], e["seed"]) not in done]
-        for name, seed in on_b:  # kill node b once its task has checkpointed a generation
-            if (root / "smoke" / name / f"run-{seed}.ckpt.pkl").exists():
-                pids = _pids_of(node_b_dir)
-                print("DEBUG", node_b_dir, pids, [l[:400] for l in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines() if "raylet" in l or "log_monitor" in l])
+        for e in on_b:  # kill node b (its daemons and the task's worker) once the task has checkpointed
+            if (root / "smoke" / e["setting"] / f"run-{e['seed']}.ckpt.pkl").exists():
+                pids = sorted(set(_pids_of(node_b_dir)) | {e["pid"]})
                 for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
-                killed = (name, seed, len(pids))
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                killed = (e["setting"], e["seed"], len(pids))
                 break
         time.sleep(0.1)
     driver.join(600)
