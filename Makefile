@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[book,test,cluster]"
+	# torchattacks (APGD, AutoAttack for chapter 07 and the benchmark) pins an old `requests`: no deps
+	$(PY) -m pip install --quiet --no-deps "torchattacks==3.5.1"
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
 	touch $@
 
@@ -30,9 +32,7 @@ book: setup
 test: setup
 	$(PY) -m pytest
 
-# torchattacks (the peer of the benchmark) pins an old `requests`: installed without its dependencies
 bench: setup
-	$(PY) -m pip install --quiet --no-deps "torchattacks==3.5.1"
 	PY=$(PY) benchmarks/run_all.sh
 
 # headless Chromium (Debian's chromium + chromium-driver) over the built book; screenshots in docs/screenshots

@@ -101,6 +101,21 @@ def _atras(args) -> None:
         print(depth_summary(df).to_string(index=False))
 
 
+def _exact(args) -> None:
+    from dataclasses import replace
+
+    from .gap import exact_summary, run_study, select_studies
+
+    for st in select_studies(",".join(args.studies) if args.studies else "all", args.scale, args.images or 0,
+                             args.time_limit or 0.0):
+        st = replace(st, eps=args.eps) if args.eps is not None else st
+        table = run_study(st, args.scale, progress=not args.quiet)
+        s = exact_summary(table)
+        r = f"R = {s['R_low']:.3f}" if not s["unknown"] else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
+        print(f"{st.name()}: {r} ({s['robust']} robust, {s['vulnerable']} vulnerable, {s['unknown']} unknown of "
+              f"{s['images']}); solver median {s['milp_median_s']:.1f} s")
+
+
 def _book(args) -> None:
     from .book import build
 
@@ -188,6 +203,22 @@ def main(argv=None) -> int:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--failure-mode", choices=FAILURE_MODES, default="none")
     a.set_defaults(func=_atras)
+
+    from .gap import STUDIES
+
+    e = sub.add_parser("exact", formatter_class=fmt, help="chapter 07: exact risk of small ReLU MLPs (MILP) and every "
+                       "attack's error E = R - R'' (resumes: each image is saved as it ends)",
+                       description="Trains the verified MLPs where missing, verifies each image (HiGHS), runs every attack on "
+                       "the same images; results in results/exact/<scale>/. Cost: smoke seconds; cpu hours on one core "
+                       "(the solver's time per image is in Table 7.1).")
+    e.add_argument("--scale", choices=SCALES, default="cpu")
+    e.add_argument("--studies", nargs="+", default=None, metavar="STUDY",
+                   choices=sorted({s.name() for v in STUDIES.values() for s in v}), help="default: the scale's studies")
+    e.add_argument("--images", type=positive_int, default=None, help="images per study (default: the study's)")
+    e.add_argument("--time-limit", type=float, default=None, help="solver seconds per image (default: the study's)")
+    e.add_argument("--eps", type=float, default=None, help="another radius for the chosen studies")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=_exact)
 
     b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")
     b.add_argument("--scale", choices=SCALES, default="cpu", help="scale of the results the book shows")

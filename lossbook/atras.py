@@ -115,7 +115,9 @@ def _optimizer(cfg: ATRASConfig, model):
 
 
 def _fit(model, opt, x, y, epochs: int, batch: int, gen: torch.Generator, eps: float | None, mix: float,
-         desc: str, progress: bool) -> None:
+         desc: str, progress: bool, adversary=None) -> None:
+    """Epochs of Adam/SGD on CE; with ``eps``, on (1 - mix) clean + mix adversarial CE, the adversarial
+    examples crafted on the current model by FGSM at ``eps`` or by ``adversary(model, xb, yb)``."""
     dev = next(model.parameters()).device
     for ep in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
@@ -125,7 +127,8 @@ def _fit(model, opt, x, y, epochs: int, batch: int, gen: torch.Generator, eps: f
             if eps is None:
                 loss = F.cross_entropy(model(xb), yb)
             else:
-                xa = fgsm(model, xb, yb, eps)  # crafted on the current model (fgsm restores training mode)
+                # crafted on the current model (the attacks restore training mode)
+                xa = fgsm(model, xb, yb, eps) if adversary is None else adversary(model, xb, yb)
                 loss = (1 - mix) * F.cross_entropy(model(xb), yb) + mix * F.cross_entropy(model(xa), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -20,7 +20,8 @@ BOOK_DIR = REPO_ROOT / "book"
 CHAPTER_DIR = BOOK_DIR / "chapters"  # executed notebooks (generated, not committed)
 
 #: The chapters in reading order; a chapter whose notebook does not exist yet is left out.
-CHAPTERS = ("01_toy_inconsistency", "02_training", "03_gp_search", "04_transfer", "05_landscape", "06_atras_sweep")
+CHAPTERS = ("01_toy_inconsistency", "02_training", "03_gp_search", "04_transfer", "05_landscape", "06_atras_sweep",
+            "07_exact_risk")
 
 
 def available_chapters() -> list[str]:

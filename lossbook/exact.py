@@ -288,7 +288,9 @@ def check_norm(norm: str) -> None:
 def _row(r: ImageResult) -> dict:
     return {"index": r.index, "label": r.label, "status": r.status, "by": r.by, "seconds": round(r.seconds, 3),
             "unstable": r.unstable, "stable": r.stable, "predicted": r.predicted,
-            "counterexample": None if r.counterexample is None else np.asarray(r.counterexample, np.float32).tolist()}
+            # the solver's points are kept (an attack's point is found again by the same attack)
+            "counterexample": None if r.counterexample is None or r.by != "milp" else
+            np.asarray(r.counterexample, np.float32).tolist()}
 
 
 def attack_candidates(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int = 100, seed: int = 0):

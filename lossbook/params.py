@@ -151,6 +151,13 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "architectures": Param("all", listing(is_architecture, "indices 0..39", ("all",))),
         "failure_mode": Param("sigmoid-sgd", choice(FAILURE_MODES)),
     },
+    "07_exact_risk": {
+        **_common("smoke | cpu (committed results) | paper (= cpu: the verified models are tiny)"),
+        "studies": Param("all", lambda v: None if isinstance(v, str) and v.strip() else
+                         "'all' or comma-separated study names (lossbook.gap.STUDIES)"),
+        "n_images": Param(0, whole(), "images per study; 0: the study's own number"),
+        "time_limit": Param(0.0, number(0, zero_means_default=True), "solver seconds per image"),
+    },
 }
 
 

@@ -150,7 +150,6 @@ def qualitative(ex, class_names=None, title: str = ""):
 
     n = len(ex.index)
     fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.9 * n + 0.4), squeeze=False)
-    name = (lambda c: class_names[c]) if class_names else str
     for i in range(n):
         for j, (img, pred, head) in enumerate(((ex.clean[i], ex.label[i], "clean"), (ex.adv_ce[i], ex.pred_ce[i], "CE"),
                                                 (ex.adv_searched[i], ex.pred_searched[i], "searched"))):
@@ -216,4 +215,66 @@ def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix
     ax.set(xlabel="norm", ylabel="dataset-net-training",
            title="✓ reproduced  ✗ not reproduced  ? inconclusive (95% paired interval)")
     ax.tick_params(labelsize=8)
+    return fig
+
+
+def gap_bars(gaps: dict, exact_risk: dict):
+    """Chapter 07: R'' of every attack as a bar, with the exact risk R as a line (a band where some
+    images stayed unknown) and the 95% interval of E as the whisker below R; one panel per study."""
+    import numpy as np
+
+    names = list(gaps)
+    fig, axes = plt.subplots(len(names), 1, figsize=(9.0, 2.6 + 0.22 * max(len(g) for g in gaps.values()) * len(names)),
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        g, (lo, hi) = gaps[name], exact_risk[name]
+        y = np.arange(len(g))
+        colors = [COLORS["searched"] if "searched" in a else "#333333" if a == "any attack" else COLORS["cw"]
+                  for a in g["attack"]]
+        ax.barh(y, g["R''"], color=colors, height=0.7)
+        ax.axvspan(lo, max(hi, lo + 1e-3), color=COLORS["ce"], alpha=0.25, lw=0)
+        ax.axvline(lo, color=COLORS["ce"], lw=1.5, label=f"exact R = {lo:.3f}" if hi == lo else f"R in [{lo:.3f}, {hi:.3f}]")
+        ax.set_yticks(y, g["attack"], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(max(0.0, min(g["R''"].min(), lo) - 0.05), min(1.0, hi + 0.03))
+        ax.set(xlabel="risk (share of images)", title=name)
+        ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def unfound_examples(images, counterexamples, labels, predictions, titles, max_shown: int = 6):
+    """Chapter 07: images no attack broke but the solver did: clean image, the solver's counterexample,
+    their difference (scaled), with labels and the counterexample's prediction."""
+    import numpy as np
+
+    n = min(len(images), max_shown)
+    fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n), squeeze=False)
+    for i in range(n):
+        clean, adv = np.asarray(images[i]), np.asarray(counterexamples[i])
+        show = (lambda a: a.transpose(1, 2, 0)) if clean.shape[0] == 3 else (lambda a: a[0])
+        diff = adv - clean
+        cmap = None if clean.shape[0] == 3 else "gray"
+        axes[i, 0].imshow(show(clean), cmap=cmap, vmin=0, vmax=1)
+        axes[i, 0].set_title(f"{titles[i]}\nclean: {labels[i]}", fontsize=8)
+        axes[i, 1].imshow(show(adv), cmap=cmap, vmin=0, vmax=1)
+        axes[i, 1].set_title(f"solver's point: {predictions[i]}", fontsize=8, color=COLORS["ce"])
+        m = float(np.abs(diff).max()) or 1.0
+        axes[i, 2].imshow(show(diff).mean(-1) if clean.shape[0] == 3 else show(diff), cmap="RdBu_r", vmin=-m, vmax=m)
+        axes[i, 2].set_title(f"difference (max {m:.3f})", fontsize=8)
+        for ax in axes[i]:
+            ax.axis("off")
+    return fig
+
+
+def solve_times(tables: dict):
+    """Chapter 07: the solver's time per image (images no attack broke), one box per study, by outcome."""
+    rows = [{"study": name, "seconds": s, "outcome": st} for name, t in tables.items()
+            for s, st, by in zip(t["seconds"], t["status"], t["by"]) if by != "attack"]
+    fig, ax = plt.subplots(figsize=(9.0, 0.6 + 0.55 * len(tables)))
+    if rows:
+        d = pd.DataFrame(rows)
+        sns.stripplot(data=d, x="seconds", y="study", hue="outcome", ax=ax, size=3, alpha=0.7, dodge=True,
+                      palette={"robust": COLORS["dlr"], "vulnerable": COLORS["ce"], "unknown": COLORS["cw"]})
+        ax.set_xscale("log")
+    ax.set(xlabel="seconds per image (log scale)", ylabel="")
     return fig

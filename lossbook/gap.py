@@ -1,0 +1,440 @@
+"""Chapter 07: how far each attack's estimate R'' sits from the exact adversarial risk R.
+
+On small ReLU MLPs, :mod:`lossbook.exact` decides every image (robust / vulnerable / unknown), so R
+is known; every attack the book has runs on the same images, and its approximation error is
+``E = R - R''`` (an interval where some image stayed unknown).
+
+* :data:`MODELS`: the verified networks. ATRAS's one-hidden-layer MLPs trained exactly as in
+  chapter 06 (ST; FGSM-AT continuing from the ST model), and one two-hidden-layer MLP trained with
+  PGD-AT for the AutoLoss-AR side. Their weights are saved through the store (``.npz`` + record).
+* :data:`STUDIES`: per scale, which model is verified under which norm and eps, on how many images
+  (the first correctly classified test images), with which time limit per image.
+* :data:`ATTACKS`: FGSM, PGD-10/100 with CE, C&W, margin, DLR and a loss searched on that model
+  (GP on other images), APGD-CE, APGD-DLR and AutoAttack's standard ensemble (torchattacks).
+
+Everything is resumable: the verification saves each image as it ends; the attacks' per-image
+outcomes are one table per study.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data, exact, store
+from .attacks import evaluate_losses, evaluation_set, fgsm, pgd
+from .config import RESULTS_DIR, SCALES, check_choice
+from .losses import HANDCRAFTED
+from .models import build_model, predict
+
+TRAININGS_EXACT = ("st", "fgsm", "pgd")
+
+
+@dataclass(frozen=True)
+class ExactModel:
+    """A network small enough to verify: an MLP on ``dataset`` with ``hidden`` widths and ``training``."""
+
+    name: str
+    dataset: str
+    hidden: tuple
+    training: str  # st | fgsm (ATRAS: continues from ST) | pgd (PGD-AT from scratch)
+
+    def __post_init__(self):
+        check_choice("training of a verified model", self.training, TRAININGS_EXACT)
+
+
+MODELS = {m.name: m for m in (
+    ExactModel("mnist-mlp64-st", "mnist", (64,), "st"),
+    ExactModel("mnist-mlp64-fgsm", "mnist", (64,), "fgsm"),
+    ExactModel("mnist-mlp32x32-pgd", "mnist", (32, 32), "pgd"),
+    ExactModel("cifar10-mlp64-fgsm", "cifar10", (64,), "fgsm"),
+)}
+#: PGD-AT of the verified MLP (Madry et al.: adversarial examples only, l_inf, from scratch)
+PGD_AT = {"mnist": dict(eps=0.1, steps=10, step_size=0.025), "cifar10": dict(eps=8 / 255, steps=10, step_size=2 / 255)}
+
+
+@dataclass(frozen=True)
+class Study:
+    """One verified set: ``model`` under ``norm`` at ``eps`` on ``n_images`` images."""
+
+    model: str
+    norm: str
+    eps: float
+    n_images: int
+    time_limit: float  # seconds of solver time per image
+
+    def __post_init__(self):
+        check_choice("verified model", self.model, MODELS)
+        exact.check_norm(self.norm)
+
+    def name(self) -> str:
+        return f"{self.model}-{self.norm}-eps{self.eps:.4g}"
+
+
+STUDIES: dict[str, tuple[Study, ...]] = {
+    "smoke": (Study("mnist-mlp64-fgsm", "linf", 0.05, 12, 5.0),),
+    # ordered by cost; the FGSM-AT MLP at eps 0.1 is the hard one (many images reach the time limit)
+    "cpu": (
+        Study("mnist-mlp64-st", "linf", 0.1, 500, 60.0),
+        Study("mnist-mlp64-st", "linf", 0.065, 500, 60.0),  # where CE-PGD-10 breaks ~70% (AutoLoss-AR's choice)
+        Study("mnist-mlp32x32-pgd", "linf", 0.1, 500, 60.0),
+        Study("cifar10-mlp64-fgsm", "linf", 8 / 255, 500, 60.0),
+        Study("mnist-mlp64-fgsm", "l1", 5.0, 200, 60.0),
+        Study("mnist-mlp64-fgsm", "linf", 0.1, 100, 60.0),
+    ),
+    "paper": (),  # the models are tiny: the cpu studies are the chapter's paper scale too
+}
+
+
+def studies(scale: str) -> tuple[Study, ...]:
+    check_choice("scale", scale, SCALES)
+    return STUDIES[scale] or STUDIES["cpu"]
+
+
+def study_dir(scale: str, root: Path | None = None) -> Path:
+    return (root or RESULTS_DIR / "exact") / ("smoke" if scale == "smoke" else "cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# The verified models
+# ------------------------------------------------------------------------------------------------
+def _model_request(spec: ExactModel, cfg) -> dict:
+    return {"model": asdict(spec), "training": asdict(cfg), **({"pgd_at": PGD_AT[spec.dataset]}
+                                                               if spec.training == "pgd" else {})}
+
+
+def _train(spec: ExactModel, cfg, progress: bool) -> torch.nn.Module:
+    from . import atras
+
+    x, y, _, _ = atras.load_splits(cfg)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = atras._make_model(cfg, spec.hidden).train()
+    if spec.training in ("st", "fgsm"):
+        atras._fit(model, atras._optimizer(cfg, model), x, y, cfg.epochs, cfg.batch_size, gen, None, 0.0,
+                   f"{spec.name} ST", progress)
+    if spec.training == "fgsm":
+        atras._fit(model, atras._optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen, cfg.eps,
+                   cfg.at_mix, f"{spec.name} FGSM-AT", progress)
+    if spec.training == "pgd":
+        atras._fit(model, atras._optimizer(cfg, model), x, y, cfg.epochs + cfg.adv_epochs, cfg.batch_size, gen,
+                   PGD_AT[spec.dataset]["eps"], 1.0, f"{spec.name} PGD-AT", progress, adversary=_pgd_adversary(spec))
+    return model.eval()
+
+
+def _pgd_adversary(spec: ExactModel):
+    at = PGD_AT[spec.dataset]
+
+    def adversary(model, xb, yb):
+        return pgd(model, xb, yb, norm="linf", eps=at["eps"], steps=at["steps"], step_size=at["step_size"],
+                   schedule="constant", mode="final", seed=int(yb.sum())).x_adv[0]
+    return adversary
+
+
+def load_verified_model(name: str, scale: str, train: bool = True, progress: bool = False,
+                        root: Path | None = None) -> torch.nn.Module:
+    """A verified model (trained as :data:`MODELS` says at ``scale``, saved as arrays with its record)."""
+    from . import atras
+
+    check_choice("verified model", name, MODELS)
+    spec = MODELS[name]
+    cfg = atras.atras_config(spec.dataset, "smoke" if scale == "smoke" else "cpu")
+    path = study_dir(scale, root) / "models" / f"{name}.npz"
+    request = _model_request(spec, cfg)
+    if not store.matches(path, request):
+        if not train:
+            raise store.ResultError(f"{path}: verified model {name} is not trained at scale {scale}")
+        model = _train(spec, cfg, progress)
+        store.save(path, {k: v.numpy() for k, v in model.state_dict().items()}, request)
+    weights = store.load(path, request)
+    model = build_model(spec.dataset, "mlp", hidden=list(spec.hidden))
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+    return model.eval()
+
+
+def study_images(model, dataset: str, n: int, skip: int = 0):
+    """The first ``n`` correctly classified test images after the first ``skip`` of them."""
+    x, y = data.load(dataset, "test")
+    xs, ys, idx = evaluation_set(model, x, y, skip + n)
+    return xs[skip:], ys[skip:], idx[skip:]
+
+
+# ------------------------------------------------------------------------------------------------
+# Every attack, per image
+# ------------------------------------------------------------------------------------------------
+PGD_LOSSES = ("ce", "cw", "margin", "dlr")
+LIBRARY_NORMS = {"linf": "Linf"}  # torchattacks' APGD / AutoAttack norms used here (l_1 is not offered)
+
+
+def _library(kind: str, model, norm: str, eps: float, seed: int):
+    try:
+        import torchattacks
+    except ImportError as exc:  # pragma: no cover - installed by `make setup`
+        raise ImportError("chapter 07 needs torchattacks==3.5.1: pip install --no-deps torchattacks==3.5.1 "
+                          "(without --no-deps it downgrades requests)") from exc
+    n = LIBRARY_NORMS[norm]
+    if kind == "AutoAttack":
+        return torchattacks.AutoAttack(model, norm=n, eps=eps, version="standard", n_classes=10, seed=seed)
+    return torchattacks.APGD(model, norm=n, eps=eps, steps=100, n_restarts=1, loss=kind.split("-")[1].lower(),
+                             seed=seed)
+
+
+def attack_names(norm: str, searched: bool = True) -> list[str]:
+    """The attacks run under ``norm``, in the chapter's order."""
+    names = ["FGSM"] if norm == "linf" else []
+    for steps in (10, 100):
+        names += [f"PGD-{steps} {loss}" for loss in PGD_LOSSES + (("searched",) if searched else ())]
+    if norm in LIBRARY_NORMS:
+        names += ["APGD-CE", "APGD-DLR", "AutoAttack"]
+    return names
+
+
+def attack_outcomes(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, searched_loss=None,
+                    seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """One boolean column per attack (True: that attack broke the image), one row per image."""
+    out: dict[str, np.ndarray] = {}
+    log = print if progress else (lambda *_: None)
+    if norm == "linf":
+        out["FGSM"] = (predict(model, fgsm(model, x, y, eps)) != y).numpy()
+    losses = [HANDCRAFTED[k] for k in PGD_LOSSES] + ([searched_loss] if searched_loss is not None else [])
+    names = list(PGD_LOSSES) + (["searched"] if searched_loss is not None else [])
+    for steps in (10, 100):
+        t0 = time.perf_counter()
+        res = evaluate_losses(model, x, y, losses, norm=norm, eps=eps, steps=steps, seed=seed)
+        for k, name in enumerate(names):
+            out[f"PGD-{steps} {name}"] = res.broken[k].numpy()
+        log(f"PGD-{steps} x {len(losses)} losses: {time.perf_counter() - t0:.1f} s")
+    if norm in LIBRARY_NORMS:
+        torch.manual_seed(seed)
+        for kind in ("APGD-CE", "APGD-DLR", "AutoAttack"):
+            t0 = time.perf_counter()
+            xa = _library(kind, model, norm, eps, seed)(x, y).detach()
+            # the library's points, checked here: in the ball (float32 slack) and the box, then re-predicted
+            if float((xa - x).abs().amax()) > eps + 1e-5 or float(xa.min()) < 0 or float(xa.max()) > 1:
+                raise RuntimeError(f"{kind} returned points outside the l_inf ball of radius {eps} or the box [0, 1]")
+            out[kind] = (predict(model, xa) != y).numpy()
+            log(f"{kind}: {time.perf_counter() - t0:.1f} s")
+    return pd.DataFrame(out)
+
+
+def searched_loss_for(model, study: Study, scale: str, root: Path | None = None, progress: bool = False):
+    """A loss searched by GP on this model (on the test images after the verified ones), saved as a run."""
+    from .fitness import Evaluator
+    from .losses import compile_formula
+    from .search import SEARCH_PRESETS, run_search
+
+    cfg = SEARCH_PRESETS["smoke" if scale == "smoke" else "cpu"]
+    spec = MODELS[study.model]
+    xs, ys, _ = study_images(model, spec.dataset, cfg.n_images, skip=study.n_images)
+    target = _Target(study.name(), study.norm, study.eps)
+    path = study_dir(scale, root) / f"{study.name()}-search.json"
+    request = {"study": asdict(study), "gp": cfg.identity(), "images_after": study.n_images, "seed": 0}
+
+    def compute():
+        ev = Evaluator(model, xs, ys, target, steps=cfg.steps, seed=0)
+        ckpt = path.with_suffix(".ckpt.pkl")
+        rec = run_search(ev, cfg, 0, checkpoint=ckpt, progress=progress, desc=f"GP on {study.model}")
+        ckpt.unlink(missing_ok=True)
+        return rec
+    rec = store.cached(path, request, compute)
+    return compile_formula(rec["best"]), rec
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the GP's evaluator attacks (the search's Setting, for a verified model)."""
+
+    name_: str
+    norm: str
+    eps: float
+
+    def name(self) -> str:
+        return self.name_
+
+
+# ------------------------------------------------------------------------------------------------
+# One study: exact verdicts + attacks, then E per attack
+# ------------------------------------------------------------------------------------------------
+def run_study(study: Study, scale: str, root: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Verify every image of ``study`` and run every attack on them; one row per image (resumable)."""
+    spec = MODELS[study.model]
+    model = load_verified_model(study.model, scale, progress=progress, root=root)
+    x, y, idx = study_images(model, spec.dataset, study.n_images)
+    folder = study_dir(scale, root)
+    request = {"study": asdict(study), "images": "first correctly classified test images"}
+    rows = exact.verify_set(model, x, y, study.norm, study.eps, folder / f"{study.name()}-exact.json", request,
+                            indices=idx.tolist(), time_limit=study.time_limit, progress=progress)
+    loss, _ = searched_loss_for(model, study, scale, root, progress)
+    path = folder / f"{study.name()}-outcomes.csv"
+
+    def compute():
+        table = pd.DataFrame([{k: r[k] for k in ("index", "label", "status", "by", "seconds", "unstable", "stable")}
+                              for r in rows])
+        return pd.concat([table, attack_outcomes(model, x, y, study.norm, study.eps, loss)], axis=1)
+    table = store.cached(path, {**request, "attacks": attack_names(study.norm)}, compute)
+    check_soundness(table, study.name())
+    return table
+
+
+def check_soundness(table: pd.DataFrame, what: str = "") -> None:
+    """An image proven robust that some attack broke would be a bug in the verifier or the attack."""
+    attacks = [c for c in table.columns if c in set(attack_names("linf")) | set(attack_names("l1"))]
+    bad = table[(table["status"] == "robust") & table[attacks].any(axis=1)]
+    if len(bad):
+        raise AssertionError(f"{what}: images {bad['index'].tolist()} are proven robust but an attack broke them")
+
+
+def load_study(study: Study, scale: str, root: Path | None = None) -> pd.DataFrame | None:
+    """The saved table of a study, or None where it was not run at this scale."""
+    path = study_dir(scale, root) / f"{study.name()}-outcomes.csv"
+    return store.load(path) if path.exists() else None
+
+
+def load_exact_rows(study: Study, scale: str, root: Path | None = None) -> list[dict]:
+    return store.load(study_dir(scale, root) / f"{study.name()}-exact.json")
+
+
+def gap_table(table: pd.DataFrame, norm: str) -> pd.DataFrame:
+    """Per attack: R'' and E = R - R'' (bounds where images are unknown), with 95% intervals over the images.
+
+    The interval of E is Clopper-Pearson's on the count of images that are vulnerable (or unknown, for
+    the upper end) and that the attack did not break: E is the share of such images."""
+    from .stats import risk_interval
+
+    n = len(table)
+    vuln = (table["status"] == "vulnerable").to_numpy()
+    unknown = (table["status"] == "unknown").to_numpy()
+    names = [a for a in attack_names(norm) if a in table.columns]
+    any_attack = table[names].any(axis=1).to_numpy()
+    rows = []
+    for name, broken in [(a, table[a].to_numpy()) for a in names] + [("any attack", any_attack)]:
+        missed, maybe_missed = vuln & ~broken, (vuln | unknown) & ~broken
+        missed_low, missed_high = int(missed.sum()), int(maybe_missed.sum())
+        lo, hi = risk_interval(missed)[0], risk_interval(maybe_missed)[1]
+        rows.append({"attack": name, "R''": broken.mean(), "E_low": missed_low / n, "E_high": missed_high / n,
+                     "E_ci_low": lo, "E_ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def exact_summary(table: pd.DataFrame) -> dict:
+    """R (interval), counts, solve times and unstable neurons of one study."""
+    n = len(table)
+    count = {s: int((table["status"] == s).sum()) for s in exact.STATUSES}
+    solved = table[table["by"] != "attack"]
+    return {"images": n, **count, "R_low": count["vulnerable"] / n, "R_high": (count["vulnerable"] + count["unknown"]) / n,
+            "by_attack": int((table["by"] == "attack").sum()), "by_milp": len(solved),
+            "milp_median_s": float(solved["seconds"].median()) if len(solved) else float("nan"),
+            "milp_max_s": float(solved["seconds"].max()) if len(solved) else float("nan"),
+            "unstable_share": float((solved["unstable"] / (solved["unstable"] + solved["stable"])).median())
+            if len(solved) else float("nan")}
+
+
+def only_exact(table: pd.DataFrame, norm: str) -> pd.DataFrame:
+    """The images that are vulnerable but that no attack broke (found by the solver only)."""
+    names = [a for a in attack_names(norm) if a in table.columns]
+    return table[(table["status"] == "vulnerable") & ~table[names].any(axis=1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# What the chapter shows
+# ------------------------------------------------------------------------------------------------
+def select_studies(spec: str, scale: str, n_images: int = 0, time_limit: float = 0.0) -> list[Study]:
+    """The scale's studies named by ``spec`` ("all" or comma-separated study names), with the number of
+    images and the time limit overridden where given (> 0)."""
+    from dataclasses import replace
+
+    known = {s.name(): s for s in studies(scale)}
+    names = list(known) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        check_choice(f"study at scale {scale}", n, known)
+    return [replace(known[n], **({"n_images": n_images} if n_images else {}),
+                    **({"time_limit": float(time_limit)} if time_limit else {})) for n in names]
+
+
+def chapter_studies(chosen: list[Study], scale: str, compute: bool, progress: bool = False, root: Path | None = None):
+    """{study name: (study, table)} of the saved (or, with ``compute``, computed) studies, and the names
+    of those not available at this scale."""
+    out, missing = {}, []
+    for st in chosen:
+        table = run_study(st, scale, root=root, progress=progress) if compute else load_study(st, scale, root)
+        if table is None or len(table) != st.n_images:
+            missing.append(st.name())
+        else:
+            out[st.name()] = (st, table)
+    return out, missing
+
+
+def risk_table(results: dict) -> pd.DataFrame:
+    """Table 7.1: per study, the exact verdicts, R with its 95% interval, solve times and unstable neurons."""
+    from .stats import risk_interval
+
+    rows = []
+    for name, (st, t) in results.items():
+        s = exact_summary(t)
+        vuln, maybe = (t["status"] == "vulnerable").to_numpy(), (t["status"] != "robust").to_numpy()
+        rows.append({"study": name, "images": s["images"], "robust": s["robust"], "vulnerable": s["vulnerable"],
+                     "unknown": s["unknown"], "R": f"{s['R_low']:.3f}" if s["unknown"] == 0 else
+                     f"[{s['R_low']:.3f}, {s['R_high']:.3f}]",
+                     "R 95% interval": "[{:.3f}, {:.3f}]".format(risk_interval(vuln)[0], risk_interval(maybe)[1]),
+                     "decided by attack": s["by_attack"], "solver median s": round(s["milp_median_s"], 1),
+                     "solver max s": round(s["milp_max_s"], 1), "unstable neurons (median share)":
+                     round(s["unstable_share"], 3), "time limit s": st.time_limit})
+    return pd.DataFrame(rows)
+
+
+def error_table(results: dict) -> pd.DataFrame:
+    """Table 7.2: E = R - R'' (pp) of every attack in every study, as 'E' or '[low, high]'."""
+    cols = {}
+    for name, (st, t) in results.items():
+        g = gap_table(t, st.norm).set_index("attack")
+        cols[name] = {a: (f"{100 * r['E_low']:.1f}" if r["E_low"] == r["E_high"] else
+                          f"[{100 * r['E_low']:.1f}, {100 * r['E_high']:.1f}]") for a, r in g.iterrows()}
+    return pd.DataFrame(cols).fillna("not run")
+
+
+def conclusions(results: dict) -> str:
+    """The chapter's closing paragraph, computed from its numbers (Markdown)."""
+    if not results:
+        return "No study is available at this scale, so this chapter draws no conclusion."
+    parts = []
+    for name, (st, t) in results.items():
+        g = gap_table(t, st.norm).set_index("attack")
+        s = exact_summary(t)
+        r = f"R = {s['R_low']:.3f}" if s["unknown"] == 0 else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
+        best = g.drop(index="any attack")["E_high"].idxmin()
+        line = f"* **{name}** ({s['images']} images): {r}; the best single attack, {best}, misses " \
+               f"{100 * g.loc[best, 'E_low']:.1f} pp"
+        if "FGSM" in g.index:
+            line += f"; FGSM (ATRAS's evaluation) misses {100 * g.loc['FGSM', 'E_low']:.1f} pp"
+        if "PGD-10 searched" in g.index:
+            gap_ce = 100 * (g.loc["PGD-10 ce", "E_low"] - g.loc["PGD-10 searched", "E_low"])
+            line += f"; at PGD-10 the searched loss closes {gap_ce:+.1f} pp of CE's gap"
+        n_only = len(only_exact(t, st.norm))
+        line += f"; {n_only} image{'s' if n_only != 1 else ''} only the solver found."
+        parts.append(line)
+    return "\n".join(parts)
+
+
+def unfound(results: dict, scale: str, root: Path | None = None, max_shown: int = 6) -> dict:
+    """Figure 7.2's data: images no attack broke, with the solver's counterexamples (arguments of
+    :func:`lossbook.plots.unfound_examples`)."""
+    out = {"images": [], "counterexamples": [], "labels": [], "predictions": [], "titles": []}
+    for name, (st, t) in results.items():
+        spec = MODELS[st.model]
+        rows = {r["index"]: r for r in load_exact_rows(st, scale, root)}
+        x, _ = data.load(spec.dataset, "test")
+        for i in only_exact(t, st.norm)["index"]:
+            r = rows[int(i)]
+            if len(out["images"]) >= max_shown or r["counterexample"] is None:
+                continue
+            out["images"].append(x[int(i)].numpy())
+            out["counterexamples"].append(np.asarray(r["counterexample"], np.float32).reshape(x.shape[1:]))
+            name_of = (lambda c: data.CIFAR10_CLASSES[c]) if spec.dataset == "cifar10" else str
+            out["labels"].append(name_of(r["label"]))
+            out["predictions"].append(name_of(r["predicted"]))
+            out["titles"].append(f"{name}, test image {int(i)}")
+    return out

@@ -1,0 +1,85 @@
+"""Chapter 07's study: every attack against the exact risk. A smoke study end to end (resumable, the
+errors of every attack consistent with the verdicts), E's arithmetic on a hand-made table, soundness
+of the committed results, and one-line errors for unknown studies."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lossbook import gap, store
+
+pytest.importorskip("highspy")
+pytest.importorskip("torchattacks")
+
+
+def _table(status, **broken):
+    t = pd.DataFrame({"index": range(len(status)), "label": 0, "status": status, "by": "milp", "seconds": 1.0,
+                      "unstable": 5, "stable": 5})
+    for k, v in broken.items():
+        t[k.replace("_", " ").replace("PGD 10", "PGD-10")] = v
+    return t
+
+
+def test_the_error_of_an_attack_is_the_share_of_vulnerable_images_it_missed():
+    t = _table(["vulnerable", "vulnerable", "robust", "unknown"], PGD_10_ce=[True, False, False, False])
+    g = gap.gap_table(t, "linf").set_index("attack")
+    assert g.loc["PGD-10 ce", "R''"] == 0.25
+    assert g.loc["PGD-10 ce", "E_low"] == 0.25 and g.loc["PGD-10 ce", "E_high"] == 0.5  # the unknown image may be
+    assert g.loc["PGD-10 ce", "E_ci_low"] <= 0.25 <= 0.5 <= g.loc["PGD-10 ce", "E_ci_high"]
+    assert list(gap.only_exact(t, "linf")["index"]) == [1]
+
+
+def test_a_robust_image_broken_by_an_attack_is_reported():
+    t = _table(["robust", "vulnerable"], PGD_10_ce=[True, True])
+    with pytest.raises(AssertionError, match=r"images \[0\] are proven robust"):
+        gap.check_soundness(t, "hand-made")
+
+
+def test_unknown_studies_and_models_are_one_line_errors():
+    with pytest.raises(ValueError, match="allowed: 'mnist-mlp64-fgsm-linf-eps0.05'"):
+        gap.select_studies("nope", "smoke")
+    with pytest.raises(ValueError, match="verified model"):
+        gap.Study("mnist-net1", "linf", 0.1, 10, 1.0)
+    with pytest.raises(ValueError, match="norm for exact verification"):
+        gap.Study("mnist-mlp64-st", "l2", 0.1, 10, 1.0)
+
+
+def test_a_smoke_study_end_to_end(data_available, tmp_path):
+    st = gap.select_studies("all", "smoke", n_images=6, time_limit=5.0)[0]
+    table = gap.run_study(st, "smoke", root=tmp_path, progress=False)
+    assert len(table) == 6 and set(table["status"]) <= {"robust", "vulnerable", "unknown"}
+    attacks = gap.attack_names("linf")
+    assert set(attacks) <= set(table.columns)
+    # every attack's broken image is vulnerable (the solver agrees with the attacks)
+    for a in attacks:
+        assert (table.loc[table[a], "status"] == "vulnerable").all(), a
+    g = gap.gap_table(table, "linf")
+    assert (g["E_low"] >= 0).all() and (g["E_low"] <= g["E_high"]).all()
+    # the solver's counterexamples are real: in the ball and the box, misclassified by the float32 model
+    model = gap.load_verified_model(st.model, "smoke", train=False, root=tmp_path)
+    from lossbook import data
+
+    x, _ = data.load("mnist", "test")
+    for r in gap.load_exact_rows(st, "smoke", tmp_path):
+        if r["counterexample"] is not None:
+            xa = torch.tensor(r["counterexample"]).view(1, 1, 28, 28)
+            assert float((xa - x[r["index"]]).abs().max()) <= st.eps + 1e-6 and 0 <= float(xa.min()) <= float(xa.max()) <= 1
+            assert int(model(xa).argmax()) == r["predicted"] != r["label"]
+    # a second call reuses every saved result (nothing is solved again)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = gap.run_study(st, "smoke", root=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(again, table)
+    assert before == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert "smoke" in gap.conclusions({st.name(): (st, table)}) or st.name() in gap.conclusions({st.name(): (st, table)})
+
+
+def test_the_committed_studies_are_sound():
+    """No image proven robust is broken by any attack, on every committed study."""
+    found = 0
+    for st in gap.studies("cpu"):
+        table = gap.load_study(st, "cpu")
+        if table is not None:
+            gap.check_soundness(table, st.name())
+            found += 1
+    if not found:
+        pytest.skip("no committed cpu study")
