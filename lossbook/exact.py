@@ -16,11 +16,20 @@ the box for l_inf, a greedy knapsack for l_1), by interval arithmetic, then by o
 unstable neuron of the later layers (the triangle relaxation of the layers before).
 
 :func:`verify_image` first tries the attacks' counterexamples (an image any attack breaks needs no
-solver), then asks, class by class in the order given (e.g. by the attack's margins), whether some
-feasible point gives class c a logit at least ``MARGIN`` above y's: a feasible point ends the search
-(vulnerable, once a float32 forward pass of the model itself confirms it); an infeasible problem is
-HiGHS's proof that c cannot win. Classes that the bounds alone rule out are skipped. Each image ends
-*robust* (every class proven unable to win by ``MARGIN``), *vulnerable* or *unknown* (time limit).
+solver). Then, per wrong class c (in the order given, e.g. by the attack's margins):
+
+1. classes that the output bounds or the **LP relaxation** (binaries relaxed: milliseconds) cannot let
+   win by ``MARGIN`` are ruled out, since the relaxation's optimum bounds the exact one from above;
+2. for the others, one MILP asks whether some feasible point gives class c a logit at least ``MARGIN``
+   above y's, with f_c - f_y as the objective (it guides the branching; the first feasible point
+   ends the search). Binaries of the last hidden layer whose weight in f_c - f_y is <= 0 are relaxed
+   (lowering such an activation only raises f_c - f_y, and the triangle's lowest point is the ReLU).
+
+A feasible point is a counterexample once a float32 forward pass of the model itself confirms it;
+an infeasible problem is HiGHS's proof that c cannot win. Each image ends *robust* (every class
+proven unable to win by ``MARGIN``), *vulnerable* or *unknown* (time limit). Measured on the FGSM-AT
+[64] MLP at eps 0.1 (12 images, 30 s limit, 1 core): 6 unknown with the plain feasibility MILP,
+1 with the LP filter, the relaxed last layer and the guiding objective.
 """
 from __future__ import annotations
 
@@ -105,6 +114,7 @@ class _Model:
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(time_limit))
         h.setOptionValue("threads", 1)
+        h.setOptionValue("mip_max_improving_sols", 1)  # one counterexample is enough
         self.inf = highspy.kHighsInf
         lo, hi = input_box(x, norm, eps)
         self.n = 0
@@ -117,6 +127,7 @@ class _Model:
         prev = self.x_cols
         self.unstable = self.stable = 0
         self.binaries = []
+        self.last_binaries: dict[int, int] = {}  # neuron of the last hidden layer -> its binary's column
         for k, (W, b) in enumerate(layers):
             l, u = bounds[k]
             z = self._cols(l, u)
@@ -136,13 +147,50 @@ class _Model:
                 self.unstable += 1
                 d = self._cols(np.zeros(1), np.ones(1))[0]
                 self.binaries.append(d)
+                if k == len(layers) - 2:
+                    self.last_binaries[j] = d
                 self._row(0.0, self.inf, [a[j], z[j]], [1.0, -1.0])  # a >= z
                 self._row(-self.inf, -l[j], [a[j], z[j], d], [1.0, -1.0, -l[j]])  # a <= z - l (1 - d)
                 self._row(-self.inf, 0.0, [a[j], d], [1.0, -u[j]])  # a <= u d
             prev = a
+        self.integer = integer
         if integer and self.binaries:
-            h.changeColsIntegrality(len(self.binaries), np.array(self.binaries, dtype=np.int32),
-                                    np.array([highspy.HighsVarType.kInteger] * len(self.binaries)))
+            self._integrality(self.binaries, True)
+
+    def _integrality(self, cols, integer: bool) -> None:
+        import highspy
+
+        kind = highspy.HighsVarType.kInteger if integer else highspy.HighsVarType.kContinuous
+        if len(cols):
+            self.h.changeColsIntegrality(len(cols), np.array(cols, dtype=np.int32), np.array([kind] * len(cols)))
+
+    def lp_candidates(self, classes: list[int], y: int) -> list[int]:
+        """The classes whose LP relaxation (binaries relaxed) still lets them beat y by ``MARGIN``: for the
+        others the relaxation's optimum, an upper bound on the exact one, proves they cannot win."""
+        self._integrality(self.binaries, False)
+        keep = []
+        for c in classes:
+            self.objective({self.logits[c]: 1.0, self.logits[y]: -1.0})
+            self.h.run()
+            if self.h.getModelStatus().name != "kOptimal" or self.h.getInfo().objective_function_value >= MARGIN:
+                keep.append(c)
+        self.objective({})
+        if self.integer:
+            self._integrality(self.binaries, True)
+        return keep
+
+    def for_class(self, w_out: np.ndarray) -> int:
+        """Keep binaries only where they matter for "class c beats y": a neuron of the last hidden layer
+        whose weight in f_c - f_y is <= 0 can take a = max(z, 0) in the triangle relaxation (lowering a
+        only raises f_c - f_y, and the lowest a in the triangle is max(z, 0)), so its binary is relaxed.
+        Returns the number of binaries kept."""
+        if not self.integer:
+            return 0
+        relax = [d for j, d in self.last_binaries.items() if w_out[j] <= 0]
+        keep = [d for j, d in self.last_binaries.items() if w_out[j] > 0]
+        self._integrality(relax, False)
+        self._integrality(keep, True)
+        return len(self.binaries) - len(relax)
 
     def _cols(self, lo, hi) -> np.ndarray:
         n = len(lo)
@@ -233,6 +281,8 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     l_out, u_out = bounds[-1]
     classes = [c for c in classes if u_out[c] - l_out[y] > 0]  # the others are ruled out by the bounds alone
     m = _Model(layers, x, norm, eps, bounds, integer=True, time_limit=time_limit) if classes else None
+    if m is not None:  # the LP relaxation rules out, in milliseconds, every class it cannot let win
+        classes = m.lp_candidates(classes, y)
     unknown = False
     for c in classes:
         left = time_limit - (time.perf_counter() - t0)
@@ -242,6 +292,10 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
         # feasibility: is there a point whose class c scores at least MARGIN above y? (a feasible point
         # ends the search; an infeasible problem proves class c cannot win)
         m.h.setOptionValue("time_limit", float(left))
+        m.for_class(layers[-1][0][c] - layers[-1][0][y])
+        # the objective f_c - f_y guides the branching (nodes whose bound falls below MARGIN are infeasible);
+        # the first feasible point ends the search (mip_max_improving_sols = 1)
+        m.objective({m.logits[c]: 1.0, m.logits[y]: -1.0})
         row = m.h.getNumRow()
         m._row(MARGIN, m.inf, [m.logits[c], m.logits[y]], [1.0, -1.0])
         m.h.run()

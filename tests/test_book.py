@@ -24,7 +24,7 @@ def test_chapters_are_in_reading_order_and_the_toc_lists_them(monkeypatch, tmp_p
     monkeypatch.setattr(book, "BOOK_DIR", tmp_path)
     write_toc(["01_toy_inconsistency", "02_training"])
     toc = (tmp_path / "_toc.yml").read_text().splitlines()
-    assert toc[1:] == ["format: jb-book", "root: intro", "chapters:", "- file: chapters/01_toy_inconsistency",
+    assert toc[1:] == ["format: jb-book", "root: intro", "chapters:", "- file: glance", "- file: chapters/01_toy_inconsistency",
                        "- file: chapters/02_training", "- file: reproducing"]
 
 
@@ -45,3 +45,25 @@ def test_the_introduction_answers_question_1_from_the_summary(tmp_path, monkeypa
            "CE) is 1 reproduced, 0 not reproduced, 1 inconclusive; the other 22 settings are not run" in text
     assert "+2.5 points (mnist-net1-at-l2, 95% interval [+1.1, +3.9])" in text and book.QUESTION_1_MARKER not in text
     assert isinstance(store.load(grid.summary_path(grid.PLANS["cpu"])), pd.DataFrame)
+
+
+def test_results_at_a_glance_counts_verdicts_and_says_what_was_not_run(tmp_path, monkeypatch):
+    from lossbook import glance, grid
+
+    monkeypatch.setattr(grid, "RESULTS_DIR", tmp_path)
+    rows = [{"setting": "mnist-net1-st-linf", "eps": 0.07, "runs": 3, "runs_beating_ce": 2, "heldout_gain_pp": 0.4,
+             "ci_low": -0.2, "ci_high": 1.0, "verdict": "inconclusive", "paper_gain_pp": 1.8},
+            {"setting": "mnist-net1-at-l2", "eps": 2.1, "runs": 3, "runs_beating_ce": 3, "heldout_gain_pp": 2.5,
+             "ci_low": 1.1, "ci_high": 3.9, "verdict": "reproduced", "paper_gain_pp": 1.0}]
+    grid.write_summary(rows, grid.PLANS["cpu"])
+    t = glance.claims_table("cpu")
+    q1 = t[t["claim"].str.startswith("Q1")]
+    assert len(q1) == 24 and (q1["verdict"] == glance.NOT_RUN).sum() == 22
+    row = q1[q1["claim"].str.contains("mnist-net1-at-l2")].iloc[0]
+    assert row["ours"].startswith("+2.5 pp [+1.1, +3.9]") and row["the paper's number"] == "+1.0 pp"
+    runs = t[t["claim"].str.startswith("every GP run")].iloc[0]
+    assert runs["ours"].startswith("5 of 6 runs") and runs["verdict"] == "not reproduced"
+    page = glance.markdown("cpu")
+    assert f"**reproduced** {(t['verdict'] == 'reproduced').sum()}," in page
+    assert f"**{glance.NOT_RUN}** {(t['verdict'] == glance.NOT_RUN).sum()}." in page
+    assert page.count("(chapters/03_gp_search.ipynb)") == 25

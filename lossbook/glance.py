@@ -1,0 +1,94 @@
+"""The "Results at a glance" page: every claim of both papers that the book tests, the paper's number,
+ours with its uncertainty, the scale and the verdict, generated from the committed result files.
+
+Verdicts: *reproduced*, *not reproduced*, *inconclusive* (an interval that straddles the line) and
+*not run at this scale* (no result file yet; the page says so rather than implying a number).
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+NOT_RUN = "not run at this scale"
+COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section"]
+
+
+def _grid_rows(scale: str) -> list[dict]:
+    from .grid import PAPER_GAIN_PP, SETTINGS, load_summary
+
+    summary = load_summary(scale)
+    judged = {} if summary is None else {r["setting"]: r for _, r in summary.iterrows()}
+    rows = []
+    for name in SETTINGS:
+        ds, net, tr, norm = name.split("-")
+        paper = PAPER_GAIN_PP[f"{ds}-{net}-{tr}"][("linf", "l1", "l2").index(norm)]
+        r = judged.get(name)
+        ours = NOT_RUN if r is None else (f"{r['heldout_gain_pp']:+.1f} pp [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] "
+                                          f"(held-out, eps {r['eps']:.4g})")
+        rows.append({"paper": "AutoLoss-AR", "claim": f"Q1: a searched loss beats CE under PGD-10 ({name})",
+                     "the paper's number": f"+{paper} pp", "ours": ours, "scale": f"{scale} (grid preset)",
+                     "verdict": NOT_RUN if r is None else r["verdict"], "section": "chapters/03_gp_search"})
+    if judged:
+        runs = sum(int(r["runs"]) for r in judged.values())
+        beat = sum(int(r["runs_beating_ce"]) for r in judged.values())
+        rows.append({"paper": "AutoLoss-AR", "claim": "every GP run finds a loss that beats CE (on the search images)",
+                     "the paper's number": "100% of runs", "ours": f"{beat} of {runs} runs ({100 * beat / runs:.0f}%) "
+                     f"in {len(judged)} of 24 settings", "scale": f"{scale} (grid preset)",
+                     "verdict": "reproduced" if beat == runs else "not reproduced", "section": "chapters/03_gp_search"})
+    return rows
+
+
+def _atras_rows(scale: str) -> list[dict]:
+    from . import atras
+
+    rows = []
+    for ds in ("mnist", "cifar10"):
+        cfg = atras.atras_config(ds, scale)
+        df, tm = atras.dataset_results(cfg, [list(a) for a in atras.ARCHITECTURES], [], compute=False)
+        if df is None or df.empty:
+            continue
+        for _, c in atras.claims(df, {ds: tm} if tm is not None else None).iterrows():
+            rows.append({"paper": "ATRAS", "claim": f"{c['claim']} ({ds})", "the paper's number": "stated, Tables I-II",
+                         "ours": f"{c['evidence']} ({len(df)} MLPs; descriptive, no interval)", "scale": scale,
+                         "verdict": "reproduced" if c["supported"] else "not reproduced",
+                         "section": "chapters/06_atras_sweep"})
+    return rows
+
+
+def _exact_rows(scale: str) -> list[dict]:
+    from . import gap
+
+    rows = []
+    for st in gap.studies(scale):
+        t = gap.load_study(st, scale)
+        if t is None or "FGSM" not in t.columns:
+            continue
+        g = gap.gap_table(t, st.norm).set_index("attack")
+        e = g.loc["FGSM"]
+        rows.append({"paper": "ATRAS", "claim": f"FGSM measures the robustness of the MLPs ({st.name()})",
+                     "the paper's number": "FGSM accuracy only", "ours": f"FGSM misses E = {100 * e['E_low']:.1f} pp of "
+                     f"the exact risk [95%: {100 * e['E_ci_low']:.1f}, {100 * e['E_ci_high']:.1f}] ({len(t)} images)",
+                     "scale": scale, "verdict": "not reproduced" if e["E_ci_low"] > 0 else "inconclusive",
+                     "section": "chapters/07_exact_risk"})
+    return rows
+
+
+def claims_table(scale: str = "cpu") -> pd.DataFrame:
+    """One row per tested claim (see the module docstring)."""
+    return pd.DataFrame(_grid_rows(scale) + _atras_rows(scale) + _exact_rows(scale), columns=COLUMNS)
+
+
+def markdown(scale: str = "cpu") -> str:
+    """The page (Markdown): a short head, the counts and the table with links to the sections."""
+    t = claims_table(scale)
+    counts = t["verdict"].value_counts()
+    head = ["# Results at a glance", "",
+            "Every claim of the two papers that this book tests, with the paper's number, ours (with its 95% "
+            "interval over the images where the claim is about a risk), the scale it was run at and the verdict. "
+            "Generated from the committed result files when the book is built; a claim whose results are not "
+            "computed at this scale says so.", "",
+            "Verdicts: " + ", ".join(f"**{v}** {int(counts.get(v, 0))}" for v in
+                                     ("reproduced", "not reproduced", "inconclusive", NOT_RUN)) + ".", "",
+            "| paper | claim | the paper's number | ours | scale | verdict |", "|---|---|---|---|---|---|"]
+    body = [f"| {r['paper']} | [{r['claim']}]({r['section']}.ipynb) | {r[COLUMNS[2]]} | "
+            f"{r['ours']} | {r['scale']} | {r['verdict']} |" for _, r in t.iterrows()]
+    return "\n".join(head + body) + "\n"
