@@ -390,12 +390,14 @@ def risk_table(results: dict) -> pd.DataFrame:
 
 
 def error_table(results: dict) -> pd.DataFrame:
-    """Table 7.2: E = R - R'' (pp) of every attack in every study, as 'E' or '[low, high]'."""
+    """Table 7.2: E = R - R'' (pp) of every attack in every study, as 'E (95% interval)', or 'low to high
+    (interval)' where some images are unknown."""
     cols = {}
     for name, (st, t) in results.items():
         g = gap_table(t, st.norm).set_index("attack")
         cols[name] = {a: (f"{100 * r['E_low']:.1f}" if r["E_low"] == r["E_high"] else
-                          f"[{100 * r['E_low']:.1f}, {100 * r['E_high']:.1f}]") for a, r in g.iterrows()}
+                          f"{100 * r['E_low']:.1f} to {100 * r['E_high']:.1f}") +
+                      f" ({100 * r['E_ci_low']:.1f}-{100 * r['E_ci_high']:.1f})" for a, r in g.iterrows()}
     return pd.DataFrame(cols).fillna("not run")
 
 
