@@ -109,7 +109,7 @@ def _exact(args) -> None:
     for st in select_studies(",".join(args.studies) if args.studies else "all", args.scale, args.images or 0,
                              args.time_limit or 0.0):
         st = replace(st, eps=args.eps) if args.eps is not None else st
-        table = run_study(st, args.scale, progress=not args.quiet)
+        table = run_study(st, args.scale, progress=not args.quiet, backend=args.backend, address=args.address)
         s = exact_summary(table)
         r = f"R = {s['R_low']:.3f}" if not s["unknown"] else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
         print(f"{st.name()}: {r} ({s['robust']} robust, {s['vulnerable']} vulnerable, {s['unknown']} unknown of "
@@ -218,6 +218,9 @@ def main(argv=None) -> int:
     e.add_argument("--time-limit", type=float, default=None, help="solver seconds per image (default: the study's)")
     e.add_argument("--eps", type=float, default=None, help="another radius for the chosen studies")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="ray: the verification as Ray tasks over shards of 50 images (results shared as for grid)")
+    e.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else 'auto')")
     e.set_defaults(func=_exact)
 
     b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")

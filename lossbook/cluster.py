@@ -112,3 +112,60 @@ def run_grid_ray(plan, settings: list[str], root: Path, address: str | None = No
         return rows
     finally:
         ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact verification (chapter 07): one task per shard of a study's images
+# ------------------------------------------------------------------------------------------------
+def shard_path(study, scale: str, first: int, root: Path | None) -> Path:
+    from .gap import study_dir
+
+    return study_dir(scale, root) / "shards" / f"{study.name()}-from{first}.json"
+
+
+def _exact_task(study, scale: str, first: int, last: int, root: str | None) -> list[dict]:
+    """Verify images ``first:last`` of a study on a worker, saved image by image in the shard's own file
+    (a retried task resumes there)."""
+    from . import exact
+    from .gap import MODELS, exact_request, load_verified_model, study_images
+
+    root_p = Path(root) if root else None
+    model = load_verified_model(study.model, scale, train=False, root=root_p)
+    x, y, idx = study_images(model, MODELS[study.model].dataset, study.n_images)
+    path = shard_path(study, scale, first, root_p)
+    events = path.parent
+    _log_event(events, "", study=study.name(), first=first, event="resume" if path.exists() else "start")
+    rows = exact.verify_set(model, x[first:last], y[first:last], study.norm, study.eps, path, exact_request(study),
+                            indices=idx[first:last].tolist(), time_limit=study.time_limit, progress=False)
+    _log_event(events, "", study=study.name(), first=first, event="done")
+    return rows
+
+
+def verify_study_ray(study, scale: str, root: Path | None = None, address: str | None = None, shard: int = 50,
+                     progress: bool = True, max_retries: int = 3) -> list[dict]:
+    """The exact verification of a study as Ray tasks over shards of ``shard`` images; the rows, merged in
+    image order, are saved where the local path keeps them (so ``run_study`` then only runs the attacks)."""
+    import ray
+
+    from . import store
+    from .gap import exact_path, exact_request, load_verified_model
+
+    load_verified_model(study.model, scale, root=root)  # trained once, here, before the tasks read it
+    env = {k: os.environ[k] for k in ("LOSSBOOK_DATA", "LOSSBOOK_CHUNK", "LOSSBOOK_RESULTS") if k in os.environ}
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", runtime_env={"env_vars": env},
+             log_to_driver=False, ignore_reinit_error=True)
+    try:
+        task = ray.remote(max_retries=max_retries, num_cpus=1)(_exact_task)
+        refs = [task.remote(study, scale, a, min(a + shard, study.n_images), str(root) if root else None)
+                for a in range(0, study.n_images, shard)]
+        rows = []
+        for _ in tqdm(range(len(refs)), desc=f"{study.name()} on Ray ({len(ray.nodes())} nodes)", **quiet(progress)):
+            ready, refs = ray.wait(refs, num_returns=1)
+            rows += ray.get(ready[0])
+    finally:
+        ray.shutdown()
+    path, request = exact_path(study, scale, root), exact_request(study)
+    saved = store.load(path, request) if store.matches(path, request) else []
+    merged = {r["index"]: r for r in saved + rows}
+    store.save(path, list(merged.values()), request)
+    return rows

@@ -259,17 +259,32 @@ class _Target:
 # ------------------------------------------------------------------------------------------------
 # One study: exact verdicts + attacks, then E per attack
 # ------------------------------------------------------------------------------------------------
-def run_study(study: Study, scale: str, root: Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """Verify every image of ``study`` and run every attack on them; one row per image (resumable)."""
+def exact_request(study: Study) -> dict:
+    """What a study's verdicts answer: each image's verdict depends on the model, norm, eps and time limit,
+    not on how many images are asked (a larger study reuses the images of a smaller one)."""
+    return {"study": {k: v for k, v in asdict(study).items() if k != "n_images"},
+            "images": "first correctly classified test images"}
+
+
+def exact_path(study: Study, scale: str, root: Path | None = None) -> Path:
+    return study_dir(scale, root) / f"{study.name()}-exact.json"
+
+
+def run_study(study: Study, scale: str, root: Path | None = None, progress: bool = True, backend: str = "local",
+              address: str | None = None, shard: int = 50) -> pd.DataFrame:
+    """Verify every image of ``study`` and run every attack on them; one row per image (resumable). With
+    ``backend="ray"`` the verification runs as Ray tasks over shards of images (:mod:`lossbook.cluster`)."""
+    check_choice("backend", backend, ("local", "ray"))
     spec = MODELS[study.model]
     model = load_verified_model(study.model, scale, progress=progress, root=root)
     x, y, idx = study_images(model, spec.dataset, study.n_images)
     folder = study_dir(scale, root)
-    # each image's verdict depends on the model, norm, eps and time limit, not on how many images are asked:
-    # a larger study reuses the images of a smaller one
-    request = {"study": {k: v for k, v in asdict(study).items() if k != "n_images"},
-               "images": "first correctly classified test images"}
-    rows = exact.verify_set(model, x, y, study.norm, study.eps, folder / f"{study.name()}-exact.json", request,
+    request = exact_request(study)
+    if backend == "ray":
+        from .cluster import verify_study_ray
+
+        verify_study_ray(study, scale, root, address, shard=shard, progress=progress)
+    rows = exact.verify_set(model, x, y, study.norm, study.eps, exact_path(study, scale, root), request,
                             indices=idx.tolist(), time_limit=study.time_limit, progress=progress)
     loss, _ = searched_loss_for(model, study, scale, root, progress)
     path = folder / f"{study.name()}-outcomes.csv"

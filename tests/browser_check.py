@@ -1,4 +1,7 @@
-"""Open the built book in headless Chromium: every chapter's figures loaded, math rendered, screenshots.
+"""Open the built book in headless Chromium at 1,280 and 800 pixels: every chapter's figures loaded,
+math rendered, nothing cut off or scrolling the page sideways (wide tables and code scroll or wrap in
+their own box), no literal template braces in the prose, hidden code opening when its toggle is
+clicked; screenshots of every page at both widths.
 
 Usage: ``python tests/browser_check.py [book/_build/html] [docs/screenshots]`` (``make browser-test``).
 Needs Debian's ``chromium`` and ``chromium-driver`` (/usr/bin/chromium, /usr/bin/chromedriver) and
@@ -20,7 +23,8 @@ from selenium.webdriver.chrome.service import Service
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1200,1500", "--hide-scrollbars"]
+         "--window-size=1280,1500", "--hide-scrollbars"]
+WIDTHS = (1280, 800)
 
 IMAGES_JS = """return Array.from(document.querySelectorAll('main img, article img'))
   .map(i => ({src: i.getAttribute('src'), complete: i.complete, w: i.naturalWidth, h: i.naturalHeight}));"""
@@ -28,6 +32,34 @@ MATH_JS = """const src = Array.from(document.querySelectorAll('.math.notranslate
   const done = src.filter(e => e.querySelector('script[type^="math/tex"]') && e.querySelector('.MathJax, .MathJax_Display'));
   const errors = document.querySelectorAll('.MathJax_Error, merror').length;
   return {src: src.length, done: done.length, errors: errors};"""
+
+
+# elements of the article that stick out of it without a scrolling box of their own, and page-level sideways scroll
+OVERFLOW_JS = """const article = document.querySelector('article') || document.querySelector('main');
+  const limit = article.getBoundingClientRect().right + 2, bad = [];
+  for (const el of article.querySelectorAll('pre, table, img, p, li, h1, h2, h3')) {
+    let p = el.parentElement, scroller = null;
+    while (p && p !== article) { const s = getComputedStyle(p).overflowX;
+      if (s === 'auto' || s === 'scroll' || s === 'hidden') { scroller = p; break; } p = p.parentElement; }
+    if (!scroller && el.getBoundingClientRect().right > limit && el.offsetParent !== null)
+      bad.push(el.tagName + ': ' + (el.textContent || el.getAttribute('src') || '').trim().slice(0, 50));
+  }
+  return {sideways: document.documentElement.scrollWidth > window.innerWidth + 1, bad: bad.slice(0, 5)};"""
+# prose (not code, not math) showing an unfilled template such as "PGD-{steps}"
+BRACES_JS = """const out = [];
+  for (const el of document.querySelectorAll('article p, article li, article h1, article h2, article h3, article td')) {
+    const c = el.cloneNode(true);
+    c.querySelectorAll('code, pre, .math, script, .MathJax, .MathJax_Display, .MathJax_Preview').forEach(e => e.remove());
+    const m = c.textContent.match(/\\{[A-Za-z_][A-Za-z_0-9]*\\}/);
+    if (m) out.push(m[0] + ' in: ' + c.textContent.trim().slice(0, 60));
+  }
+  return out.slice(0, 5);"""
+# click the first hidden-code toggle: its code must become visible
+TOGGLE_JS = """const d = document.querySelector('details.hide, details.above-input, details.toggle-details');
+  if (!d) return null;
+  const s = d.querySelector('summary'); if (s) s.click();
+  const pre = d.querySelector('pre');
+  return {open: d.open, visible: !!pre && pre.offsetHeight > 0};"""
 
 
 def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
@@ -38,8 +70,45 @@ def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
 
 
+def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[str]:
+    """One page at one window width: what is wrong with it (empty when nothing), and its screenshot."""
+    problems = []
+    driver.get(f"{base}/{page}")
+    deadline = time.time() + 30
+    math = driver.execute_script(MATH_JS)
+    while math["src"] and math["done"] < math["src"] and time.time() < deadline:
+        time.sleep(0.5)
+        math = driver.execute_script(MATH_JS)
+    images = driver.execute_script(IMAGES_JS)
+    figs = [i for i in images if "_images/" in (i["src"] or "")]
+    bad = [i["src"] for i in images if not i["complete"] or i["w"] == 0]
+    overflow, braces = driver.execute_script(OVERFLOW_JS), driver.execute_script(BRACES_JS)
+    print(f"{page} at {width}px: {len(figs)} figures, {len(bad)} not loaded; math {math['done']}/{math['src']} "
+          f"rendered; {len(overflow['bad'])} cut off{', page scrolls sideways' if overflow['sideways'] else ''}")
+    if bad:
+        problems.append(f"{page}: images not loaded: {bad}")
+    if page.startswith("chapters/") and not figs:
+        problems.append(f"{page}: no figure")
+    if math["src"] and (math["done"] < math["src"] or math["errors"]):
+        problems.append(f"{page}: math not rendered ({math})")
+    if overflow["sideways"] or overflow["bad"]:
+        problems.append(f"{page} at {width}px: cut off or scrolling sideways: {overflow}")
+    if braces:
+        problems.append(f"{page}: template braces in the prose: {braces}")
+    name = shots / f"{Path(page).stem}-{width}.png"
+    driver.save_screenshot(str(name))
+    Image.open(name).convert("RGB").quantize(colors=128).save(name, optimize=True)  # small PNGs
+    if page.startswith("chapters/"):  # after the screenshot: the first screen as a reader meets it
+        toggle = driver.execute_script(TOGGLE_JS)
+        if toggle is None:
+            problems.append(f"{page}: no hidden-code toggle")
+        elif not (toggle["open"] and toggle["visible"]):
+            problems.append(f"{page}: the hidden code did not open when its toggle was clicked ({toggle})")
+    return problems
+
+
 def check(html: Path, shots: Path) -> list[str]:
-    pages = ["intro.html"] + sorted(p.relative_to(html).as_posix() for p in (html / "chapters").glob("*.html")) \
+    pages = ["intro.html", "glance.html"] + sorted(p.relative_to(html).as_posix() for p in (html / "chapters").glob("*.html")) \
         + ["reproducing.html"]
     srv, base = serve(html)
     opts = webdriver.ChromeOptions()
@@ -50,27 +119,10 @@ def check(html: Path, shots: Path) -> list[str]:
     problems = []
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        for page in pages:
-            driver.get(f"{base}/{page}")
-            deadline = time.time() + 30
-            math = driver.execute_script(MATH_JS)
-            while math["src"] and math["done"] < math["src"] and time.time() < deadline:
-                time.sleep(0.5)
-                math = driver.execute_script(MATH_JS)
-            images = driver.execute_script(IMAGES_JS)
-            figs = [i for i in images if "_images/" in (i["src"] or "")]
-            bad = [i["src"] for i in images if not i["complete"] or i["w"] == 0]
-            line = f"{page}: {len(figs)} figures, {len(bad)} not loaded; math {math['done']}/{math['src']} rendered"
-            print(line)
-            if bad:
-                problems.append(f"{page}: images not loaded: {bad}")
-            if page.startswith("chapters/") and not figs:
-                problems.append(f"{page}: no figure")
-            if math["src"] and (math["done"] < math["src"] or math["errors"]):
-                problems.append(f"{page}: math not rendered ({math})")
-            name = shots / (Path(page).stem + ".png")
-            driver.save_screenshot(str(name))
-            Image.open(name).convert("RGB").quantize(colors=128).save(name, optimize=True)  # small PNGs
+        for width in WIDTHS:
+            driver.set_window_size(width, 1500)
+            for page in pages:
+                problems += check_page(driver, base, page, width, shots)
     finally:
         driver.quit()
         srv.shutdown()

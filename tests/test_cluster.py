@@ -120,5 +120,20 @@ def test_grid_survives_a_killed_node_and_matches_the_local_backend(cluster, tmp_
                plan=PLAN)
     again = read_events(root, "smoke")[len(events):]
     assert again and all(e["event"] == "finished earlier" for e in again)
+    # chapter 07's exact verification as Ray tasks over shards of images: the same verdicts as locally
+    from lossbook import gap
+
+    study = gap.select_studies("all", "smoke", n_images=6, time_limit=5.0)[0]
+    t2 = time.perf_counter()
+    on_ray = gap.run_study(study, "smoke", root=tmp_path / "exact-ray", progress=False, backend="ray", address=address,
+                          shard=3)
+    exact_seconds = time.perf_counter() - t2
+    here = gap.run_study(study, "smoke", root=tmp_path / "exact-local", progress=False)
+    assert list(on_ray["index"]) == list(here["index"])
+    decided = (on_ray["status"] != "unknown") & (here["status"] != "unknown")
+    assert decided.sum() >= 4 and (on_ray["status"][decided] == here["status"][decided]).all()
+    shard_events = read_events(tmp_path / "exact-ray" / "smoke" / "shards", "")
+    assert sorted(e["first"] for e in shard_events if e["event"] == "done") == [0, 3]  # two shards of 3 images
+    print(f"\nsmoke exact study of {study.n_images} images as Ray shards: {exact_seconds:.1f} s")
     print(f"\nsmoke grid of {len(SETTINGS)} settings x {len(PLAN.seeds)} runs: 2-node Ray cluster {ray_seconds:.1f} s "
           f"(node b killed during {killed[0]} run {killed[1]}, {killed[2]} processes), local {local_seconds:.1f} s")
