@@ -149,6 +149,7 @@ def qualitative(ex, class_names=None, title: str = ""):
     import numpy as np
 
     n = len(ex.index)
+    name = (lambda c: class_names[c]) if class_names else str
     fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.9 * n + 0.4), squeeze=False)
     for i in range(n):
         for j, (img, pred, head) in enumerate(((ex.clean[i], ex.label[i], "clean"), (ex.adv_ce[i], ex.pred_ce[i], "CE"),
