@@ -43,7 +43,21 @@ def run_chapter(name: str, scale: str, recompute: bool = False, out_dir: Path = 
     with _kernel_env():
         pm.execute_notebook(str(NBS_DIR / f"{name}.ipynb"), str(out), parameters=params, cwd=str(NBS_DIR),
                             progress_bar=False, kernel_name="python3")
+    _remove_injected_cell(out)
     return out
+
+
+def _remove_injected_cell(path: Path) -> None:
+    """Papermill's injected-parameters cell is kept in the notebook but removed from the page: the
+    chapter's banner already shows every parameter once."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, str(path))
 
 
 @contextlib.contextmanager
