@@ -55,18 +55,12 @@ def _train(args) -> None:
 
 
 def _search(args) -> None:
-    from .search import SEARCH_PRESETS, auto_setting, calibrated_setting, make_setting, search_setting, with_overrides
+    from .search import SEARCH_PRESETS, resolve_setting, search_setting, with_overrides
 
     cfg = with_overrides(SEARCH_PRESETS[args.scale], gn=args.generations, ps=args.population,
                          st=args.population, n_images=args.images, semantic_cache=args.semantic_cache)
     for norm in args.norm:
-        if args.eps == "calibrate":
-            setting = calibrated_setting(args.dataset, args.net, args.training, norm, args.scale, n_images=cfg.n_images)
-        elif args.eps == "auto":
-            setting = auto_setting(args.dataset, args.net, args.training, norm, args.scale, n_images=cfg.n_images)
-        else:
-            setting = make_setting(args.dataset, args.net, args.training, norm,
-                                   None if args.eps == "paper" else args.eps)
+        setting = resolve_setting(args.dataset, args.net, args.training, norm, args.scale, args.eps, cfg.n_images)
         print(f"searching {setting.name()} at eps={setting.eps} [{args.scale}]")
         done = [] if args.force else search_setting(setting, args.scale, runs=args.runs, seed=args.seed, cfg=cfg,
                                                     load_only=True)
@@ -114,6 +108,17 @@ def _exact(args) -> None:
         r = f"R = {s['R_low']:.3f}" if not s["unknown"] else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
         print(f"{st.name()}: {r} ({s['robust']} robust, {s['vulnerable']} vulnerable, {s['unknown']} unknown of "
               f"{s['images']}); solver median {s['milp_median_s']:.1f} s")
+
+
+def _landscape(args) -> None:
+    from .landscape import chapter_studies
+
+    studies, missing, steps = chapter_studies(args.source, args.datasets, args.scale, args.images or 0, args.steps,
+                                              args.resolution or 0, seed=args.seed, recompute=True)
+    for d, (items, _, meta) in studies.items():
+        print(f"{args.source} on {d} (PGD-{steps}): {meta['outcomes']}")
+    if missing:
+        print("not available at this scale:", ", ".join(missing))
 
 
 def _book(args) -> None:
@@ -222,6 +227,21 @@ def main(argv=None) -> int:
                    help="ray: the verification as Ray tasks over shards of 50 images (results shared as for grid)")
     e.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else 'auto')")
     e.set_defaults(func=_exact)
+
+    from .grid import SETTINGS as _ALL_SETTINGS
+
+    ls = sub.add_parser("landscape", formatter_class=fmt, help="chapter 05: PGD races, loss planes and the explanation "
+                        "rule for a searched loss (results in results/landscape/<scale>/)",
+                        description="Uses the scale's presets (smoke: 1 image, 9x9 grid, at most 20 steps; cpu: 200 "
+                        "images, 61x61; paper: 1000, 101x101) unless given. Cost: smoke seconds, cpu minutes.")
+    ls.add_argument("--source", choices=_ALL_SETTINGS, default="mnist-net1-at-linf", metavar="SETTING")
+    ls.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    ls.add_argument("--scale", choices=SCALES, default="cpu")
+    ls.add_argument("--images", type=positive_int, default=None, help="raced images (default: the scale's)")
+    ls.add_argument("--steps", type=positive_int, default=100)
+    ls.add_argument("--resolution", type=positive_int, default=None, help="grid points per axis (default: the scale's)")
+    ls.add_argument("--seed", type=int, default=0)
+    ls.set_defaults(func=_landscape)
 
     b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")
     b.add_argument("--scale", choices=SCALES, default="cpu", help="scale of the results the book shows")

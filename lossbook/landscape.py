@@ -284,3 +284,41 @@ def study(source: str, scale: str, dataset: str | None = None, n_images: int = 6
                           "first image of the set"}
     save(path, items, examples(model, x, y, idx, r, n=n_examples), meta)
     return load(path, request)
+
+
+#: per scale: raced images, grid points per axis, and the most PGD steps (smoke caps the race)
+PRESETS = {"smoke": {"n_images": 1, "resolution": 9, "max_steps": 20},
+           "cpu": {"n_images": 200, "resolution": 61, "max_steps": None},
+           "paper": {"n_images": 1000, "resolution": 101, "max_steps": None}}
+
+
+def chapter_studies(source: str, datasets: list[str], scale: str, n_images: int = 0, steps: int = 100,
+                    resolution: int = 0, per_kind: int = 1, n_examples: int = 4, seed: int = 0,
+                    recompute: bool = False) -> tuple[dict, list[str], int]:
+    """Chapter 05's studies, one per dataset ({dataset: study}), what is missing at this scale, and the
+    steps actually raced. ``n_images``/``resolution`` 0 take the scale's :data:`PRESETS`; at smoke scale
+    the models and the search are made where missing (seconds) and the race is capped."""
+    from .config import DATASETS, check_choice
+    from .search import parse_setting
+    from .transfer import prepare_smoke
+
+    check_choice("scale", scale, PRESETS)
+    parse_setting(source)
+    for d in datasets:
+        check_choice("dataset in datasets", d, DATASETS)
+    preset = PRESETS[scale]
+    steps = min(steps, preset["max_steps"]) if preset["max_steps"] else steps
+    if scale == "smoke":
+        prepare_smoke([source], datasets=datasets)
+    studies, missing = {}, []
+    for d in datasets:
+        try:
+            studies[d] = study(source, scale, dataset=d, n_images=n_images or preset["n_images"], steps=steps,
+                               resolution=resolution or preset["resolution"], per_kind=per_kind, n_examples=n_examples,
+                               seed=seed, compute=recompute or scale == "smoke")
+        except FileNotFoundError:  # no search or no model at this scale
+            studies[d] = None
+        if studies[d] is None:
+            del studies[d]
+            missing.append(f"{source} on {d}")
+    return studies, missing, steps

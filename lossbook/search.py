@@ -506,3 +506,33 @@ def auto_setting(dataset: str, net: str, training: str, norm: str, scale: str, n
     if band[0] <= entry["ce_risk"] <= band[1]:
         return paper
     return calibrated_setting(dataset, net, training, norm, scale, n_images=n_images, root=root, device=device)
+
+
+def resolve_setting(dataset: str, net: str, training: str, norm: str, scale: str, eps="auto",
+                    n_images: int = 1000) -> Setting:
+    """The setting searched at ``eps``: "auto" (:func:`auto_setting`), "paper" (Table III), "calibrate"
+    (CE-PGD-10 R'' = 0.7) or a number. One rule for the CLI and chapter 03."""
+    if eps == "calibrate":
+        return calibrated_setting(dataset, net, training, norm, scale, n_images=n_images)
+    if eps == "auto":
+        return auto_setting(dataset, net, training, norm, scale, n_images=n_images)
+    return make_setting(dataset, net, training, norm, None if eps == "paper" else float(eps))
+
+
+def chapter_runs(names: list[str], scale: str, eps="auto", runs: int | None = None, seed: int = 0,
+                 recompute: bool = False) -> tuple[dict, list[str]]:
+    """Chapter 03's runs: {setting name: (setting, run records)} and the settings missing at this scale.
+    Saved runs are loaded; at smoke scale (or with ``recompute``) they are searched, and a recomputed
+    run replaces its saved file only when it is complete."""
+    cfg = SEARCH_PRESETS[scale]
+    results, missing = {}, []
+    for name in names:
+        try:
+            setting = resolve_setting(*parse_setting(name), scale, eps, n_images=cfg.n_images)
+        except FileNotFoundError:  # its model is not trained at this scale yet
+            missing.append(name)
+            continue
+        recs = search_setting(setting, scale, runs=runs, seed=seed, load_only=scale != "smoke" and not recompute,
+                              force=recompute)
+        (results.__setitem__(name, (setting, recs)) if recs else missing.append(name))
+    return results, missing

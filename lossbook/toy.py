@@ -327,3 +327,34 @@ def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, se
     store.save(folder / "risk.csv", df, config)
     store.save(meta, {"config": config, "found": found}, config)  # written last: it marks the pair complete
     return df, found
+
+
+def parse_centre(x0: str, fig_eps: float):
+    """Chapter 01's ``x0`` parameter: None for "auto", else the 2-D centre 'a,b' with |a|, |b| <= 1."""
+    if x0 == "auto":
+        return None
+    try:
+        centre = np.array([float(v) for v in x0.split(",")])
+    except ValueError:
+        centre = np.zeros(0)
+    if centre.shape != (2,) or not np.all(np.abs(centre) <= 1) or not fig_eps > 0:
+        raise ValueError(f"parameter x0={x0!r} is not allowed; allowed values: 'auto' or 'a,b' with -1 <= a, b <= 1 "
+                         f"(and fig_eps > 0)")
+    return centre
+
+
+def chapter_cases(norms, centre=None, fig_eps: float = 0.0) -> tuple[list, list[tuple[str, str]]]:
+    """Fig. 1's balls, one per norm: the given ball (``centre``, ``fig_eps``) or, without one, the first
+    class (the paper draws class 0) that has a ball where CE's maximizer stays correct while a
+    misclassified point exists; and (norm, why) for the norms without such a ball."""
+    cases, missing = [], []
+    for n in norms:
+        if centre is not None:
+            label = int(predict(centre))
+            c = Counterexample(n, label, centre, fig_eps, ce_maximizer(centre, fig_eps, n, label),
+                               misclassified_point(centre, fig_eps, n, label))
+            cases.append(c) if c.wrong is not None else missing.append((n, "the given ball holds no misclassified point"))
+            continue
+        c = next((c for c in (find_counterexample(n, label) for label in (0, 1, 2)) if c is not None), None)
+        cases.append(c) if c is not None else missing.append((n, "no ball on the search grid"))
+    return cases, missing

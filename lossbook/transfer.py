@@ -311,3 +311,29 @@ def verdicts(sweeps: list[pd.DataFrame], cross: dict[str, pd.DataFrame]) -> list
                    f"{int((off['gain_over_best_reference_pp'] > 0).sum())} (median "
                    f"{off['gain_over_best_reference_pp'].median():+.1f} pp)")
     return out
+
+
+def chapter_sources(sources: str, cifar_sources: str, scale: str) -> tuple[list[str], list[str], dict, list[str]]:
+    """Chapter 04's sources: the MNIST sources ("all": every searched setting at this scale), the sources
+    carried to CIFAR-10 ("none" or names), the searched losses found ({name: SearchedLoss}) and the names
+    without a saved search. At smoke scale one source of each kind, searched here where missing (seconds)."""
+    from .search import parse_setting
+
+    if sources == "all":
+        names = ["mnist-net1-st-linf"] if scale == "smoke" else searched_sources(scale, "mnist")
+    else:
+        names = [s.strip() for s in sources.split(",") if s.strip()]
+    carried = [] if cifar_sources == "none" else [s.strip() for s in cifar_sources.split(",") if s.strip()]
+    for name in names + carried:
+        parse_setting(name)  # a malformed name stops here with a clear message
+    if scale == "smoke":
+        carried = carried[:1]
+        prepare_smoke(names + carried, datasets=("mnist", "cifar10") if carried else ("mnist",))
+    found = {}
+    for name in dict.fromkeys(names + carried):
+        try:
+            found[name] = searched_loss(name, scale)
+        except FileNotFoundError:
+            pass
+    missing = [n for n in dict.fromkeys(names + carried) if n not in found]
+    return [n for n in names if n in found], [n for n in carried if n in found], found, missing

@@ -171,3 +171,14 @@ def test_a_saved_run_of_another_eps_is_never_taken(tmp_path):
     with pytest.raises(store.ResultError, match=r"run-0.json: made for another request \(setting.eps=0.15 \(asked 0.07\)\)"):
         store.load(S.search_dir(other, "smoke", tmp_path) / "run-0.json",
                    S.run_request(other, S.SEARCH_PRESETS["smoke"], "smoke", 0))
+
+
+def test_one_eps_rule_for_the_cli_and_chapter_03(data_available):
+    from lossbook.config import paper_eps
+    from lossbook.train import ensure_trained
+
+    ensure_trained(["mnist"], ["net1"], ["st"], "smoke", progress=False)
+    assert S.resolve_setting("mnist", "net1", "st", "l2", "smoke", eps="0.5").eps == 0.5
+    assert S.resolve_setting("mnist", "net1", "st", "l2", "smoke", eps="paper").eps == paper_eps("mnist", "net1", "st", "l2")
+    results, missing = S.chapter_runs(["mnist-net1-st-linf", "cifar10-net2-at-l1"], "cpu", eps="paper")
+    assert set(results) | set(missing) == {"mnist-net1-st-linf", "cifar10-net2-at-l1"}

@@ -86,3 +86,21 @@ def test_counterexample_is_real(norm, label):
 
 def test_no_l1_counterexample_for_class_0():
     assert toy.find_counterexample("l1", 0) is None
+
+
+def test_the_chapter_centre_is_parsed_or_refused_in_one_line():
+    import numpy as np
+
+    from lossbook import toy
+
+    assert toy.parse_centre("auto", 0.0) is None
+    assert np.allclose(toy.parse_centre("0.2,-0.1", 0.25), [0.2, -0.1])
+    for bad in ("2,0", "0.1", "a,b"):
+        with pytest.raises(ValueError, match=rf"x0='{bad}' is not allowed; allowed values: 'auto' or 'a,b'"):
+            toy.parse_centre(bad, 0.25)
+    with pytest.raises(ValueError, match="fig_eps > 0"):
+        toy.parse_centre("0.2,0.1", 0.0)
+    cases, missing = toy.chapter_cases(["linf", "l1"])  # the searched balls: CE's maximizer stays correct
+    assert len(cases) + len(missing) == 2
+    for c in cases:
+        assert int(toy.predict(c.ce_max)) == c.label != int(toy.predict(c.wrong))
