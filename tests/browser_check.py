@@ -54,6 +54,17 @@ BRACES_JS = """const out = [];
     if (m) out.push(m[0] + ' in: ' + c.textContent.trim().slice(0, 60));
   }
   return out.slice(0, 5);"""
+# cells that show a figure, not followed by a caption ("Figure N.M ...")
+CAPTIONS_JS = """const out = [];
+  for (const cell of document.querySelectorAll('article div.cell')) {
+    if (!cell.querySelector('.cell_output img')) continue;
+    let next = cell.nextElementSibling;
+    while (next && next.tagName === 'DIV' && next.classList.contains('cell') && !next.querySelector('.cell_output img')
+           && !next.textContent.trim()) next = next.nextElementSibling;
+    const text = next ? next.textContent.trim() : '';
+    if (!/^Figure \\d+\\.\\d+/.test(text)) out.push(cell.textContent.trim().slice(0, 60));
+  }
+  return out;"""
 # click the first hidden-code toggle: its code must become visible
 TOGGLE_JS = """const d = document.querySelector('details.hide, details.above-input, details.toggle-details');
   if (!d) return null;
@@ -95,6 +106,9 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
         problems.append(f"{page} at {width}px: cut off or scrolling sideways: {overflow}")
     if braces:
         problems.append(f"{page}: template braces in the prose: {braces}")
+    uncaptioned = driver.execute_script(CAPTIONS_JS) if page.startswith("chapters/") else []
+    if uncaptioned:
+        problems.append(f"{page}: figures without a caption after them: {uncaptioned}")
     name = shots / f"{Path(page).stem}-{width}.png"
     driver.save_screenshot(str(name))
     Image.open(name).convert("RGB").quantize(colors=128).save(name, optimize=True)  # small PNGs
