@@ -322,3 +322,21 @@ def chapter_studies(source: str, datasets: list[str], scale: str, n_images: int 
             del studies[d]
             missing.append(f"{source} on {d}")
     return studies, missing, steps
+
+
+def conclusion(studies: dict, source: str) -> str:
+    """Chapter 05's closing paragraph from its counts: which explanation dominates, per dataset."""
+    if not studies:
+        return "No landscape study is available at this scale, so this chapter draws no conclusion."
+    lines = []
+    for d, (_, _, meta) in studies.items():
+        o = meta["outcomes"]
+        opt, con, only = o["searched only, optimization"], o["searched only, consistency"], o["searched only"]
+        if only == 0:
+            verdict = "the searched loss broke no image that CE missed, so neither explanation is needed here"
+        else:
+            lead = "optimization" if opt > con else "local consistency" if con > opt else "neither (a tie)"
+            verdict = (f"of the {only} images only the searched loss broke, {opt} are explained by optimization and "
+                       f"{con} by local consistency: **{lead}** dominates")
+        lines.append(f"* **{source} on {d}** ({o['images']} images raced; CE alone broke {o['CE only']}): {verdict}.")
+    return "\n".join(lines)

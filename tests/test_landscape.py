@@ -97,3 +97,16 @@ def test_save_and_load_round_trip(trained_mlp, mnist_small, tmp_path):
         assert np.array_equal(a.correct, b.correct) and np.allclose(a.path_ce, b.path_ce)
         assert a.explanation == b.explanation
     assert np.array_equal(ex.adv_searched, ex2.adv_searched) and np.array_equal(ex.pred_ce, ex2.pred_ce)
+
+
+def test_the_conclusion_names_the_dominant_explanation():
+    from lossbook import landscape as LS
+
+    def meta(opt, con, ce_only=1):
+        return (None, None, {"outcomes": {"images": 50, "searched only": opt + con, "CE only": ce_only, "both": 10,
+                                          "neither": 5, "searched only, optimization": opt,
+                                          "searched only, consistency": con}})
+    text = LS.conclusion({"mnist": meta(3, 1), "cifar10": meta(0, 2)}, "mnist-net1-at-linf")
+    assert "**optimization** dominates" in text and "**local consistency** dominates" in text
+    assert "neither explanation is needed" in LS.conclusion({"mnist": meta(0, 0)}, "s")
+    assert "no conclusion" in LS.conclusion({}, "s")
