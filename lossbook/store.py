@@ -13,11 +13,14 @@ otherwise computes it anew into the same place.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import json
+import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -77,9 +80,31 @@ def _decode(data: bytes, kind: str):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write to a temporary file of this writer's own, then rename: readers see the old or the new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Serialize writers of one folder (processes of a cluster on a shared file system), where POSIX allows."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: renames stay atomic, pairs are not serialized
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def kind_of(obj) -> str:
@@ -91,17 +116,34 @@ def kind_of(obj) -> str:
 
 
 def save(path: Path, obj, request: dict, kind: str | None = None) -> Path:
-    """Write ``obj`` (DataFrame -> CSV, dict of arrays -> .npz, else JSON) and its record, atomically."""
+    """Write ``obj`` (DataFrame -> CSV, dict of arrays -> .npz, else JSON) and its record, atomically.
+
+    Concurrent writers of one folder take turns, so a file and its record always belong together; a
+    result identical to the one saved for the same request is left as it is (its record keeps its date).
+    """
     path = Path(path)
     kind = kind or kind_of(obj)
     data, rows = _encode(obj, kind)
+    digest = hashlib.sha256(data).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, data)
-    rec = {"kind": kind, "request": normalize(request), "rows": rows, "bytes": len(data),
-           "sha256": hashlib.sha256(data).hexdigest(), "code": code_version(),
-           "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _atomic_write(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
+    with _folder_lock(path.parent):
+        if _unchanged(path, digest, request):
+            return path
+        _atomic_write(path, data)
+        rec = {"kind": kind, "request": normalize(request), "rows": rows, "bytes": len(data), "sha256": digest,
+               "code": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _atomic_write(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
     return path
+
+
+def _unchanged(path: Path, digest: str, request: dict) -> bool:
+    """Whether ``path`` already holds these bytes, intact, for this request."""
+    try:
+        rec = record(path)
+        return (rec.get("sha256") == digest and rec.get("request") == normalize(request)
+                and hashlib.sha256(path.read_bytes()).hexdigest() == digest)
+    except (OSError, ResultError, json.JSONDecodeError):
+        return False
 
 
 def record(path: Path) -> dict:

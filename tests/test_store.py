@@ -60,3 +60,34 @@ def test_a_failed_recomputation_leaves_the_old_result(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         store.cached(path, {"eps": 0.1}, interrupted, recompute=True)
     assert store.load(path, {"eps": 0.1})["risk"].tolist() == [0.7]
+
+
+def _write_many(args):
+    folder, who = args
+    for i in range(40):
+        store.save(folder / "shared.csv", pd.DataFrame({"who": [who] * (1 + who), "i": [i] * (1 + who)}), {"what": "x"})
+    return who
+
+
+def test_concurrent_writers_of_one_file_never_collide_and_file_matches_record(tmp_path):
+    # the cluster's workers write accuracies.csv at the same time: a shared temporary name made one fail
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(3) as pool:
+        assert sorted(pool.map(_write_many, [(tmp_path, w) for w in range(3)])) == [0, 1, 2]
+    got = store.load(tmp_path / "shared.csv", {"what": "x"})  # the file and its record belong together
+    assert len(got) == 1 + got["who"].iloc[0] and got["i"].iloc[0] == 39
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_saving_an_identical_result_leaves_file_and_record_alone(tmp_path):
+    df = pd.DataFrame({"a": [1, 2]})
+    store.save(tmp_path / "t.csv", df, {"eps": 0.1})
+    before = (tmp_path / "t.csv.record").read_text()
+    (tmp_path / "t.csv.record").write_text(before.replace('"written": "', '"written": "old-'))
+    store.save(tmp_path / "t.csv", df, {"eps": 0.1})
+    assert '"written": "old-' in (tmp_path / "t.csv.record").read_text()
+    store.save(tmp_path / "t.csv", df, {"eps": 0.2})  # another request: rewritten
+    assert store.record(tmp_path / "t.csv")["request"] == {"eps": 0.2}
+    store.save(tmp_path / "t.csv", pd.DataFrame({"a": [1, 3]}), {"eps": 0.2})  # other content: rewritten
+    assert store.load(tmp_path / "t.csv")["a"].tolist() == [1, 3]
