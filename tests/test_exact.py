@@ -32,18 +32,22 @@ def _relu_net(seed=0, widths=(12, 12)):
     return model.eval()
 
 
+def _norm(d, norm):
+    return {"linf": np.abs(d).max(-1), "l1": np.abs(d).sum(-1), "l2": np.linalg.norm(d, axis=-1)}[norm]
+
+
 def _grid_breakable(model, x, y, norm, eps, n=241):
     a = np.linspace(max(0, x[0] - eps), min(1, x[0] + eps), n)
     b = np.linspace(max(0, x[1] - eps), min(1, x[1] + eps), n)
     pts = np.stack(np.meshgrid(a, b), -1).reshape(-1, 2)
     d = pts - x
-    keep = np.abs(d).max(1) <= eps if norm == "linf" else np.abs(d).sum(1) <= eps
+    keep = _norm(d, norm) <= eps
     with torch.no_grad():
         pred = model(torch.tensor(pts[keep], dtype=torch.float32)).argmax(1).numpy()
     return bool((pred != y).any())
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.06), ("l1", 0.1)])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.06), ("l1", 0.1), ("l2", 0.08)])
 def test_two_dimensional_relu_net_against_brute_force(norm, eps):
     model = _relu_net()
     layers = X.relu_layers(model)
@@ -60,14 +64,14 @@ def test_two_dimensional_relu_net_against_brute_force(norm, eps):
             assert r.status == "vulnerable", f"point {i}: the grid breaks it, the MILP says robust"
         if r.status == "vulnerable":
             d = r.counterexample - x
-            assert (np.abs(d).max() if norm == "linf" else np.abs(d).sum()) <= eps * (1 + 1e-6)
+            assert _norm(d, norm) <= eps * (1 + 1e-6)
             assert r.counterexample.min() >= 0 and r.counterexample.max() <= 1 and r.predicted != y
         agree += (r.status == "vulnerable") == grid
     assert agree >= 36  # disagreements only where the breaking region is finer than the grid
     assert 5 <= sum(_grid_breakable(model, x, int(y), norm, eps) for x, y in zip(xs, ys)) <= 35  # not vacuous
 
 
-@pytest.mark.parametrize("norm", ["linf", "l1"])
+@pytest.mark.parametrize("norm", ["linf", "l1", "l2"])
 def test_linear_toy_against_its_closed_form(norm):
     Wt = toy.W.double()
     lin = nn.Sequential(nn.Linear(2, 3))  # logits W (2u - 1): the toy on the unit square
@@ -82,18 +86,19 @@ def test_linear_toy_against_its_closed_form(norm):
         assert (r.status == "vulnerable") == toy.exactly_breakable(xi.double().numpy(), int(yi), eps, norm)
 
 
-def test_proven_robust_points_are_never_broken_by_an_attack():
+@pytest.mark.parametrize("norm,eps", [("linf", 0.08), ("l2", 0.1)])
+def test_proven_robust_points_are_never_broken_by_an_attack(norm, eps):
     model = _relu_net(seed=0)
     layers = X.relu_layers(model)
     rng = np.random.default_rng(1)
     xs = rng.random((30, 2))
     with torch.no_grad():
         ys = model(torch.tensor(xs, dtype=torch.float32)).argmax(1)
-    res = [X.verify_image(model, layers, x, int(y), "linf", 0.08, (2,)) for x, y in zip(xs, ys)]
+    res = [X.verify_image(model, layers, x, int(y), norm, eps, (2,)) for x, y in zip(xs, ys)]
     robust = torch.tensor([r.status == "robust" for r in res])
     assert robust.any() and (~robust).any()
     att = A.pgd(model, torch.tensor(xs, dtype=torch.float32), ys, [L.cross_entropy, L.margin_loss, L.dlr_loss],
-                eps=0.08, steps=100)
+                norm=norm, eps=eps, steps=100)
     assert not (att.broken.any(0) & robust).any()
     lo, hi = X.exact_risk(res)
     assert lo == hi == pytest.approx(float((~robust).double().mean()))
