@@ -285,6 +285,20 @@ def failure_architectures(archs: list, scale: str) -> list:
     return [a for a in archs if len(a) >= 5][:4] if scale != "smoke" else list(archs)[:2]
 
 
+def failure_results(configs: dict, archs: list, scale: str, failure_mode: str, compute: bool) -> pd.DataFrame:
+    """The deep MLPs of :func:`failure_architectures` trained with the ``failure_mode`` recipe, every
+    dataset of ``configs`` ({dataset: ATRASConfig}); empty where the mode is "none" or nothing is saved."""
+    if failure_mode == "none":
+        return pd.DataFrame()
+    rows = []
+    for cfg in configs.values():
+        df, _ = dataset_results(with_overrides(cfg, failure_mode=failure_mode), failure_architectures(archs, scale),
+                                [], compute=compute)
+        if df is not None and not df.empty:
+            rows.append(df.assign(recipe=failure_mode))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
 def transfer_architectures(archs: list, scale: str) -> list:
     """The architectures of the transfer matrix: all of ``archs`` at smoke and paper scale, else those
     of :data:`TRANSFER_SUBSET` among them."""
@@ -348,3 +362,17 @@ def claims(df: pd.DataFrame, transfers: dict | None = None) -> pd.DataFrame:
                                      f"larger to smaller: {100 * np.mean(back):.1f} pp",
                          "supported": bool(np.mean(drops) > 0.1)})
     return pd.DataFrame(rows)
+
+
+def conclusion(claims_table: pd.DataFrame, exact_fgsm_gap: str = "") -> str:
+    """Chapter 06's closing paragraph from :func:`claims`: how many of the paper's conclusions our numbers
+    support per dataset, which do not hold, and (where chapter 07 measured it) how far FGSM, the paper's
+    only attack, sits from the exact risk."""
+    lines = []
+    for ds, d in claims_table.groupby("dataset", sort=False):
+        no = d.loc[~d["supported"], "claim"].tolist()
+        lines.append(f"* {ds}: {int(d['supported'].sum())} of {len(d)} conclusions supported"
+                     + (f"; not supported: {'; '.join(no)}." if no else "."))
+    if exact_fgsm_gap:
+        lines.append(f"* {exact_fgsm_gap}")
+    return "\n".join(lines)

@@ -465,3 +465,23 @@ def unfound(results: dict, scale: str, root: Path | None = None, max_shown: int 
             out["predictions"].append(name_of(r["predicted"]))
             out["titles"].append(f"{name}, test image {int(i)}")
     return out
+
+
+def fgsm_gap_sentence(scale: str = "cpu") -> str:
+    """One sentence for chapter 06: FGSM's E on the ATRAS MLPs verified at ATRAS's eps (saved studies
+    only; empty when none is saved)."""
+    parts = []
+    for st in studies(scale):
+        spec = MODELS[st.model]
+        if spec.training != "fgsm" or st.norm != "linf" or not (study_dir(scale) / f"{st.name()}-outcomes.csv").exists():
+            continue
+        results, _ = chapter_studies([st], scale, compute=False)
+        if st.name() not in results:
+            continue
+        g = gap_table(results[st.name()][1], st.norm).set_index("attack").loc["FGSM"]
+        e = (f"{100 * g['E_low']:.1f}" if g["E_low"] == g["E_high"] else f"{100 * g['E_low']:.1f}-{100 * g['E_high']:.1f}")
+        parts.append(f"{spec.dataset} {list(spec.hidden)} at eps {st.eps:.3g}: {e} pp")
+    if not parts:
+        return ""
+    return ("FGSM, the paper's only attack, underestimates the exact risk of the FGSM-AT MLPs verified in chapter 7 "
+            f"({'; '.join(parts)}): the accuracies under attack above are upper bounds on the robust accuracy.")

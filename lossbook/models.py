@@ -85,6 +85,17 @@ def build_model(dataset: str, name: str, **kwargs) -> nn.Module:
     return conv_net(TABLE_II[(dataset, name)], in_channels=shape[0])
 
 
+def describe_layers(layers) -> str:
+    """Table II's notation for a layer list: ``Conv(in, out) BN ReLU → MP(2) → ... → FC(10)``."""
+    parts = []
+    for layer in layers:
+        if layer[0] == "conv":
+            parts.append(f"Conv({layer[1]}, {layer[2]})" + (" BN ReLU" if layer[3] else ""))
+        else:
+            parts.append({"pool": "MP(2)", "gap": "GAP"}[layer[0]])
+    return " → ".join(parts + ["FC(10)"])
+
+
 def n_params(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

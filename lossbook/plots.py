@@ -144,6 +144,19 @@ def landscape_panel(ax, item, which: str = "ce", title: str = ""):
     return ax
 
 
+def landscape_pair(item, target: str):
+    """CE's and the searched loss's local landscapes of one raced image side by side, titled with the
+    explanation and CE at both endpoints (Fig. 9)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.4))
+    landscape_panel(axes[0], item, "ce", "contours of CE")
+    landscape_panel(axes[1], item, "searched", "contours of the searched loss")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{target}, test image {item.index} (label {item.label}): {item.explanation or 'no searched-only win'}; "
+                 f"CE at CE's end {item.ce_at_ce_end:.2f}, at the searched loss's end {item.ce_at_searched_end:.2f}",
+                 fontsize=9)
+    return fig
+
+
 def qualitative(ex, class_names=None, title: str = ""):
     """Clean image, CE adversary and searched-loss adversary per row, with predictions (Fig. 10)."""
     import numpy as np

@@ -536,3 +536,25 @@ def chapter_runs(names: list[str], scale: str, eps="auto", runs: int | None = No
                               force=recompute)
         (results.__setitem__(name, (setting, recs)) if recs else missing.append(name))
     return results, missing
+
+
+#: how chapter 03 shows :func:`runs_table`
+RUNS_FORMAT = {"R'' searched": "{:.3f}", "R'' CE": "{:.3f}", "R'' best of C&W/margin/DLR": "{:.3f}",
+               "gain over CE (pp)": "{:+.1f}", "gain over best handcrafted (pp)": "{:+.1f}", "attacks saved": "{:.0%}",
+               "minutes": "{:.1f}"}
+
+
+def runs_table(results: dict) -> pd.DataFrame:
+    """One row per run of ``{name: (setting, run records)}``: the best loss, R'' of it, of CE and of the best
+    of C&W/margin/DLR on the search images, both gains in pp, the share of attacks the cache saved, minutes."""
+    rows = []
+    for name, (setting, recs) in results.items():
+        for r in recs:
+            b = r["baselines"]
+            best_hand = max(b["cw"], b["margin"], b["dlr"])
+            rows.append({"setting": name, "eps": setting.eps, "run seed": r["seed"], "best loss": r["best_pretty"],
+                         "R'' searched": r["best_fitness"], "R'' CE": b["ce"], "R'' best of C&W/margin/DLR": best_hand,
+                         "gain over CE (pp)": 100 * (r["best_fitness"] - b["ce"]),
+                         "gain over best handcrafted (pp)": 100 * (r["best_fitness"] - best_hand),
+                         "attacks saved": r.get("attacks_saved", r["cache_hit_rate"]), "minutes": r["seconds"] / 60})
+    return pd.DataFrame(rows)

@@ -358,3 +358,34 @@ def chapter_cases(norms, centre=None, fig_eps: float = 0.0) -> tuple[list, list[
         c = next((c for c in (find_counterexample(n, label) for label in (0, 1, 2)) if c is not None), None)
         cases.append(c) if c is not None else missing.append((n, "no ball on the search grid"))
     return cases, missing
+
+
+def conclusion(df, n_points: int) -> str:
+    """Chapter 01's closing paragraph, computed from its risk table: per norm, the tightest surrogate and
+    CE's error E (the share of the ``n_points`` points broken exactly but not by PGD, with a 95%
+    Clopper-Pearson interval), and what more PGD steps changed."""
+    from .stats import risk_interval
+
+    top, low = df["steps"].max(), df["steps"].min()
+    lines = []
+    for norm, d in df[df["steps"] == top].groupby("norm", sort=False):
+        e = d.set_index("surrogate")["E = R - R''"]
+        best = e.idxmin()
+
+        def pp(s):
+            k = int(round(e[s] * n_points))
+            lo, hi = risk_interval(np.r_[np.ones(k), np.zeros(n_points - k)])
+            return f"{100 * e[s]:.1f} pp [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+        closed = [s for s in e.index if e[s] <= 0]
+        d_low = df[(df["steps"] == low) & (df["norm"] == norm)].set_index("surrogate")["E = R - R''"]
+        moved = 100 * (d_low - e).abs().max()
+        lines.append(f"* **{norm}** (eps {d['eps'].iloc[0]:g}, exact R = {d['R (exact)'].iloc[0]:.3f}): "
+                     + (f"{', '.join(closed)} close{'s' if len(closed) == 1 else ''} the gap; " if closed
+                        else "no surrogate closes the gap; ")
+                     + (f"CE is the tightest (E = {pp('ce')})" if best == "ce" else
+                        f"the tightest is {best} (E = {pp(best)}), CE's E is {pp('ce')}, "
+                        f"{100 * (e['ce'] - e[best]):.1f} pp more")
+                     + f"; PGD-{top} instead of PGD-{low} moves no surrogate's E by more than {moved:.1f} pp.")
+    return "\n".join(lines + ["", f"Intervals: 95% Clopper-Pearson over the {n_points} points of the evaluation "
+                              "sample. An error that more steps do not shrink is the surrogate's, not the optimizer's."])

@@ -243,3 +243,21 @@ def training_logs(records: list[dict], root: Path | None = None):
         df.insert(3, "training", cfg.training.upper())
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def conclusion(records: list[dict]) -> str:
+    """Chapter 02's closing paragraph from its models' records: what PGD-AT cost in clean accuracy per
+    (dataset, net), and the training time of the whole set."""
+    by = {(r["config"]["dataset"], r["config"]["net"], r["config"]["training"]): r for r in records}
+    lines = []
+    for (ds, net, tr), r in by.items():
+        st = by.get((ds, net, "st"))
+        if tr == "st" or st is None:
+            continue
+        lines.append(f"* {ds} {net.upper()}: {tr.upper()} reaches {r['test_acc']:.1%} clean test accuracy, "
+                     f"{abs(100 * (st['test_acc'] - r['test_acc'])):.1f} pp "
+                     f"{'below' if st['test_acc'] >= r['test_acc'] else 'above'} ST's {st['test_acc']:.1%}.")
+    total = sum(r.get("train_seconds", 0) for r in records) / 60
+    scale = records[0]["config"].get("scale", "") if records else ""
+    return "\n".join(lines + [f"\n{len(records)} models, {total:.0f} minutes of training in all at `{scale}` scale "
+                              "(the records say on which device). These are the models every later chapter attacks."])

@@ -337,3 +337,69 @@ def chapter_sources(sources: str, cifar_sources: str, scale: str) -> tuple[list[
             pass
     missing = [n for n in dict.fromkeys(names + carried) if n not in found]
     return [n for n in names if n in found], [n for n in carried if n in found], found, missing
+
+
+def chapter_sweeps(names: list[str], scale: str, cfg: TransferConfig, compute: bool,
+                   dataset: str | None = None) -> tuple[list[pd.DataFrame], list[str]]:
+    """Chapter 04's eps sweeps of ``names`` (on ``dataset``'s model of the same net, training and norm;
+    their own model by default) and the names without one (not computed, or no model at this scale)."""
+    sweeps, missing = [], []
+    for name in names:
+        try:
+            df = eps_sweep(name, scale, cfg, dataset=dataset, compute=compute)
+        except FileNotFoundError:  # the target model is not trained at this scale
+            df = None
+        (sweeps.append(df) if df is not None else missing.append(name))
+    return sweeps, missing
+
+
+def other_data_panels(names: list[str], sweeps: list[pd.DataFrame], scale: str, cfg: TransferConfig,
+                      compute: bool) -> tuple[list[pd.DataFrame], str]:
+    """Fig. 7's panels: each source on QMNIST's extended test set where it can be had, else the PGD-10
+    curves on the original test set; with a note saying which (empty when the extended set was used)."""
+    extended, note = [], ""
+    for name in names:
+        try:
+            df = extended_data(name, scale, cfg, compute=compute)
+        except data.DataError as exc:
+            note = f"Extended test set not available, showing the original test set only.\n{exc}"
+            break
+        if df is not None:
+            extended.append(df)
+    if extended:
+        return [g.assign(target=f"{name} | {data_name}", steps=10)
+                for d in extended for (name, data_name), g in d.groupby(["source", "data"], sort=False)], ""
+    if not note:
+        note = ("No results on QMNIST's extended test set are saved at this scale (it needs a download, which the "
+                "machine that made them did not have; rerun with recompute=True where torchvision can fetch it). "
+                "Showing the original test set only.")
+    return [d[d["steps"] == min(d["steps"])].assign(target=lambda d: d["target"] + " | MNIST test")
+            for d in sweeps], note
+
+
+def chapter_norms(spec: str, what: str) -> list[str]:
+    """Norms named by a chapter parameter: "all" or comma-separated names (each checked)."""
+    norms = list(NORMS) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    for n in norms:
+        check_choice(f"norm in {what}", n, NORMS)
+    return norms
+
+
+def chapter_cross(names: list[str], scale: str, cfg: TransferConfig, compute: bool, mnist_norms: str = "all",
+                  cifar_norms: str = "all") -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Fig. 8's cross-setting tables per dataset (MNIST and l_inf only at smoke scale) and the datasets
+    without one."""
+    cross, missing = {}, []
+    asked = {"mnist": chapter_norms(mnist_norms, "mnist_norms"), "cifar10": chapter_norms(cifar_norms, "cifar_norms")}
+    for ds in ("mnist",) if scale == "smoke" else ("mnist", "cifar10"):
+        norms = ["linf"] if scale == "smoke" else asked[ds]
+        try:
+            targets = target_settings(ds, scale, norms=norms) if compute else None
+            table = cross_setting(names, targets, scale, cfg) if compute else saved(cross_path([ds], scale))
+        except FileNotFoundError:  # a model of this dataset is not trained at this scale
+            table = None
+        if table is None or not names:
+            missing.append(f"cross-setting table for {ds}")
+        else:
+            cross[ds] = table
+    return cross, missing

@@ -83,3 +83,13 @@ def test_claims_are_tested_on_a_hand_made_table():
     flipped = df.assign(acc_attacked_after_at=df["acc_attacked_after_at"].values[::-1])
     assert not atras.claims(flipped)["supported"].any()
     assert "50.0 pp over 1 (smaller, larger) pairs" in c.iloc[2]["evidence"] and "larger to smaller: 5.0 pp" in c.iloc[2]["evidence"]
+
+
+def test_conclusion_counts_the_supported_claims():
+    import pandas as pd
+
+    table = pd.DataFrame({"dataset": ["mnist", "mnist", "cifar10"], "claim": ["a", "b", "a"],
+                          "evidence": ["", "", ""], "supported": [True, False, True]})
+    text = atras.conclusion(table, "FGSM misses 9 pp")
+    assert text.splitlines() == ["* mnist: 1 of 2 conclusions supported; not supported: b.",
+                                 "* cifar10: 1 of 1 conclusions supported.", "* FGSM misses 9 pp"]

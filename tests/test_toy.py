@@ -104,3 +104,20 @@ def test_the_chapter_centre_is_parsed_or_refused_in_one_line():
     assert len(cases) + len(missing) == 2
     for c in cases:
         assert int(toy.predict(c.ce_max)) == c.label != int(toy.predict(c.wrong))
+
+
+def test_conclusion_is_computed_from_the_table():
+    import pandas as pd
+
+    rows = []
+    for steps, shift in ((10, 0.01), (100, 0.0)):
+        for s, e in (("ce", 0.14), ("cw", 0.06), ("searched", 0.04)):
+            rows.append({"norm": "linf", "eps": 0.2, "surrogate": s, "steps": steps, "R (exact)": 0.49,
+                         "E = R - R''": e + shift})
+        for s, e in (("ce", 0.0), ("cw", 0.03), ("searched", 0.02)):
+            rows.append({"norm": "l1", "eps": 0.3, "surrogate": s, "steps": steps, "R (exact)": 0.4, "E = R - R''": e})
+    text = toy.conclusion(pd.DataFrame(rows), 1000)
+    linf, l1 = text.splitlines()[:2]
+    assert "no surrogate closes the gap" in linf and "the tightest is searched (E = 4.0 pp [" in linf
+    assert "CE's E is 14.0 pp" in linf and "10.0 pp more" in linf and "by more than 1.0 pp" in linf
+    assert l1.startswith("* **l1**") and "ce closes the gap" in l1 and "CE is the tightest (E = 0.0 pp [0.0, 0.4])" in l1

@@ -122,3 +122,10 @@ def test_extended_data_reports_unavailable_data_and_works_with_a_loader(in_resul
 def test_transfer_config_rejects_unknown_scale():
     with pytest.raises(ValueError, match="unknown scale 'huge'"):
         T.transfer_config("huge")
+
+
+def test_chapter_norms_are_checked_with_the_allowed_values():
+    assert set(T.chapter_norms("all", "mnist_norms")) == {"linf", "l1", "l2"}
+    assert T.chapter_norms("l2, linf", "mnist_norms") == ["l2", "linf"]
+    with pytest.raises(ValueError, match="norm in mnist_norms.*linf"):
+        T.chapter_norms("l3", "mnist_norms")
