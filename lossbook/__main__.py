@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
 
@@ -134,8 +135,15 @@ def _run(args) -> None:
     if bad:
         raise ValueError(f"-p {bad[0]!r} is not of the form NAME=VALUE (e.g. -p seed=1)")
     extra = dict(p.split("=", 1) for p in args.param)
+    out = {"out_dir": Path(args.out)} if args.out else {}
     for name in args.chapters:
-        print("executed:", run_chapter(name, args.scale, args.recompute, extra=extra))
+        print("executed:", run_chapter(name, args.scale, args.recompute, extra=extra, **out))
+
+
+def _teaching(args) -> None:
+    from .teaching import measure
+
+    measure()
 
 
 def main(argv=None) -> int:
@@ -256,7 +264,12 @@ def main(argv=None) -> int:
     r.add_argument("--recompute", action="store_true")
     r.add_argument("-p", "--param", action="append", default=[],
                    help="NAME=VALUE for the notebook, converted to the parameter's type (lossbook.params)")
+    r.add_argument("--out", default=None, help="folder of the executed notebooks (default: book/chapters/)")
     r.set_defaults(func=_run)
+
+    te = sub.add_parser("teaching", help="time every command of the 90-minute lesson on a fresh results folder "
+                        "(a few minutes on 2 cores) for the Teaching page")
+    te.set_defaults(func=_teaching)
 
     args = ap.parse_args(argv)
     from .data import DataError

@@ -25,7 +25,7 @@ def test_chapters_are_in_reading_order_and_the_toc_lists_them(monkeypatch, tmp_p
     write_toc(["01_toy_inconsistency", "02_training"])
     toc = (tmp_path / "_toc.yml").read_text().splitlines()
     assert toc[1:] == ["format: jb-book", "root: intro", "chapters:", "- file: glance", "- file: chapters/01_toy_inconsistency",
-                       "- file: chapters/02_training", "- file: reproducing"]
+                       "- file: chapters/02_training", "- file: teaching", "- file: reproducing"]
 
 
 def test_the_introduction_answers_question_1_from_the_summary(tmp_path, monkeypatch):
@@ -67,3 +67,23 @@ def test_results_at_a_glance_counts_verdicts_and_says_what_was_not_run(tmp_path,
     assert f"**reproduced** {(t['verdict'] == 'reproduced').sum()}," in page
     assert f"**{glance.NOT_RUN}** {(t['verdict'] == glance.NOT_RUN).sum()}." in page
     assert page.count("(chapters/03_gp_search.ipynb)") == 25
+
+
+def test_teaching_page_shows_measured_times_and_says_what_was_not_measured(tmp_path):
+    import pandas as pd
+
+    from lossbook import store, teaching
+
+    page = teaching.markdown(tmp_path)
+    assert page.count("| not measured |") == sum(1 for b in teaching.LESSON if b.command)
+    assert f"A {sum(b.minutes for b in teaching.LESSON)}-minute lesson" in page and "| 0-10 |" in page
+    assert sum(b.minutes for b in teaching.LESSON) == 90
+    cmds = [b.command for b in teaching.LESSON if b.command]
+    times = pd.DataFrame({"command": cmds, "seconds": [12.0 + i for i in range(len(cmds))],
+                          "machine": "2 CPU cores", "measured": "2026-11-22"})
+    store.save(teaching.times_path(tmp_path), times, teaching._request())
+    page = teaching.markdown(tmp_path)
+    assert "not measured" not in page and f"`python -m lossbook {cmds[0]}` | 12 s |" in page
+    assert "measured 2026-11-22 on 2 CPU cores" in page
+    store.save(teaching.times_path(tmp_path), times.iloc[:1], {"commands": ["another plan"]})
+    assert "not measured on this checkout" in teaching.markdown(tmp_path)  # times of another plan are not shown
