@@ -87,3 +87,18 @@ def test_teaching_page_shows_measured_times_and_says_what_was_not_measured(tmp_p
     assert "measured 2026-11-22 on 2 CPU cores" in page
     store.save(teaching.times_path(tmp_path), times.iloc[:1], {"commands": ["another plan"]})
     assert "not measured on this checkout" in teaching.markdown(tmp_path)  # times of another plan are not shown
+
+
+def test_glance_sign_test_verdicts_and_exact_rows_from_the_committed_studies():
+    from lossbook import gap, glance
+
+    assert glance._sign_verdict(14, 24)[0] == "inconclusive"
+    assert glance._sign_verdict(24, 24)[0] == "reproduced" and glance._sign_verdict(0, 24)[0] == "not reproduced"
+    assert glance._sign_verdict(0, 0) == ("inconclusive", 1.0)
+    rows = glance._exact_rows("cpu")
+    saved = [st for st in gap.studies("cpu") if gap.load_study(st, "cpu") is not None]
+    fgsm = [r for r in rows if r["paper"] == "ATRAS"]
+    assert len(fgsm) == sum(st.norm == "linf" for st in saved)  # FGSM is an l_inf attack
+    assert all("FGSM misses E = " in r["ours"] and r["verdict"] in ("not reproduced", "inconclusive") for r in fgsm)
+    tighter = [r for r in rows if r["paper"] == "AutoLoss-AR"]
+    assert len(tighter) == len(saved) and all("McNemar p = " in r["ours"] for r in tighter)
