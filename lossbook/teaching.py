@@ -122,16 +122,20 @@ def markdown(root: Path | None = None) -> str:
            "before class (about two minutes), and then run only `smoke`-scale commands: seconds to a minute "
            "each, small models on a few images, so the numbers are noisy and the figures are what to discuss. "
            "The committed `cpu`-scale results in the book are the reference the smoke runs are compared with.", "",
-           "| minutes | block | the students run | measured | discuss | question for the class |",
-           "|---|---|---|---|---|---|"]
+           ]
     start = 0
     for b in LESSON:
-        cmd = f"`python -m lossbook {b.command}`" if b.command else "(read the book)"
-        took = "" if not b.command else (f"{by_cmd[b.command]:.0f} s" if b.command in by_cmd else "not measured")
-        out.append(f"| {start}-{start + b.minutes} | {b.title} | {cmd} | {took} | {b.figures} | {b.question} |")
+        out += [f"## {start}-{start + b.minutes} min: {b.title}", ""]
+        if b.command:
+            took = f"{by_cmd[b.command]:.0f} s" if b.command in by_cmd else "not measured"
+            out.append(f"- **Run:** `python -m lossbook {b.command}` (measured: {took})")
+        else:
+            out.append("- **Run:** nothing; read the book")
+        out += [f"- **Discuss:** {b.figures}", f"- **Ask:** {b.question}", ""]
         start += b.minutes
+    out += ["## The times"]
     if times is not None:
-        out += ["", f"Times: wall clock of each command on a fresh clone (an empty results folder, so the smoke "
+        out += ["", f"Wall clock of each command on a fresh clone (an empty results folder, so the smoke "
                 f"models are trained too), measured {times['measured'].iloc[0]} on {times['machine'].iloc[0]}; "
                 f"{times['seconds'].sum():.0f} s in all. A second run of a command reuses what the first saved "
                 "and is faster. Re-measure with `python -m lossbook teaching`."]

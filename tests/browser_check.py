@@ -1,7 +1,8 @@
 """Open the built book in headless Chromium at 1,280 and 800 pixels: every chapter's figures loaded,
 math rendered, nothing cut off or scrolling the page sideways (wide tables and code scroll or wrap in
 their own box), no literal template braces in the prose, hidden code opening when its toggle is
-clicked; screenshots of every page at both widths.
+clicked, every figure followed by its caption, each chapter's notebook offered for download;
+screenshots of every page at both widths.
 
 Usage: ``python tests/browser_check.py [book/_build/html] [docs/screenshots]`` (``make browser-test``).
 Needs Debian's ``chromium`` and ``chromium-driver`` (/usr/bin/chromium, /usr/bin/chromedriver) and
@@ -65,6 +66,8 @@ CAPTIONS_JS = """const out = [];
     if (!/^Figure \\d+\\.\\d+/.test(text)) out.push(cell.textContent.trim().slice(0, 60));
   }
   return out;"""
+# the page's download menu offers its source notebook
+DOWNLOAD_JS = """return Array.from(document.querySelectorAll('a[href$=".ipynb"]')).map(a => a.getAttribute('href'));"""
 # click the first hidden-code toggle: its code must become visible
 TOGGLE_JS = """const d = document.querySelector('details.hide, details.above-input, details.toggle-details');
   if (!d) return null;
@@ -74,9 +77,15 @@ TOGGLE_JS = """const d = document.querySelector('details.hide, details.above-inp
 
 
 def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # no request log
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):  # a browser closing a connection early is not an error
+            pass
+
+    srv = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
 
@@ -112,6 +121,20 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
     name = shots / f"{Path(page).stem}-{width}.png"
     driver.save_screenshot(str(name))
     Image.open(name).convert("RGB").quantize(colors=128).save(name, optimize=True)  # small PNGs
+    if page.startswith("chapters/"):
+        links = driver.execute_script(DOWNLOAD_JS)
+        target = [l for l in links if l.endswith(Path(page).stem + ".ipynb")]
+        if not target:
+            problems.append(f"{page}: no download link to its notebook")
+        else:
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(f"{base}/chapters/{target[0]}", timeout=10) as r:
+                    if b'"cells"' not in r.read(4000):
+                        problems.append(f"{page}: its notebook download is not a notebook")
+            except OSError as exc:
+                problems.append(f"{page}: its notebook download fails ({exc})")
     if page.startswith("chapters/"):  # after the screenshot: the first screen as a reader meets it
         toggle = driver.execute_script(TOGGLE_JS)
         if toggle is None:
@@ -123,7 +146,7 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
 
 def check(html: Path, shots: Path) -> list[str]:
     pages = ["intro.html", "glance.html"] + sorted(p.relative_to(html).as_posix() for p in (html / "chapters").glob("*.html")) \
-        + ["reproducing.html"]
+        + ["teaching.html", "reproducing.html"]
     srv, base = serve(html)
     opts = webdriver.ChromeOptions()
     opts.binary_location = "/usr/bin/chromium"

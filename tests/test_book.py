@@ -75,15 +75,15 @@ def test_teaching_page_shows_measured_times_and_says_what_was_not_measured(tmp_p
     from lossbook import store, teaching
 
     page = teaching.markdown(tmp_path)
-    assert page.count("| not measured |") == sum(1 for b in teaching.LESSON if b.command)
-    assert f"A {sum(b.minutes for b in teaching.LESSON)}-minute lesson" in page and "| 0-10 |" in page
+    assert page.count("(measured: not measured)") == sum(1 for b in teaching.LESSON if b.command)
+    assert f"A {sum(b.minutes for b in teaching.LESSON)}-minute lesson" in page and "## 0-10 min: " in page
     assert sum(b.minutes for b in teaching.LESSON) == 90
     cmds = [b.command for b in teaching.LESSON if b.command]
     times = pd.DataFrame({"command": cmds, "seconds": [12.0 + i for i in range(len(cmds))],
                           "machine": "2 CPU cores", "measured": "2026-11-22"})
     store.save(teaching.times_path(tmp_path), times, teaching._request())
     page = teaching.markdown(tmp_path)
-    assert "not measured" not in page and f"`python -m lossbook {cmds[0]}` | 12 s |" in page
+    assert "not measured" not in page and f"`python -m lossbook {cmds[0]}` (measured: 12 s)" in page
     assert "measured 2026-11-22 on 2 CPU cores" in page
     store.save(teaching.times_path(tmp_path), times.iloc[:1], {"commands": ["another plan"]})
     assert "not measured on this checkout" in teaching.markdown(tmp_path)  # times of another plan are not shown
