@@ -40,8 +40,8 @@ def test_unknown_studies_and_models_are_one_line_errors():
         gap.select_studies("nope", "smoke")
     with pytest.raises(ValueError, match="verified model"):
         gap.Study("mnist-net1", "linf", 0.1, 10, 1.0)
-    with pytest.raises(ValueError, match="norm for exact verification"):
-        gap.Study("mnist-mlp64-st", "l2", 0.1, 10, 1.0)
+    with pytest.raises(ValueError, match="norm for exact verification 'l3'; allowed: 'linf', 'l1', 'l2'"):
+        gap.Study("mnist-mlp64-st", "l3", 0.1, 10, 1.0)
 
 
 def test_a_smoke_study_end_to_end(data_available, tmp_path):
