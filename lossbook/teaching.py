@@ -33,32 +33,33 @@ class Block:
 
     minutes: int
     title: str
-    command: str  # arguments of ``python -m lossbook``; "" where the block reads committed results
+    commands: tuple  # arguments of ``python -m lossbook``, run in order; () where the block reads committed results
     figures: str
     question: str
 
 
 LESSON = (
-    Block(10, "The question: R against R''", "",
+    Block(10, "The question: R against R''", (),
           "the introduction and Results at a glance",
           "An attack reports R'' = 0.30. What does that say about the true adversarial risk R, and what does it not?"),
-    Block(15, "A toy where the truth is known (chapter 1)", "run 01_toy_inconsistency --scale smoke",
+    Block(15, "A toy where the truth is known (chapter 1)", ("run 01_toy_inconsistency --scale smoke",),
           "Figures 1.1 and 1.2; the chapter's closing paragraph",
           "Why can the maximizer of cross-entropy be correctly classified while a misclassified point exists in the ball?"),
     Block(15, "Searching for a loss (chapter 3)",
-          "search --dataset mnist --net net1 --training st --scale smoke --runs 1",
+          ("train --dataset mnist --net net1 --training st --scale smoke",
+           "search --dataset mnist --net net1 --training st --scale smoke --runs 1"),
           "Figure 3.1 (the search's progress) and Figure 3.2 (the 24 settings, at cpu scale)",
           "The search beats CE on the images it selected on; why does the book judge it on held-out images?"),
-    Block(15, "The exact risk of a small network (chapter 7)", "exact --scale smoke",
+    Block(15, "The exact risk of a small network (chapter 7)", ("exact --scale smoke",),
           "Figure 7.1 (every attack's R'' up to the exact R) and Figure 7.2 (what no attack found)",
           "FGSM, PGD and AutoAttack on the same images: which gap is the loss's, which the optimizer's?"),
-    Block(15, "ATRAS: robustness judged by FGSM (chapter 6)", "run 06_atras_sweep --scale smoke",
+    Block(15, "ATRAS: robustness judged by FGSM (chapter 6)", ("run 06_atras_sweep --scale smoke",),
           "Figures 6.1 and 6.2; the closing paragraph's FGSM gap from chapter 7",
           "If FGSM misses ten points of the exact risk, which of the paper's conclusions could change?"),
-    Block(15, "Transfer and landscapes, read from the committed results (chapters 4 and 5)", "",
+    Block(15, "Transfer and landscapes, read from the committed results (chapters 4 and 5)", (),
           "Figure 4.5 (gains under other models and norms) and Figure 5.1 (loss landscapes)",
           "A searched loss that beats CE but not C&W: has the search found anything new?"),
-    Block(5, "Wrap-up", "", "Results at a glance",
+    Block(5, "Wrap-up", (), "Results at a glance",
           "Which verdicts would you trust, and what would you run at paper scale to settle the others?"),
 )
 
@@ -69,7 +70,12 @@ def times_path(root: Path | None = None) -> Path:
 
 def _request() -> dict:
     return {"what": "wall time of each lesson command, fresh results folder",
-            "commands": [b.command for b in LESSON if b.command]}
+            "commands": commands()}
+
+
+def commands() -> list[str]:
+    """Every command of the lesson, in order."""
+    return [c for b in LESSON for c in b.commands]
 
 
 def machine() -> str:
@@ -86,10 +92,8 @@ def measure(root: Path | None = None, progress: bool = True) -> pd.DataFrame:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "LOSSBOOK_RESULTS": str(Path(tmp) / "results")}
-        for b in LESSON:
-            if not b.command:
-                continue
-            args = shlex.split(b.command)
+        for command in commands():
+            args = shlex.split(command)
             if args[0] == "run":
                 args += ["--out", str(Path(tmp) / "chapters")]
             t0 = time.perf_counter()
@@ -97,11 +101,11 @@ def measure(root: Path | None = None, progress: bool = True) -> pd.DataFrame:
                                  capture_output=True, text=True)
             seconds = time.perf_counter() - t0
             if res.returncode != 0:
-                raise RuntimeError(f"lesson command `python -m lossbook {b.command}` failed:\n{res.stderr[-2000:]}")
-            rows.append({"command": b.command, "seconds": round(seconds, 1), "machine": machine(),
+                raise RuntimeError(f"lesson command `python -m lossbook {command}` failed:\n{res.stderr[-2000:]}")
+            rows.append({"command": command, "seconds": round(seconds, 1), "machine": machine(),
                          "measured": time.strftime("%Y-%m-%d")})
             if progress:
-                print(f"{seconds:6.1f} s  python -m lossbook {b.command}", flush=True)
+                print(f"{seconds:6.1f} s  python -m lossbook {command}", flush=True)
     table = pd.DataFrame(rows)
     store.save(times_path(root), table, _request())
     return table
@@ -126,10 +130,10 @@ def markdown(root: Path | None = None) -> str:
     start = 0
     for b in LESSON:
         out += [f"## {start}-{start + b.minutes} min: {b.title}", ""]
-        if b.command:
-            took = f"{by_cmd[b.command]:.0f} s" if b.command in by_cmd else "not measured"
-            out.append(f"- **Run:** `python -m lossbook {b.command}` (measured: {took})")
-        else:
+        for command in b.commands:
+            took = f"{by_cmd[command]:.0f} s" if command in by_cmd else "not measured"
+            out.append(f"- **Run:** `python -m lossbook {command}` (measured: {took})")
+        if not b.commands:
             out.append("- **Run:** nothing; read the book")
         out += [f"- **Discuss:** {b.figures}", f"- **Ask:** {b.question}", ""]
         start += b.minutes

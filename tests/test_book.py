@@ -75,10 +75,10 @@ def test_teaching_page_shows_measured_times_and_says_what_was_not_measured(tmp_p
     from lossbook import store, teaching
 
     page = teaching.markdown(tmp_path)
-    assert page.count("(measured: not measured)") == sum(1 for b in teaching.LESSON if b.command)
+    assert page.count("(measured: not measured)") == len(teaching.commands()) == sum(len(b.commands) for b in teaching.LESSON)
     assert f"A {sum(b.minutes for b in teaching.LESSON)}-minute lesson" in page and "## 0-10 min: " in page
     assert sum(b.minutes for b in teaching.LESSON) == 90
-    cmds = [b.command for b in teaching.LESSON if b.command]
+    cmds = teaching.commands()
     times = pd.DataFrame({"command": cmds, "seconds": [12.0 + i for i in range(len(cmds))],
                           "machine": "2 CPU cores", "measured": "2026-11-22"})
     store.save(teaching.times_path(tmp_path), times, teaching._request())
