@@ -285,6 +285,13 @@ def failure_architectures(archs: list, scale: str) -> list:
     return [a for a in archs if len(a) >= 5][:4] if scale != "smoke" else list(archs)[:2]
 
 
+def chapter_configs(datasets: list, scale: str, eps: float = 0.0, epochs: int = 0, adv_epochs: int = 0,
+                    seed: int = 0) -> dict:
+    """Chapter 06's configuration per dataset ({dataset: ATRASConfig}); 0 keeps the scale's default."""
+    return {ds: atras_config(ds, scale, eps=eps or None, epochs=epochs or None, adv_epochs=adv_epochs or None,
+                             seed=seed) for ds in datasets}
+
+
 def failure_results(configs: dict, archs: list, scale: str, failure_mode: str, compute: bool) -> pd.DataFrame:
     """The deep MLPs of :func:`failure_architectures` trained with the ``failure_mode`` recipe, every
     dataset of ``configs`` ({dataset: ATRASConfig}); empty where the mode is "none" or nothing is saved."""

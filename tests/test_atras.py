@@ -93,3 +93,10 @@ def test_conclusion_counts_the_supported_claims():
     text = atras.conclusion(table, "FGSM misses 9 pp")
     assert text.splitlines() == ["* mnist: 1 of 2 conclusions supported; not supported: b.",
                                  "* cifar10: 1 of 1 conclusions supported.", "* FGSM misses 9 pp"]
+
+
+def test_chapter_configs_keep_the_scale_default_where_a_parameter_is_zero():
+    base = atras.atras_config("mnist", "cpu")
+    got = atras.chapter_configs(["mnist", "cifar10"], "cpu", eps=0.2, seed=3)
+    assert set(got) == {"mnist", "cifar10"} and got["mnist"].eps == 0.2 and got["mnist"].seed == 3
+    assert got["mnist"].epochs == base.epochs and got["mnist"].adv_epochs == base.adv_epochs
