@@ -49,7 +49,7 @@ LESSON = (
           ("train --dataset mnist --net net1 --training st --scale smoke",
            "search --dataset mnist --net net1 --training st --scale smoke --runs 1"),
           "Figure 3.1 (the search's progress) and Figure 3.2 (the 24 settings, at cpu scale)",
-          "The search beats CE on the images it selected on; why does the book judge it on held-out images?"),
+          "Why does the book judge a searched loss on held-out images, not on the images it was selected on?"),
     Block(15, "The exact risk of a small network (chapter 7)", ("exact --scale smoke",),
           "Figure 7.1 (every attack's R'' up to the exact R) and Figure 7.2 (what no attack found)",
           "FGSM, PGD and AutoAttack on the same images: which gap is the loss's, which the optimizer's?"),
@@ -123,7 +123,7 @@ def markdown(root: Path | None = None) -> str:
     total = sum(b.minutes for b in LESSON)
     out = ["# Teaching with this book", "",
            f"A {total}-minute lesson for a laptop. The students clone the repository, run `make setup` once "
-           "before class (about two minutes), and then run only `smoke`-scale commands: seconds to a minute "
+           "before class (a few minutes), and then run only `smoke`-scale commands: seconds to a minute "
            "each, small models on a few images, so the numbers are noisy and the figures are what to discuss. "
            "The committed `cpu`-scale results in the book are the reference the smoke runs are compared with.", "",
            ]
