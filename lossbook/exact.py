@@ -176,9 +176,11 @@ class _Model:
     def cut(self, point: np.ndarray) -> bool:
         """l_2: if ``point`` lies outside the ball, add the tangent half-space that separates it
         (``<g, x' - x> <= eps`` with g its unit direction, valid for the whole ball). Returns whether it did."""
+        if self.norm != "l2" or point is None:
+            return False
         d = point - self.x0
         r = float(np.linalg.norm(d))
-        if self.norm != "l2" or r <= self.eps * (1 + 1e-6):
+        if r <= self.eps * (1 + 1e-6):
             return False
         g = d / r
         nz = np.nonzero(g)[0]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .stats import majority_verdict
+
 NOT_RUN = "not run at this scale"
 COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section"]
 
@@ -54,18 +56,6 @@ def _atras_rows(scale: str) -> list[dict]:
     return rows
 
 
-def _sign_verdict(k: int, n: int, expected_majority: bool = True) -> tuple[str, float]:
-    """Verdict on "most of n cases go the stated way" from k that do: a two-sided exact sign test."""
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return "inconclusive", 1.0
-    p = binomtest(k, n, 0.5).pvalue
-    if p >= 0.05:
-        return "inconclusive", p
-    return ("reproduced" if (2 * k > n) == expected_majority else "not reproduced"), p
-
-
 def _transfer_rows(scale: str) -> list[dict]:
     """Q2: the searched losses keep a gain over CE under other (model, norm) settings (Fig. 8)."""
     from . import transfer as T
@@ -80,7 +70,7 @@ def _transfer_rows(scale: str) -> list[dict]:
             continue
         off = table[table["source"] != table["target"]]
         k, n = int((off["gain_over_ce_pp"] > 0).sum()), int((off["gain_over_ce_pp"] != 0).sum())
-        verdict, p = _sign_verdict(k, n)
+        verdict, p = majority_verdict(k, n)
         rows.append({"paper": "AutoLoss-AR", "claim": f"Q2: searched losses transfer to other models and norms ({ds})",
                      "the paper's number": "stated: mostly (Fig. 8)",
                      "ours": f"gain over CE > 0 in {k} of {n} cells with a gain or loss (sign test p = {p:.2g}; median "
@@ -114,7 +104,7 @@ def _landscape_rows(scale: str) -> list[dict]:
         o = st[2]["outcomes"]
         opt, con = o["searched only, optimization"], o["searched only, consistency"]
         k = opt if stated == "optimization" else con
-        verdict, p = _sign_verdict(k, opt + con)
+        verdict, p = majority_verdict(k, opt + con)
         rows.append({**row, "ours": f"of {o['searched only']} images only the searched loss broke: {opt} by optimization, "
                      f"{con} by local consistency (sign test p = {p:.2g}; {o['images']} raced)", "verdict": verdict})
     return rows
@@ -132,10 +122,8 @@ def _exact_rows(scale: str) -> list[dict]:
         g = gap.gap_table(t, st.norm).set_index("attack")
         if "FGSM" in g.index:
             e = g.loc["FGSM"]
-            miss = (f"{100 * e['E_low']:.1f}" if e["E_low"] == e["E_high"]
-                    else f"{100 * e['E_low']:.1f} to {100 * e['E_high']:.1f}")
             rows.append({"paper": "ATRAS", "claim": f"FGSM measures the robustness of the MLPs ({st.name()})",
-                         "the paper's number": "FGSM accuracy only", "ours": f"FGSM misses E = {miss} pp of the exact "
+                         "the paper's number": "FGSM accuracy only", "ours": f"FGSM misses E = {gap.e_text(e)} pp of the exact "
                          f"risk [95%: {100 * e['E_ci_low']:.1f}, {100 * e['E_ci_high']:.1f}] ({len(t)} images)",
                          "scale": scale, "verdict": "not reproduced" if e["E_ci_low"] > 0 else "inconclusive",
                          "section": "chapters/07_exact_risk"})

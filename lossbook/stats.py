@@ -70,8 +70,23 @@ def verdict(g: PairedGain) -> str:
     return "inconclusive"
 
 
+def count_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a share k / n."""
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def risk_interval(broken, level: float = 0.95) -> tuple[float, float]:
     """Exact (Clopper-Pearson) interval of an R'' from its per-image outcomes."""
-    k, n = int(np.sum(broken)), int(np.size(broken))
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
-    return float(ci.low), float(ci.high)
+    return count_interval(int(np.sum(broken)), int(np.size(broken)), level)
+
+
+def majority_verdict(k: int, n: int, level: float = 0.05) -> tuple[str, float]:
+    """Verdict on "most of n cases go the stated way" from the k that do, by a two-sided exact sign
+    test: *reproduced* / *not reproduced* where the majority is significant, else *inconclusive*."""
+    if n == 0:
+        return "inconclusive", 1.0
+    p = float(binomtest(int(k), int(n), 0.5).pvalue)
+    if p >= level:
+        return "inconclusive", p
+    return ("reproduced" if 2 * k > n else "not reproduced"), p

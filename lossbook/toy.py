@@ -364,7 +364,7 @@ def conclusion(df, n_points: int) -> str:
     """Chapter 01's closing paragraph, computed from its risk table: per norm, the tightest surrogate and
     CE's error E (the share of the ``n_points`` points broken exactly but not by PGD, with a 95%
     Clopper-Pearson interval), and what more PGD steps changed."""
-    from .stats import risk_interval
+    from .stats import count_interval
 
     top, low = df["steps"].max(), df["steps"].min()
     lines = []
@@ -373,8 +373,7 @@ def conclusion(df, n_points: int) -> str:
         best = e.idxmin()
 
         def pp(s):
-            k = int(round(e[s] * n_points))
-            lo, hi = risk_interval(np.r_[np.ones(k), np.zeros(n_points - k)])
+            lo, hi = count_interval(round(e[s] * n_points), n_points)
             return f"{100 * e[s]:.1f} pp [{100 * lo:.1f}, {100 * hi:.1f}]"
 
         closed = [s for s in e.index if e[s] <= 0]

@@ -96,3 +96,8 @@ def test_the_committed_studies_are_sound(data_available):
         found += 1
     if not found:
         pytest.skip("no committed cpu study")
+
+
+def test_e_text_gives_a_number_or_the_range_where_images_are_unknown():
+    assert gap.e_text({"E_low": 0.042, "E_high": 0.042}) == "4.2"
+    assert gap.e_text({"E_low": 0.096, "E_high": 0.102}) == "9.6 to 10.2"

@@ -53,3 +53,18 @@ def test_bad_input_is_named():
 def test_risk_interval_is_clopper_pearson():
     lo, hi = stats.risk_interval(np.array([1] * 7 + [0] * 3))
     assert lo == pytest.approx(0.3475, abs=1e-3) and hi == pytest.approx(0.9333, abs=1e-3)
+
+
+def test_majority_verdict_is_a_two_sided_sign_test():
+    assert stats.majority_verdict(14, 24)[0] == "inconclusive"
+    assert stats.majority_verdict(24, 24)[0] == "reproduced" and stats.majority_verdict(0, 24)[0] == "not reproduced"
+    assert stats.majority_verdict(0, 0) == ("inconclusive", 1.0)
+    verdict, p = stats.majority_verdict(7, 7)
+    assert verdict == "reproduced" and p == pytest.approx(2 / 2 ** 7)
+
+
+def test_count_interval_equals_the_interval_of_the_outcomes():
+    outcomes = np.r_[np.ones(14), np.zeros(986)]
+    assert stats.count_interval(14, 1000) == stats.risk_interval(outcomes)
+    lo, hi = stats.count_interval(0, 200)
+    assert lo == 0.0 and 0.0 < hi < 0.02
