@@ -131,7 +131,7 @@ class _Model:
         h.setOptionValue("threads", 1)
         h.setOptionValue("mip_max_improving_sols", 1)  # one counterexample is enough
         self.inf = highspy.kHighsInf
-        self.x0, self.norm, self.eps, self.cuts = x, norm, eps, 0
+        self.x0, self.norm, self.eps = x, norm, eps
         lo, hi = input_box(x, norm, eps)
         self.n = 0
         self.x_cols = self._cols(lo, hi)
@@ -185,7 +185,6 @@ class _Model:
         g = d / r
         nz = np.nonzero(g)[0]
         self._row(-self.inf, self.eps + float(g[nz] @ self.x0[nz]), [self.x_cols[i] for i in nz], list(g[nz]))
-        self.cuts += 1
         return True
 
     def point(self) -> np.ndarray | None:
@@ -211,7 +210,8 @@ class _Model:
             for _ in range(LP_CUTS + 1):  # l_2: cut the optimum off while it lies outside the ball
                 self.h.run()
                 ok = self.h.getModelStatus().name == "kOptimal"
-                if not ok or self.h.getInfo().objective_function_value < MARGIN or not self.cut(self.point()):
+                if (not ok or self.h.getInfo().objective_function_value < MARGIN or self.norm != "l2"
+                        or not self.cut(self.point())):
                     break
             if not ok or self.h.getInfo().objective_function_value >= MARGIN:
                 keep.append(c)
@@ -434,13 +434,3 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
                 store.save(path, rows, request)
     by_index = {r["index"]: r for r in rows}
     return [by_index[i] for i in indices]
-
-
-def summary(rows: list[dict]) -> dict:
-    """R (an interval where some image is unknown), counts, and solve times of a verified set."""
-    n = len(rows)
-    count = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-    milp = [r["seconds"] for r in rows if r["by"] != "attack"]
-    return {"images": n, **count, "R_low": count["vulnerable"] / n, "R_high": (count["vulnerable"] + count["unknown"]) / n,
-            "by_attack": sum(r["by"] == "attack" for r in rows), "milp_median_s": float(np.median(milp)) if milp else 0.0,
-            "unstable_median": float(np.median([r["unstable"] for r in rows if r["by"] != "attack"])) if milp else 0.0}
