@@ -1,12 +1,11 @@
 """Chapter 07's study: every attack against the exact risk. A smoke study end to end (resumable, the
 errors of every attack consistent with the verdicts), E's arithmetic on a hand-made table, soundness
 of the committed results, and one-line errors for unknown studies."""
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from lossbook import gap, store
+from lossbook import gap
 
 pytest.importorskip("highspy")
 pytest.importorskip("torchattacks")

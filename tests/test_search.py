@@ -104,8 +104,6 @@ def test_depth_limit_is_respected():
 
 
 def test_loss_loaded_by_name_from_results(toy, tmp_path):
-    import json
-
     folder = tmp_path / "cpu" / "mnist-net1-st-linf"
     folder.mkdir(parents=True)
     for seed, formula, fit in [(0, "Neg(Sum(Mul(q, Log(Softmax(p)))))", 0.5), (1, "Mul(Log(Softmax(p)), q)", 0.6)]:
