@@ -58,6 +58,14 @@ def _adversarial_batch(model, xb, yb, cfg: TrainConfig, generator: torch.Generat
     return res.x_adv[0]
 
 
+def _save_atomic(obj, path: Path) -> None:
+    """``torch.save`` into a temporary file beside ``path``, then rename: a kill (a timeout, Ctrl-C)
+    leaves either the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 def _rng_state(gen: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "gen": gen.get_state()}
 
@@ -97,7 +105,7 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
     start_epoch, seconds, log = 0, 0.0, []
 
     if last.exists():
-        state = _read_checkpoint(last, device)
+        state = _read_checkpoint(last)  # on the CPU: RNG states must be CPU tensors; load_state_dict moves the rest
         if state["config"] != cfg.to_dict():
             diff = _config_difference(state["config"], cfg.to_dict())
             raise ValueError(f"{last}: resume state of another configuration ({diff}); delete it to start afresh")
@@ -136,9 +144,9 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": tot_loss / n,
                "train_acc": tot_correct / n, "test_acc": accuracy(model, x_test, y_test), "seconds": round(seconds, 2)}
         log.append(row)
-        torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "rng": _rng_state(gen), "epoch": epoch + 1,
-                    "seconds": seconds, "log": log}, last)
+        _save_atomic({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "rng": _rng_state(gen), "epoch": epoch + 1,
+                      "seconds": seconds, "log": log}, last)
         if progress:
             tqdm.write(f"{cfg.name()} [{cfg.scale}] epoch {epoch + 1}: loss {row['train_loss']:.4f} "
                        f"train acc {row['train_acc']:.4f} test acc {row['test_acc']:.4f} ({seconds:.0f}s)")
@@ -146,9 +154,7 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
     store.save(log_path, pd.DataFrame(log), cfg.to_dict())
     record = {"config": cfg.to_dict(), "test_acc": log[-1]["test_acc"], "train_seconds": round(seconds, 1),
               "device": str(device), "torch": torch.__version__}
-    tmp = out.with_suffix(".tmp")
-    torch.save({**record, "model": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
-    tmp.replace(out)  # atomic: the old model stays until the new one is complete
+    _save_atomic({**record, "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out)
     last.unlink(missing_ok=True)
     return record
 
