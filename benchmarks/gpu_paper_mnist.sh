@@ -28,7 +28,7 @@ done
 # 2. the searches of one model, once it is trained: eps by the auto rule (one process), then the
 #    20 runs, WORKERS at a time; a run interrupted by the deadline resumes from its checkpoint
 search_model() {  # net training
-  wait "${train_pid[$1-$2]}"
+  while kill -0 "${train_pid[$1-$2]}" 2>/dev/null; do sleep 5; done  # not a child of this subshell: poll
   [ -f "results/models/paper/mnist-$1-$2.pt" ] || { echo "mnist-$1-$2: not trained yet, no search"; return; }
   for norm in linf l1 l2; do
     timeout -k 20 -s INT "$(left)" $PY -c "from lossbook.search import auto_setting as a; \
