@@ -175,11 +175,16 @@ def summary_path(plan: GridPlan, root: Path | None = None) -> Path:
 
 
 def write_summary(rows: list[dict], plan: GridPlan, root: Path | None = None) -> Path:
-    """``summary.csv`` (one row per finished setting, in the grid's order), through the store."""
+    """Add ``rows`` to ``summary.csv`` (one row per finished setting, in the grid's order; a setting's new
+    row replaces its old one). The rows saved meanwhile by another grid process are kept."""
     import pandas as pd
 
-    rows = sorted(rows, key=lambda r: SETTINGS.index(r["setting"]))
-    return store.save(summary_path(plan, root), pd.DataFrame(rows), summary_request(plan))
+    def merged(current):
+        by = {r["setting"]: r for r in (current.to_dict("records") if current is not None else [])}
+        by.update({r["setting"]: r for r in rows})
+        return pd.DataFrame(sorted(by.values(), key=lambda r: SETTINGS.index(r["setting"])))
+
+    return store.update(summary_path(plan, root), summary_request(plan), merged)
 
 
 BACKENDS = ("local", "ray")
@@ -205,11 +210,10 @@ def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progre
                        progress=progress)
     for name in settings:  # the eps of every setting first, on the driver (calibration.json is shared)
         grid_setting(name, plan, root)
-    rows = {r["setting"]: r for r in read_summary(plan, root)} if summary_path(plan, root).exists() else {}
     if backend == "ray":
         from .cluster import run_grid_ray
 
-        rows.update(run_grid_ray(plan, settings, Path(root or RESULTS_DIR / "search"), address, progress, log))
+        rows = run_grid_ray(plan, settings, Path(root or RESULTS_DIR / "search"), address, progress, log)
         return write_summary(list(rows.values()), plan, root)
     t_start = time.perf_counter()
     path = summary_path(plan, root)
@@ -217,9 +221,8 @@ def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progre
         setting = grid_setting(name, plan, root)
         runs = run_setting(name, plan, root, progress, log)
         held = heldout_outcomes(setting, plan, max(runs, key=lambda r: r["best_fitness"]), root)
-        rows[name] = summary_row(name, setting, runs, held, plan)
-        path = write_summary(list(rows.values()), plan, root)
-        r = rows[name]
+        r = summary_row(name, setting, runs, held, plan)
+        path = write_summary([r], plan, root)
         log(f"[{i + 1}/{len(settings)}] {name} eps={setting.eps}: held-out gain over CE {r['heldout_gain_pp']:+.1f} pp "
             f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] (paper {r['paper_gain_pp']:+.1f}): {r['verdict']}; "
             f"{time.perf_counter() - t_start:.0f} s so far")

@@ -122,18 +122,35 @@ def save(path: Path, obj, request: dict, kind: str | None = None) -> Path:
     result identical to the one saved for the same request is left as it is (its record keeps its date).
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(path.parent):
+        _write(path, obj, request, kind)
+    return path
+
+
+def update(path: Path, request: dict, change: Callable[[Any], Any], kind: str | None = None) -> Path:
+    """Read, change and write one result while holding its folder's lock: ``change(current)`` returns the
+    new content, ``current`` being the saved content for ``request`` (None where there is none). Two
+    processes adding rows to one table this way never lose each other's rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(path.parent):
+        current = load(path, request) if matches(path, request) else None
+        _write(path, change(current), request, kind)
+    return path
+
+
+def _write(path: Path, obj, request: dict, kind: str | None) -> None:
+    """The file and its record (the caller holds the folder's lock)."""
     kind = kind or kind_of(obj)
     data, rows = _encode(obj, kind)
     digest = hashlib.sha256(data).hexdigest()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(path.parent):
-        if _unchanged(path, digest, request):
-            return path
-        _atomic_write(path, data)
-        rec = {"kind": kind, "request": normalize(request), "rows": rows, "bytes": len(data), "sha256": digest,
-               "code": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _atomic_write(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
-    return path
+    if _unchanged(path, digest, request):
+        return
+    _atomic_write(path, data)
+    rec = {"kind": kind, "request": normalize(request), "rows": rows, "bytes": len(data), "sha256": digest,
+           "code": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _atomic_write(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
 
 
 def _unchanged(path: Path, digest: str, request: dict) -> bool:

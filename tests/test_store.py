@@ -91,3 +91,29 @@ def test_saving_an_identical_result_leaves_file_and_record_alone(tmp_path):
     assert store.record(tmp_path / "t.csv")["request"] == {"eps": 0.2}
     store.save(tmp_path / "t.csv", pd.DataFrame({"a": [1, 3]}), {"eps": 0.2})  # other content: rewritten
     assert store.load(tmp_path / "t.csv")["a"].tolist() == [1, 3]
+
+
+def _add_rows(args):
+    folder, who = args
+    for i in range(15):
+        store.update(folder / "rows.csv", {"what": "rows"},
+                     lambda cur: pd.concat([cur, pd.DataFrame({"who": [who], "i": [i]})]) if cur is not None
+                     else pd.DataFrame({"who": [who], "i": [i]}))
+    return who
+
+
+def test_concurrent_updates_keep_every_row(tmp_path):
+    # two grid processes add their settings' rows to one summary.csv: neither may drop the other's
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(3) as pool:
+        pool.map(_add_rows, [(tmp_path, w) for w in range(3)])
+    got = store.load(tmp_path / "rows.csv", {"what": "rows"})
+    assert sorted(zip(got["who"], got["i"])) == [(w, i) for w in range(3) for i in range(15)]
+
+
+def test_update_starts_afresh_from_a_result_of_another_request(tmp_path):
+    store.save(tmp_path / "t.csv", pd.DataFrame({"a": [1]}), {"eps": 0.1})
+    seen = []
+    store.update(tmp_path / "t.csv", {"eps": 0.2}, lambda cur: seen.append(cur) or pd.DataFrame({"a": [2]}))
+    assert seen == [None] and store.load(tmp_path / "t.csv", {"eps": 0.2})["a"].tolist() == [2]
