@@ -140,6 +140,12 @@ def _run(args) -> None:
         print("executed:", run_chapter(name, args.scale, args.recompute, extra=extra, **out))
 
 
+def _reproduce(args) -> None:
+    from .reproduce import reproduce
+
+    reproduce(args.scale, datasets=args.datasets, steps=args.steps, dry_run=args.dry_run)
+
+
 def _teaching(args) -> None:
     from .teaching import measure
 
@@ -266,6 +272,19 @@ def main(argv=None) -> int:
                    help="NAME=VALUE for the notebook, converted to the parameter's type (lossbook.params)")
     r.add_argument("--out", default=None, help="folder of the executed notebooks (default: book/chapters/)")
     r.set_defaults(func=_run)
+
+    from .reproduce import STEPS
+
+    rp = sub.add_parser("reproduce", formatter_class=fmt, help="the whole chain in order with resume (models, eps, the "
+                        "24-setting grid, the computing chapters, the book), printing what is done, what remains and "
+                        "an estimate of the time left", description="paper: 8 models at 160 epochs, 24 settings x 20 "
+                        "GP runs (GPU days). --dry-run prints the status only. With one dataset the chain stops after "
+                        "the grid (the chapters and the book need both).")
+    rp.add_argument("--scale", choices=SCALES, default="paper")
+    rp.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    rp.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="only these steps")
+    rp.add_argument("--dry-run", action="store_true", help="print what is done and what remains; run nothing")
+    rp.set_defaults(func=_reproduce)
 
     te = sub.add_parser("teaching", help="time every command of the 90-minute lesson on a fresh results folder "
                         "(a few minutes on 2 cores) for the Teaching page")
