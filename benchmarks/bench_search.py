@@ -27,7 +27,7 @@ def one_run(model, x, y, setting, cfg, seed: int, semantic: bool) -> dict:
     t0 = time.perf_counter()
     rec = run_search(ev, with_overrides(cfg, semantic_cache=semantic), seed, progress=False)
     keep = ("asked", "attacked", "formula_hits", "semantic_hits", "probe_invalid", "spot_checks", "disagreements",
-            "best_fitness", "best")
+            "best_fitness", "best", "signatures")
     return {"semantic_cache": semantic, "wall_s": round(time.perf_counter() - t0, 1), **{k: rec[k] for k in keep},
             "disagreement_list": rec["disagreement_list"]}
 
@@ -59,7 +59,8 @@ def main(argv=None):
     print(f"wall time off/on = {off['wall_s'] / on['wall_s']:.2f}; attacks off/on = "
           f"{off['attacked'] / max(1, on['attacked']):.2f}; asked/attacked with the cache = "
           f"{on['asked'] / max(1, on['attacked']):.2f}; disagreements / spot checks = "
-          f"{on['disagreements']}/{on['spot_checks']}")
+          f"{on['disagreements']}/{on['spot_checks']}; asked/distinct signatures = "
+          f"{on['asked'] / max(1, on['signatures']):.2f} (the most a cache keyed on behaviour can save)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"setting": args.setting, "eps": setting.eps, "preset": args.preset,

@@ -277,6 +277,8 @@ def run_search(evaluator: Evaluator, cfg: GPConfig, seed: int, checkpoint: Path 
         "best_size": formula_size(str(best)),
         "hall_of_fame": [{"formula": str(i), "pretty": pretty(str(i)), "fitness": i.fitness.values[0]} for i in hof],
         "logbook": logbook, "semantic_cache": evaluator.semantic, **totals,
+        # distinct behaviours attacked: asked / signatures bounds what any cache keyed on behaviour can save
+        "signatures": len(evaluator.signatures) if evaluator.semantic else None,
         # the names earlier run files used: attacks run, and formula-cache hits
         "evaluations": totals["attacked"], "cache_hits": totals["formula_hits"],
         "disagreement_list": list(evaluator.disagreements), "seconds": round(elapsed, 1),
