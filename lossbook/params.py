@@ -126,6 +126,7 @@ SCHEMAS: dict[str, dict[str, Param]] = {
     "04_transfer": {
         **_common("smoke | cpu (committed results) | paper"),
         "sources": Param("all", listing(is_setting, "settings", ("all",))),
+        "cifar_searched": Param("grid", listing(is_setting, "settings", ("grid", "none"))),
         "cifar_sources": Param("mnist-net1-at-linf,mnist-net2-at-linf", listing(is_setting, "settings", ("none",))),
         "mnist_norms": Param("all", listing(lambda s: s in NORMS, "norms", ("all",))),
         "cifar_norms": Param("all", listing(lambda s: s in NORMS, "norms", ("all",))),

@@ -57,7 +57,7 @@ LESSON = (
           "Figures 6.1 and 6.2; the closing paragraph's FGSM gap from chapter 7",
           "If FGSM misses ten points of the exact risk, which of the paper's conclusions could change?"),
     Block(15, "Transfer and landscapes, read from the committed results (chapters 4 and 5)", (),
-          "Figure 4.5 (gains under other models and norms) and Figure 5.1 (loss landscapes)",
+          "Figure 4.6 (gains under other models and norms) and Figure 5.1 (loss landscapes)",
           "A searched loss that beats CE but not C&W: has the search found anything new?"),
     Block(5, "Wrap-up", (), "Results at a glance",
           "Which verdicts would you trust, and what would you run at paper scale to settle the others?"),

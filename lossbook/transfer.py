@@ -73,11 +73,50 @@ class SearchedLoss:
         return compile_formula(self.formula)
 
 
+def split_source(source: str) -> tuple[str | None, str]:
+    """``"grid:cifar10-net1-st-linf"`` -> ("grid", "cifar10-net1-st-linf"): a source searched under
+    another preset than the chapter's scale (chapter 3's grid); a plain setting name -> (None, name)."""
+    preset, _, name = source.rpartition(":")
+    if preset:
+        check_choice(f"search preset of source {source!r}", preset, SEARCH_PRESETS)
+    parse_setting(name)
+    return preset or None, name
+
+
+def file_safe(source: str) -> str:
+    return source.replace(":", "-")
+
+
 def searched_loss(source: str, scale: str, root: Path | None = None) -> SearchedLoss:
-    """The best run's loss of a searched setting (``FileNotFoundError`` if it was not searched)."""
-    parse_setting(source)
-    best = max(load_runs(source, scale, root), key=lambda r: r["best_fitness"])
+    """The best run's loss of a searched setting (``FileNotFoundError`` if it was not searched); a
+    ``"<preset>:"`` prefix reads the runs of that preset (e.g. ``grid:``) instead of the scale's."""
+    preset, name = split_source(source)
+    best = max(load_runs(name, preset or scale, root), key=lambda r: r["best_fitness"])
     return SearchedLoss(source, Setting(**best["setting"]), best["best"], float(best["best_fitness"]))
+
+
+def grid_sources(spec: str, scale: str, dataset: str = "cifar10") -> list[str]:
+    """Sources searched by chapter 3's grid at this scale: "grid" (every setting of ``dataset`` the grid
+    has judged), "none", or comma-separated setting names; prefixed with the grid's preset where it is not
+    the scale's own. At smoke scale one CIFAR-10 setting, searched here where missing (seconds)."""
+    from .grid import PLANS, read_summary, summary_path
+
+    plan = PLANS[scale]
+    if spec == "none":
+        return []
+    if spec == "grid":
+        if scale == "smoke":
+            names = [f"{dataset}-net1-st-linf"]
+        else:
+            judged = read_summary(plan) if summary_path(plan).exists() else []
+            names = [r["setting"] for r in judged if r["setting"].startswith(dataset + "-")]
+    else:
+        names = [n.strip() for n in spec.split(",") if n.strip()]
+    for n in names:
+        parse_setting(n)
+    if scale == "smoke":
+        prepare_smoke(names, datasets=(dataset,))
+    return [n if plan.preset == scale else f"{plan.preset}:{n}" for n in names]
 
 
 def searched_sources(scale: str, dataset: str | None = None, root: Path | None = None) -> list[str]:
@@ -157,7 +196,7 @@ def eps_sweep(source: str, scale: str, cfg: TransferConfig | None = None, datase
     found = searched_loss(source, scale)
     path_target = found.setting.name() if dataset in (None, found.setting.dataset) else \
         found.setting.name().replace(found.setting.dataset, dataset, 1)
-    path = transfer_dir(scale, root) / f"eps-{path_target}--from-{source}.csv"
+    path = transfer_dir(scale, root) / f"eps-{path_target}--from-{file_safe(source)}.csv"
     if not compute:
         return saved(path)
     t = same_setting_on(dataset or found.setting.dataset, found, scale, device)
@@ -386,20 +425,24 @@ def chapter_norms(spec: str, what: str) -> list[str]:
 
 
 def chapter_cross(names: list[str], scale: str, cfg: TransferConfig, compute: bool, mnist_norms: str = "all",
-                  cifar_norms: str = "all") -> tuple[dict[str, pd.DataFrame], list[str]]:
+                  cifar_norms: str = "all", cifar_names: list[str] | None = None) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Fig. 8's cross-setting tables per dataset (MNIST and l_inf only at smoke scale) and the datasets
-    without one."""
+    without one. CIFAR-10's rows are ``cifar_names`` (its own searched losses) where given, else the
+    MNIST ``names`` carried across data. A saved table answers only if it holds exactly these sources."""
     cross, missing = {}, []
     asked = {"mnist": chapter_norms(mnist_norms, "mnist_norms"), "cifar10": chapter_norms(cifar_norms, "cifar_norms")}
     for ds in ("mnist",) if scale == "smoke" else ("mnist", "cifar10"):
         norms = ["linf"] if scale == "smoke" else asked[ds]
+        sources = cifar_names if ds == "cifar10" and cifar_names else names
         try:
             targets = target_settings(ds, scale, norms=norms) if compute else None
-            table = cross_setting(names, targets, scale, cfg) if compute else saved(cross_path([ds], scale))
+            table = cross_setting(sources, targets, scale, cfg) if compute else saved(cross_path([ds], scale))
         except FileNotFoundError:  # a model of this dataset is not trained at this scale
             table = None
-        if table is None or not names:
-            missing.append(f"cross-setting table for {ds}")
+        if table is not None and set(table["source"]) != set(sources):  # made for other losses
+            table = None
+        if table is None or not sources:
+            missing.append(f"cross-setting table for {ds} ({', '.join(sources) or 'no sources'})")
         else:
             cross[ds] = table
     return cross, missing

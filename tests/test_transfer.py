@@ -129,3 +129,29 @@ def test_chapter_norms_are_checked_with_the_allowed_values():
     assert T.chapter_norms("l2, linf", "mnist_norms") == ["l2", "linf"]
     with pytest.raises(ValueError, match="norm in mnist_norms.*linf"):
         T.chapter_norms("l3", "mnist_norms")
+
+
+def test_a_source_of_another_preset_is_read_from_that_preset(in_results):
+    # chapter 04 names the grid's CIFAR-10 searches "grid:<setting>": the grid's runs, not the scale's
+    folder = in_results / "search" / "grid" / "mnist-net1-st-linf"
+    setting = S.make_setting("mnist", "net1", "st", "linf", eps=0.05)
+    store.save(folder / "run-0.json", {"seed": 0, "best": HANDCRAFTED_FORMULAS["ce"], "best_fitness": 0.6,
+                                       "setting": {**vars(setting)}}, {"seed": 0})
+    own, grid = T.searched_loss("mnist-net1-st-linf", "smoke"), T.searched_loss("grid:mnist-net1-st-linf", "smoke")
+    assert (own.formula, own.setting.eps) == (SOURCES["mnist-net1-st-linf"], 0.1)
+    assert (grid.formula, grid.setting.eps, grid.source) == (HANDCRAFTED_FORMULAS["ce"], 0.05, "grid:mnist-net1-st-linf")
+    assert T.split_source("grid:mnist-net1-st-linf") == ("grid", "mnist-net1-st-linf")
+    assert T.file_safe("grid:mnist-net1-st-linf") == "grid-mnist-net1-st-linf"
+    with pytest.raises(ValueError, match="unknown search preset of source 'huge:mnist-net1-st-linf' 'huge'; allowed: "
+                                         "'smoke', 'cpu', 'paper', 'grid'"):
+        T.searched_loss("huge:mnist-net1-st-linf", "smoke")
+
+
+def test_a_saved_cross_table_of_other_sources_is_not_shown(in_results, monkeypatch):
+    saved = pd.DataFrame({"source": ["mnist-net1-st-linf"], "target": ["mnist-net1-st-linf"]})
+    monkeypatch.setattr(T, "saved", lambda path: saved)
+    cfg = T.transfer_config("cpu")
+    cross, missing = T.chapter_cross(["mnist-net1-st-linf"], "cpu", cfg, compute=False,
+                                     cifar_names=["grid:cifar10-net1-st-linf"])
+    assert list(cross) == ["mnist"]  # CIFAR-10's saved table holds the MNIST source, not the grid's
+    assert missing == ["cross-setting table for cifar10 (grid:cifar10-net1-st-linf)"]
