@@ -67,41 +67,28 @@ def _model_units(scale: str, datasets) -> list[Unit]:
     return units
 
 
-def _calibrated(name: str, scale: str, n_images: int, band=(0.5, 0.9)) -> bool:
-    """Whether ``calibration.json`` already holds the auto rule's eps for a setting."""
-    path = RESULTS_DIR / "search" / scale / "calibration.json"
-    request = {"what": "eps calibration", "scale": scale}
-    if not store.matches(path, request):
-        return False
-    table = store.load(path, request)
-    first = table.get(f"{name}@table-iii")
-    if first is None:
-        return False
-    return band[0] <= first["ce_risk"] <= band[1] or f"{name}@0.7" in table
-
-
 def _grid_units(scale: str, datasets) -> tuple[list[Unit], list[Unit]]:
     from .grid import PLANS, SETTINGS, grid_setting, read_summary, run_config, run_grid, summary_path
-    from .search import SEARCH_PRESETS, search_dir
+    from .search import parse_setting, run_request, saved_auto_setting, search_dir
 
     plan = PLANS[scale]
-    n_images = SEARCH_PRESETS[plan.preset].n_images
     eps_units, grid_units = [], []
     for name in SETTINGS:
         if name.split("-")[0] not in datasets:
             continue
-        eps_units.append(Unit("eps", name, "eps", lambda name=name: _calibrated(name, scale, n_images),
+        def known(name=name):  # the setting at its eps, where the eps is calibrated already
+            return saved_auto_setting(*parse_setting(name), plan.scale)
+
+        eps_units.append(Unit("eps", name, "eps", lambda known=known: known() is not None,
                               lambda name=name: grid_setting(name, plan)))
 
-        def runs_on_disk(name=name):
-            if not _calibrated(name, scale, n_images):
+        def runs_on_disk(known=known):
+            setting = known()
+            if setting is None:
                 return []
-            setting = grid_setting(name, plan)
             found = []
             for seed, seeded in plan.seeds:
                 path = search_dir(setting, plan.preset) / f"run-{seed}.json"
-                from .search import run_request
-
                 if store.matches(path, run_request(setting, run_config(plan, seeded), plan.scale, seed)):
                     found.append(store.load(path)["seconds"])
             return found

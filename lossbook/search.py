@@ -493,8 +493,29 @@ def heldout_check(setting: Setting, scale: str, runs: list[dict], n: int | None 
     return store.cached(path, request, compute)
 
 
+#: the auto rule keeps Table III's eps where CE-PGD-10 breaks this share of the images
+AUTO_BAND = (0.5, 0.9)
+
+
+def saved_auto_setting(dataset: str, net: str, training: str, norm: str, scale: str,
+                       root: Path | None = None) -> Setting | None:
+    """The setting :func:`auto_setting` would return, read from ``calibration.json`` without computing
+    anything; None where its eps is not calibrated yet."""
+    paper = make_setting(dataset, net, training, norm)
+    path = (root or RESULTS_DIR / "search") / scale / "calibration.json"
+    request = {"what": "eps calibration", "scale": scale}
+    table = store.load(path, request) if store.matches(path, request) else {}
+    first = table.get(f"{paper.name()}@table-iii")
+    if first is None:
+        return None
+    if AUTO_BAND[0] <= first["ce_risk"] <= AUTO_BAND[1]:
+        return paper
+    calibrated = table.get(f"{paper.name()}@0.7")
+    return replace(paper, eps=calibrated["eps"]) if calibrated else None
+
+
 def auto_setting(dataset: str, net: str, training: str, norm: str, scale: str, n_images: int = 1000,
-                 band: tuple = (0.5, 0.9), root: Path | None = None, device: torch.device | None = None) -> Setting:
+                 band: tuple = AUTO_BAND, root: Path | None = None, device: torch.device | None = None) -> Setting:
     """Table III's eps where it puts *our* model in the paper's regime (CE-PGD-10 R'' within ``band``),
     else the paper's own rule: the eps where CE-PGD-10 reaches R'' = 0.7 (:func:`calibrated_setting`).
     The measured R'' at Table III's eps is stored in ``calibration.json``."""

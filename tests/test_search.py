@@ -180,3 +180,13 @@ def test_one_eps_rule_for_the_cli_and_chapter_03(data_available):
     assert S.resolve_setting("mnist", "net1", "st", "l2", "smoke", eps="paper").eps == paper_eps("mnist", "net1", "st", "l2")
     results, missing = S.chapter_runs(["mnist-net1-st-linf", "cifar10-net2-at-l1"], "cpu", eps="paper")
     assert set(results) | set(missing) == {"mnist-net1-st-linf", "cifar10-net2-at-l1"}
+
+
+def test_the_auto_eps_is_read_back_without_computing(data_available, tmp_path):
+    from lossbook.train import ensure_trained
+
+    ensure_trained(["mnist"], ["net1"], ["st"], "smoke", progress=False)
+    assert S.saved_auto_setting("mnist", "net1", "st", "linf", "smoke", root=tmp_path) is None  # nothing saved yet
+    made = S.auto_setting("mnist", "net1", "st", "linf", "smoke", n_images=32, root=tmp_path)
+    assert S.saved_auto_setting("mnist", "net1", "st", "linf", "smoke", root=tmp_path) == made
+    assert S.saved_auto_setting("mnist", "net1", "st", "l2", "smoke", root=tmp_path) is None  # another norm: not made
