@@ -343,7 +343,8 @@ def verdicts(sweeps: list[pd.DataFrame], cross: dict[str, pd.DataFrame]) -> list
         out.append(f"{r['searched under']} on {r['evaluated on']}, PGD-{r['steps']}: {r['gain over CE (pp)']:+.1f} pp "
                    f"over CE, {r['gain over best of C&W/DLR (pp)']:+.1f} pp over the better of C&W and DLR")
     for ds, table in cross.items():
-        off = table[table["source"] != table["target"]]
+        searched_under = table["source"].map(lambda s: split_source(s)[1])  # "grid:<setting>" -> "<setting>"
+        off = table[searched_under != table["target"]]
         out.append(f"{ds}, other (model, norm) than searched under: gain over CE > 0 in "
                    f"{int((off['gain_over_ce_pp'] > 0).sum())} of {len(off)} cells (median "
                    f"{off['gain_over_ce_pp'].median():+.1f} pp); over the best of CE/C&W/DLR > 0 in "

@@ -155,3 +155,11 @@ def test_a_saved_cross_table_of_other_sources_is_not_shown(in_results, monkeypat
                                      cifar_names=["grid:cifar10-net1-st-linf"])
     assert list(cross) == ["mnist"]  # CIFAR-10's saved table holds the MNIST source, not the grid's
     assert missing == ["cross-setting table for cifar10 (grid:cifar10-net1-st-linf)"]
+
+
+def test_the_cells_away_from_the_source_skip_its_own_setting_whatever_its_preset():
+    table = pd.DataFrame({"source": ["grid:cifar10-net1-st-linf"] * 2 + ["cifar10-net1-st-l2"] * 2,
+                          "target": ["cifar10-net1-st-linf", "cifar10-net1-st-l2"] * 2,
+                          "gain_over_ce_pp": [9.0, 1.0, 2.0, 9.0], "gain_over_best_reference_pp": [9.0, -1.0, 0.5, 9.0]})
+    line = T.verdicts([], {"cifar10": table})[0]
+    assert "gain over CE > 0 in 2 of 2 cells (median +1.5 pp)" in line and "best of CE/C&W/DLR > 0 in 1 " in line
