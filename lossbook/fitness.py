@@ -11,8 +11,11 @@ Two caches stand in front of the attack:
   positive factor; breaks and early exits depend on the prediction only. So two trees whose
   logit gradients point the same way everywhere get the same trajectory and the same fitness.
   A tree's *signature* is its logit gradient on a fixed probe of logit rows (the model's logits
-  at the clean images and at random points of the ball, with their labels), each row divided by
-  its norm, rounded to ``PROBE_DECIMALS`` and hashed. A tree whose value or gradient is NaN/Inf
+  at the clean images and at random points of the ball, with their labels, each also scaled by
+  the factors of ``PROBE_SCALES``), each row divided by its norm, rounded to ``PROBE_DECIMALS``
+  and hashed. The scaled rows keep the prediction and shrink the logits: a tree with a threshold
+  at a constant, such as ``-|1 - p_y|``, behaves like ``-p_y`` wherever the model is confident
+  and differs only once an attack has pulled ``p_y`` below 1, which unscaled rows rarely show. A tree whose value or gradient is NaN/Inf
   on the probe is invalid (fitness 0, as the paper's rule) without an attack.
 
 The semantic cache is an approximation -- the probe is finite and float32 rounding differs
@@ -34,6 +37,8 @@ from .losses import HANDCRAFTED, compile_formula, per_sample
 from .models import eval_mode, model_device
 
 PROBE_DECIMALS = 4
+#: each kept probe row enters at these scales (1 = as the model gives it); see the module docstring
+PROBE_SCALES = (1.0, 0.5, 0.2)
 #: the per-call counters of :class:`Evaluator`, in the order of the search's per-generation CSV
 COUNTERS = ("asked", "attacked", "formula_hits", "semantic_hits", "probe_invalid", "spot_checks", "disagreements")
 
@@ -44,7 +49,8 @@ def probe_logits(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
     """Up to ``rows`` logit rows and their one-hot labels: half at clean images, half at random points
     of the ``norm`` ball of radius ``eps`` around the same images (drawn from ``seed``); only the
     rows the model classifies correctly are kept, since a misclassified row is broken before any
-    step (the search's "any" mode), so a loss's gradient there never matters."""
+    step (the search's "any" mode), so a loss's gradient there never matters. Each kept row comes
+    once per factor of ``PROBE_SCALES``, so there are up to ``rows * len(PROBE_SCALES)`` rows."""
     n = max(1, min(len(x), rows // 2))
     xs, ys = x[:n], y[:n]
     flat = xs.reshape(n, -1)
@@ -55,7 +61,13 @@ def probe_logits(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
         p = torch.cat([model(xs.to(dev)), model((flat + delta).view_as(xs).to(dev))]).float().cpu()
     labels = ys.repeat(2).cpu()
     right = p.argmax(1).eq(labels)
-    return p[right], torch.nn.functional.one_hot(labels[right], p.shape[1]).float()
+    p, q = p[right], torch.nn.functional.one_hot(labels[right], p.shape[1]).float()
+    return torch.cat([p * s for s in PROBE_SCALES]), q.repeat(len(PROBE_SCALES), 1)
+
+
+def probe_id(p: torch.Tensor, q: torch.Tensor) -> str:
+    """A short hash of a probe: signatures are comparable only between equal probes."""
+    return hashlib.sha1(p.double().numpy().tobytes() + q.numpy().tobytes()).hexdigest()[:12]
 
 
 def signature(loss, p: torch.Tensor, q: torch.Tensor, decimals: int = PROBE_DECIMALS) -> str | None:
@@ -104,6 +116,7 @@ class Evaluator:
         self.calls = 0
         self.diagnostics: list[str] = []
         self._probe = probe_logits(model, x, y, setting.norm, setting.eps, probe_rows, seed) if semantic else None
+        self.probe = probe_id(*self._probe) if semantic else None
 
     # ---- the attack ------------------------------------------------------------------------
     def attack(self, formulas: list[str]) -> dict[str, float]:
@@ -200,14 +213,18 @@ class Evaluator:
     def state(self) -> dict:
         """Everything a resumed run needs to continue exactly."""
         return {"cache": dict(self.cache), "errors": dict(self.errors), "signatures": dict(self.signatures),
-                "split": sorted(self.split), "borrowed": sorted(self.borrowed), "disagreements": list(self.disagreements), "totals": dict(self.totals),
-                "calls": self.calls}
+                "split": sorted(self.split), "borrowed": sorted(self.borrowed),
+                "disagreements": list(self.disagreements), "totals": dict(self.totals), "calls": self.calls,
+                "probe": self.probe}
 
     def restore(self, state: dict) -> None:
+        """Continue from :meth:`state`. The formula cache is always taken (exact); the signature table
+        only if it was made on this probe (another version or machine may give other probe rows)."""
         self.cache.update(state["cache"])
         self.errors.update(state.get("errors", {}))
-        self.signatures.update(state.get("signatures", {}))
-        self.split.update(state.get("split", ()))
+        if state.get("probe") == self.probe:
+            self.signatures.update(state.get("signatures", {}))
+            self.split.update(state.get("split", ()))
         self.borrowed.update(state.get("borrowed", ()))
         self.disagreements = list(state.get("disagreements", []))
         self.totals = Counter(state.get("totals", {}))

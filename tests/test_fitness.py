@@ -66,6 +66,34 @@ def test_cw_and_margin_merge_where_only_correct_rows_matter(toy):
     assert fits[0] == fits[1]
 
 
+def test_scaled_probe_rows_tell_a_threshold_from_its_confident_branch():
+    """-|1 - p_y| is -p_y wherever p_y > 1: confident rows alone merge them, the scaled rows do not."""
+    model = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(3 * torch.eye(3))
+    x, y = torch.eye(3).repeat(20, 1) * 0.9 + 0.05, torch.arange(3).repeat(20)
+    p, q = Fit.probe_logits(model, x, y, "linf", 0.05)
+    assert len(p) == 2 * len(x) * len(Fit.PROBE_SCALES) and p.argmax(1).eq(q.argmax(1)).all()
+    p1, q1 = p[:2 * len(x)], q[:2 * len(x)]  # the rows as the model gives them
+    assert (p1 * q1).sum(1).min() > 1
+    threshold, linear = "Neg(Abs(Add(1, Neg(Sum(Mul(q, p))))))", "Neg(Sum(Mul(q, p)))"
+    assert Fit.signature(threshold, p1, q1) == Fit.signature(linear, p1, q1)
+    assert Fit.signature(threshold, p, q) != Fit.signature(linear, p, q)
+
+
+def test_a_signature_table_from_another_probe_is_not_restored(toy):
+    model, x, y, setting = toy
+    ev = Fit.Evaluator(model, x, y, setting)
+    ev([CE, "Sum(Mul(q, p))"])
+    state = ev.state()
+    again = Fit.Evaluator(model, x, y, setting)
+    again.restore(state)
+    assert again.signatures == ev.signatures and again.cache == ev.cache
+    other = Fit.Evaluator(model, x, y, setting)
+    other.restore({**state, "probe": "another"})
+    assert other.signatures == {} and other.cache == ev.cache  # the exact formula cache is kept
+
+
 def test_semantic_hits_skip_attacks_and_keep_the_fitness(toy):
     model, x, y, setting = toy
     trees = [CE, f"Add({CE}, 0)", f"Mul({CE}, 1)", f"Neg(Neg({CE}))", f"Add({CE}, 1)", "Sum(Mul(q, p))"]
