@@ -212,9 +212,9 @@ def _describe(path: Path, q: dict, rec: dict) -> dict | None:
                 f"{q['optimizer']} lr {q['lr']}, {q['failure_mode']}", "outcome": f"{rec['rows']} architectures"}
     if folder == "transfer" and path.suffix == ".csv":
         n = "all correctly classified" if q["n_images"] is None else f"first {q['n_images']} correctly classified"
-        what = (f"{q['what']}: {q.get('target', '')} <- {q['source']}, eps factors {q['eps_factors']}, PGD-{q['steps']}"
-                if "source" in q else f"{q['what']}: {len(q['sources'])} sources x {len(q['targets'])} targets, "
-                                      f"PGD-{q['cross_steps']}")
+        what = (f"{q['what']}: {q['source']} on {len(q['targets'])} targets, PGD-{q['cross_steps']}"
+                if q["what"] == "cross setting" else
+                f"{q['what']}: {q.get('target', '')} <- {q['source']}, eps factors {q['eps_factors']}, PGD-{q['steps']}")
         return {"scale": q["scale"], "settings": f"{what}, {n} test images, seed {q['seed']}",
                 "outcome": "R'' per loss (CSV)"}
     if folder == "landscape" and path.suffix == ".json":

@@ -19,7 +19,8 @@ from .attacks import evaluate_losses, evaluation_set
 from .config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
 from .losses import HANDCRAFTED, compile_formula, pretty
 from . import store
-from .search import SEARCH_PRESETS, Setting, auto_setting, load_runs, make_setting, parse_setting, search_setting
+from .search import (SEARCH_PRESETS, Setting, auto_setting, load_runs, make_setting, parse_setting,
+                     saved_auto_setting, search_setting)
 
 #: The handcrafted references shown beside every searched loss (margin equals C&W at kappa 0).
 REFERENCES = ("ce", "cw", "dlr")
@@ -262,17 +263,27 @@ def extended_data(source: str, scale: str, cfg: TransferConfig | None = None, ro
 # ------------------------------------------------------------------------------------------------
 # Fig. 8: other models and norms
 # ------------------------------------------------------------------------------------------------
-def target_settings(dataset: str, scale: str, norms=NORMS, device=None) -> list[Setting]:
+def target_settings(dataset: str, scale: str, norms=NORMS, device=None, compute: bool = True) -> list[Setting] | None:
     """Every (net, training, norm) of a dataset at the eps the search chapter would use for it
-    (Table III unless CE-PGD-10 leaves the 0.5-0.9 band on our model, else calibrated to 0.7)."""
+    (Table III unless CE-PGD-10 leaves the 0.5-0.9 band on our model, else calibrated to 0.7).
+    With ``compute=False`` the eps are only read (None if one of them is not calibrated yet)."""
+    if not compute:
+        found = [saved_auto_setting(dataset, net, training, norm, scale)
+                 for training in TRAININGS for net in NETS for norm in norms]
+        return None if None in found else found
     n = SEARCH_PRESETS[scale].n_images
     return [auto_setting(dataset, net, training, norm, scale, n_images=n, device=device)
             for training in TRAININGS for net in NETS for norm in norms]
 
 
-def cross_path(datasets, scale: str, root: Path | None = None) -> Path:
-    """Where the cross-setting table of the targets of these datasets is saved."""
-    return transfer_dir(scale, root) / f"cross-{'-'.join(sorted(datasets))}.csv"
+def cross_path(datasets, scale: str, source: str, root: Path | None = None) -> Path:
+    """Where one source's row of the cross-setting table of these datasets' targets is saved."""
+    return transfer_dir(scale, root) / f"cross-{'-'.join(sorted(datasets))}--from-{file_safe(source)}.csv"
+
+
+def _cross_request(found: SearchedLoss, targets: list[Setting], scale: str, cfg: TransferConfig) -> dict:
+    return {"what": "cross setting", "scale": scale, "source": found.source, "formula": found.formula,
+            "targets": [asdict(t) for t in targets], **asdict(cfg)}
 
 
 def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: TransferConfig | None = None,
@@ -282,34 +293,52 @@ def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: T
     ``cfg.cross_steps``, beside CE, C&W and DLR on the same images and starts.
 
     One row per (source, target): risk_searched, risk_ce, risk_cw, risk_dlr, gain_over_ce_pp,
-    gain_over_best_reference_pp (over the best of CE/C&W/DLR).
+    gain_over_best_reference_pp (over the best of CE/C&W/DLR). Each source's rows are saved in their
+    own file with what made them (its formula, the targets, ``cfg``), so adding a source computes only
+    its rows. The sources without rows saved for this request are computed together (one attack per
+    target); with ``compute=False`` they are left out (None if none is saved).
     """
     cfg = cfg or TRANSFER_PRESETS[scale]
     if not sources or not targets:
         raise ValueError("cross_setting needs at least one source and one target")
     found = {src: searched_loss(src, scale) for src in sources}
-    path = cross_path({t.dataset for t in targets}, scale, root)
-    meta = {"what": "cross setting", "scale": scale, "sources": {k: v.formula for k, v in found.items()},
-            "targets": [asdict(t) for t in targets], **asdict(cfg)}
-    if not compute:
-        return saved(path)
+    datasets = {t.dataset for t in targets}
+    paths = {src: cross_path(datasets, scale, src, root) for src in found}
+    requests = {src: _cross_request(f, targets, scale, cfg) for src, f in found.items()}
+    tables = {src: store.load(paths[src], requests[src]) for src in found if store.matches(paths[src], requests[src])}
+    todo = [src for src in found if src not in tables]
+    if todo and compute:
+        new = _cross_rows({src: found[src] for src in todo}, targets, scale, cfg, progress, device)
+        for src in todo:
+            tables[src] = new[new["source"] == src].reset_index(drop=True)
+            store.save(paths[src], tables[src], requests[src])
+    if not tables:
+        return None
+    return pd.concat([tables[src] for src in found if src in tables], ignore_index=True)
 
-    def run() -> pd.DataFrame:
-        rows = []
-        for t in tqdm(targets, desc="cross-setting targets", **quiet(progress)):
-            model, x, y = _evaluation(t, scale, cfg.n_images, device)
-            named = {**{f"src:{k}": v.loss() for k, v in found.items()}, **{k: HANDCRAFTED[k] for k in REFERENCES}}
-            risk = _attack_all(model, x, y, named, t.norm, t.eps, cfg.cross_steps, cfg.seed)
-            refs = {k: risk[k] for k in REFERENCES}
-            for src in found:
-                r = risk[f"src:{src}"]
-                rows.append({"source": src, "target": t.name(), "target_eps": t.eps, "n_images": len(x),
-                             "risk_searched": r, **{f"risk_{k}": v for k, v in refs.items()},
-                             "gain_over_ce_pp": round(100 * (r - refs["ce"]), 2),
-                             "gain_over_best_reference_pp": round(100 * (r - max(refs.values())), 2)})
-        return pd.DataFrame(rows)
 
-    return _cached(path, meta, run)
+def _cross_rows(found: dict[str, SearchedLoss], targets: list[Setting], scale: str, cfg: TransferConfig,
+                progress: bool, device) -> pd.DataFrame:
+    rows = []
+    for t in tqdm(targets, desc="cross-setting targets", **quiet(progress)):
+        model, x, y = _evaluation(t, scale, cfg.n_images, device)
+        named = {**{f"src:{k}": v.loss() for k, v in found.items()}, **{k: HANDCRAFTED[k] for k in REFERENCES}}
+        risk = _attack_all(model, x, y, named, t.norm, t.eps, cfg.cross_steps, cfg.seed)
+        refs = {k: risk[k] for k in REFERENCES}
+        for src in found:
+            r = risk[f"src:{src}"]
+            rows.append({"source": src, "target": t.name(), "target_eps": t.eps, "n_images": len(x),
+                         "risk_searched": r, **{f"risk_{k}": v for k, v in refs.items()},
+                         "gain_over_ce_pp": round(100 * (r - refs["ce"]), 2),
+                         "gain_over_best_reference_pp": round(100 * (r - max(refs.values())), 2)})
+    return pd.DataFrame(rows)
+
+
+def away_from_source(table: pd.DataFrame) -> pd.DataFrame:
+    """The cells of a cross-setting table whose target is not the setting the source was searched under
+    (whatever the source's preset prefix)."""
+    searched_under = table["source"].map(lambda s: split_source(s)[1])  # "grid:<setting>" -> "<setting>"
+    return table[searched_under != table["target"]]
 
 
 def gain_matrix(table: pd.DataFrame, column: str = "gain_over_ce_pp") -> pd.DataFrame:
@@ -343,8 +372,7 @@ def verdicts(sweeps: list[pd.DataFrame], cross: dict[str, pd.DataFrame]) -> list
         out.append(f"{r['searched under']} on {r['evaluated on']}, PGD-{r['steps']}: {r['gain over CE (pp)']:+.1f} pp "
                    f"over CE, {r['gain over best of C&W/DLR (pp)']:+.1f} pp over the better of C&W and DLR")
     for ds, table in cross.items():
-        searched_under = table["source"].map(lambda s: split_source(s)[1])  # "grid:<setting>" -> "<setting>"
-        off = table[searched_under != table["target"]]
+        off = away_from_source(table)
         out.append(f"{ds}, other (model, norm) than searched under: gain over CE > 0 in "
                    f"{int((off['gain_over_ce_pp'] > 0).sum())} of {len(off)} cells (median "
                    f"{off['gain_over_ce_pp'].median():+.1f} pp); over the best of CE/C&W/DLR > 0 in "
@@ -427,23 +455,41 @@ def chapter_norms(spec: str, what: str) -> list[str]:
 
 def chapter_cross(names: list[str], scale: str, cfg: TransferConfig, compute: bool, mnist_norms: str = "all",
                   cifar_norms: str = "all", cifar_names: list[str] | None = None) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Fig. 8's cross-setting tables per dataset (MNIST and l_inf only at smoke scale) and the datasets
-    without one. CIFAR-10's rows are ``cifar_names`` (its own searched losses) where given, else the
-    MNIST ``names`` carried across data. A saved table answers only if it holds exactly these sources."""
+    """Fig. 8's cross-setting tables per dataset (MNIST and l_inf only at smoke scale) and what is
+    missing from them. CIFAR-10's rows are ``cifar_names`` (its own searched losses) where given, else
+    the MNIST ``names`` carried across data. Without ``compute`` a table holds the sources whose rows
+    were saved for exactly these targets and settings; the others are listed as missing."""
     cross, missing = {}, []
     asked = {"mnist": chapter_norms(mnist_norms, "mnist_norms"), "cifar10": chapter_norms(cifar_norms, "cifar_norms")}
     for ds in ("mnist",) if scale == "smoke" else ("mnist", "cifar10"):
         norms = ["linf"] if scale == "smoke" else asked[ds]
         sources = cifar_names if ds == "cifar10" and cifar_names else names
+        table = None
         try:
-            targets = target_settings(ds, scale, norms=norms) if compute else None
-            table = cross_setting(sources, targets, scale, cfg) if compute else saved(cross_path([ds], scale))
+            targets = target_settings(ds, scale, norms=norms, compute=compute)
+            if sources and targets:
+                table = cross_setting(sources, targets, scale, cfg, compute=compute)
         except FileNotFoundError:  # a model of this dataset is not trained at this scale
-            table = None
-        if table is not None and set(table["source"]) != set(sources):  # made for other losses
-            table = None
-        if table is None or not sources:
-            missing.append(f"cross-setting table for {ds} ({', '.join(sources) or 'no sources'})")
-        else:
+            pass
+        have = set() if table is None else set(table["source"])
+        if table is not None:
             cross[ds] = table
+        if not sources or have != set(sources):
+            lacking = [s for s in sources if s not in have]
+            missing.append(f"cross-setting rows for {ds} ({', '.join(lacking) or 'no sources'})")
     return cross, missing
+
+
+def saved_cross(dataset: str, scale: str) -> pd.DataFrame | None:
+    """The cross-setting table chapter 04 shows by default for ``dataset`` (all norms), read without
+    computing: MNIST's searched losses, or the grid's CIFAR-10 ones; None where nothing is saved."""
+    if scale == "smoke":
+        return None  # the smoke chapter computes its own (seconds); nothing is committed at this scale
+    sources = searched_sources(scale, "mnist") if dataset == "mnist" else grid_sources("grid", scale, dataset)
+    targets = target_settings(dataset, scale, compute=False)
+    if not sources or not targets:
+        return None
+    try:
+        return cross_setting(sources, targets, scale, TRANSFER_PRESETS[scale], compute=False)
+    except FileNotFoundError:
+        return None

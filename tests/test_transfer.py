@@ -70,12 +70,14 @@ def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
     # the CE tree with the wrong sign descends from the same starts: it breaks no more than CE does
     wrong_sign = table[table["source"] == "mnist-net1-at-linf"]
     assert (wrong_sign["risk_searched"] <= wrong_sign["risk_ce"]).all() and (wrong_sign["gain_over_ce_pp"] <= 0).all()
-    # saved with what made it; reused for the same request, loaded without computing
-    saved = store.record(tmp_path / "smoke" / "cross-mnist.csv")["request"]
-    assert saved["sources"] == SOURCES and saved["n_images"] == 24
+    # each source's rows saved with what made them; reused for the same request, loaded without computing
+    first = next(iter(SOURCES))
+    path = T.cross_path(["mnist"], "smoke", first, root=tmp_path)
+    assert path == tmp_path / "smoke" / "cross-mnist--from-mnist-net1-st-linf.csv"
+    saved = store.record(path)["request"]
+    assert (saved["source"], saved["formula"], saved["n_images"]) == (first, SOURCES[first], 24)
     pd.testing.assert_frame_equal(T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, progress=False), table)
     pd.testing.assert_frame_equal(T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, compute=False), table)
-    assert T.cross_path(["mnist"], "smoke", root=tmp_path) == tmp_path / "smoke" / "cross-mnist.csv"
     # the verdict counts the cells away from the source's own setting (mnist-net1-st-linf is a target too)
     lines = T.verdicts([], {"mnist": table})
     off = table[table["source"] != table["target"]]
@@ -84,11 +86,29 @@ def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
     with pytest.raises(ValueError, match="unknown column 'risk_ce'; allowed: 'gain_over_ce_pp', 'gain_over_best_reference_pp'"):
         T.gain_matrix(table, "risk_ce")
     # a truncated table is never read silently (it was: half the rows, other conclusions)
-    path = T.cross_path(["mnist"], "smoke", root=tmp_path)
     lines_of = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines_of[: len(lines_of) // 2]))
-    with pytest.raises(store.ResultError, match=r"cross-mnist.csv: content does not match its record \(6 rows"):
+    with pytest.raises(store.ResultError, match=r"cross-mnist--from-mnist-net1-st-linf.csv: content does not match "
+                                                r"its record \(3 rows"):
         T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, compute=False)
+
+
+def test_a_new_source_adds_its_rows_and_leaves_the_saved_ones(in_results, tmp_path):
+    cfg = T.transfer_config("smoke", n_images=16)
+    targets = [S.make_setting("mnist", "net1", "st", "linf", 0.1), S.make_setting("mnist", "net1", "at", "l2", 1.5)]
+    first, second = SOURCES
+    one = T.cross_setting([first], targets, "smoke", cfg, root=tmp_path, progress=False)
+    path = T.cross_path(["mnist"], "smoke", first, root=tmp_path)
+    written = store.record(path)["written"], path.stat().st_mtime_ns
+    # without computing, only what is saved for exactly this request is shown
+    partial = T.cross_setting([first, second], targets, "smoke", cfg, root=tmp_path, compute=False)
+    pd.testing.assert_frame_equal(partial, one)
+    both = T.cross_setting([first, second], targets, "smoke", cfg, root=tmp_path, progress=False)
+    assert list(dict.fromkeys(both["source"])) == [first, second] and len(both) == 4
+    assert (store.record(path)["written"], path.stat().st_mtime_ns) == written  # not recomputed
+    # rows made on other targets (another eps) are not taken
+    other = [S.make_setting("mnist", "net1", "st", "linf", 0.2), targets[1]]
+    assert T.cross_setting([first, second], other, "smoke", cfg, root=tmp_path, compute=False) is None
 
 
 def test_eps_sweep_covers_every_eps_budget_and_loss(in_results, tmp_path):
@@ -147,19 +167,21 @@ def test_a_source_of_another_preset_is_read_from_that_preset(in_results):
         T.searched_loss("huge:mnist-net1-st-linf", "smoke")
 
 
-def test_a_saved_cross_table_of_other_sources_is_not_shown(in_results, monkeypatch):
-    saved = pd.DataFrame({"source": ["mnist-net1-st-linf"], "target": ["mnist-net1-st-linf"]})
-    monkeypatch.setattr(T, "saved", lambda path: saved)
+def test_the_chapter_lists_the_sources_without_saved_rows(in_results, monkeypatch):
+    monkeypatch.setattr(T, "target_settings", lambda ds, scale, norms, compute: [S.make_setting(ds, "net1", "st", "linf", 0.1)])
+    monkeypatch.setattr(T, "cross_setting", lambda sources, targets, scale, cfg, compute: pd.DataFrame(
+        {"source": ["mnist-net1-st-linf"], "target": ["mnist-net1-st-linf"]}))
     cfg = T.transfer_config("cpu")
     cross, missing = T.chapter_cross(["mnist-net1-st-linf"], "cpu", cfg, compute=False,
-                                     cifar_names=["grid:cifar10-net1-st-linf"])
-    assert list(cross) == ["mnist"]  # CIFAR-10's saved table holds the MNIST source, not the grid's
-    assert missing == ["cross-setting table for cifar10 (grid:cifar10-net1-st-linf)"]
+                                     cifar_names=["grid:cifar10-net1-st-linf", "mnist-net1-st-linf"])
+    assert list(cross) == ["mnist", "cifar10"]  # CIFAR-10's saved rows: the MNIST source's, not the grid's
+    assert missing == ["cross-setting rows for cifar10 (grid:cifar10-net1-st-linf)"]
 
 
 def test_the_cells_away_from_the_source_skip_its_own_setting_whatever_its_preset():
     table = pd.DataFrame({"source": ["grid:cifar10-net1-st-linf"] * 2 + ["cifar10-net1-st-l2"] * 2,
                           "target": ["cifar10-net1-st-linf", "cifar10-net1-st-l2"] * 2,
                           "gain_over_ce_pp": [9.0, 1.0, 2.0, 9.0], "gain_over_best_reference_pp": [9.0, -1.0, 0.5, 9.0]})
+    assert len(T.away_from_source(table)) == 2
     line = T.verdicts([], {"cifar10": table})[0]
     assert "gain over CE > 0 in 2 of 2 cells (median +1.5 pp)" in line and "best of CE/C&W/DLR > 0 in 1 " in line
