@@ -152,11 +152,23 @@ def _teaching(args) -> None:
     measure()
 
 
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already says its default, or there is
+    none to say (None, or an off switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lossbook", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelpFormatter
     t = sub.add_parser("train", help="train NET-1/NET-2 models (ST or PGD-AT); resumes interrupted runs",
                        formatter_class=fmt, description="Trains into results/models/<scale>/ (a finished model is "
                        "skipped; --force retrains it). Cost for all 8: smoke seconds, cpu about an hour on 2 cores, "

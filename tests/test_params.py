@@ -1,5 +1,6 @@
 """One parameter schema per chapter, shared by the notebooks, `run -p` and the command line."""
 import ast
+import re
 import json
 from pathlib import Path
 
@@ -77,3 +78,12 @@ def test_a_model_not_trained_at_that_scale_is_one_line(capsys, tmp_path, monkeyp
     assert main(["search", "--dataset", "mnist", "--net", "net1", "--training", "st", "--scale", "paper"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no trained model mnist-net1-st at scale 'paper'" in err[0]
+
+
+@pytest.mark.parametrize("command", ["grid", "reproduce", "exact", "landscape", "train"])
+def test_help_says_each_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in out and "(default: False)" not in out
+    assert not re.search(r"\(default: [^)]*\) \(default:", out)  # a help text stating its default gets no second one
