@@ -11,3 +11,6 @@ for seed in 0 1; do
   $PY benchmarks/bench_search.py --setting mnist-net1-at-linf --preset cpu --seed $seed --json $out/search-mnist-net1-at-linf-seed$seed.json \
     | tee $out/search-mnist-net1-at-linf-seed$seed.txt
 done
+# the semantic cache at the grid's budget (one unseeded run, as the grid's seed 0)
+$PY benchmarks/bench_search.py --setting mnist-net1-at-linf --preset grid --seed 0 --json $out/search-grid-mnist-net1-at-linf-seed0.json \
+  | tee $out/search-grid-mnist-net1-at-linf-seed0.txt
