@@ -2,8 +2,9 @@
 
 Same setting, seed, images and random starts; prints, for each: wall time, trees asked for,
 trees attacked, formula-cache and semantic hits, spot checks, disagreements, and the best fitness
-and formula; then every fitness the cache-on run borrowed, against the cache-off run's attack of
-the same formula (all hits checked, not only the spot checks). Usage: ``python benchmarks/bench_search.py --setting mnist-net1-at-linf --preset cpu``.
+and formula; then every fitness the cache-on run took without an attack, against the cache-off
+run's attack of the same formula (all of them, not only the spot checks).
+Usage: ``python benchmarks/bench_search.py --setting mnist-net1-at-linf --preset cpu``.
 Needs the trained models and the calibration of ``results/search/<scale>/calibration.json``.
 """
 from __future__ import annotations

@@ -152,7 +152,6 @@ def _teaching(args) -> None:
     measure()
 
 
-
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds "(default: X)" to an option's help unless the help already says its default, or there is
     none to say (None, or an off switch)."""

@@ -15,8 +15,9 @@ Two caches stand in front of the attack:
   the factors of ``PROBE_SCALES``), each row divided by its norm, rounded to ``PROBE_DECIMALS``
   and hashed. The scaled rows keep the prediction and shrink the logits: a tree with a threshold
   at a constant, such as ``-|1 - p_y|``, behaves like ``-p_y`` wherever the model is confident
-  and differs only once an attack has pulled ``p_y`` below 1, which unscaled rows rarely show. A tree whose value or gradient is NaN/Inf
-  on the probe is invalid (fitness 0, as the paper's rule) without an attack.
+  and differs only once an attack has pulled ``p_y`` below 1, which unscaled rows rarely show.
+  A tree whose value or gradient is NaN/Inf on the probe is invalid (fitness 0, as the paper's
+  rule) without an attack.
 
 The semantic cache is an approximation -- the probe is finite and float32 rounding differs
 between algebraically equal trees -- so it checks itself: each call re-attacks a random share

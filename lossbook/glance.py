@@ -60,9 +60,9 @@ def _transfer_rows(scale: str) -> list[dict]:
     """Q2: the searched losses keep a gain over CE under other (model, norm) settings (Fig. 8)."""
     from . import transfer as T
 
-    rows = []
+    rows, cross = [], T.saved_cross(scale)
     for ds in ("mnist", "cifar10"):
-        table = T.saved_cross(ds, scale)
+        table = cross.get(ds)
         if table is None or table.empty:
             rows.append({"paper": "AutoLoss-AR", "claim": f"Q2: searched losses transfer to other models and norms ({ds})",
                          "the paper's number": "stated: mostly (Fig. 8)", "ours": NOT_RUN, "scale": scale,

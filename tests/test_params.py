@@ -1,7 +1,7 @@
 """One parameter schema per chapter, shared by the notebooks, `run -p` and the command line."""
 import ast
-import re
 import json
+import re
 from pathlib import Path
 
 import pytest

@@ -93,19 +93,20 @@ def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
         T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, compute=False)
 
 
-def test_a_new_source_adds_its_rows_and_leaves_the_saved_ones(in_results, tmp_path):
+def test_a_new_source_adds_its_rows_and_leaves_the_saved_ones(in_results, tmp_path, monkeypatch):
     cfg = T.transfer_config("smoke", n_images=16)
     targets = [S.make_setting("mnist", "net1", "st", "linf", 0.1), S.make_setting("mnist", "net1", "at", "l2", 1.5)]
     first, second = SOURCES
+    attacked, rows = [], T._cross_rows
+    monkeypatch.setattr(T, "_cross_rows", lambda found, *a: attacked.append(list(found)) or rows(found, *a))
     one = T.cross_setting([first], targets, "smoke", cfg, root=tmp_path, progress=False)
-    path = T.cross_path(["mnist"], "smoke", first, root=tmp_path)
-    written = store.record(path)["written"], path.stat().st_mtime_ns
     # without computing, only what is saved for exactly this request is shown
     partial = T.cross_setting([first, second], targets, "smoke", cfg, root=tmp_path, compute=False)
     pd.testing.assert_frame_equal(partial, one)
     both = T.cross_setting([first, second], targets, "smoke", cfg, root=tmp_path, progress=False)
     assert list(dict.fromkeys(both["source"])) == [first, second] and len(both) == 4
-    assert (store.record(path)["written"], path.stat().st_mtime_ns) == written  # not recomputed
+    assert attacked == [[first], [second]]  # the saved source was not attacked again
+    pd.testing.assert_frame_equal(both[both["source"] == first].reset_index(drop=True), one)
     # rows made on other targets (another eps) are not taken
     other = [S.make_setting("mnist", "net1", "st", "linf", 0.2), targets[1]]
     assert T.cross_setting([first, second], other, "smoke", cfg, root=tmp_path, compute=False) is None
