@@ -81,6 +81,15 @@ def _grid(args) -> None:
                                address=args.address))
 
 
+def _paper_arm(args) -> None:
+    from .grid import SETTINGS as SETTINGS_ALL
+
+    from .paper_arm import run_arm
+
+    settings = args.settings or [s for s in SETTINGS_ALL if s.split("-")[0] in args.datasets]
+    print("summary:", run_arm(args.arm, settings=settings, progress=not args.quiet, seeded=not args.no_seeded))
+
+
 def _atras(args) -> None:
     from .atras import (atras_config, chapter_architectures, dataset_results, depth_summary, failure_architectures,
                         transfer_architectures)
@@ -218,6 +227,19 @@ def main(argv=None) -> int:
                         "(pip install 'lossbook[cluster]'; results in LOSSBOOK_RESULTS, a folder every node can write)")
     g.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else 'auto')")
     g.set_defaults(func=_grid)
+
+    pa = sub.add_parser("paper-arm", formatter_class=fmt, help="Question 1 by the protocol of book/protocol_q1.md: "
+                        "unseeded runs, held-out verdicts, results/search/paper-arm/summary.csv (resumes)",
+                        description="paper: MNIST on the 160-epoch models (5 unseeded runs per setting), CIFAR-10 on "
+                        "the cpu models (3; the grid's unseeded runs of the same request count), eps by the paper's "
+                        "rule; then one seeded run per setting (a labelled sensitivity arm). smoke: seconds.")
+    pa.add_argument("--arm", choices=("paper", "smoke"), default="paper", help="which plan")
+    pa.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="only these datasets")
+    pa.add_argument("--settings", nargs="+", choices=SETTINGS, default=None, metavar="SETTING",
+                    help="only these settings (overrides --datasets)")
+    pa.add_argument("--no-seeded", action="store_true", help="skip the seeded sensitivity runs")
+    pa.add_argument("--quiet", action="store_true", help="no progress bars (one line per finished run and setting)")
+    pa.set_defaults(func=_paper_arm)
 
     a = sub.add_parser("atras", help="the ATRAS sweep: FGSM and FGSM-AT over the 40 MLPs (resumes)",
                        formatter_class=fmt, description="Rows into results/atras/<scale>/<dataset>.csv, one per "

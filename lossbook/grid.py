@@ -107,9 +107,10 @@ def run_setting(name: str, plan: GridPlan, root: Path | None = None, progress: b
 LOSS_NAMES = ("searched", "ce", "cw", "dlr")
 
 
-def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | None = None) -> dict:
+def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | None = None,
+                     tag: str = "grid") -> dict:
     """Per-image outcomes (broken or not) of the best loss and CE/C&W/DLR on held-out images under
-    PGD-``s`` for each ``s`` in ``plan.heldout_steps``; cached in ``heldout-<seed>.npz`` + ``.json``
+    PGD-``s`` for each ``s`` in ``plan.heldout_steps``; cached in ``heldout-<tag>.npz`` + ``.json``
     beside the runs and reused only for the same request."""
     from . import data
     from .attacks import evaluate_losses, evaluation_set
@@ -119,7 +120,7 @@ def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | 
     request = {"setting": asdict(setting), "formula": best["best"], "run_seed": best["seed"],
                "search_images": best["gp"]["n_images"], "n": plan.heldout_images, "steps": list(plan.heldout_steps),
                "seed": plan.heldout_seed, "model_scale": plan.scale, "losses": list(LOSS_NAMES)}
-    meta, arrays = folder / "heldout-grid.json", folder / "heldout-grid.npz"
+    meta, arrays = folder / f"heldout-{tag}.json", folder / f"heldout-{tag}.npz"
     if store.matches(meta, request):
         saved, z = store.load(meta, request), store.load(arrays, request)
         return {**saved, "broken": {int(s): z[f"pgd{s}"] for s in plan.heldout_steps}}

@@ -83,8 +83,13 @@ SEARCH_PRESETS = {
     # the 24-setting grid on the cpu models (lossbook.grid): a larger budget made affordable by the
     # semantic cache, and the paper's initialisation (random trees only) unless a run is seeded
     "grid": GPConfig(gn=GRID_GENERATIONS, ps=GRID_POPULATION, st=GRID_POPULATION, n_images=400),
+    # Question 1's paper arm (lossbook.paper_arm, book/protocol_q1.md): the grid's budget, unseeded runs
+    # only, on the models of the protocol; identical to "grid" so that the grid's unseeded runs of the
+    # same setting and eps answer the same request
+    "paper-arm": GPConfig(gn=GRID_GENERATIONS, ps=GRID_POPULATION, st=GRID_POPULATION, n_images=400),
+    "smoke-arm": GPConfig(gn=2, ps=8, st=8, n_images=32, hof=3),
 }
-RUNS = {"smoke": 1, "cpu": 2, "paper": 20, "grid": 3}
+RUNS = {"smoke": 1, "cpu": 2, "paper": 20, "grid": 3, "paper-arm": 3, "smoke-arm": 2}
 #: the models a preset searches on by default (a preset that is not a scale)
 PRESET_MODEL_SCALE = {"grid": "cpu"}
 

@@ -90,3 +90,95 @@ def majority_verdict(k: int, n: int, level: float = 0.05) -> tuple[str, float]:
     if p >= level:
         return "inconclusive", p
     return ("reproduced" if 2 * k > n else "not reproduced"), p
+
+
+# ------------------------------------------------------------------------------------------------
+# Question 1's protocol (book/protocol_q1.md): exact interval, Holm, size, pooled
+# ------------------------------------------------------------------------------------------------
+DIRECTIONS = ("reproduced", "not reproduced", "inconclusive")
+SIZES = ("consistent", "smaller than the paper's", "larger than the paper's")
+
+
+@dataclass(frozen=True)
+class ExactGain:
+    """Gain of A over B (pp) on N paired images, with the exact conditional interval of the protocol:
+    a Clopper-Pearson interval for the share of A among the discordant images, mapped to the gain.
+    It excludes 0 exactly when McNemar's exact two-sided p < 1 - level."""
+
+    gain_pp: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    only_a: int
+    only_b: int
+    n: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def exact_gain(broken_a, broken_b, level: float = 0.95) -> ExactGain:
+    """The protocol's paired comparison of A and B: gain, exact interval, McNemar's exact p."""
+    a, b = np.asarray(broken_a, bool), np.asarray(broken_b, bool)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired outcomes must be two 1-d arrays of the same non-zero length, got "
+                         f"{a.shape} and {b.shape}")
+    n, only_a, only_b = len(a), int((a & ~b).sum()), int((b & ~a).sum())
+    m = only_a + only_b
+    if m == 0:
+        return ExactGain(0.0, 0.0, 0.0, 1.0, 0, 0, n)
+    test = binomtest(only_a, m, 0.5)
+    ci = test.proportion_ci(confidence_level=level, method="exact")
+    to_gain = lambda pi: 100.0 * m / n * (2 * pi - 1)  # noqa: E731
+    return ExactGain(100.0 * (only_a - only_b) / n, to_gain(ci.low), to_gain(ci.high), float(test.pvalue),
+                     only_a, only_b, n)
+
+
+def direction(g) -> str:
+    """The protocol's direction verdict: the interval above 0, below 0, or touching it."""
+    if g.ci_low > 0:
+        return "reproduced"
+    if g.ci_high < 0:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def size_verdict(g, paper_gain_pp: float) -> str:
+    """Where the paper's gain lies relative to the interval of ours."""
+    if g.ci_high < paper_gain_pp:
+        return "smaller than the paper's"
+    if g.ci_low > paper_gain_pp:
+        return "larger than the paper's"
+    return "consistent"
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (same order as given)."""
+    p = np.asarray(p_values, float)
+    order = np.argsort(p, kind="stable")
+    k = len(p)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((k - np.arange(k)) * p[order]))
+    out = np.empty(k)
+    out[order] = adjusted
+    return out
+
+
+def pooled_gain(pairs, n_boot: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean gain (pp) over settings, each given as (only_a, only_b, n), with a two-stage percentile
+    bootstrap interval: settings drawn with replacement, then each drawn setting's images (as
+    multinomial counts of the discordant kinds)."""
+    pairs = np.asarray(pairs, float)
+    if pairs.ndim != 2 or pairs.shape[1] != 3 or len(pairs) == 0:
+        raise ValueError(f"pooled_gain needs rows (only_a, only_b, n), got shape {pairs.shape}")
+    gains = 100.0 * (pairs[:, 0] - pairs[:, 1]) / pairs[:, 2]
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+    boot = np.empty(n_boot)
+    for i, row in enumerate(picks):
+        a, b, n = pairs[row, 0], pairs[row, 1], pairs[row, 2].astype(int)
+        probs = np.stack([a / n, b / n, 1 - (a + b) / n], axis=1)
+        draws = np.array([rng.multinomial(k, pr) for k, pr in zip(n, probs)])
+        boot[i] = np.mean(100.0 * (draws[:, 0] - draws[:, 1]) / n)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(boot, [tail, 100 - tail])
+    return float(gains.mean()), float(lo), float(hi)

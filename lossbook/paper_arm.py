@@ -1,0 +1,290 @@
+"""Question 1 by the protocol of ``book/protocol_q1.md``: the paper arm, judged on held-out images.
+
+``python -m lossbook paper-arm --datasets mnist`` runs, setting by setting, the unseeded GP runs of
+the arm (random trees only, as in the paper; the ``paper-arm`` preset), selects the best run on the
+search images, re-evaluates its loss and CE, C&W and DLR on 1,000 held-out images under PGD-10 and
+PGD-100, and writes one row per setting to ``results/search/paper-arm/summary.csv``. Then the
+sensitivity arm of one seeded run per setting. Everything resumes: finished runs are loaded, an
+interrupted run continues from its checkpoint, a run of the grid made for the very same request
+(setting, eps, GP configuration, models, seed) counts without being copied.
+
+The arm's eps follows the paper's stated rule on the model attacked: Table III's eps where CE-PGD-10
+breaks 65-75% of the calibration images, else the eps where it breaks 70% (:func:`arm_setting`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from . import store
+from .config import RESULTS_DIR, check_choice, train_config
+from .grid import SETTINGS, GridPlan, heldout_outcomes, paper_gain
+from .search import (SEARCH_PRESETS, Setting, auto_setting, parse_setting, run_request, search_dir,
+                     search_setting)
+from .train import ensure_trained
+from .stats import direction, exact_gain, holm, pooled_gain, size_verdict
+
+#: the protocol's band: Table III's eps is kept where CE-PGD-10's R'' lies in it
+KEEP_BAND = (0.65, 0.75)
+SEEDED = ("ce", "cw", "margin")
+
+
+@dataclass(frozen=True)
+class ArmPlan:
+    """What an arm runs: its GP preset (runs under ``results/search/<preset>/``), models, seeds, images."""
+
+    name: str
+    preset: str
+    model_scale: tuple  # ((dataset, scale), ...)
+    seeds: tuple  # ((dataset, (unseeded run seeds...)), ...)
+    calibration_images: tuple  # ((dataset, n), ...): images of the stored eps calibration
+    reuse: tuple = ("grid",)  # presets whose runs count where they answer the same request
+    seeded_seed: int = 2  # the labelled seeded run (a sensitivity arm, never pooled)
+    heldout_images: int = 1000
+    heldout_steps: tuple = (10, 100)
+    heldout_seed: int = 1000
+    band: tuple = KEEP_BAND
+
+    def scale_of(self, dataset: str) -> str:
+        return dict(self.model_scale)[dataset]
+
+    def seeds_of(self, dataset: str) -> tuple:
+        return tuple(dict(self.seeds)[dataset])
+
+    def heldout_plan(self, dataset: str) -> GridPlan:
+        """The held-out check of :mod:`lossbook.grid` with this arm's images, steps and folder."""
+        return GridPlan(self.scale_of(dataset), self.preset, len(self.seeds_of(dataset)), 0, self.heldout_images,
+                        self.heldout_steps, self.heldout_seed)
+
+
+ARMS = {
+    "paper": ArmPlan("paper", "paper-arm", (("mnist", "paper"), ("cifar10", "cpu")),
+                     (("mnist", (0, 1, 3, 4, 5)), ("cifar10", (0, 1, 3))), (("mnist", 1000), ("cifar10", 400))),
+    "smoke": ArmPlan("smoke", "smoke-arm", (("mnist", "smoke"), ("cifar10", "smoke")),
+                     (("mnist", (0, 1)), ("cifar10", (0, 1))), (("mnist", 32), ("cifar10", 32)), reuse=(),
+                     heldout_images=32, heldout_steps=(10, 20)),
+}
+
+
+def arm_setting(name: str, plan: ArmPlan, root: Path | None = None) -> Setting:
+    """The setting with its eps by the protocol's rule on the arm's model."""
+    d, n, t, norm = parse_setting(name)
+    return auto_setting(d, n, t, norm, plan.scale_of(d), n_images=dict(plan.calibration_images)[d],
+                        band=plan.band, root=root)
+
+
+def eps_origin(name: str, plan: ArmPlan, root: Path | None = None) -> dict:
+    """Table III's eps, the R'' CE-PGD-10 reaches there, and whether the arm kept it (read back, no compute)."""
+    d = name.split("-")[0]
+    path = (root or RESULTS_DIR / "search") / plan.scale_of(d) / "calibration.json"
+    entry = store.load(path, {"what": "eps calibration", "scale": plan.scale_of(d)})[f"{name}@table-iii"]
+    kept = plan.band[0] <= entry["ce_risk"] <= plan.band[1]
+    return {"table_iii_eps": entry["eps"], "table_iii_ce_risk": entry["ce_risk"],
+            "eps_rule": "Table III (CE R'' in band)" if kept else "calibrated to CE R'' = 0.70"}
+
+
+def _config(plan: ArmPlan, seeded: bool = False):
+    return replace(SEARCH_PRESETS[plan.preset], seed_losses=SEEDED if seeded else ())
+
+
+def find_run(setting: Setting, plan: ArmPlan, seed: int, seeded: bool = False, root: Path | None = None) -> dict | None:
+    """A finished run answering this request, in the arm's folder or one of ``plan.reuse``; None if none."""
+    cfg = _config(plan, seeded)
+    request = run_request(setting, cfg, plan.scale_of(setting.dataset), seed)
+    for preset in (plan.preset, *plan.reuse):
+        path = search_dir(setting, preset, root) / f"run-{seed}.json"
+        if store.matches(path, request):
+            return {**store.load(path, request), "found_in": preset}
+    return None
+
+
+def _ensure_smoke_model(name: str, plan: ArmPlan, progress: bool) -> None:
+    """Smoke models cost seconds: trained where missing (other scales are trained by ``train``)."""
+    d, n, t, _ = parse_setting(name)
+    if plan.scale_of(d) == "smoke":
+        ensure_trained([d], [n], [t], "smoke", progress=progress)
+
+
+def arm_runs(name: str, plan: ArmPlan, root: Path | None = None, compute: bool = True, progress: bool = True,
+             log=print, seeded: bool = False) -> list[dict]:
+    """The setting's unseeded runs (or its one seeded run): found ones loaded, missing ones searched
+    (``compute``) and saved in the arm's folder."""
+    if compute:
+        _ensure_smoke_model(name, plan, progress)
+    setting = arm_setting(name, plan, root)
+    scale = plan.scale_of(setting.dataset)
+    out = []
+    for seed in ((plan.seeded_seed,) if seeded else plan.seeds_of(setting.dataset)):
+        rec = find_run(setting, plan, seed, seeded, root)
+        if rec is None and compute:
+            t0 = time.perf_counter()
+            rec = search_setting(setting, plan.preset, runs=1, seed=seed, model_scale=scale, root=root,
+                                 cfg=_config(plan, seeded), progress=progress)[0]
+            rec = {**rec, "found_in": plan.preset}
+            log(f"{name} run seed {seed}{' (seeded)' * seeded}: R''={rec['best_fitness']:.3f}, gain over CE "
+                f"{rec['gain_over_ce_pp']:+.1f} pp, {time.perf_counter() - t0:.0f} s: {rec['best_pretty']}")
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def best_run(runs: list[dict]) -> dict:
+    """The run selected on the search images: highest best fitness, ties to the lowest seed."""
+    return max(sorted(runs, key=lambda r: r["seed"]), key=lambda r: r["best_fitness"])
+
+
+def uses_label(formula: str) -> bool:
+    """Whether a formula reads the label ``q`` at all (a tree without it can only win by early stopping)."""
+    import ast
+
+    return any(isinstance(n, ast.Name) and n.id == "q" for n in ast.walk(ast.parse(formula, mode="eval")))
+
+
+def _model_facts(dataset: str, net: str, training: str, scale: str) -> dict:
+    acc_path = RESULTS_DIR / "models" / scale / "accuracies.csv"
+    acc = None
+    if acc_path.exists():
+        table = store.load(acc_path)
+        hit = table[(table.dataset == dataset) & (table.net == net) & (table.training == training)]
+        acc = float(hit.test_acc.iloc[0]) if len(hit) else None
+    return {"model_scale": scale, "model_epochs": train_config(dataset, net, training, scale).epochs,
+            "model_clean_acc": acc}
+
+
+def summary_row(name: str, plan: ArmPlan, runs: list[dict], held: dict, root: Path | None = None) -> dict:
+    """One row of the arm's summary: model, eps and its origin, runs, in-sample and held-out gains with
+    the protocol's interval, p-value and verdicts (direction, size) under each held-out PGD."""
+    setting = arm_setting(name, plan, root)
+    best = best_run(runs)
+    paper = paper_gain(name)
+    row = {"setting": name, **_model_facts(setting.dataset, setting.net, setting.training, plan.scale_of(setting.dataset)),
+           "eps": setting.eps, **eps_origin(name, plan, root), "runs": len(runs),
+           "run_seeds": " ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"])),
+           "runs_from_grid": sum(r["found_in"] != plan.preset for r in runs),
+           "runs_beating_ce": sum(r["best_fitness"] > r["baselines"]["ce"] for r in runs),
+           "paper_gain_pp": paper, "insample_gain_pp": round(best["gain_over_ce_pp"], 2)}
+    for steps in plan.heldout_steps:
+        b = held["broken"][steps]
+        g = exact_gain(b[0], b[1])
+        sfx = "" if steps == plan.heldout_steps[0] else f"_pgd{steps}"
+        best_hand = max(range(2, 4), key=lambda k: b[k].mean())
+        row.update({f"ce_risk{sfx}": round(float(b[1].mean()), 4), f"searched_risk{sfx}": round(float(b[0].mean()), 4),
+                    f"heldout_gain_pp{sfx}": round(g.gain_pp, 2), f"ci_low{sfx}": round(g.ci_low, 2),
+                    f"ci_high{sfx}": round(g.ci_high, 2), f"only_searched{sfx}": g.only_a, f"only_ce{sfx}": g.only_b,
+                    f"p_value{sfx}": float(f"{g.p_value:.4g}"), f"direction{sfx}": direction(g),
+                    f"size{sfx}": size_verdict(g, paper),
+                    f"gain_over_best_of_cw_dlr_pp{sfx}": round(100 * float(b[0].mean() - b[best_hand].mean()), 2)})
+    row.update({"heldout_images": plan.heldout_images, "best_run_seed": best["seed"], "best_formula": best["best"],
+                "best_pretty": best["best_pretty"], "uses_label": uses_label(best["best"])})
+    return row
+
+
+def summary_request(plan: ArmPlan) -> dict:
+    return {"what": "paper-arm summary", **asdict(plan)}
+
+
+def summary_path(plan: ArmPlan, root: Path | None = None) -> Path:
+    return (root or RESULTS_DIR / "search") / plan.preset / "summary.csv"
+
+
+def write_summary(rows: list[dict], plan: ArmPlan, root: Path | None = None) -> Path:
+    """Add ``rows`` to the arm's summary (a setting's new row replaces its old one; rows of other processes kept)."""
+    def merged(current):
+        by = {r["setting"]: r for r in (current.to_dict("records") if current is not None else [])}
+        by.update({r["setting"]: r for r in rows})
+        return pd.DataFrame(sorted(by.values(), key=lambda r: SETTINGS.index(r["setting"])))
+
+    return store.update(summary_path(plan, root), summary_request(plan), merged)
+
+
+def load_summary(plan: ArmPlan | str = "paper", root: Path | None = None) -> pd.DataFrame | None:
+    """The arm's summary (validated), or None where no setting is judged yet."""
+    plan = ARMS[plan] if isinstance(plan, str) else plan
+    path = summary_path(plan, root)
+    return store.load(path, summary_request(plan)) if path.exists() else None
+
+
+def judge_setting(name: str, plan: ArmPlan, root: Path | None = None, compute: bool = True, progress: bool = True,
+                  log=print) -> dict | None:
+    """Runs, held-out check and summary row of one setting; None while a planned run is missing."""
+    if compute:
+        _ensure_smoke_model(name, plan, progress)
+    setting = arm_setting(name, plan, root)
+    runs = arm_runs(name, plan, root, compute, progress, log)
+    if len(runs) < len(plan.seeds_of(setting.dataset)):
+        return None
+    held = heldout_outcomes(setting, plan.heldout_plan(setting.dataset), best_run(runs), root, tag=plan.preset)
+    row = summary_row(name, plan, runs, held, root)
+    write_summary([row], plan, root)
+    return row
+
+
+def run_arm(arm: str = "paper", settings=None, root: Path | None = None, progress: bool = True, log=print,
+            seeded: bool = True) -> Path:
+    """Judge every setting asked (default: all 24, MNIST first), then (``seeded``) run each one's seeded run."""
+    check_choice("arm", arm, ARMS)
+    plan = ARMS[arm]
+    settings = list(settings or SETTINGS)
+    for s in settings:
+        check_choice("setting", s, SETTINGS)
+    t0 = time.perf_counter()
+    for i, name in enumerate(settings):
+        row = judge_setting(name, plan, root, True, progress, log)
+        log(f"[{i + 1}/{len(settings)}] {name} eps={row['eps']}: held-out gain over CE {row['heldout_gain_pp']:+.1f} pp "
+            f"[{row['ci_low']:+.1f}, {row['ci_high']:+.1f}] (paper {row['paper_gain_pp']:+.1f}; in-sample "
+            f"{row['insample_gain_pp']:+.1f}): {row['direction']}, {row['size']}; "
+            f"{time.perf_counter() - t0:.0f} s so far")
+    if seeded:
+        for name in settings:
+            arm_runs(name, plan, root, True, progress, log, seeded=True)
+    return summary_path(plan, root)
+
+
+# ------------------------------------------------------------------------------------------------
+# The family: Holm over the settings judged, and the pooled gain
+# ------------------------------------------------------------------------------------------------
+def with_holm(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary with Holm-adjusted p-values over its rows (PGD-10 and, where present, PGD-100)."""
+    out = summary.copy()
+    for sfx in ("", "_pgd100"):
+        if f"p_value{sfx}" in out:
+            out[f"holm_p{sfx}"] = holm(out[f"p_value{sfx}"].to_numpy())
+    return out
+
+
+def pooled(summary: pd.DataFrame, sfx: str = "") -> tuple[float, float, float]:
+    """Mean held-out gain over the judged settings with the protocol's two-stage bootstrap interval."""
+    pairs = summary[[f"only_searched{sfx}", f"only_ce{sfx}", "heldout_images"]].to_numpy()
+    return pooled_gain(pairs)
+
+
+def family(summary: pd.DataFrame, sfx: str = "") -> dict:
+    """Counts for H3: settings with a gain / a loss that survive Holm at 0.05, and the direction counts."""
+    s = with_holm(summary)
+    sig = s[f"holm_p{sfx}"] < 0.05
+    counts = s[f"direction{sfx}"].value_counts()
+    return {"judged": len(s), "gain_after_holm": int((sig & (s[f"heldout_gain_pp{sfx}"] > 0)).sum()),
+            "loss_after_holm": int((sig & (s[f"heldout_gain_pp{sfx}"] < 0)).sum()),
+            **{v: int(counts.get(v, 0)) for v in ("reproduced", "not reproduced", "inconclusive")}}
+
+
+def answer(summary: pd.DataFrame | None) -> str:
+    """Question 1 in one paragraph, counted from the arm's summary."""
+    if summary is None or summary.empty:
+        return ("No setting of the paper arm has been judged yet (`python -m lossbook paper-arm`); the protocol "
+                "is fixed on its own page.")
+    f = family(summary)
+    mean, lo, hi = pooled(summary)
+    rest = "" if f["judged"] == len(SETTINGS) else f" ({len(SETTINGS) - f['judged']} settings not judged yet)"
+    return (f"In the paper arm ({f['judged']} of {len(SETTINGS)} settings judged{rest}), the best searched loss "
+            f"beats CE on held-out images under PGD-10 in {f['reproduced']} settings, loses in "
+            f"{f['not reproduced']}, and is inconclusive in {f['inconclusive']}; after Holm's correction "
+            f"{f['gain_after_holm']} gains and {f['loss_after_holm']} losses remain. The mean held-out gain over "
+            f"the judged settings is {mean:+.2f} pp [95%: {lo:+.2f}, {hi:+.2f}].")
+
+
+__all__ = ["ARMS", "ArmPlan", "KEEP_BAND", "answer", "arm_runs", "arm_setting", "best_run", "eps_origin", "family",
+           "find_run", "judge_setting", "load_summary", "pooled", "run_arm", "summary_row", "uses_label", "with_holm"]
