@@ -148,7 +148,8 @@ def _model_facts(dataset: str, net: str, training: str, scale: str) -> dict:
     acc = None
     if acc_path.exists():
         table = store.load(acc_path)
-        hit = table[(table.dataset == dataset) & (table.net == net) & (table.training == training)]
+        seed0 = table.seed == 0 if "seed" in table else True
+        hit = table[(table.dataset == dataset) & (table.net == net) & (table.training == training) & seed0]
         acc = float(hit.test_acc.iloc[0]) if len(hit) else None
     return {"model_scale": scale, "model_epochs": train_config(dataset, net, training, scale).epochs,
             "model_clean_acc": acc}

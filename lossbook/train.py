@@ -175,9 +175,9 @@ def load_model(dataset: str, net: str, training: str, scale: str, root: Path | N
     return model.to(device or default_device()).eval()
 
 
-def load_record(dataset: str, net: str, training: str, scale: str, root: Path | None = None) -> dict:
-    """The configuration and metrics stored with a trained model (no weights)."""
-    path = checkpoint_path(train_config(dataset, net, training, scale), root)
+def load_record(dataset: str, net: str, training: str, scale: str, root: Path | None = None, seed: int = 0) -> dict:
+    """The configuration and metrics stored with a trained model of training seed ``seed`` (no weights)."""
+    path = checkpoint_path(train_config(dataset, net, training, scale, seed=seed), root)
     state = _read_checkpoint(path)
     state.pop("model")
     return state
@@ -199,7 +199,7 @@ def write_accuracies(scale: str, root: Path | None = None) -> Path:
     for _, st in saved_models(folder):
         c = st["config"]
         rows.append({"dataset": c["dataset"], "net": c["net"], "training": c["training"], "scale": c["scale"],
-                     "epochs": c["epochs"], "lr": c["lr"], "at_eps": c["at_eps"], "test_acc": round(st["test_acc"], 4),
+                     "seed": c.get("seed", 0), "epochs": c["epochs"], "lr": c["lr"], "at_eps": c["at_eps"], "test_acc": round(st["test_acc"], 4),
                      "train_seconds": st["train_seconds"], "device": st.get("device", "?")})
     return store.save(folder / "accuracies.csv", pd.DataFrame(rows), {"what": "accuracies", "scale": scale})
 
@@ -218,7 +218,7 @@ def ensure_trained(datasets, nets, trainings, scale: str, seed: int = 0, recompu
                 path = checkpoint_path(cfg, root)
                 rec = None
                 if path.exists() and not recompute:
-                    rec = load_record(dataset, net, training, scale, root)
+                    rec = load_record(dataset, net, training, scale, root, seed=seed)
                     if rec["config"] != cfg.to_dict():
                         rec = None  # trained with other settings (e.g. another seed): train anew
                 if rec is None and not (train_missing or recompute):
@@ -241,7 +241,7 @@ def training_logs(records: list[dict], root: Path | None = None):
 
     frames = []
     for rec in records:
-        cfg = train_config(**{k: rec["config"][k] for k in ("dataset", "net", "training", "scale")})
+        cfg = train_config(**{k: rec["config"][k] for k in ("dataset", "net", "training", "scale", "seed")})
         df = store.load(checkpoint_path(cfg, root).with_suffix(".log.csv"))
         df.insert(0, "model", cfg.name())
         df.insert(1, "dataset", cfg.dataset)

@@ -106,3 +106,19 @@ def test_conclusion_states_what_adversarial_training_cost():
                        rec("cifar10", "net2", "at", 0.56)])  # no ST model: no comparison invented
     assert "mnist NET1: AT reaches 97.4% clean test accuracy, 1.3 pp below ST's 98.7%." in text
     assert "cifar10" not in text and "3 models, 30 minutes of training in all at `cpu` scale" in text
+
+
+def test_a_seed_reaches_the_checkpoint_the_record_and_the_logs(tmp_path, data_available, monkeypatch):
+    """A second seed trains its own model once; a second call loads it (the seed used to be dropped
+    between ensure_trained and load_record, so the call stopped on the seed-0 file)."""
+    import lossbook.train as T
+
+    first = T.ensure_trained(["mnist"], ["net1"], ["st"], "smoke", seed=1, root=tmp_path, progress=False)
+    assert first[0]["config"]["seed"] == 1 and not (tmp_path / "smoke" / "mnist-net1-st.pt").exists()
+    monkeypatch.setattr(T, "train", lambda *a, **k: pytest.fail("a finished seed-1 model was trained again"))
+    again = T.ensure_trained(["mnist"], ["net1"], ["st"], "smoke", seed=1, root=tmp_path, progress=False)
+    assert again[0]["config"] == first[0]["config"]
+    logs = T.training_logs(again, root=tmp_path)
+    assert len(logs) == first[0]["config"]["epochs"] and set(logs.model) == {"mnist-net1-st"}
+    table = T.store.load(tmp_path / "smoke" / "accuracies.csv")
+    assert table.seed.tolist() == [1]
