@@ -176,6 +176,28 @@ HANDCRAFTED_FORMULAS: dict[str, str] = {
 }
 
 
+#: The losses the AutoLoss-AR authors released (``bs1``-``bs6`` in ``losses.py`` of
+#: github.com/xpf/Tightening-Approximation-Error, searched on RobustBench CIFAR-10 models), transcribed
+#: into this module's primitives. Their constants 2, 5, 6 and 10 lie outside Table I's 0 and 1; their
+#: protected operations add 1e-12 where ours add GAMMA, and bs1 divides where we use Inv (the divisor,
+#: a softmax maximum, is at least 1/C, so the difference is below 1e-5 relative).
+RELEASED_FORMULAS: dict[str, str] = {
+    "bs1": "Exp(Mul(10, Mul(Softmax(p), Inv(Max(Softmax(p))))))",
+    "bs2": "Exp(Neg(Max(Softmax(Add(p, Mul(2, Softmax(Mul(5, p))))))))",
+    "bs3": "Mul(Softmax(Neg(Softmax(Mul(Mul(Exp(p), 2), p)))), Add(Softmax(Mul(2, p)), Mul(2, q)))",
+    "bs4": "Square(Add(Softmax(Add(Add(Softmax(Mul(2, p)), Neg(q)), p)), Neg(q)))",
+    "bs5": "Exp(Neg(Max(Add(Softmax(Add(Exp(Add(Softmax(Add(Exp(p), p)), 1)), p)), 1))))",
+    "bs6": "Inv(Sum(Mul(Softmax(Sqrt(Mul(Mul(Mul(6, p), p), p))), Add(1, q))))",
+}
+
+
+def released_loss(name: str) -> Loss:
+    """One of the authors' released losses by name (``bs1``..``bs6``)."""
+    if name not in RELEASED_FORMULAS:
+        raise ValueError(f"unknown released loss {name!r}; allowed: {', '.join(RELEASED_FORMULAS)}")
+    return compile_formula(RELEASED_FORMULAS[name], any_constant=True)
+
+
 def get_loss(name: str) -> Loss:
     """A handcrafted loss by name (``ce``, ``cw``, ``margin``, ``dlr``) or a formula string."""
     if name in HANDCRAFTED:
@@ -187,7 +209,7 @@ def get_loss(name: str) -> Loss:
 
 
 # ---- formulas -------------------------------------------------------------------------------------
-def _check_node(node: ast.AST, formula: str) -> None:
+def _check_node(node: ast.AST, formula: str, any_constant: bool = False) -> None:
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in PRIMITIVES or node.keywords:
             raise ValueError(f"formula {formula!r}: unknown operation {ast.unparse(node.func)!r}; "
@@ -196,29 +218,30 @@ def _check_node(node: ast.AST, formula: str) -> None:
         if len(node.args) != arity:
             raise ValueError(f"formula {formula!r}: {node.func.id} takes {arity} argument(s), got {len(node.args)}")
         for a in node.args:
-            _check_node(a, formula)
+            _check_node(a, formula, any_constant)
     elif isinstance(node, ast.Name):
         if node.id not in ("p", "q"):
             raise ValueError(f"formula {formula!r}: unknown input {node.id!r}; allowed: p, q, 0, 1")
     elif isinstance(node, ast.Constant):
-        if node.value not in (0, 1) or isinstance(node.value, bool):
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)) or (
+                node.value not in (0, 1) and not any_constant):
             raise ValueError(f"formula {formula!r}: constant {node.value!r} not allowed; allowed: 0, 1")
     else:
         raise ValueError(f"formula {formula!r}: not an expression over the primitives ({ast.dump(node)[:40]})")
 
 
 @functools.lru_cache(maxsize=4096)
-def compile_formula(formula: str) -> Loss:
+def compile_formula(formula: str, any_constant: bool = False) -> Loss:
     """Compile a prefix formula (DEAP's ``str(tree)``) into a loss callable ``loss(p, q)``.
 
-    Only the Table I primitives, ``p``, ``q``, ``0`` and ``1`` are accepted; anything else raises
-    ``ValueError`` naming what was wrong.
+    Only the Table I primitives, ``p``, ``q``, ``0`` and ``1`` are accepted (``any_constant``: any
+    number, for the authors' released losses); anything else raises ``ValueError`` naming what was wrong.
     """
     try:
         tree = ast.parse(formula.strip(), mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"formula {formula!r} does not parse: {exc.msg}") from None
-    _check_node(tree.body, formula)
+    _check_node(tree.body, formula, any_constant)
     code = compile(tree, "<formula>", "eval")
     namespace = {name: fn for name, (fn, _) in PRIMITIVES.items()}
 

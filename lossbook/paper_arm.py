@@ -24,7 +24,10 @@ from .config import RESULTS_DIR, check_choice, train_config
 from .grid import SETTINGS, GridPlan, heldout_outcomes, paper_gain
 from .search import (SEARCH_PRESETS, Setting, auto_setting, parse_setting, run_request, search_dir,
                      search_setting)
-from .train import ensure_trained
+from . import data
+from .attacks import evaluate_losses, evaluation_set, pgd
+from .losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula, released_loss
+from .train import ensure_trained, load_model
 from .stats import direction, exact_gain, holm, pooled_gain, size_verdict
 
 #: the protocol's band: Table III's eps is kept where CE-PGD-10's R'' lies in it
@@ -241,6 +244,7 @@ def run_arm(arm: str = "paper", settings=None, root: Path | None = None, progres
     if seeded:
         for name in settings:
             arm_runs(name, plan, root, True, progress, log, seeded=True)
+        write_sensitivity(plan, settings, root, log)
     return summary_path(plan, root)
 
 
@@ -287,5 +291,103 @@ def answer(summary: pd.DataFrame | None) -> str:
             f"the judged settings is {mean:+.2f} pp [95%: {lo:+.2f}, {hi:+.2f}].")
 
 
-__all__ = ["ARMS", "ArmPlan", "KEEP_BAND", "answer", "arm_runs", "arm_setting", "best_run", "eps_origin", "family",
-           "find_run", "judge_setting", "load_summary", "pooled", "run_arm", "summary_row", "uses_label", "with_holm"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sensitivity arms (beside the verdict, never pooled into it)
+# ------------------------------------------------------------------------------------------------
+#: textbook PGD: constant step 2.5 * eps / steps, only the final iterate scored
+TEXTBOOK = {"schedule": "constant", "step_factor": 2.5, "mode": "final"}
+
+
+def heldout_images(setting: Setting, plan: ArmPlan, n_search: int):
+    """The arm's held-out images of a setting: the model and the ``plan.heldout_images`` correctly
+    classified test images after the first ``n_search`` (the search's)."""
+    x, y, _ = evaluation_set(model := load_model(setting.dataset, setting.net, setting.training,
+                                                 plan.scale_of(setting.dataset)),
+                             *data.load(setting.dataset, "test"), n=n_search + plan.heldout_images)
+    return model, x[n_search:], y[n_search:]
+
+
+def _sensitivity_outcomes(name: str, plan: ArmPlan, best: dict, root: Path | None) -> dict:
+    """Per-image outcomes on the held-out images: the best loss and CE under textbook PGD-10, and the
+    authors' released losses under the arm's PGD-10; cached beside the runs for this exact request."""
+    setting = arm_setting(name, plan, root)
+    steps = plan.heldout_steps[0]
+    request = {"setting": asdict(setting), "formula": best["best"], "n_search": best["gp"]["n_images"],
+               "n": plan.heldout_images, "steps": steps, "seed": plan.heldout_seed,
+               "model_scale": plan.scale_of(setting.dataset), "textbook": TEXTBOOK, "released": RELEASED_FORMULAS}
+    path = search_dir(setting, plan.preset, root) / "heldout-sensitivity.npz"
+
+    def compute() -> dict:
+        model, x, y = heldout_images(setting, plan, best["gp"]["n_images"])
+        textbook = pgd(model, x, y, [compile_formula(best["best"]), HANDCRAFTED["ce"]], norm=setting.norm,
+                       eps=setting.eps, steps=steps, schedule=TEXTBOOK["schedule"], mode=TEXTBOOK["mode"],
+                       step_size=TEXTBOOK["step_factor"] * setting.eps / steps, seed=plan.heldout_seed, return_x=False)
+        released = evaluate_losses(model, x, y, [released_loss(k) for k in RELEASED_FORMULAS], norm=setting.norm,
+                                   eps=setting.eps, steps=steps, seed=plan.heldout_seed)
+        return {"textbook": textbook.broken.numpy(), "released": released.broken.numpy(),
+                "released_invalid": released.invalid.numpy()}
+
+    return store.cached(path, request, compute)
+
+
+def sensitivity_row(name: str, plan: ArmPlan, root: Path | None = None) -> dict | None:
+    """The sensitivity columns of a judged setting (None where the setting or its seeded run is not done)."""
+    setting = arm_setting(name, plan, root)
+    runs = arm_runs(name, plan, root, compute=False)
+    seeded = arm_runs(name, plan, root, compute=False, seeded=True)
+    if len(runs) < len(plan.seeds_of(setting.dataset)) or not seeded:
+        return None
+    hp = plan.heldout_plan(setting.dataset)
+    best = best_run(runs)
+    held = heldout_outcomes(setting, hp, best, root, tag=plan.preset)
+    held_seeded = heldout_outcomes(setting, hp, seeded[0], root, tag="seeded")
+    sens = _sensitivity_outcomes(name, plan, best, root)
+    ce = held["broken"][plan.heldout_steps[0]][1]
+    row = {"setting": name, "paper_gain_pp": paper_gain(name)}
+    for label, (a, b) in {"textbook": sens["textbook"], "seeded": (held_seeded["broken"][plan.heldout_steps[0]][0],
+                                                                   held_seeded["broken"][plan.heldout_steps[0]][1])}.items():
+        g = exact_gain(a, b)
+        row.update({f"{label}_gain_pp": round(g.gain_pp, 2), f"{label}_ci_low": round(g.ci_low, 2),
+                    f"{label}_ci_high": round(g.ci_high, 2), f"{label}_p_value": float(f"{g.p_value:.4g}"),
+                    f"{label}_direction": direction(g)})
+    row["textbook_ce_risk"] = round(float(sens["textbook"][1].mean()), 4)
+    row["seeded_formula"] = seeded[0]["best_pretty"]
+    released = sens["released"]
+    for k, name_k in enumerate(RELEASED_FORMULAS):
+        row[f"{name_k}_risk"] = round(float(released[k].mean()), 4) if not sens["released_invalid"][k] else None
+    verdicts = [direction(exact_gain(released[k], ce)) for k in range(len(RELEASED_FORMULAS))]
+    best_k = max(range(len(RELEASED_FORMULAS)), key=lambda k: released[k].mean())
+    row.update({"ce_risk": round(float(ce.mean()), 4), "released_beating_ce": verdicts.count("reproduced"),
+                "released_losing_to_ce": verdicts.count("not reproduced"),
+                # picked on these very images: descriptive, no interval
+                "best_released": list(RELEASED_FORMULAS)[best_k],
+                "best_released_gain_pp": round(100 * float(released[best_k].mean() - ce.mean()), 2)})
+    return row
+
+
+def sensitivity_path(plan: ArmPlan, root: Path | None = None) -> Path:
+    return (root or RESULTS_DIR / "search") / plan.preset / "sensitivity.csv"
+
+
+def write_sensitivity(plan: ArmPlan, settings=None, root: Path | None = None, log=print) -> Path | None:
+    """The sensitivity table of every setting whose arm and seeded run are done (computing what is missing)."""
+    rows = []
+    for name in settings or SETTINGS:
+        row = sensitivity_row(name, plan, root)
+        if row is not None:
+            rows.append(row)
+            log(f"{name}: textbook PGD {row['textbook_gain_pp']:+.1f} pp ({row['textbook_direction']}), seeded "
+                f"{row['seeded_gain_pp']:+.1f} pp ({row['seeded_direction']}), released losses beating CE "
+                f"{row['released_beating_ce']} of {len(RELEASED_FORMULAS)}")
+    if not rows:
+        return None
+    request = {"what": "paper-arm sensitivity", **asdict(plan), "textbook": TEXTBOOK, "released": RELEASED_FORMULAS}
+
+    def merged(current):
+        by = {r["setting"]: r for r in (current.to_dict("records") if current is not None else [])}
+        by.update({r["setting"]: r for r in rows})
+        return pd.DataFrame(sorted(by.values(), key=lambda r: SETTINGS.index(r["setting"])))
+
+    return store.update(sensitivity_path(plan, root), request, merged)

@@ -1,0 +1,174 @@
+"""Question 1's protocol: the exact interval, Holm, the pooled bootstrap, the verdicts, and the paper arm
+end to end at smoke scale (runs found by request, held-out files per arm, the sensitivity arms)."""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lossbook import stats
+from lossbook.losses import RELEASED_FORMULAS, compile_formula, released_loss
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pairs(only_a: int, only_b: int, both: int, n: int):
+    a = np.zeros(n, bool)
+    b = np.zeros(n, bool)
+    a[:only_a] = True
+    b[only_a:only_a + only_b] = True
+    a[only_a + only_b:only_a + only_b + both] = b[only_a + only_b:only_a + only_b + both] = True
+    return a, b
+
+
+def test_the_exact_interval_excludes_zero_exactly_when_mcnemar_rejects():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(400):
+        only_a, only_b = int(rng.integers(0, 40)), int(rng.integers(0, 40))
+        g = stats.exact_gain(*_pairs(only_a, only_b, 100, 1000))
+        assert g.gain_pp == pytest.approx(100 * (only_a - only_b) / 1000)
+        assert g.ci_low <= g.gain_pp <= g.ci_high
+        excludes = g.ci_low > 0 or g.ci_high < 0
+        assert excludes == (g.p_value < 0.05), (only_a, only_b, g)
+        seen.add(excludes)
+    assert seen == {True, False}
+    # the grid's 'not reproduced' at 0 vs 2 discordant images is inconclusive under the protocol
+    g = stats.exact_gain(*_pairs(0, 2, 0, 1000))
+    assert g.p_value == 0.5 and stats.direction(g) == "inconclusive" and g.ci_high > 0
+    assert stats.exact_gain(*_pairs(0, 0, 5, 1000)) == stats.ExactGain(0.0, 0.0, 0.0, 1.0, 0, 0, 1000)
+
+
+def test_direction_and_size_verdicts():
+    g = stats.ExactGain(2.0, 1.0, 3.0, 0.001, 30, 10, 1000)
+    assert stats.direction(g) == "reproduced"
+    assert [stats.size_verdict(g, p) for p in (2.9, 3.5, 0.5)] == [
+        "consistent", "smaller than the paper's", "larger than the paper's"]
+    assert stats.direction(replace(g, gain_pp=-2, ci_low=-3, ci_high=-1)) == "not reproduced"
+    assert stats.direction(replace(g, ci_low=0.0)) == "inconclusive"
+
+
+def test_holm_adjustment():
+    # hand-computed: sorted 0.01, 0.03, 0.04, 0.5 -> 4*0.01, max(.04, 3*.03), max(.09, 2*.04), max(.09, .5)
+    assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_pooled_gain_interval():
+    mean, lo, hi = stats.pooled_gain([(30, 10, 1000)] * 24)
+    assert mean == pytest.approx(2.0) and lo < 2.0 < hi and hi - lo < 1.0
+    mean, lo, hi = stats.pooled_gain([(30, 10, 1000), (10, 30, 1000)] * 12)
+    assert mean == pytest.approx(0.0) and lo < -0.5 and hi > 0.5  # the settings disagree: a wide interval
+    assert stats.pooled_gain([(0, 0, 100)] * 3) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="rows"):
+        stats.pooled_gain([1, 2, 3])
+
+
+def _reference(name: str, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The released losses with the released operations (protected by 1e-12, true division), written
+    independently of the transcription into formulas."""
+    sm = lambda x: torch.softmax(x, -1)  # noqa: E731
+    mx = lambda x: x.max(-1, keepdim=True).values  # noqa: E731
+    sq = lambda x: torch.sign(x) * torch.sqrt(x.abs())  # noqa: E731
+    inv = lambda x: torch.sign(x) / (x.abs() + 1e-12)  # noqa: E731
+    return {
+        "bs1": lambda: torch.exp(10 * sm(p) / mx(sm(p))),
+        "bs2": lambda: torch.exp(-mx(sm(p + 2 * sm(5 * p)))),
+        "bs3": lambda: sm(-sm(torch.exp(p) * 2 * p)) * (sm(2 * p) + 2 * q),
+        "bs4": lambda: (sm(sm(2 * p) - q + p) - q) ** 2,
+        "bs5": lambda: torch.exp(-mx(sm(torch.exp(sm(torch.exp(p) + p) + 1) + p) + 1)),
+        "bs6": lambda: inv((sm(sq(6 * p * p * p)) * (1 + q)).sum(-1, keepdim=True)),
+    }[name]()
+
+
+def test_released_losses_match_the_released_operations():
+    g = torch.Generator().manual_seed(0)
+    p = 3 * torch.randn(64, 10, generator=g, dtype=torch.float64).float()
+    q = torch.nn.functional.one_hot(torch.randint(0, 10, (64,), generator=g), 10).float()
+    for name in RELEASED_FORMULAS:
+        assert torch.allclose(released_loss(name)(p, q), _reference(name, p, q), rtol=1e-4, atol=1e-6), name
+    with pytest.raises(ValueError, match="constant 2 not allowed; allowed: 0, 1"):
+        compile_formula(RELEASED_FORMULAS["bs2"])  # the search's own formulas keep Table I's constants
+    with pytest.raises(ValueError, match="unknown released loss 'bs7'; allowed: bs1, bs2"):
+        released_loss("bs7")
+
+
+def test_uses_label():
+    from lossbook.paper_arm import uses_label
+
+    assert uses_label("Neg(Sum(Mul(q, Log(Softmax(p)))))") and not uses_label("Inv(Max(p))")
+
+
+@pytest.fixture(scope="module")
+def smoke_arm(tmp_path_factory, data_available):
+    """The smoke arm on one setting, with its seed-0 run made earlier by the 'smoke' preset (same request)."""
+    from lossbook import paper_arm as A
+    from lossbook.search import search_setting
+
+    root = tmp_path_factory.mktemp("arm")
+    plan = replace(A.ARMS["smoke"], reuse=("smoke",))
+    name = "mnist-net1-at-linf"
+    A._ensure_smoke_model(name, plan, progress=False)
+    setting = A.arm_setting(name, plan, root)
+    earlier = search_setting(setting, "smoke", runs=1, seed=0, model_scale="smoke", root=root,
+                             cfg=A._config(plan), progress=False)[0]
+    row = A.judge_setting(name, plan, root, progress=False, log=lambda *a: None)
+    A.arm_runs(name, plan, root, progress=False, log=lambda *a: None, seeded=True)
+    return {"A": A, "plan": plan, "root": root, "name": name, "row": row, "earlier": earlier, "setting": setting}
+
+
+def test_the_arm_counts_a_run_of_the_same_request_and_judges_on_held_out_images(smoke_arm):
+    A, plan, root, row = smoke_arm["A"], smoke_arm["plan"], smoke_arm["root"], smoke_arm["row"]
+    assert row["runs"] == 2 and row["run_seeds"] == "0 1" and row["runs_from_grid"] == 1
+    assert not (root / plan.preset / smoke_arm["name"] / "run-0.json").exists()  # counted where it is, not copied
+    assert (root / plan.preset / smoke_arm["name"] / "run-1.json").exists()
+    assert row["eps"] == smoke_arm["setting"].eps and row["model_scale"] == "smoke"
+    runs = A.arm_runs(smoke_arm["name"], plan, root, compute=False)
+    best = A.best_run(runs)
+    assert row["best_formula"] == best["best"] and row["insample_gain_pp"] == pytest.approx(best["gain_over_ce_pp"])
+    assert row["direction"] in stats.DIRECTIONS and row["size"] in stats.SIZES
+    assert row["only_searched"] - row["only_ce"] == pytest.approx(row["heldout_gain_pp"] * plan.heldout_images / 100)
+    summary = A.load_summary(plan, root)
+    assert summary.setting.tolist() == [smoke_arm["name"]]
+    assert "holm_p" in A.with_holm(summary) and A.family(summary)["judged"] == 1
+    assert "1 of 24 settings judged" in A.answer(summary)
+
+
+def test_a_run_for_another_eps_or_a_seeded_run_is_never_taken(smoke_arm):
+    A, plan, root = smoke_arm["A"], smoke_arm["plan"], smoke_arm["root"]
+    other = replace(smoke_arm["setting"], eps=smoke_arm["setting"].eps * 2)
+    assert A.find_run(other, plan, 0, root=root) is None
+    seeded = A.find_run(smoke_arm["setting"], plan, plan.seeded_seed, seeded=True, root=root)
+    assert seeded is not None and seeded["gp"]["seed_losses"] == ["ce", "cw", "margin"]
+    assert A.find_run(smoke_arm["setting"], plan, plan.seeded_seed, seeded=False, root=root) is None
+
+
+def test_sensitivity_arms(smoke_arm):
+    A, plan, root = smoke_arm["A"], smoke_arm["plan"], smoke_arm["root"]
+    row = A.sensitivity_row(smoke_arm["name"], plan, root)
+    for label in ("textbook", "seeded"):
+        assert row[f"{label}_ci_low"] <= row[f"{label}_gain_pp"] <= row[f"{label}_ci_high"]
+        assert row[f"{label}_direction"] in stats.DIRECTIONS
+    assert {f"{k}_risk" for k in RELEASED_FORMULAS} <= set(row)
+    assert 0 <= row["released_beating_ce"] + row["released_losing_to_ce"] <= len(RELEASED_FORMULAS)
+    folder = root / plan.preset / smoke_arm["name"]
+    assert {"heldout-smoke-arm.json", "heldout-seeded.json", "heldout-sensitivity.npz"} <= {p.name for p in folder.iterdir()}
+
+
+def test_the_protocol_page_is_older_than_every_paper_arm_result():
+    """The protocol was committed before the first paper-arm result (book/protocol_q1.md says so)."""
+    def first_commit(path: str) -> int | None:
+        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%ct", "--", path], cwd=REPO,
+                             capture_output=True, text=True)
+        times = [int(t) for t in out.stdout.split()]
+        return min(times) if out.returncode == 0 and times else None
+
+    protocol = first_commit("book/protocol_q1.md")
+    if protocol is None:
+        pytest.skip("no git history here")
+    results = first_commit("results/search/paper-arm")
+    assert results is None or protocol < results
