@@ -204,7 +204,7 @@ def eps_gains(sweeps: list):
     return fig
 
 
-def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix: str = ""):
+def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix: str = "", verdict: str = "verdict"):
     """The 24-setting picture: held-out gain over CE (pp) per (model, norm), each cell annotated with
     our gain and its 95% interval, the paper's gain and the verdict; settings not run stay blank."""
     import numpy as np
@@ -219,7 +219,8 @@ def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix
     for _, r in summary.iterrows():
         m, n = r["setting"].rsplit("-", 1)
         values.loc[m, n] = r[f"{column}{suffix}"]
-        notes.loc[m, n] = (f"{r[f'{column}{suffix}']:+.1f} {mark[r[f'verdict{suffix}']]}\n[{r[f'ci_low{suffix}']:+.1f}, "
+        said = mark[r[verdict + suffix]]
+        notes.loc[m, n] = (f"{r[f'{column}{suffix}']:+.1f} {said}\n[{r[f'ci_low{suffix}']:+.1f}, "
                            f"{r[f'ci_high{suffix}']:+.1f}]\npaper {r['paper_gain_pp']:+.1f}")
     fig, ax = plt.subplots(figsize=(7.2, 6.2))
     lim = max(1.0, float(np.nanmax(np.abs(values.values))) if values.notna().any().any() else 1.0)

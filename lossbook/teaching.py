@@ -48,7 +48,7 @@ LESSON = (
     Block(15, "Searching for a loss (chapter 3)",
           ("train --dataset mnist --net net1 --training st --scale smoke",
            "search --dataset mnist --net net1 --training st --scale smoke --runs 1"),
-          "Figure 3.1 (the search's progress) and Figure 3.2 (the 24 settings, at cpu scale)",
+          "Figure 3.1 (the paper arm's 24 settings) and Figure 3.2 (the search's progress)",
           "Why does the book judge a searched loss on held-out images, not on the images it was selected on?"),
     Block(15, "The exact risk of a small network (chapter 7)", ("exact --scale smoke",),
           "Figure 7.1 (every attack's R'' up to the exact R) and Figure 7.2 (what no attack found)",

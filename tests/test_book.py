@@ -26,47 +26,65 @@ def test_chapters_are_in_reading_order_and_the_toc_lists_them(monkeypatch, tmp_p
     toc = (tmp_path / "_toc.yml").read_text().splitlines()
     assert toc[1:] == ["format: jb-book", "root: intro", "chapters:", "- file: glance", "- file: chapters/01_toy_inconsistency",
                        "- file: chapters/02_training", "- file: teaching", "- file: reproducing"]
+    write_toc(["02_training", "03_gp_search"])  # Question 1's protocol comes just before its chapter
+    toc = (tmp_path / "_toc.yml").read_text().splitlines()
+    assert toc[5:8] == ["- file: chapters/02_training", "- file: protocol_q1", "- file: chapters/03_gp_search"]
 
 
-def test_the_introduction_answers_question_1_from_the_summary(tmp_path, monkeypatch):
-    import pandas as pd
+def _arm_rows():
+    """Two judged settings of the paper arm, as ``paper_arm.summary_row`` writes them."""
+    common = {"model_scale": "paper", "model_epochs": 160, "model_clean_acc": 0.989, "table_iii_eps": 0.07,
+              "table_iii_ce_risk": 0.97, "eps_rule": "calibrated to CE R'' = 0.70", "runs": 5, "heldout_images": 1000,
+              "best_pretty": "-p", "best_formula": "Neg(p)", "uses_label": False}
+    return [{**common, "setting": "mnist-net1-st-linf", "eps": 0.047, "runs_beating_ce": 4, "paper_gain_pp": 1.8,
+             "insample_gain_pp": 1.0, "heldout_gain_pp": 0.4, "ci_low": -0.2, "ci_high": 1.0, "only_searched": 10,
+             "only_ce": 6, "p_value": 0.45, "direction": "inconclusive", "size": "smaller than the paper's",
+             "heldout_gain_pp_pgd100": 0.1, "ci_low_pgd100": -0.5, "ci_high_pgd100": 0.7, "only_searched_pgd100": 8,
+             "only_ce_pgd100": 7, "p_value_pgd100": 1.0, "direction_pgd100": "inconclusive"},
+            {**common, "setting": "mnist-net1-at-l2", "eps": 1.8, "runs_beating_ce": 5, "paper_gain_pp": 1.0,
+             "insample_gain_pp": 3.0, "heldout_gain_pp": 2.5, "ci_low": 1.1, "ci_high": 3.9, "only_searched": 30,
+             "only_ce": 5, "p_value": 1e-5, "direction": "reproduced", "size": "larger than the paper's",
+             "heldout_gain_pp_pgd100": 2.0, "ci_low_pgd100": 0.8, "ci_high_pgd100": 3.2, "only_searched_pgd100": 25,
+             "only_ce_pgd100": 5, "p_value_pgd100": 1e-4, "direction_pgd100": "reproduced"}]
 
-    from lossbook import book, grid, store
+
+def test_the_introduction_answers_question_1_from_the_paper_arm(tmp_path, monkeypatch):
+    from lossbook import book, grid, paper_arm
 
     monkeypatch.setattr(grid, "RESULTS_DIR", tmp_path)
-    rows = [{"setting": "mnist-net1-st-linf", "heldout_gain_pp": 0.4, "ci_low": -0.2, "ci_high": 1.0,
-             "verdict": "inconclusive", "paper_gain_pp": 1.8},
-            {"setting": "mnist-net1-at-l2", "heldout_gain_pp": 2.5, "ci_low": 1.1, "ci_high": 3.9,
-             "verdict": "reproduced", "paper_gain_pp": 1.0}]
-    grid.write_summary(rows, grid.PLANS["cpu"])
+    monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
+    book.write_intro("cpu")
+    assert "No setting of the paper arm has been judged yet" in (book.BOOK_DIR / "intro.md").read_text()
+    paper_arm.write_summary(_arm_rows(), paper_arm.ARMS["paper"])
+    grid.write_summary([{"setting": "mnist-net1-st-linf", "heldout_gain_pp": 0.4, "ci_low": -0.2, "ci_high": 1.0,
+                         "verdict": "inconclusive", "paper_gain_pp": 1.8}], grid.PLANS["cpu"])
     book.write_intro("cpu")
     text = (book.BOOK_DIR / "intro.md").read_text()
-    assert "Of the 2 of 24 settings searched and judged on held-out images, the paper's claim (a searched loss beats " \
-           "CE) is 1 reproduced, 0 not reproduced, 1 inconclusive; the other 22 settings are not run" in text
-    assert "+2.5 points (mnist-net1-at-l2, 95% interval [+1.1, +3.9])" in text and book.QUESTION_1_MARKER not in text
-    assert isinstance(store.load(grid.summary_path(grid.PLANS["cpu"])), pd.DataFrame)
+    assert ("In the paper arm (2 of 24 settings judged; 22 not judged yet), the best searched loss beats CE on "
+            "held-out images under PGD-10 in 1 settings, loses in 0, and is inconclusive in 1; after Holm's correction "
+            "1 gains and 0 losses remain. The mean held-out gain over the judged settings is +1.45 pp") in text
+    assert "earlier grid" in text and "1 inconclusive" in text and book.QUESTION_1_MARKER not in text
 
 
 def test_results_at_a_glance_counts_verdicts_and_says_what_was_not_run(tmp_path, monkeypatch):
-    from lossbook import glance, grid
+    from lossbook import glance, paper_arm
 
-    monkeypatch.setattr(grid, "RESULTS_DIR", tmp_path)
-    rows = [{"setting": "mnist-net1-st-linf", "eps": 0.07, "runs": 3, "runs_beating_ce": 2, "heldout_gain_pp": 0.4,
-             "ci_low": -0.2, "ci_high": 1.0, "verdict": "inconclusive", "paper_gain_pp": 1.8},
-            {"setting": "mnist-net1-at-l2", "eps": 2.1, "runs": 3, "runs_beating_ce": 3, "heldout_gain_pp": 2.5,
-             "ci_low": 1.1, "ci_high": 3.9, "verdict": "reproduced", "paper_gain_pp": 1.0}]
-    grid.write_summary(rows, grid.PLANS["cpu"])
+    monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
+    paper_arm.write_summary(_arm_rows(), paper_arm.ARMS["paper"])
     t = glance.claims_table("cpu")
     q1 = t[t["claim"].str.startswith("Q1")]
     assert len(q1) == 24 and (q1["verdict"] == glance.NOT_RUN).sum() == 22
     row = q1[q1["claim"].str.contains("mnist-net1-at-l2")].iloc[0]
-    assert row["ours"].startswith("+2.5 pp [+1.1, +3.9]") and row["the paper's number"] == "+1.0 pp"
-    runs = t[t["claim"].str.startswith("every GP run")].iloc[0]
-    assert runs["ours"].startswith("5 of 6 runs") and runs["verdict"] == "not reproduced"
+    assert row["ours"].startswith("+2.5 pp [+1.1, +3.9] (held-out; Holm p 2e-05; paper model, 160 epochs")
+    assert row["the paper's number"] == "+1.0 pp" and row["verdict"] == "reproduced" and row["scale"] == "paper arm"
+    runs = t[t["claim"].str.startswith("in every setting, every search")].iloc[0]
+    assert runs["ours"].startswith("all unseeded runs beat CE in 1 of 2 judged settings (9 of 10 runs")
+    assert runs["verdict"] == "not reproduced"
     page = glance.markdown("cpu")
     assert f"**reproduced** {(t['verdict'] == 'reproduced').sum()}," in page
     assert f"**{glance.NOT_RUN}** {(t['verdict'] == glance.NOT_RUN).sum()}." in page
     assert page.count("(chapters/03_gp_search.ipynb)") == 25
+    assert "FGSM measures" not in page  # not a claim of ATRAS (it names FGSM-only evaluation as a limitation)
 
 
 def test_teaching_page_shows_measured_times_and_says_what_was_not_measured(tmp_path):
@@ -94,8 +112,6 @@ def test_glance_exact_rows_from_the_committed_studies():
 
     rows = glance._exact_rows("cpu")
     saved = [st for st in gap.studies("cpu") if gap.load_study(st, "cpu") is not None]
-    fgsm = [r for r in rows if r["paper"] == "ATRAS"]
-    assert len(fgsm) == sum(st.norm == "linf" for st in saved)  # FGSM is an l_inf attack
-    assert all("FGSM misses E = " in r["ours"] and r["verdict"] in ("not reproduced", "inconclusive") for r in fgsm)
+    assert not [r for r in rows if r["paper"] == "ATRAS"]  # ATRAS makes no claim about FGSM's error
     tighter = [r for r in rows if r["paper"] == "AutoLoss-AR"]
     assert len(tighter) == len(saved) and all("McNemar p = " in r["ours"] for r in tighter)
