@@ -46,7 +46,7 @@ def read_events(root: Path, preset: str) -> list[dict]:
 def _run_task(name: str, seed: int, seeded: bool, plan, root: str) -> dict:
     """One GP run of the grid on a worker: loads it if finished, else resumes or starts it."""
     from . import grid
-    from .search import search_dir, search_setting
+    from .search import checkpoint_path, search_dir, search_setting
 
     root_p = Path(root)
     setting = grid.grid_setting(name, plan, root_p)
@@ -56,7 +56,7 @@ def _run_task(name: str, seed: int, seeded: bool, plan, root: str) -> dict:
     if done:
         _log_event(root_p, plan.preset, setting=name, seed=seed, event="finished earlier")
         return done[0]
-    ckpt = search_dir(setting, plan.preset, root_p) / f"run-{seed}.ckpt.pkl"
+    ckpt = checkpoint_path(search_dir(setting, plan.preset, root_p), seed)
     _log_event(root_p, plan.preset, setting=name, seed=seed, event="resume" if ckpt.exists() else "start")
     rec = search_setting(setting, plan.preset, runs=1, seed=seed, model_scale=plan.scale, root=root_p, cfg=cfg,
                          progress=False)[0]

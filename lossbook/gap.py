@@ -232,7 +232,7 @@ def searched_loss_for(model, study: Study, scale: str, root: Path | None = None,
     """A loss searched by GP on this model (on the test images after the verified ones), saved as a run."""
     from .fitness import Evaluator
     from .losses import compile_formula
-    from .search import SEARCH_PRESETS, run_search
+    from .search import CHECKPOINT_SUFFIX, SEARCH_PRESETS, run_search
 
     cfg = SEARCH_PRESETS["smoke" if scale == "smoke" else "cpu"]
     spec = MODELS[study.model]
@@ -243,7 +243,7 @@ def searched_loss_for(model, study: Study, scale: str, root: Path | None = None,
 
     def compute():
         ev = Evaluator(model, xs, ys, target, steps=cfg.steps, seed=0)
-        ckpt = path.with_suffix(".ckpt.pkl")
+        ckpt = path.with_suffix(CHECKPOINT_SUFFIX)
         rec = run_search(ev, cfg, 0, checkpoint=ckpt, progress=progress, desc=f"GP on {study.model}")
         ckpt.unlink(missing_ok=True)
         return rec

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import operator
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -192,11 +191,19 @@ def _stats(population) -> dict:
             "height_max": int(heights.max())}
 
 
+#: a run's checkpoint beside its result: plain JSON (formulas as strings, parsed against the primitives
+#: when read back; the RNG state as numbers), so that opening a results folder can never run code
+CHECKPOINT_SUFFIX = ".ckpt.json"
+
+
+def checkpoint_path(out: Path, seed: int) -> Path:
+    return out / f"run-{seed}{CHECKPOINT_SUFFIX}"
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(state, fh)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state))
     tmp.replace(path)  # atomic: a kill never leaves half a checkpoint
 
 
@@ -209,13 +216,17 @@ def _checkpoint_request(evaluator: Evaluator, cfg: GPConfig, seed: int) -> dict:
 
 
 def _load_checkpoint(path: Path, request: dict) -> dict:
-    """A run's checkpoint, refused (naming the file and what differs) if made for another request."""
+    """A run's checkpoint, refused (naming the file and what differs) if made for another request or not
+    plain JSON (a pickle is never read: it could run code)."""
     try:
-        with open(path, "rb") as fh:
-            st = pickle.load(fh)
+        st = json.loads(path.read_text())
+        if not isinstance(st, dict):
+            raise ValueError(f"a JSON {type(st).__name__}, not an object")
+        version, state, gauss = st["random"]
+        st["random"] = (version, tuple(state), gauss)
     except Exception as exc:
-        raise ValueError(f"{path}: unreadable search checkpoint ({type(exc).__name__}: {exc}); delete it to start "
-                         f"the run anew") from None
+        raise ValueError(f"{path}: unreadable search checkpoint ({type(exc).__name__}: {str(exc)[:80]}; a checkpoint is "
+                         f"plain JSON); delete it to start the run anew") from None
     made = st.get("request")
     if made != request:
         diff = sorted(k for k in request if (made or {}).get(k) != request[k])
@@ -372,7 +383,7 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
     records = []
     for r in range(runs):
         run_seed = seed + r
-        path, ckpt = out / f"run-{run_seed}.json", out / f"run-{run_seed}.ckpt.pkl"
+        path, ckpt = out / f"run-{run_seed}.json", checkpoint_path(out, run_seed)
         if path.exists() and not force:
             if store.matches(path, request(run_seed)) or scale != "smoke":  # else: smoke results are redone
                 records.append(store.load(path, request(run_seed)))  # another request: stops, naming what differs

@@ -16,11 +16,13 @@ Files, per model, under ``results/models/<scale>/``:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.torch_version import TorchVersion
 from tqdm.auto import tqdm
 
 from . import data, store
@@ -39,12 +41,17 @@ def checkpoint_path(cfg: TrainConfig, root: Path | None = None) -> Path:
 
 
 def _read_checkpoint(path: Path, device=None) -> dict:
-    """A saved model or resume state; an unreadable file is named in the error."""
+    """A saved model or resume state, read as plain data only (tensors, numbers, strings, lists and dicts:
+    ``weights_only``), so that a checkpoint can never run code; an unreadable or unsafe file is named in the
+    error, in one line."""
     try:
-        return torch.load(path, map_location=device or "cpu", weights_only=False)
+        with torch.serialization.safe_globals([TorchVersion]):  # a str subclass older checkpoints hold
+            return torch.load(path, map_location=device or "cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc)[:120]}); delete it to "
-                         f"train anew") from None
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        unsafe = "Unsupported global" in str(exc) or "Weights only load failed" in str(exc)
+        why = "it holds objects other than plain data, which could run code" if unsafe else f"{type(exc).__name__}: {first}"
+        raise ValueError(f"{path}: unreadable checkpoint ({why}); delete it to train anew") from None
 
 
 def _config_difference(saved: dict, wanted: dict) -> str:
@@ -111,7 +118,7 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
             raise ValueError(f"{last}: resume state of another configuration ({diff}); delete it to start afresh")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        sched.load_state_dict({**state["scheduler"], "milestones": Counter(state["scheduler"]["milestones"])})
         torch.set_rng_state(state["rng"]["torch"])
         gen.set_state(state["rng"]["gen"])
         start_epoch, seconds, log = state["epoch"], state["seconds"], state["log"]
@@ -145,7 +152,7 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
                "train_acc": tot_correct / n, "test_acc": accuracy(model, x_test, y_test), "seconds": round(seconds, 2)}
         log.append(row)
         _save_atomic({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict(), "rng": _rng_state(gen), "epoch": epoch + 1,
+                      "scheduler": {**sched.state_dict(), "milestones": dict(sched.state_dict()["milestones"])}, "rng": _rng_state(gen), "epoch": epoch + 1,
                       "seconds": seconds, "log": log}, last)
         if progress:
             tqdm.write(f"{cfg.name()} [{cfg.scale}] epoch {epoch + 1}: loss {row['train_loss']:.4f} "
@@ -153,7 +160,7 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
 
     store.save(log_path, pd.DataFrame(log), cfg.to_dict())
     record = {"config": cfg.to_dict(), "test_acc": log[-1]["test_acc"], "train_seconds": round(seconds, 1),
-              "device": str(device), "torch": torch.__version__}
+              "device": str(device), "torch": str(torch.__version__)}
     _save_atomic({**record, "model": {k: v.cpu() for k, v in model.state_dict().items()}}, out)
     last.unlink(missing_ok=True)
     return record

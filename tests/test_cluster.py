@@ -83,7 +83,7 @@ def test_grid_survives_a_killed_node_and_matches_the_local_backend(cluster, tmp_
         on_b = [e for e in events if e["node"] == "b" and e["event"] == "start"
                 and (e["setting"], e["seed"]) not in done]
         for e in on_b:  # kill node b (its daemons and the task's worker) once the task has checkpointed
-            if (root / "smoke" / e["setting"] / f"run-{e['seed']}.ckpt.pkl").exists():
+            if (root / "smoke" / e["setting"] / f"run-{e['seed']}.ckpt.json").exists():
                 pids = sorted(set(_pids_of(node_b_dir)) | {e["pid"]})
                 for pid in pids:
                     try:

@@ -148,7 +148,7 @@ def test_resume_with_the_cache_on_equals_uninterrupted(toy, tmp_path):
     model, x, y, setting = toy
     cfg = S.GPConfig(gn=4, ps=24, st=24, hof=3)
     straight = S.run_search(Fit.Evaluator(model, x, y, setting, seed=3), cfg, seed=3, progress=False)
-    ckpt = tmp_path / "run.ckpt.pkl"
+    ckpt = tmp_path / "run.ckpt.json"
     S.run_search(Fit.Evaluator(model, x, y, setting, seed=3), cfg, seed=3, checkpoint=ckpt, progress=False,
                  stop_after=2)
     random.seed(999)
@@ -163,13 +163,13 @@ def test_resume_with_the_cache_on_equals_uninterrupted(toy, tmp_path):
 def test_a_checkpoint_of_another_eps_is_refused(toy, tmp_path):
     model, x, y, setting = toy
     cfg = S.GPConfig(gn=3, ps=12, st=12, hof=3)
-    ckpt = tmp_path / "run.ckpt.pkl"
+    ckpt = tmp_path / "run.ckpt.json"
     S.run_search(Fit.Evaluator(model, x, y, setting), cfg, seed=0, checkpoint=ckpt, progress=False, stop_after=1)
     other = S.Setting("toy", "linear", "st", "linf", 0.2)
-    with pytest.raises(ValueError, match=r"run.ckpt.pkl: checkpoint made for another request \(differs in setting"):
+    with pytest.raises(ValueError, match=r"run.ckpt.json: checkpoint made for another request \(differs in setting"):
         S.run_search(Fit.Evaluator(model, x, y, other), cfg, seed=0, checkpoint=ckpt, progress=False)
     ckpt.write_bytes(b"truncated")
-    with pytest.raises(ValueError, match="run.ckpt.pkl: unreadable search checkpoint"):
+    with pytest.raises(ValueError, match="run.ckpt.json: unreadable search checkpoint"):
         S.run_search(Fit.Evaluator(model, x, y, setting), cfg, seed=0, checkpoint=ckpt, progress=False)
 
 
