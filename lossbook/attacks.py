@@ -403,13 +403,27 @@ def _nudge_inside(x_flat: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: flo
     return torch.where((lp_norm(x_adv - x_flat, norm) > eps)[:, None], x_flat, x_adv)  # never reached in practice
 
 
+def largest_eps(norm: str, dim: int) -> float:
+    """The largest meaningful radius for inputs in [0, 1]^dim: beyond it the ball holds the whole box
+    (l_inf: 1, l_2: sqrt(dim), l_1: dim)."""
+    check_choice("norm", norm, NORMS)
+    return {"linf": 1.0, "l2": math.sqrt(dim), "l1": float(dim)}[norm]
+
+
+def check_eps(norm: str, eps: float, dim: int) -> None:
+    """One line if ``eps`` is not a radius that means something for inputs in [0, 1]^dim."""
+    top = largest_eps(norm, dim)
+    if not 0 < eps <= top:
+        raise ValueError(f"eps={eps:g} under {norm} is not allowed for inputs in [0, 1]^{dim}; allowed: "
+                         f"0 < eps <= {top:g} (a larger ball holds every image of the box)")
+
+
 def _check_pgd_args(loss_list, x, y, norm, eps, steps, mode) -> None:
     check_choice("norm", norm, NORMS)
     check_choice("mode", mode, MODES)
     if not loss_list:
         raise ValueError("pgd needs at least one loss")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    check_eps(norm, eps, x[0].numel() if len(x) else 1)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if len(x) != len(y):
@@ -489,8 +503,8 @@ def _result(book: RowBook, bank: LossBank, x_flat, delta, return_x, img_shape, t
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: Loss = cross_entropy,
          batch_size: int = 4096) -> torch.Tensor:
     """Fast Gradient Sign Method (Goodfellow et al.): one l_inf step of size eps, clipped to [0, 1]."""
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if eps != 0:  # eps 0 is the clean accuracy (ATRAS's sweeps start there)
+        check_eps("linf", eps, x[0].numel() if len(x) else 1)
     dev = model_device(model)
     out = []
     with eval_mode(model):

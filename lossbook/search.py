@@ -21,9 +21,11 @@ resumes from it: on CPU a resumed run ends exactly as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import operator
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from deap import algorithms, base, creator, gp, tools
 from tqdm.auto import tqdm
 
 from . import store
-from .attacks import evaluate_losses
+from .attacks import check_eps, evaluate_losses
+from .data import SHAPES
 from .fitness import COUNTERS, Evaluator  # noqa: F401 (Evaluator is part of this module's API)
 from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, paper_eps, quiet
 from .losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, PRIMITIVES, compile_formula, formula_size, pretty
@@ -123,6 +126,8 @@ def make_setting(dataset: str, net: str, training: str, norm: str, eps: float | 
     for n, v, allowed in (("dataset", dataset, DATASETS), ("net", net, NETS), ("training", training, TRAININGS),
                           ("norm", norm, NORMS)):
         check_choice(n, v, allowed)
+    if eps is not None:
+        check_eps(norm, float(eps), math.prod(SHAPES[dataset]))
     return Setting(dataset, net, training, norm, float(eps) if eps is not None else paper_eps(dataset, net, training, norm))
 
 
@@ -390,6 +395,9 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
                 continue
         ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed, semantic=cfg.semantic_cache)
         baselines = ev.handcrafted()
+        if baselines["ce"] >= 1.0:
+            warnings.warn(f"{setting.name()} at eps={setting.eps:g}: CE-PGD-{cfg.steps} already breaks every image, so no "
+                          f"loss can do better; a smaller eps (the paper's rule: R'' about 0.7) is needed", stacklevel=2)
         if scale == "smoke" and ckpt.exists():  # smoke checkpoints are cheap: one of another request is redone
             try:
                 _load_checkpoint(ckpt, _checkpoint_request(ev, cfg, run_seed))

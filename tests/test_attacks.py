@@ -165,7 +165,7 @@ def test_clear_errors(evalset):
         A.pgd(model, x, y, norm="l0")
     with pytest.raises(ValueError, match="unknown mode 'all'; allowed: 'any', 'final'"):
         A.pgd(model, x, y, mode="all")
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match=r"eps=0 under linf is not allowed .* allowed: 0 < eps <= 1"):
         A.pgd(model, x, y, eps=0)
     with pytest.raises(ValueError, match="only .* classified correctly; asked for n=100000"):
         A.evaluation_set(model, x, y, n=100000)
@@ -209,3 +209,21 @@ def test_returned_points_never_leave_the_ball(norm, eps, trained_mlp, mnist_smal
     assert (A.lp_norm(d.reshape(-1, 784), norm) <= eps).all()
     assert (res.x_adv >= 0).all() and (res.x_adv <= 1).all()
     assert max(res.diagnostics.max_perturbation) <= F32(eps)  # eps as the float32 the points are made of
+
+
+def test_eps_beyond_the_box_is_refused_in_one_line():
+    """eps = 50 under l_inf used to pass and report R = 1; each norm has a largest meaningful radius."""
+    from lossbook.attacks import check_eps, largest_eps, pgd
+    from lossbook.search import make_setting
+
+    assert largest_eps("linf", 784) == 1.0 and largest_eps("l2", 784) == 28.0 and largest_eps("l1", 784) == 784.0
+    with pytest.raises(ValueError, match=r"^eps=50 under linf is not allowed for inputs in \[0, 1\]\^784; allowed: 0 < eps <= 1 "):
+        make_setting("mnist", "net1", "st", "linf", 50)
+    with pytest.raises(ValueError, match=r"allowed: 0 < eps <= 55.4256"):
+        make_setting("cifar10", "net1", "st", "l2", 60)
+    with pytest.raises(ValueError, match=r"eps=-0.5 under l1 .* allowed: 0 < eps <= 4"):
+        check_eps("l1", -0.5, 4)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="eps=2 under linf"):
+        pgd(model, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]), eps=2.0)
+    assert make_setting("mnist", "net1", "st", "l1", 784).eps == 784.0
