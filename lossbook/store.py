@@ -8,7 +8,12 @@ replaces the old result only when the new one is complete.
 
 :func:`load` validates: a missing record, a content that no longer matches its hash (a truncated or
 edited file) or a record made for another request raises :class:`ResultError` with one line that
-names the file and what is wrong. :func:`cached` reuses a result only for the same request and
+names the file and what is wrong.
+
+A write is three renames: the new record to ``<file>.record.pending``, the new content to ``<file>``,
+the pending record to ``<file>.record``. Killed between any two of them (or out of disk space), a
+reader finds either the old pair, or the new content with its pending record, which it puts in force
+(roll forward); a pending record whose content never arrived is dropped. Never a mix. :func:`cached` reuses a result only for the same request and
 otherwise computes it anew into the same place.
 """
 from __future__ import annotations
@@ -39,6 +44,31 @@ def record_path(path: Path) -> Path:
     """Where the record of ``path`` lives: ``<file>.record``."""
     path = Path(path)
     return path.with_name(path.name + ".record")
+
+
+def pending_path(path: Path) -> Path:
+    """Where a write puts the new record before the new content is in place: ``<file>.record.pending``."""
+    path = Path(path)
+    return path.with_name(path.name + ".record.pending")
+
+
+def _settle(path: Path) -> None:
+    """Finish or undo a write that was killed between its renames (see the module docstring)."""
+    pending = pending_path(path)
+    if not pending.exists():
+        return
+    with _folder_lock(path.parent):
+        if not pending.exists():  # another process settled it meanwhile
+            return
+        try:
+            sha = json.loads(pending.read_text())["sha256"]
+            arrived = path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha
+        except (OSError, ValueError, KeyError, TypeError):
+            arrived = False
+        if arrived:
+            os.replace(pending, record_path(path))
+        else:
+            pending.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,19 +121,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+_HELD: set = set()  # folders whose lock this process holds (flock would deadlock on a second open)
+
+
 @contextlib.contextmanager
 def _folder_lock(folder: Path):
     """Serialize writers of one folder (processes of a cluster on a shared file system), where POSIX allows."""
+    key = os.path.realpath(folder)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: renames stay atomic, pairs are not serialized
+        fcntl = None
+    if fcntl is None or key in _HELD:
         yield
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD.add(key)
         yield
     finally:
+        _HELD.discard(key)
         os.close(fd)
 
 
@@ -147,10 +185,11 @@ def _write(path: Path, obj, request: dict, kind: str | None) -> None:
     digest = hashlib.sha256(data).hexdigest()
     if _unchanged(path, digest, request):
         return
-    _atomic_write(path, data)
     rec = {"kind": kind, "request": normalize(request), "rows": rows, "bytes": len(data), "sha256": digest,
            "code": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _atomic_write(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
+    _atomic_write(pending_path(path), (json.dumps(rec, indent=1) + "\n").encode())  # 1: the new record, pending
+    _atomic_write(path, data)  # 2: the new content
+    os.replace(pending_path(path), record_path(path))  # 3: the new record in force
 
 
 def _unchanged(path: Path, digest: str, request: dict) -> bool:
@@ -164,8 +203,9 @@ def _unchanged(path: Path, digest: str, request: dict) -> bool:
 
 
 def record(path: Path) -> dict:
-    """The record of a result file (no validation of the content)."""
+    """The record of a result file (no validation of the content), after settling a killed write."""
     path = Path(path)
+    _settle(path)
     rp = record_path(path)
     if not rp.exists():
         raise ResultError(f"{path}: no record {rp.name} beside it, so what made it is unknown; recompute it")
@@ -208,6 +248,7 @@ def load(path: Path, request: dict | None = None):
 def matches(path: Path, request: dict) -> bool:
     """Whether ``path`` exists with a record made for ``request`` (its content is checked on load)."""
     path = Path(path)
+    _settle(path)
     if not path.exists() or not record_path(path).exists():
         return False
     try:
