@@ -202,6 +202,13 @@ def _describe(path: Path, q: dict, rec: dict) -> dict | None:
                 f"images, PGD-{g['steps']}, seed {q['seed']}" + (f", seeded with {', '.join(g['seed_losses'])}"
                                                               if g.get("seed_losses") else ""),
                 "outcome": f"R'' {r['best_fitness']:.3f} vs CE {r['baselines']['ce']:.3f} in {r['seconds']:.0f}s"}
+    if q.get("what") in ("paper-arm summary", "paper-arm sensitivity"):
+        models = ", ".join(f"{d} {s} models" for d, s in q["model_scale"])
+        what = "sensitivity arms (textbook PGD, seeded run, released losses)" if "sensitivity" in q["what"] else \
+            f"held-out PGD-{'/'.join(map(str, q['heldout_steps']))} on {q['heldout_images']} images"
+        scale = "paper" if q["name"] == "paper" else "smoke"
+        return {"scale": scale, "settings": f"the '{q['name']}' arm of Question 1 on {models}: {what}",
+                "outcome": f"{rec['rows']} of 24 settings"}
     if path.name == "summary.csv":
         return {"scale": q["scale"], "settings": f"grid of the '{q['preset']}' preset, held-out PGD-"
                 f"{'/'.join(map(str, q['heldout_steps']))} on {q['heldout_images']} images",

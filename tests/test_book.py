@@ -115,3 +115,17 @@ def test_glance_exact_rows_from_the_committed_studies():
     assert not [r for r in rows if r["paper"] == "ATRAS"]  # ATRAS makes no claim about FGSM's error
     tighter = [r for r in rows if r["paper"] == "AutoLoss-AR"]
     assert len(tighter) == len(saved) and all("McNemar p = " in r["ours"] for r in tighter)
+
+
+def test_the_reproducing_inventory_describes_every_committed_summary():
+    """Every committed summary (grid and paper arm) gets a row with its scale and what made it: the CI
+    failure of a paper-arm summary without a 'scale' key in its request must not come back."""
+    from lossbook.book import results_inventory
+    from lossbook.config import RESULTS_DIR
+
+    rows = {r["result"]: r for r in results_inventory()}
+    summaries = sorted(p.relative_to(RESULTS_DIR.parent).as_posix() for p in RESULTS_DIR.glob("search/*/summary.csv")
+                       if "smoke" not in p.parent.name)
+    assert summaries and all(s in rows for s in summaries)
+    arm = rows["results/search/paper-arm/summary.csv"]
+    assert arm["scale"] == "paper" and "mnist paper models" in arm["settings"] and "of 24 settings" in arm["outcome"]
