@@ -152,8 +152,9 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "architectures": Param("all", listing(is_architecture, "indices 0..39", ("all",))),
         "failure_mode": Param("sigmoid-sgd", choice(FAILURE_MODES)),
     },
-    "07_exact_risk": {
-        **_common("smoke | cpu (committed results) | paper (= cpu: the verified models are tiny)"),
+    "07_exact_risk": {  # no seed: the exact risk has none, and the attacks' starts are part of each study
+        **{k: v for k, v in _common("smoke | cpu (committed results) | paper (= cpu: the verified models are tiny)").items()
+           if k != "seed"},
         "studies": Param("all", lambda v: None if isinstance(v, str) and v.strip() else
                          "'all' or comma-separated study names (lossbook.gap.STUDIES)"),
         "n_images": Param(0, whole(), "images per study; 0: the study's own number"),
