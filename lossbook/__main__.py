@@ -172,7 +172,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: one subcommand per job, each with ``func`` set to the function it calls."""
     ap = argparse.ArgumentParser(prog="python -m lossbook", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -322,8 +323,11 @@ def main(argv=None) -> int:
     te = sub.add_parser("teaching", help="time every command of the 90-minute lesson on a fresh results folder "
                         "(a few minutes on 2 cores) for the Teaching page")
     te.set_defaults(func=_teaching)
+    return ap
 
-    args = ap.parse_args(argv)
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from .data import DataError
 
     try:
