@@ -13,7 +13,7 @@ export LOSSBOOK_DATA := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: setup book test bench browser-test clean
+.PHONY: setup book test test-slow bench browser-test clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ book: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
 
 bench: setup
 	PY=$(PY) benchmarks/run_all.sh
