@@ -231,17 +231,24 @@ def _check_node(node: ast.AST, formula: str, any_constant: bool = False) -> None
 
 
 @functools.lru_cache(maxsize=4096)
+def check_formula(formula: str, any_constant: bool = False) -> ast.Expression:
+    """The formula's syntax tree once it is known to hold only Table I primitives, ``p``, ``q``, ``0`` and
+    ``1``; else ``ValueError`` naming what was wrong. Run before any other parser sees a stored formula."""
+    try:
+        tree = ast.parse(str(formula).strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"formula {formula!r} does not parse: {exc.msg}") from None
+    _check_node(tree.body, formula, any_constant)
+    return tree
+
+
 def compile_formula(formula: str, any_constant: bool = False) -> Loss:
     """Compile a prefix formula (DEAP's ``str(tree)``) into a loss callable ``loss(p, q)``.
 
     Only the Table I primitives, ``p``, ``q``, ``0`` and ``1`` are accepted (``any_constant``: any
     number, for the authors' released losses); anything else raises ``ValueError`` naming what was wrong.
     """
-    try:
-        tree = ast.parse(formula.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(f"formula {formula!r} does not parse: {exc.msg}") from None
-    _check_node(tree.body, formula, any_constant)
+    tree = check_formula(formula, any_constant)
     code = compile(tree, "<formula>", "eval")
     namespace = {name: fn for name, (fn, _) in PRIMITIVES.items()}
 

@@ -170,7 +170,11 @@ def toolbox(pset: gp.PrimitiveSet, cfg: GPConfig) -> base.Toolbox:
 
 
 def tree_from_formula(formula: str, pset: gp.PrimitiveSet | None = None):
-    """A DEAP individual from its formula string (the inverse of ``str(tree)``)."""
+    """A DEAP individual from its formula string (the inverse of ``str(tree)``). The formula is checked
+    against the primitives first: DEAP's parser evaluates tokens it does not know."""
+    from .losses import check_formula
+
+    check_formula(formula)
     _creator()
     return creator.LossTree(gp.PrimitiveTree.from_string(formula, pset or primitive_set()))
 

