@@ -230,7 +230,6 @@ def _check_node(node: ast.AST, formula: str, any_constant: bool = False) -> None
         raise ValueError(f"formula {formula!r}: not an expression over the primitives ({ast.dump(node)[:40]})")
 
 
-@functools.lru_cache(maxsize=4096)
 def check_formula(formula: str, any_constant: bool = False) -> ast.Expression:
     """The formula's syntax tree once it is known to hold only Table I primitives, ``p``, ``q``, ``0`` and
     ``1``; else ``ValueError`` naming what was wrong. Run before any other parser sees a stored formula."""
@@ -242,6 +241,7 @@ def check_formula(formula: str, any_constant: bool = False) -> ast.Expression:
     return tree
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_formula(formula: str, any_constant: bool = False) -> Loss:
     """Compile a prefix formula (DEAP's ``str(tree)``) into a loss callable ``loss(p, q)``.
 
