@@ -93,4 +93,5 @@ def test_formula_compile_pretty_and_errors():
 def test_a_formula_is_compiled_once():
     """The GP search compiles the same formulas again and again: the compiled loss is cached (a refactor
     once moved the cache onto the checker and left compilation uncached)."""
-    assert compile_formula("Neg(Sum(Mul(q, Log(Softmax(p)))))") is compile_formula("Neg(Sum(Mul(q, Log(Softmax(p)))))")
+    f = "Neg(Sum(Mul(q, Log(Softmax(p)))))"
+    assert L.compile_formula(f) is L.compile_formula(f)
