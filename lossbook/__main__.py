@@ -56,10 +56,14 @@ def _train(args) -> None:
 
 
 def _search(args) -> None:
+    from .config import check_dataset_eps
     from .search import SEARCH_PRESETS, resolve_setting, search_setting, with_overrides
 
     cfg = with_overrides(SEARCH_PRESETS[args.scale], gn=args.generations, ps=args.population,
                          st=args.population, n_images=args.images, semantic_cache=args.semantic_cache)
+    if not isinstance(args.eps, str):  # a number: checked under every chosen norm before any search runs
+        for norm in args.norm:
+            check_dataset_eps(args.dataset, norm, args.eps)
     for norm in args.norm:
         setting = resolve_setting(args.dataset, args.net, args.training, norm, args.scale, args.eps, cfg.n_images)
         print(f"searching {setting.name()} at eps={setting.eps} [{args.scale}]")
@@ -98,9 +102,9 @@ def _atras(args) -> None:
                                   args.scale)
     if args.failure_mode != "none" and args.architectures is None:  # the chapter's choice: the deepest MLPs
         archs = failure_architectures(archs, args.scale)
-    for ds in args.dataset:
-        cfg = atras_config(ds, args.scale, eps=args.eps, epochs=args.epochs, adv_epochs=args.adv_epochs,
-                           seed=args.seed, failure_mode=args.failure_mode)
+    configs = [atras_config(ds, args.scale, eps=args.eps, epochs=args.epochs, adv_epochs=args.adv_epochs,
+                            seed=args.seed, failure_mode=args.failure_mode) for ds in args.dataset]  # all checked first
+    for cfg in configs:
         df, _ = dataset_results(cfg, archs, transfer_architectures(archs, args.scale), compute=True)
         print(depth_summary(df).to_string(index=False))
 
@@ -110,9 +114,11 @@ def _exact(args) -> None:
 
     from .gap import exact_summary, run_study, select_studies
 
-    for st in select_studies(",".join(args.studies) if args.studies else "all", args.scale, args.images or 0,
-                             args.time_limit or 0.0):
-        st = replace(st, eps=args.eps) if args.eps is not None else st
+    chosen = select_studies(",".join(args.studies) if args.studies else "all", args.scale, args.images or 0,
+                            args.time_limit or 0.0)
+    if args.eps is not None:  # every study checked (its norm's bound) before any solver runs
+        chosen = [replace(st, eps=args.eps) for st in chosen]
+    for st in chosen:
         table = run_study(st, args.scale, progress=not args.quiet, backend=args.backend, address=args.address)
         s = exact_summary(table)
         r = f"R = {s['R_low']:.3f}" if not s["unknown"] else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"

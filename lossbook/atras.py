@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import data, store
 from .attacks import fgsm
-from .config import DATASETS, FAILURE_MODES, RESULTS_DIR, SCALES, check_choice, quiet
+from .config import DATASETS, FAILURE_MODES, RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
 from .models import accuracy, build_model, n_params
 
 #: The 40 hidden-layer lists of the paper's Tables I and II, in their order.
@@ -72,8 +72,7 @@ class ATRASConfig:
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("scale", self.scale, SCALES)
         check_choice("failure_mode", self.failure_mode, FAILURE_MODES)
-        if not 0 <= self.eps <= 1:
-            raise ValueError(f"eps must be in [0, 1] (images are in [0, 1]), got {self.eps}")
+        check_dataset_eps(self.dataset, "linf", self.eps)  # FGSM is an l_inf attack
 
 
 _EPS = {"mnist": 0.1, "cifar10": 8 / 255}

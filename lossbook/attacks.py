@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import Diagnostics, model_checks
-from .config import NORMS, check_choice
+from .config import NORMS, check_choice, check_eps, largest_eps  # noqa: F401 (largest_eps: part of the API)
 from .losses import Loss, cross_entropy, per_sample
 from .models import eval_mode, model_device, predict
 
@@ -401,21 +401,6 @@ def _nudge_inside(x_flat: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: flo
             shrink = max(0.5, 1 - 1e-6 * 4 ** i)
             x_adv[over] = (x_flat[over] + d[over] * (eps / n[over] * shrink).unsqueeze(1)).clamp(0, 1)
     return torch.where((lp_norm(x_adv - x_flat, norm) > eps)[:, None], x_flat, x_adv)  # never reached in practice
-
-
-def largest_eps(norm: str, dim: int) -> float:
-    """The largest meaningful radius for inputs in [0, 1]^dim: beyond it the ball holds the whole box
-    (l_inf: 1, l_2: sqrt(dim), l_1: dim)."""
-    check_choice("norm", norm, NORMS)
-    return {"linf": 1.0, "l2": math.sqrt(dim), "l1": float(dim)}[norm]
-
-
-def check_eps(norm: str, eps: float, dim: int) -> None:
-    """One line if ``eps`` is not a radius that means something for inputs in [0, 1]^dim."""
-    top = largest_eps(norm, dim)
-    if not 0 < eps <= top:
-        raise ValueError(f"eps={eps:g} under {norm} is not allowed for inputs in [0, 1]^{dim}; allowed: "
-                         f"0 < eps <= {top:g} (a larger ball holds every image of the box)")
 
 
 def _check_pgd_args(loss_list, x, y, norm, eps, steps, mode) -> None:

@@ -33,11 +33,12 @@ def run_chapter(name: str, scale: str, recompute: bool = False, out_dir: Path = 
     """Execute ``nbs/<name>.ipynb`` with papermill into ``out_dir`` and return the output path."""
     import papermill as pm
 
-    from .params import convert, validate
+    from .params import check_relations, convert, validate
 
     check_choice("chapter", name, available_chapters())
     extra = {k: convert(name, k, v) if isinstance(v, str) else validate(name, k, v) for k, v in (extra or {}).items()}
     params = {"scale": validate(name, "scale", scale), "recompute": recompute, **extra}
+    check_relations(name, params)  # before the kernel starts: one line, not a notebook traceback
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}.ipynb"
     with _kernel_env():

@@ -8,6 +8,7 @@ Every chapter takes a ``scale``:
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ DATASETS = ("mnist", "cifar10")
 NETS = ("net1", "net2")
 TRAININGS = ("st", "at")
 NORMS = ("linf", "l1", "l2")
+#: Image shape (channels, height, width) per dataset; pixels in [0, 1].
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 #: ATRAS training recipes: ours, and one that reproduces the paper's dead deep MLPs (sigmoid + plain SGD).
 FAILURE_MODES = ("none", "sigmoid-sgd")
 
@@ -33,6 +36,29 @@ def check_choice(name: str, value, allowed: Iterable) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def largest_eps(norm: str, dim: int, side: float = 1.0) -> float:
+    """The largest meaningful radius for inputs in a box of the given side in ``dim`` dimensions:
+    beyond it the ball holds the whole box (l_inf: side, l_2: side * sqrt(dim), l_1: side * dim)."""
+    check_choice("norm", norm, NORMS)
+    return side * {"linf": 1.0, "l2": math.sqrt(dim), "l1": float(dim)}[norm]
+
+
+def check_eps(norm: str, eps: float, dim: int, side: float = 1.0) -> None:
+    """One line if ``eps`` is not a radius that means something in a box of the given side (images:
+    [0, 1]^dim)."""
+    top = largest_eps(norm, dim, side)
+    if not 0 < eps <= top:
+        box = f"[0, 1]^{dim}" if side == 1 else f"a box of side {side:g} in {dim} dimensions"
+        raise ValueError(f"eps={eps:g} under {norm} is not allowed for inputs in {box}; allowed: "
+                         f"0 < eps <= {top:g} (a larger ball holds every point of the box)")
+
+
+def check_dataset_eps(dataset: str, norm: str, eps: float) -> None:
+    """:func:`check_eps` for a dataset's images."""
+    check_choice("dataset", dataset, DATASETS)
+    check_eps(norm, eps, math.prod(SHAPES[dataset]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DATASETS, check_choice
+from .config import DATASETS, SHAPES, check_choice
 
 ENV_VAR = "LOSSBOOK_DATA"
 DOWNLOAD_ENV_VAR = "LOSSBOOK_DOWNLOAD"
@@ -28,7 +28,6 @@ LOCAL_FILES = {
     "mnist": ("mnist.npz",),
     "cifar10": tuple(f"cifar10-train-{k}.npz" for k in range(1, 6)) + ("cifar10-test.npz",),
 }
-SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

@@ -27,7 +27,7 @@ import torch
 
 from . import data, exact, store
 from .attacks import evaluate_losses, evaluation_set, fgsm, lp_norm, pgd
-from .config import RESULTS_DIR, SCALES, check_choice
+from .config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps
 from .losses import HANDCRAFTED
 from .models import build_model, predict
 
@@ -72,6 +72,7 @@ class Study:
     def __post_init__(self):
         check_choice("verified model", self.model, MODELS)
         exact.check_norm(self.norm)
+        check_dataset_eps(MODELS[self.model].dataset, self.norm, self.eps)
 
     def name(self) -> str:
         return f"{self.model}-{self.norm}-eps{self.eps:.4g}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
+from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS, check_dataset_eps, check_eps
 
 
 class ParameterError(ValueError):
@@ -163,6 +163,48 @@ SCHEMAS: dict[str, dict[str, Param]] = {
 }
 
 
+# ---- relations between parameters, checked once all of a chapter's values are known ------------------
+def _toy_radii(v: dict) -> None:
+    """The toy lives in [-1, 1]^2 (a box of side 2); 0 means the chapter's default radius."""
+    for name in ("eps", "fig_eps"):
+        for norm in NORMS if v["norm"] == "all" else (v["norm"],):
+            if v[name]:
+                _with_name(name, v[name], lambda: check_eps(norm, v[name], 2, side=2.0))
+
+
+def _search_radius(v: dict) -> None:
+    if v["eps"] not in EPS_RULES:  # a number: a radius under each chosen setting's norm
+        for setting in v["settings"].split(","):
+            dataset, _, _, norm = setting.strip().split("-")
+            _with_name("eps", v["eps"], lambda: check_dataset_eps(dataset, norm, float(v["eps"])))
+
+
+def _fgsm_radius(v: dict) -> None:
+    for dataset in DATASETS if v["dataset"] == "all" else (v["dataset"],):
+        if v["eps"]:
+            _with_name("eps", v["eps"], lambda: check_dataset_eps(dataset, "linf", v["eps"]))
+
+
+def _with_name(name: str, value, check: Callable[[], None]) -> None:
+    try:
+        check()
+    except ValueError as exc:
+        raise ParameterError(f"parameter {name}={value!r} is not allowed: {exc}") from None
+
+
+#: Checks that need several parameters (an eps is bounded by the norm and the images it applies to).
+RELATIONS: dict[str, Callable[[dict], None]] = {
+    "01_toy_inconsistency": _toy_radii, "03_gp_search": _search_radius, "06_atras_sweep": _fgsm_radius,
+}
+
+
+def check_relations(chapter: str, values: dict) -> None:
+    """:class:`ParameterError` if the chapter's values (missing ones take their defaults) do not fit together."""
+    full = {k: p.default for k, p in schema(chapter).items()} | values
+    if chapter in RELATIONS:
+        RELATIONS[chapter](full)
+
+
 def schema(chapter: str) -> dict[str, Param]:
     if chapter not in SCHEMAS:
         raise ParameterError(f"unknown chapter {chapter!r}; allowed: {', '.join(map(repr, SCHEMAS))}")
@@ -227,4 +269,6 @@ def check(chapter: str, namespace: dict) -> dict:
     missing = [k for k in params if k not in namespace]
     if missing:
         raise ParameterError(f"chapter {chapter} does not define parameter {missing[0]!r} in its parameters cell")
-    return {k: validate(chapter, k, namespace[k]) for k in params}
+    values = {k: validate(chapter, k, namespace[k]) for k in params}
+    check_relations(chapter, values)
+    return values

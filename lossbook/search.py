@@ -21,7 +21,6 @@ resumes from it: on CPU a resumed run ends exactly as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import operator
 import random
 import time
@@ -36,10 +35,10 @@ from deap import algorithms, base, creator, gp, tools
 from tqdm.auto import tqdm
 
 from . import store
-from .attacks import check_eps, evaluate_losses
-from .data import SHAPES
+from .attacks import evaluate_losses
 from .fitness import COUNTERS, Evaluator  # noqa: F401 (Evaluator is part of this module's API)
-from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, paper_eps, quiet
+from .config import (DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, check_dataset_eps,
+                     paper_eps, quiet)
 from .losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, PRIMITIVES, compile_formula, formula_size, pretty
 
 
@@ -127,7 +126,7 @@ def make_setting(dataset: str, net: str, training: str, norm: str, eps: float | 
                           ("norm", norm, NORMS)):
         check_choice(n, v, allowed)
     if eps is not None:
-        check_eps(norm, float(eps), math.prod(SHAPES[dataset]))
+        check_dataset_eps(dataset, norm, float(eps))
     return Setting(dataset, net, training, norm, float(eps) if eps is not None else paper_eps(dataset, net, training, norm))
 
 

@@ -61,7 +61,7 @@ def test_depth_summary_on_a_hand_made_table():
 def test_bad_configuration_values():
     with pytest.raises(ValueError, match="unknown failure_mode 'relu-adam'"):
         atras.atras_config("mnist", "cpu", failure_mode="relu-adam")
-    with pytest.raises(ValueError, match=r"eps must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"eps=3 under linf is not allowed for inputs in \[0, 1\]\^784; allowed: 0 < eps <= 1"):
         atras.atras_config("mnist", "cpu", eps=3)
 
 

@@ -87,3 +87,72 @@ def test_help_says_each_default_once(command, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in out and "(default: False)" not in out
     assert not re.search(r"\(default: [^)]*\) \(default:", out)  # a help text stating its default gets no second one
+
+
+# ---- an eps is bounded by the norm and the images it applies to: refused before anything runs ----------
+class Reached(Exception):
+    """Raised by a spy standing for the expensive step (papermill, a solver, a search, a sweep)."""
+
+
+def _spy(*args, **kwargs):
+    raise Reached
+
+
+@pytest.mark.parametrize("chapter, values, message", [
+    ("03_gp_search", {"eps": "50"}, "eps=50 under linf is not allowed for inputs in [0, 1]^784; allowed: 0 < eps <= 1"),
+    ("03_gp_search", {"eps": "5", "settings": "mnist-net1-st-l1,cifar10-net1-st-linf"},
+     "eps=5 under linf is not allowed for inputs in [0, 1]^3072"),
+    ("03_gp_search", {"eps": "30", "settings": "mnist-net1-st-l2"}, "allowed: 0 < eps <= 28"),
+    ("06_atras_sweep", {"eps": 2.0, "dataset": "cifar10"}, "eps=2 under linf"),
+    ("01_toy_inconsistency", {"eps": 2.5}, "eps=2.5 under linf is not allowed for inputs in a box of side 2"),
+    ("01_toy_inconsistency", {"fig_eps": 3.0, "norm": "l2"}, "allowed: 0 < eps <= 2.82843"),
+])
+def test_an_eps_outside_its_norms_box_is_refused_by_the_chapter(chapter, values, message):
+    with pytest.raises(P.ParameterError) as e:
+        P.check_relations(chapter, values)
+    assert str(e.value).startswith(f"parameter {next(iter(values))}=") and message in str(e.value)
+
+
+@pytest.mark.parametrize("chapter, values", [
+    ("03_gp_search", {"eps": "5", "settings": "mnist-net1-st-l1,mnist-net2-st-l2"}),  # l_1 <= 784, l_2 <= 28
+    ("03_gp_search", {"eps": "calibrate"}), ("06_atras_sweep", {"eps": 1.0}), ("06_atras_sweep", {"eps": 0.0}),
+    ("01_toy_inconsistency", {"eps": 2.5, "norm": "l2"}), ("01_toy_inconsistency", {"eps": 4.0, "norm": "l1"}),
+    ("05_landscape", {"steps": 3}),  # a chapter without an eps has no relation to break
+])
+def test_an_eps_inside_its_box_passes(chapter, values):
+    P.check_relations(chapter, values)
+
+
+def test_the_notebooks_check_applies_the_relations():
+    namespace = {k: p.default for k, p in P.schema("03_gp_search").items()} | {"eps": "50"}
+    with pytest.raises(P.ParameterError, match="eps=50 under linf"):
+        P.check("03_gp_search", namespace)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "03_gp_search", "--scale", "smoke", "-p", "eps=50"], "parameter eps='50' is not allowed: eps=50 under linf"),
+    (["run", "06_atras_sweep", "--scale", "smoke", "-p", "eps=2"], "parameter eps=2.0 is not allowed: eps=2 under linf"),
+    (["run", "01_toy_inconsistency", "--scale", "smoke", "-p", "eps=2.5"], "eps=2.5 under linf"),
+])
+def test_run_refuses_an_out_of_box_eps_before_the_kernel_starts(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr("papermill.execute_notebook", _spy)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    with pytest.raises(Reached):  # control: the same chapter with an eps inside the box reaches papermill
+        main([*argv[:-1], argv[-1].split("=")[0] + "=0.5"])
+
+
+@pytest.mark.parametrize("argv, spied, message", [
+    (["exact", "--scale", "smoke", "--eps", "50"], "lossbook.gap.run_study", "eps=50 under linf"),
+    (["exact", "--scale", "cpu", "--studies", "mnist-mlp64-fgsm-l1-eps5", "mnist-mlp64-st-linf-eps0.1", "--eps", "5"],
+     "lossbook.gap.run_study", "eps=5 under linf"),  # the l_1 study would be fine: nothing runs
+    (["search", "--scale", "smoke", "--dataset", "mnist", "--net", "net1", "--training", "st", "--norm", "l1", "linf",
+      "--eps", "5"], "lossbook.search.search_setting", "eps=5 under linf"),
+    (["atras", "--scale", "smoke", "--eps", "2"], "lossbook.atras.dataset_results", "eps=2 under linf"),
+])
+def test_cli_refuses_an_out_of_box_eps_before_any_work(argv, spied, message, capsys, monkeypatch):
+    monkeypatch.setattr(spied, _spy)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "allowed: 0 < eps <= 1" in err[0]
