@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import io
 import json
@@ -187,6 +188,8 @@ def _write(path: Path, obj, request: dict, kind: str | None) -> None:
         return
     rec = {"kind": kind, "request": normalize(request), "rows": rows, "bytes": len(data), "sha256": digest,
            "code": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for stale in path.parent.glob(glob.escape(path.name) + ".*.tmp"):  # left by a killed writer: the lock is ours
+        stale.unlink(missing_ok=True)
     _atomic_write(pending_path(path), (json.dumps(rec, indent=1) + "\n").encode())  # 1: the new record, pending
     _atomic_write(path, data)  # 2: the new content
     os.replace(pending_path(path), record_path(path))  # 3: the new record in force

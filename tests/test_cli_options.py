@@ -187,3 +187,83 @@ def test_the_cli_option_reaches_the_function(spies, command, dest, capsys):
     argv, check = CASES[(command, dest)]
     assert main(argv) == 0, capsys.readouterr().err
     assert check(spies), f"python -m lossbook {' '.join(argv)}: {dest} did not reach the call"
+
+
+def test_each_case_sets_its_option_off_its_default():
+    """A case at the default value would pass whether or not the option reached anything."""
+    ap = build_parser()
+    sub = next(a for a in ap._actions if a.dest == "command")
+    for (command, dest), (argv, _) in CASES.items():
+        action = next(a for a in sub.choices[command]._actions if a.dest == dest)
+        assert getattr(ap.parse_args(argv), dest) != action.default, (command, dest)
+
+
+# ---- the options that no chapter parameter shares, end to end: from the command line to the stored
+# request (or, for a switch that by design does not change results, to the stored run), in a fresh
+# results folder. --backend/--address leave the results unchanged by design: test_cluster runs the grid on
+# two Ray nodes and compares it with the local backend.
+def _cli(root, *argv):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOSSBOOK_RESULTS": str(root), "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "lossbook", *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.fixture
+def fresh_results(tmp_path, data_available):
+    """A results folder holding only the smoke models (trained once here if missing)."""
+    import shutil
+
+    from lossbook.config import RESULTS_DIR
+    from lossbook.train import ensure_trained
+
+    ensure_trained(["mnist"], ["net1"], ["st"], "smoke", progress=False)
+    shutil.copytree(RESULTS_DIR / "models" / "smoke", tmp_path / "models" / "smoke")
+    return tmp_path
+
+
+def _records(root, under, pattern="*"):
+    from lossbook import store
+
+    return [(p, rec) for p, rec in store.records(root / under) if p.match(pattern)]
+
+
+def test_search_options_reach_the_stored_run(fresh_results):
+    import json
+
+    _cli(fresh_results, *SEARCH, "--norm", "l2", "--scale", "smoke", "--eps", "0.5", "--generations", "1",
+         "--population", "4", "--images", "16", "--no-semantic-cache", "--runs", "1", "--seed", "5")
+    ((path, rec),) = _records(fresh_results, "search/smoke/mnist-net1-st-l2", "run-*.json")
+    gp = rec["request"]["gp"]
+    assert path.name == "run-5.json" and rec["request"]["setting"]["eps"] == 0.5
+    assert (gp["gn"], gp["ps"], gp["st"], gp["n_images"]) == (1, 4, 4, 16)
+    run = json.loads(path.read_text())
+    assert run["semantic_cache"] is False and run["semantic_hits"] == 0 and run["signatures"] is None
+
+
+def test_exact_options_reach_the_stored_study(fresh_results):
+    _cli(fresh_results, "exact", "--scale", "smoke", "--studies", "mnist-mlp64-fgsm-linf-eps0.02", "--eps", "0.03",
+         "--images", "2", "--time-limit", "2", "--quiet")
+    ((_, rec),) = _records(fresh_results, "exact/smoke", "*-outcomes.csv")
+    study = rec["request"]["study"]
+    assert (study["eps"], study["time_limit"], rec["request"]["n_images"]) == (0.03, 2.0, 2)
+
+
+def test_atras_failure_mode_reaches_the_stored_sweep(fresh_results):
+    _cli(fresh_results, "atras", "--scale", "smoke", "--dataset", "mnist", "--architectures", "0",
+         "--failure-mode", "sigmoid-sgd", "--epochs", "1", "--adv-epochs", "1")
+    ((path, rec),) = _records(fresh_results, "atras/smoke", "mnist.csv")
+    assert path.parent.name == "failure-sigmoid-sgd" and rec["request"]["failure_mode"] == "sigmoid-sgd"
+
+
+def test_paper_arm_no_seeded_runs_no_seeded_search(fresh_results):
+    setting = "mnist-net1-st-linf"
+    _cli(fresh_results, "paper-arm", "--arm", "smoke", "--settings", setting, "--no-seeded", "--quiet")
+    runs = [rec["request"]["gp"]["seed_losses"] for _, rec in _records(fresh_results, f"search/smoke-arm/{setting}", "run-*.json")]
+    assert runs and not any(runs)
+    _cli(fresh_results, "paper-arm", "--arm", "smoke", "--settings", setting, "--quiet")  # control: the seeded run
+    runs = [rec["request"]["gp"]["seed_losses"] for _, rec in _records(fresh_results, f"search/smoke-arm/{setting}", "run-*.json")]
+    assert sum(map(bool, runs)) == 1

@@ -33,6 +33,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _pids_of(marker: str) -> list[int]:
     """Processes whose command line mentions ``marker`` (read from /proc: no column limit)."""
     pids = []
@@ -84,26 +92,28 @@ def test_grid_survives_a_killed_node_and_matches_the_local_backend(cluster, tmp_
                 and (e["setting"], e["seed"]) not in done]
         for e in on_b:  # kill node b (its daemons and the task's worker) once the task has checkpointed
             if (root / "smoke" / e["setting"] / f"run-{e['seed']}.ckpt.json").exists():
-                pids = sorted(set(_pids_of(node_b_dir)) | {e["pid"]})
-                for pid in pids:
+                daemons = set(_pids_of(node_b_dir))  # node b's raylet, its agents and workers
+                for pid in sorted(daemons | {e["pid"]}):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-                killed = (e["setting"], e["seed"], len(pids))
+                killed = (e["setting"], e["seed"], len(daemons), e["pid"])
                 break
         time.sleep(0.1)
     driver.join(600)
     ray_seconds = time.perf_counter() - t0
     assert not driver.is_alive() and "path" in out, "the grid did not complete on the cluster"
-    assert killed is not None and killed[2] > 0, "no task was caught running on the second node"
+    assert killed is not None, "no task was caught running on the second node"
+    assert killed[2] > 0, "node b had no processes of its own to kill"
+    assert not _alive(killed[3]) and not [p for p in _pids_of(node_b_dir) if _alive(p)], "node b survived the kill"
 
     events = read_events(root, "smoke")
     for name in SETTINGS:
         for seed, _ in PLAN.seeds:
             mine = [e["event"] for e in events if (e["setting"], e["seed"]) == (name, seed)]
             assert mine.count("start") == 1 and mine.count("done") == 1, (name, seed, mine)  # never computed twice
-    name, seed, _ = killed
+    name, seed, _, _ = killed
     assert "resume" in [e["event"] for e in events if (e["setting"], e["seed"]) == (name, seed)]
 
     # the same grid with the local backend: identical results

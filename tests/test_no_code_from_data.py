@@ -30,6 +30,19 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     return text
 
 
+def test_the_payload_is_live(tmp_path):
+    """Control: the crafted files below do run code when read the unsafe way, so the tests that refuse
+    them refuse something real."""
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(Payload(marker)))
+    assert marker.exists()
+    marker.unlink()
+    path = tmp_path / "model.pt"
+    torch.save({"config": {}, "model": Payload(marker)}, path)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
 def test_a_model_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
     from lossbook.config import train_config
     from lossbook.train import checkpoint_path, load_model

@@ -32,6 +32,22 @@ WRITER = textwrap.dedent("""
                 os._exit(9)
             real(*a)
         store.os.replace = replace
+    if os.environ.get("SLOW_DISK"):  # writes of 64 KB chunks, 20 ms each: a kill often lands inside one
+        import time
+        real_fdopen = os.fdopen
+        class Slow:
+            def __init__(self, fh):
+                self.fh = fh
+            def __enter__(self):
+                return self
+            def __exit__(self, *a):
+                self.fh.close()
+            def write(self, data):
+                for i in range(0, len(data), 65536):
+                    self.fh.write(data[i:i + 65536])
+                    self.fh.flush()
+                    time.sleep(0.02)
+        store.os.fdopen = lambda *a, **k: Slow(real_fdopen(*a, **k))
     k = store.record(path)["request"]["version"] + 1 if os.path.exists(path) else 0
     while True:
         store.save(path, pd.DataFrame({"version": [k] * rows, "x": range(rows)}), {"version": k})
@@ -72,42 +88,60 @@ def test_a_writer_dying_before_each_rename_leaves_a_whole_result(tmp_path, crash
 def test_sigkill_at_random_moments_of_repeated_writes(tmp_path):
     path = tmp_path / "t.csv"
     rng = random.Random(0)
-    seen = []
+    seen, windows = [], []
     for _ in range(12):
-        proc = _writer(path, 40_000)
+        proc = _writer(path, 40_000, SLOW_DISK="1")
         time.sleep(rng.uniform(0.6, 1.6))  # start-up (imports) takes most of a second, then writes follow
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-        if path.exists() or store.pending_path(path).exists():
+        # where the kill landed: inside the pending record's write (its temporary file only), between the
+        # first and the last rename (a pending record: mostly inside the content's write), or elsewhere
+        pending, tmp = store.pending_path(path).exists(), bool(list(tmp_path.glob("*.tmp")))
+        windows.append("pending" if pending else "record write" if tmp else "outside")
+        if path.exists() or pending:
             seen.append(_consistent(path))
     assert seen and seen == sorted(seen) and seen[-1] > 0, seen  # each writer resumed after the last whole version
+    assert windows.count("pending") >= 2, f"the kills did not probe the windows between renames: {windows}"
+    store.save(path, pd.DataFrame({"version": [99], "x": [0]}), {"version": 99})
+    assert not list(tmp_path.glob("*.tmp"))  # the next write clears what killed writers left
 
 
 def test_disk_full_during_a_write_keeps_the_old_result(tmp_path, monkeypatch):
     path = tmp_path / "t.csv"
     store.save(path, pd.DataFrame({"version": [0] * 5, "x": range(5)}), {"version": 0})
     real = os.fdopen
+    full = OSError(errno.ENOSPC, "No space left on device")
 
     class Full:
-        def __init__(self, fh):
-            self.fh = fh
+        """The disk fills at ``when``: before any byte ("write"), half-way ("partial"), or when the
+        buffered bytes are flushed as the file closes ("close")."""
+
+        def __init__(self, fh, when):
+            self.fh, self.when = fh, when
 
         def __enter__(self):
             return self
 
         def __exit__(self, *a):
             self.fh.close()
+            if self.when == "close" and a[0] is None:
+                raise full
 
         def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            if self.when == "partial":
+                self.fh.write(data[:len(data) // 2])
+                self.fh.flush()
+            if self.when != "close":
+                raise full
+            return self.fh.write(data)
 
-    for nth in (1, 2):  # the pending record's write, the content's write
+    for nth, when in [(n, w) for n in (1, 2) for w in ("write", "partial", "close")]:  # 1 the pending record, 2 the content
         calls = [0]
 
         def fdopen(fd, mode="r", *a, **k):
             calls[0] += 1
             fh = real(fd, mode, *a, **k)
-            return Full(fh) if calls[0] == nth else fh
+            return Full(fh, when) if calls[0] == nth else fh
 
         monkeypatch.setattr(store.os, "fdopen", fdopen)
         with pytest.raises(OSError, match="No space left"):
