@@ -19,6 +19,26 @@ def positive_int(text: str) -> int:
     return v
 
 
+def checked(kind: type, rule: str, *args):
+    """argparse type: text -> ``kind``, accepted by the chapter parameters' validator ``params.<rule>(*args)``
+    (so a CLI option and its chapter twin allow the same values)."""
+    from . import params
+
+    validator = getattr(params, rule)(*args)
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        why = validator(value)
+        if why is not None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: {why}")
+        return value
+    convert.__name__ = f"{rule}{args}"  # argparse names the type in its messages
+    return convert
+
+
 def eps_value(text: str):
     """argparse type: 'auto', 'paper', 'calibrate' or a number > 0 (the rule of chapter 03's ``eps``)."""
     from .params import EPS_RULES, eps_rule
@@ -192,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--net", nargs="+", choices=NETS, default=list(NETS))
     t.add_argument("--training", nargs="+", choices=TRAININGS, default=list(TRAININGS))
     t.add_argument("--scale", choices=SCALES, default="cpu")
-    t.add_argument("--seed", type=int, default=0, help="seed 0 is the book's model; others are saved as ...-seed<k>.pt")
+    t.add_argument("--seed", type=checked(int, "whole"), default=0, help="seed 0 is the book's model; others are saved as ...-seed<k>.pt")
     t.add_argument("--force", action="store_true", help="train again a model that is already trained (replaced when done)")
     t.set_defaults(func=_train)
 
@@ -207,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--norm", nargs="+", choices=NORMS, default=["linf"])
     s.add_argument("--scale", choices=SCALES, default="cpu")
     s.add_argument("--runs", type=positive_int, default=None, help="independent runs (default: 1 smoke, 2 cpu, 20 paper)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the first run; run r uses seed + r")
+    s.add_argument("--seed", type=checked(int, "whole"), default=0, help="seed of the first run; run r uses seed + r")
     s.add_argument("--eps", type=eps_value, default="auto", help="'auto' (Table III unless CE's R'' at it is outside 0.5-0.9, "
                    "then calibrated), 'paper' (Table III), 'calibrate' (CE R''=0.7) or a number")
     s.add_argument("--generations", type=positive_int, default=None, help="GP generations (default: the preset's)")
@@ -256,10 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--scale", choices=SCALES, default="cpu")
     a.add_argument("--architectures", nargs="+", type=architecture_index, default=None,
                    help="indices 0..39 (default: all)")
-    a.add_argument("--eps", type=float, default=None)
-    a.add_argument("--epochs", type=int, default=None)
-    a.add_argument("--adv-epochs", type=int, default=None)
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--eps", type=checked(float, "number"), default=None, help="FGSM radius (l_inf)")
+    a.add_argument("--epochs", type=positive_int, default=None, help="standard-training epochs (default: the scale's)")
+    a.add_argument("--adv-epochs", type=positive_int, default=None, help="adversarial-training epochs (default: the scale's)")
+    a.add_argument("--seed", type=checked(int, "whole"), default=0)
     a.add_argument("--failure-mode", choices=FAILURE_MODES, default="none")
     a.set_defaults(func=_atras)
 
@@ -274,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--studies", nargs="+", default=None, metavar="STUDY",
                    choices=sorted({s.name() for v in STUDIES.values() for s in v}), help="default: the scale's studies")
     e.add_argument("--images", type=positive_int, default=None, help="images per study (default: the study's)")
-    e.add_argument("--time-limit", type=float, default=None, help="solver seconds per image (default: the study's)")
-    e.add_argument("--eps", type=float, default=None, help="another radius for the chosen studies")
+    e.add_argument("--time-limit", type=checked(float, "number"), default=None, help="solver seconds per image (default: the study's)")
+    e.add_argument("--eps", type=checked(float, "number"), default=None, help="another radius for the chosen studies")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="ray: the verification as Ray tasks over shards of 50 images (results shared as for grid)")
@@ -294,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--images", type=positive_int, default=None, help="raced images (default: the scale's)")
     ls.add_argument("--steps", type=positive_int, default=100)
     ls.add_argument("--resolution", type=positive_int, default=None, help="grid points per axis (default: the scale's)")
-    ls.add_argument("--seed", type=int, default=0)
+    ls.add_argument("--seed", type=checked(int, "whole"), default=0)
     ls.set_defaults(func=_landscape)
 
     b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")
@@ -338,7 +358,7 @@ def main(argv=None) -> int:
 
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, DataError) as exc:  # what a user can fix: one line, no traceback
+    except (ValueError, OSError, DataError) as exc:  # what a user can fix (a full disk too): one line, no traceback
         print(f"python -m lossbook {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -185,6 +185,13 @@ def _fgsm_radius(v: dict) -> None:
             _with_name("eps", v["eps"], lambda: check_dataset_eps(dataset, "linf", v["eps"]))
 
 
+def _known_studies(v: dict) -> None:
+    if v["studies"] != "all":
+        from .gap import select_studies  # torch and the solver's models: only when a study is named
+
+        _with_name("studies", v["studies"], lambda: select_studies(v["studies"], v["scale"]))
+
+
 def _with_name(name: str, value, check: Callable[[], None]) -> None:
     try:
         check()
@@ -195,6 +202,7 @@ def _with_name(name: str, value, check: Callable[[], None]) -> None:
 #: Checks that need several parameters (an eps is bounded by the norm and the images it applies to).
 RELATIONS: dict[str, Callable[[dict], None]] = {
     "01_toy_inconsistency": _toy_radii, "03_gp_search": _search_radius, "06_atras_sweep": _fgsm_radius,
+    "07_exact_risk": _known_studies,
 }
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import operator
 import random
+import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -210,9 +210,7 @@ def checkpoint_path(out: Path, seed: int) -> Path:
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)  # atomic: a kill never leaves half a checkpoint
+    store.write_atomic(path, json.dumps(state).encode())  # a kill or a full disk never leaves half a checkpoint
 
 
 def _checkpoint_request(evaluator: Evaluator, cfg: GPConfig, seed: int) -> dict:
@@ -399,8 +397,8 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
         ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed, semantic=cfg.semantic_cache)
         baselines = ev.handcrafted()
         if baselines["ce"] >= 1.0:
-            warnings.warn(f"{setting.name()} at eps={setting.eps:g}: CE-PGD-{cfg.steps} already breaks every image, so no "
-                          f"loss can do better; a smaller eps (the paper's rule: R'' about 0.7) is needed", stacklevel=2)
+            print(f"note: {setting.name()} at eps={setting.eps:g}: CE-PGD-{cfg.steps} already breaks every image, so no "
+                  f"loss can do better; a smaller eps (the paper's rule: R'' about 0.7) is needed", file=sys.stderr)
         if scale == "smoke" and ckpt.exists():  # smoke checkpoints are cheap: one of another request is redone
             try:
                 _load_checkpoint(ckpt, _checkpoint_request(ev, cfg, run_seed))

@@ -110,16 +110,35 @@ def _decode(data: bytes, kind: str):
         return {k: z[k] for k in z.files}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file of this writer's own, then rename: readers see the old or the new file."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file of this writer's own, flushed to the disk, then rename: readers see the
+    old or the new file, after a kill or a power cut alike; a failed write (a full disk) removes its
+    temporary file and raises."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the folder's renames durable (where the platform lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 _HELD: set = set()  # folders whose lock this process holds (flock would deadlock on a second open)
@@ -190,9 +209,10 @@ def _write(path: Path, obj, request: dict, kind: str | None) -> None:
            "code": code_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for stale in path.parent.glob(glob.escape(path.name) + ".*.tmp"):  # left by a killed writer: the lock is ours
         stale.unlink(missing_ok=True)
-    _atomic_write(pending_path(path), (json.dumps(rec, indent=1) + "\n").encode())  # 1: the new record, pending
-    _atomic_write(path, data)  # 2: the new content
+    write_atomic(pending_path(path), (json.dumps(rec, indent=1) + "\n").encode())  # 1: the new record, pending
+    write_atomic(path, data)  # 2: the new content
     os.replace(pending_path(path), record_path(path))  # 3: the new record in force
+    _sync_folder(path.parent)
 
 
 def _unchanged(path: Path, digest: str, request: dict) -> bool:
@@ -235,6 +255,9 @@ def load(path: Path, request: dict | None = None):
         raise FileNotFoundError(f"{path}: no such result; compute it first")
     rec = record(path)
     data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != rec["sha256"]:  # a writer between the two reads? read again, in turn
+        with _folder_lock(path.parent):
+            rec, data = record(path), path.read_bytes()
     if hashlib.sha256(data).hexdigest() != rec["sha256"]:
         rows = f"{rec['rows']} rows, " if rec.get("rows") is not None else ""
         raise ResultError(f"{path}: content does not match its record ({rows}{rec['bytes']} bytes written, "
@@ -280,7 +303,7 @@ def adopt(path: Path, request: dict, kind: str | None = None) -> Path:
     rec = {"kind": kind or kind_of(obj), "request": normalize(request), "rows": len(obj) if isinstance(obj, pd.DataFrame)
            else None, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "code": "adopted",
            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _atomic_write(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
+    write_atomic(record_path(path), (json.dumps(rec, indent=1) + "\n").encode())
     return path
 
 
@@ -288,5 +311,9 @@ def records(root: Path) -> list[tuple[Path, dict]]:
     """Every (result path, record) under ``root``."""
     out = []
     for rp in sorted(Path(root).rglob("*.record")):
-        out.append((rp.with_name(rp.name[:-len(".record")]), json.loads(rp.read_text())))
+        path = rp.with_name(rp.name[:-len(".record")])
+        try:
+            out.append((path, record(path)))  # a killed write settled first
+        except ResultError:  # its record went with the settling (a pending write whose content never came)
+            continue
     return out

@@ -15,6 +15,7 @@ Files, per model, under ``results/models/<scale>/``:
 """
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,9 +69,9 @@ def _adversarial_batch(model, xb, yb, cfg: TrainConfig, generator: torch.Generat
 def _save_atomic(obj, path: Path) -> None:
     """``torch.save`` into a temporary file beside ``path``, then rename: a kill (a timeout, Ctrl-C)
     leaves either the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    store.write_atomic(path, buffer.getvalue())
 
 
 def _rng_state(gen: torch.Generator) -> dict:

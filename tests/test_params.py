@@ -67,7 +67,15 @@ def test_cli_arguments_share_the_validators(capsys):
                        "argument --runs: 0 is not allowed; allowed: an integer >= 1"),
                       (["atras", "--architectures", "-1"], "argument --architectures: '-1' is not allowed; allowed: an index 0..39"),
                       (["search", "--dataset", "mnist", "--net", "net1", "--training", "st", "--population", "0"],
-                       "argument --population: 0 is not allowed")]:
+                       "argument --population: 0 is not allowed"),
+                      (["atras", "--epochs", "-1"], "argument --epochs: -1 is not allowed; allowed: an integer >= 1"),
+                      (["atras", "--adv-epochs", "0"], "argument --adv-epochs: 0 is not allowed; allowed: an integer >= 1"),
+                      (["atras", "--eps", "-0.1"], "argument --eps: '-0.1' is not allowed; allowed: a number > 0"),
+                      (["train", "--seed", "-5"], "argument --seed: '-5' is not allowed; allowed: a whole number >= 0"),
+                      (["landscape", "--seed", "1.5"], "argument --seed: '1.5' is not allowed; allowed: a whole number >= 0"),
+                      (["exact", "--time-limit", "-3"], "argument --time-limit: '-3' is not allowed; allowed: a number > 0"),
+                      (["exact", "--time-limit", "nan"], "argument --time-limit: 'nan' is not allowed; allowed: a number > 0"),
+                      (["exact", "--eps", "inf"], "argument --eps: 'inf' is not allowed; allowed: a number > 0")]:
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
@@ -156,3 +164,25 @@ def test_cli_refuses_an_out_of_box_eps_before_any_work(argv, spied, message, cap
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "allowed: 0 < eps <= 1" in err[0]
+
+
+def test_a_study_name_is_checked_before_the_kernel_starts(capsys, monkeypatch):
+    monkeypatch.setattr("papermill.execute_notebook", _spy)
+    assert main(["run", "07_exact_risk", "--scale", "smoke", "-p", "studies=nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parameter studies='nope' is not allowed: unknown study at scale smoke 'nope'; allowed: " \
+        "'mnist-mlp64-fgsm-linf-eps0.05', 'mnist-mlp64-fgsm-linf-eps0.02'" in err[0]
+    with pytest.raises(Reached):
+        main(["run", "07_exact_risk", "--scale", "smoke", "-p", "studies=mnist-mlp64-fgsm-linf-eps0.02"])
+
+
+def test_a_full_disk_is_one_line(capsys, monkeypatch):
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("lossbook.train.train", full)
+    assert main(["train", "--dataset", "mnist", "--net", "net1", "--training", "st", "--scale", "smoke", "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m lossbook train: error: [Errno 28] No space left on device"]

@@ -74,6 +74,70 @@ def test_resumed_run_equals_uninterrupted(toy, tmp_path):
     assert drop(resumed["logbook"]) == drop(straight["logbook"])
 
 
+def test_a_full_disk_during_a_checkpoint_loses_nothing(toy, tmp_path, monkeypatch):
+    """The disk fills half-way through the third checkpoint write: the run stops with the error, the
+    second checkpoint stays whole, and the next run resumes from it to the uninterrupted result."""
+    import errno
+    import json
+    import os
+
+    straight = S.run_search(_evaluator(toy), CFG, seed=3, progress=False)
+    ckpt = tmp_path / "run.ckpt.json"
+    real, calls = os.fdopen, [0]
+
+    class HalfFull:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(fd, *a, **k):
+        calls[0] += 1
+        fh = real(fd, *a, **k)
+        return HalfFull(fh) if calls[0] == 3 else fh
+
+    monkeypatch.setattr(store.os, "fdopen", fdopen)
+    with pytest.raises(OSError, match="No space left"):
+        S.run_search(_evaluator(toy), CFG, seed=3, checkpoint=ckpt, progress=False)
+    monkeypatch.setattr(store.os, "fdopen", real)
+    assert calls[0] == 3 and json.loads(ckpt.read_text()) and not list(tmp_path.glob("*.tmp"))
+    calls = []
+
+    class Counting(S.Evaluator):
+        def __call__(self, formulas):
+            calls.append(len(formulas))
+            return super().__call__(formulas)
+
+    model, x, y, setting = toy
+    resumed = S.run_search(Counting(model, x, y, setting, steps=10, seed=0), CFG, seed=3, checkpoint=ckpt, progress=False)
+    for key in ("best", "best_fitness", "hall_of_fame"):
+        assert resumed[key] == straight[key]
+    assert len(calls) < CFG.gn + 1  # resumed: the generations of the whole checkpoints were not evaluated again
+
+
+def test_an_eps_that_lets_ce_break_every_image_is_named_in_one_line(data_available, tmp_path, capsys):
+    from lossbook.train import ensure_trained
+
+    ensure_trained(["mnist"], ["net1"], ["st"], "smoke", root=tmp_path, progress=False)
+    cfg = S.with_overrides(S.SEARCH_PRESETS["smoke"], gn=1, ps=4, st=4, n_images=16)
+    S.search_setting(S.make_setting("mnist", "net1", "st", "linf", 1.0), "smoke", runs=1, cfg=cfg, root=tmp_path,
+                     progress=False)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["note: mnist-net1-st-linf at eps=1: CE-PGD-10 already breaks every image, so no loss can do "
+                   "better; a smaller eps (the paper's rule: R'' about 0.7) is needed"]
+    S.search_setting(S.make_setting("mnist", "net1", "st", "linf", 0.01), "smoke", runs=1, cfg=cfg, root=tmp_path,
+                     progress=False)
+    assert "already breaks" not in capsys.readouterr().err  # control: a small eps leaves images unbroken
+
+
 def test_formula_round_trip():
     pset = S.primitive_set()
     random.seed(0)

@@ -47,7 +47,12 @@ WRITER = textwrap.dedent("""
                     self.fh.write(data[i:i + 65536])
                     self.fh.flush()
                     time.sleep(0.02)
+            def flush(self):
+                self.fh.flush()
+            def fileno(self):
+                return self.fh.fileno()
         store.os.fdopen = lambda *a, **k: Slow(real_fdopen(*a, **k))
+    print("ready", flush=True)  # imports done: the test's clock starts here
     k = store.record(path)["request"]["version"] + 1 if os.path.exists(path) else 0
     while True:
         store.save(path, pd.DataFrame({"version": [k] * rows, "x": range(rows)}), {"version": k})
@@ -68,13 +73,13 @@ def _consistent(path) -> int:
 
 def _writer(path, rows, **env):
     return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(rows)], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3])
 def test_a_writer_dying_before_each_rename_leaves_a_whole_result(tmp_path, crash_at):
     """Renames of a write: 1 the pending record, 2 the content, 3 the record into force. (Each
-    _atomic_write renames once.) Dying before 1 or 2 keeps the old pair; before 3, the new content is
+    write_atomic renames once.) Dying before 1 or 2 keeps the old pair; before 3, the new content is
     there and its pending record is put in force by the next reader."""
     path = tmp_path / "t.csv"
     store.save(path, pd.DataFrame({"version": [0] * 5, "x": range(5)}), {"version": 0})
@@ -91,7 +96,8 @@ def test_sigkill_at_random_moments_of_repeated_writes(tmp_path):
     seen, windows = [], []
     for _ in range(12):
         proc = _writer(path, 40_000, SLOW_DISK="1")
-        time.sleep(rng.uniform(0.6, 1.6))  # start-up (imports) takes most of a second, then writes follow
+        assert proc.stdout.readline() == b"ready\n"  # whatever the machine's load, timed from the imports' end
+        time.sleep(rng.uniform(0.05, 1.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         # where the kill landed: inside the pending record's write (its temporary file only), between the
@@ -114,7 +120,7 @@ def test_disk_full_during_a_write_keeps_the_old_result(tmp_path, monkeypatch):
 
     class Full:
         """The disk fills at ``when``: before any byte ("write"), half-way ("partial"), or when the
-        buffered bytes are flushed as the file closes ("close")."""
+        buffered bytes go to the disk ("flush")."""
 
         def __init__(self, fh, when):
             self.fh, self.when = fh, when
@@ -124,18 +130,22 @@ def test_disk_full_during_a_write_keeps_the_old_result(tmp_path, monkeypatch):
 
         def __exit__(self, *a):
             self.fh.close()
-            if self.when == "close" and a[0] is None:
-                raise full
 
         def write(self, data):
             if self.when == "partial":
                 self.fh.write(data[:len(data) // 2])
                 self.fh.flush()
-            if self.when != "close":
+            if self.when != "flush":
                 raise full
             return self.fh.write(data)
 
-    for nth, when in [(n, w) for n in (1, 2) for w in ("write", "partial", "close")]:  # 1 the pending record, 2 the content
+        def flush(self):
+            raise full
+
+        def fileno(self):
+            return self.fh.fileno()
+
+    for nth, when in [(n, w) for n in (1, 2) for w in ("write", "partial", "flush")]:  # 1 the pending record, 2 the content
         calls = [0]
 
         def fdopen(fd, mode="r", *a, **k):
