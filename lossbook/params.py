@@ -16,6 +16,20 @@ from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS, che
 class ParameterError(ValueError):
     """A parameter that is unknown, of the wrong type or outside its allowed values."""
 
+    def _render_traceback_(self) -> list[str]:
+        """In a notebook (IPython asks for this), the message alone: no traceback above the useful line."""
+        return [f"ParameterError: {self}"]
+
+
+def _unknown(chapter: str, name: str) -> ParameterError:
+    """An unknown parameter name, with the allowed ones and the nearest if it looks like a typo."""
+    import difflib
+
+    params = schema(chapter)
+    near = difflib.get_close_matches(name, list(params), n=1)
+    return ParameterError(f"unknown parameter {name!r} of chapter {chapter}; allowed: {', '.join(params)}"
+                          + (f"; did you mean {near[0]!r}?" if near else ""))
+
 
 # ---- validators: each returns None when the value is fine, else what is allowed --------------------
 def choice(values) -> Callable[[Any], str | None]:
@@ -33,7 +47,7 @@ def number(minimum: float = 0.0, zero_means_default: bool = False) -> Callable[[
         good = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v != float("inf")
         if good and (v > minimum or (zero_means_default and v == 0)):
             return None
-        return f"a number > {minimum:g}" + (" (0 for the chapter's default)" if zero_means_default else "")
+        return ("0 (the chapter's default) or " if zero_means_default else "") + f"a number > {minimum:g}"
     return ok
 
 
@@ -232,7 +246,7 @@ def validate(chapter: str, name: str, value):
     """The value, coerced to the parameter's type, or :class:`ParameterError` saying what is allowed."""
     params = schema(chapter)
     if name not in params:
-        raise ParameterError(f"unknown parameter {name!r} of chapter {chapter}; allowed: {', '.join(params)}")
+        raise _unknown(chapter, name)
     p = params[name]
     value = _coerce(p, value)
     why = p.allowed(value)
@@ -245,7 +259,7 @@ def convert(chapter: str, name: str, text: str):
     """``-p NAME=VALUE`` text to the parameter's type, validated."""
     params = schema(chapter)
     if name not in params:
-        raise ParameterError(f"unknown parameter {name!r} of chapter {chapter}; allowed: {', '.join(params)}")
+        raise _unknown(chapter, name)
     kind = params[name].kind
     try:
         if kind is bool:
@@ -273,7 +287,7 @@ def check(chapter: str, namespace: dict) -> dict:
     unknown = [k for k, v in namespace.items() if not k.startswith("_") and k not in _NOT_PARAMETERS
                and k not in params and isinstance(v, (str, int, float, bool, type(None)))]
     if unknown:
-        raise ParameterError(f"unknown parameter {unknown[0]!r} of chapter {chapter}; allowed: {', '.join(params)}")
+        raise _unknown(chapter, unknown[0])
     missing = [k for k in params if k not in namespace]
     if missing:
         raise ParameterError(f"chapter {chapter} does not define parameter {missing[0]!r} in its parameters cell")

@@ -35,6 +35,8 @@ def test_bad_parameters_stop_the_notebook_at_its_first_cell(tmp_path):
                                 cwd=str(NBS_DIR), progress_bar=False, kernel_name="python3")
         assert msg in str(err.value)
         assert err.value.exec_count <= 3  # parameters, injected parameters, check
+        (line,) = err.value.traceback  # the message alone, no traceback above it
+        assert line.startswith(f"ParameterError: {msg}") and line.endswith("did you mean 'seed'?") == ("sede" in msg)
     # the runner checks before it starts a kernel
     with pytest.raises(ParameterError, match="parameter scale='huge' is not allowed"):
         run_chapter(chapter, "huge", out_dir=tmp_path)

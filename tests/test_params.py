@@ -37,6 +37,14 @@ def test_unknown_names_are_errors():
     with pytest.raises(P.ParameterError, match="unknown parameter 'sede'"):
         P.convert("02_training", "sede", "1")
     assert main(["run", "02_training", "-p", "sede=1"]) == 2
+    with pytest.raises(P.ParameterError, match=r"allowed: scale, seed, recompute, dataset, net, training; did you mean 'seed'\?$"):
+        P.convert("02_training", "sede", "1")
+    with pytest.raises(P.ParameterError, match=r"allowed: scale, seed, recompute, dataset, net, training$"):
+        P.convert("02_training", "zzz", "1")  # nothing near: no guess
+    assert P.ParameterError("x")._render_traceback_() == ["ParameterError: x"]  # a notebook shows this line only
+    assert P.validate("06_atras_sweep", "eps", 0.5) == 0.5
+    with pytest.raises(P.ParameterError, match=r"allowed values: 0 \(the chapter's default\) or a number > 0$"):
+        P.validate("06_atras_sweep", "eps", -0.5)
 
 
 @pytest.mark.parametrize("chapter,name,value,ok", [
