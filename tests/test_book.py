@@ -24,11 +24,12 @@ def test_chapters_are_in_reading_order_and_the_toc_lists_them(monkeypatch, tmp_p
     monkeypatch.setattr(book, "BOOK_DIR", tmp_path)
     write_toc(["01_toy_inconsistency", "02_training"])
     toc = (tmp_path / "_toc.yml").read_text().splitlines()
-    assert toc[1:] == ["format: jb-book", "root: intro", "chapters:", "- file: glance", "- file: chapters/01_toy_inconsistency",
-                       "- file: chapters/02_training", "- file: teaching", "- file: reproducing"]
+    assert toc[1:] == ["format: jb-book", "root: intro", "chapters:", "- file: glance", "- file: notation",
+                       "- file: chapters/01_toy_inconsistency", "- file: chapters/02_training", "- file: teaching",
+                       "- file: reproducing", "- file: references"]
     write_toc(["02_training", "03_gp_search"])  # Question 1's protocol comes just before its chapter
     toc = (tmp_path / "_toc.yml").read_text().splitlines()
-    assert toc[5:8] == ["- file: chapters/02_training", "- file: protocol_q1", "- file: chapters/03_gp_search"]
+    assert toc[6:9] == ["- file: chapters/02_training", "- file: protocol_q1", "- file: chapters/03_gp_search"]
 
 
 def _arm_rows():
