@@ -164,7 +164,7 @@ def _book(args) -> None:
 
 
 def _run(args) -> None:
-    from .book import run_chapter
+    from .book import export_html, run_chapter
 
     bad = [p for p in args.param if "=" not in p]
     if bad:
@@ -172,7 +172,8 @@ def _run(args) -> None:
     extra = dict(p.split("=", 1) for p in args.param)
     out = {"out_dir": Path(args.out)} if args.out else {}
     for name in args.chapters:
-        print("executed:", run_chapter(name, args.scale, args.recompute, extra=extra, **out))
+        executed = run_chapter(name, args.scale, args.recompute, extra=extra, **out)
+        print(f"executed: {executed}\nto read it, open in a browser: {export_html(executed)}")
 
 
 def _reproduce(args) -> None:
@@ -324,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-execute", action="store_true", help="build from already executed chapters")
     b.set_defaults(func=_book)
 
-    r = sub.add_parser("run", help="execute chapters with papermill into book/chapters/")
+    r = sub.add_parser("run", help="execute chapters with papermill into book/chapters/ (a notebook and an HTML "
+                       "page each)")
     r.add_argument("chapters", nargs="+", help="e.g. 02_training")
     r.add_argument("--scale", choices=SCALES, default="smoke")
     r.add_argument("--recompute", action="store_true")

@@ -48,6 +48,23 @@ def run_chapter(name: str, scale: str, recompute: bool = False, out_dir: Path = 
     return out
 
 
+def export_html(notebook: Path) -> Path:
+    """The executed chapter as one HTML page beside it, without the code the book hides: something a
+    student opens in a browser, no Jupyter needed. Returns the page's path."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+
+    c = Config()
+    c.TagRemovePreprocessor.enabled = True
+    c.TagRemovePreprocessor.remove_cell_tags = ("remove-cell", "hide-cell", "injected-parameters")
+    c.TagRemovePreprocessor.remove_input_tags = ("remove-input", "hide-input")
+    body, _ = HTMLExporter(config=c).from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    out = Path(notebook).with_suffix(".html")
+    out.write_text(body)
+    return out
+
+
 def _remove_injected_cell(path: Path) -> None:
     """Papermill's injected-parameters cell is kept in the notebook but removed from the page: the
     chapter's banner already shows every parameter once."""

@@ -36,32 +36,63 @@ class Block:
     commands: tuple  # arguments of ``python -m lossbook``, run in order; () where the block reads committed results
     figures: str
     question: str
+    answer: str  # for the teacher, in a closed dropdown on the page
 
 
 LESSON = (
     Block(10, "The question: R against R''", (),
           "the introduction and Results at a glance",
-          "An attack reports R'' = 0.30. What does that say about the true adversarial risk R, and what does it not?"),
+          "An attack reports R'' = 0.30. What does that say about the true adversarial risk R, and what does it not?",
+          "Every point the attack found is a real adversarial example, so on these images R >= 0.30: the attack "
+          "gives a lower bound. "
+          "It says nothing about how far above 0.30 the truth lies; a stronger attack, or an exact verifier, can only "
+          "raise the number. Chapter 7 measures that distance for small networks."),
     Block(15, "A toy where the truth is known (chapter 1)", ("run 01_toy_inconsistency --scale smoke",),
           "Figures 1.1 and 1.2; the chapter's closing paragraph",
-          "Why can the maximizer of cross-entropy be correctly classified while a misclassified point exists in the ball?"),
+          "Why can the maximizer of cross-entropy be correctly classified while a misclassified point exists in the ball?",
+          "Cross-entropy grows when the true class's probability falls, wherever that probability goes; the 0-1 loss "
+          "changes only when another class overtakes the true one. In the ball, CE's maximum can sit where the "
+          "probability is spread over two other classes with the true class still ahead, while a point in another "
+          "direction crosses one decision boundary. The surrogate and the 0-1 loss then rank points differently."),
     Block(15, "Searching for a loss (chapter 3)",
           ("train --dataset mnist --net net1 --training st --scale smoke",
            "search --dataset mnist --net net1 --training st --scale smoke --runs 1"),
           "Figure 3.1 (the paper arm's 24 settings) and Figure 3.2 (the search's progress)",
-          "Why does the book judge a searched loss on held-out images, not on the images it was selected on?"),
+          "Why does the book judge a searched loss on held-out images, not on the images it was selected on?",
+          "The search picks, among thousands of trees, the one that did best on its own images; part of that lead is "
+          "luck on those images (the winner's curse). On images the selection never saw, the gain over CE is an "
+          "unbiased estimate, and its interval means what it says."),
     Block(15, "The exact risk of a small network (chapter 7)", ("exact --scale smoke",),
           "Figure 7.1 (every attack's R'' up to the exact R) and Figure 7.2 (what no attack found)",
-          "FGSM, PGD and AutoAttack on the same images: which gap is the loss's, which the optimizer's?"),
+          "FGSM, PGD and AutoAttack on the same images: which gap is the loss's, which the optimizer's?",
+          "With the optimizer fixed (PGD-10, same starts), the difference between CE and another loss is the "
+          "loss's share; with the loss fixed, the difference between one FGSM step, PGD-10 and APGD/AutoAttack is "
+          "the optimizer's. What no attack reaches, up to the exact R, is the error that remains."),
     Block(15, "ATRAS: robustness judged by FGSM (chapter 6)", ("run 06_atras_sweep --scale smoke",),
           "Figures 6.1 and 6.2; the closing paragraph's FGSM gap from chapter 7",
-          "If FGSM misses ten points of the exact risk, which of the paper's conclusions could change?"),
+          "If FGSM misses ten points of the exact risk, which of the paper's conclusions could change?",
+          "Every accuracy under FGSM is an upper bound on the accuracy under the worst perturbation. Conclusions "
+          "that compare architectures by it (which recovers most after adversarial training) can reorder if "
+          "FGSM's gap differs from one architecture to another, for instance where a network masks its gradients."),
     Block(15, "Transfer and landscapes, read from the committed results (chapters 4 and 5)", (),
           "Figure 4.6 (gains under other models and norms) and Figure 5.1 (loss landscapes)",
-          "A searched loss that beats CE but not C&W: has the search found anything new?"),
+          "A searched loss that beats CE but not C&W: has the search found anything new?",
+          "Not necessarily: C&W's margin loss is handcrafted, so a search that only matches it may have rediscovered "
+          "a margin-like loss. That is why the book also reports the gain over the best of CE, C&W and DLR."),
     Block(5, "Wrap-up", (), "Results at a glance",
-          "Which verdicts would you trust, and what would you run at paper scale to settle the others?"),
+          "Which verdicts would you trust, and what would you run at paper scale to settle the others?",
+          "Trust the verdicts whose interval excludes zero after the correction for many settings, made in the "
+          "paper's own regime; the inconclusive ones need more held-out images or more runs (the paper scale, on a "
+          "GPU), not a different rule."),
 )
+
+
+#: the lesson's preparation: (shell line, what it does)
+SETUP = (("cd lossbook", "the clone's root folder"),
+         ("make setup", "once: .venv with every dependency"),
+         ("export LOSSBOOK_DATA=/path/to/data", "a folder with mnist.npz and the cifar10-*.npz files;"),
+         ("", "unset, torchvision downloads MNIST and CIFAR-10"),
+         ("", "into ~/.cache/lossbook on first use"))
 
 
 def times_path(root: Path | None = None) -> Path:
@@ -126,16 +157,28 @@ def markdown(root: Path | None = None) -> str:
            "before class (a few minutes), and then run only `smoke`-scale commands: seconds to a minute "
            "each, small models on a few images, so the numbers are noisy and the figures are what to discuss. "
            "The committed `cpu`-scale results in the book are the reference the smoke runs are compared with.", "",
-           ]
+           "## Before class", "",
+           "Every command below runs from the repository's root folder with the environment `make setup` made:",
+           "", "```bash", *[f"{cmd:<38}# {why}" for cmd, why in SETUP], "```", "",
+           "Where the output lands: models and results under `results/` (the `smoke` folders are not committed; "
+           "set `LOSSBOOK_RESULTS=/some/folder` to keep them elsewhere), and each `run` writes the executed "
+           "chapter to `book/chapters/<chapter>.ipynb` and a page to open in a browser, "
+           "`book/chapters/<chapter>.html` (the command prints both paths).", "",
+           ":::{warning}",
+           "Smoke runs can reverse the book's numbers. With one epoch of training and a few dozen images, the "
+           "searched loss of chapter 1's smoke search can come out worse than cross-entropy, and a smoke search can "
+           "fail to beat CE at all. Compare what the figures show with the committed `cpu` results in the book, "
+           "not the numbers.", ":::", ""]
     start = 0
     for b in LESSON:
         out += [f"## {start}-{start + b.minutes} min: {b.title}", ""]
         for command in b.commands:
             took = f"{by_cmd[command]:.0f} s" if command in by_cmd else "not measured"
-            out.append(f"- **Run:** `python -m lossbook {command}` (measured: {took})")
+            out.append(f"- **Run:** `.venv/bin/python -m lossbook {command}` (measured: {took})")
         if not b.commands:
             out.append("- **Run:** nothing; read the book")
-        out += [f"- **Discuss:** {b.figures}", f"- **Ask:** {b.question}", ""]
+        out += [f"- **Discuss:** {b.figures}", f"- **Ask:** {b.question}", "",
+                ":::{admonition} An answer", ":class: dropdown", b.answer, ":::", ""]
         start += b.minutes
     out += ["## The times"]
     if times is not None:

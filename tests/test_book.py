@@ -102,10 +102,24 @@ def test_teaching_page_shows_measured_times_and_says_what_was_not_measured(tmp_p
                           "machine": "2 CPU cores", "measured": "2026-11-22"})
     store.save(teaching.times_path(tmp_path), times, teaching._request())
     page = teaching.markdown(tmp_path)
-    assert "not measured" not in page and f"`python -m lossbook {cmds[0]}` (measured: 12 s)" in page
+    assert "not measured" not in page and f"`.venv/bin/python -m lossbook {cmds[0]}` (measured: 12 s)" in page
     assert "measured 2026-11-22 on 2 CPU cores" in page
     store.save(teaching.times_path(tmp_path), times.iloc[:1], {"commands": ["another plan"]})
     assert "not measured on this checkout" in teaching.markdown(tmp_path)  # times of another plan are not shown
+
+
+def test_the_lesson_runs_as_written():
+    """Complete commands (the interpreter, the data variable), where output lands, an answer to every
+    question in a closed dropdown, and the warning that smoke numbers can reverse the book's."""
+    from lossbook import teaching
+
+    page = teaching.markdown()
+    runs = [line for line in page.splitlines() if line.startswith("- **Run:** `")]
+    assert runs and all(line.startswith("- **Run:** `.venv/bin/python -m lossbook ") for line in runs)
+    assert "export LOSSBOOK_DATA=" in page and "make setup" in page and "book/chapters/<chapter>.html" in page
+    assert page.count(":class: dropdown") == page.count("- **Ask:** ") == len(teaching.LESSON)
+    assert all(len(b.answer) > 100 for b in teaching.LESSON)
+    assert ":::{warning}\nSmoke runs can reverse the book's numbers." in page
 
 
 def test_glance_exact_rows_from_the_committed_studies():
@@ -130,3 +144,23 @@ def test_the_reproducing_inventory_describes_every_committed_summary():
     assert summaries and all(s in rows for s in summaries)
     arm = rows["results/search/paper-arm/summary.csv"]
     assert arm["scale"] == "paper" and "mnist paper models" in arm["settings"] and "of 24 settings" in arm["outcome"]
+
+
+def test_an_executed_chapter_becomes_a_page_without_the_hidden_code(tmp_path):
+    """`run` writes an HTML page beside the notebook: outputs kept, code the book hides left out."""
+    import nbformat
+
+    from lossbook.book import export_html
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# A chapter"),
+                nbformat.v4.new_code_cell("secret_setup = 1", metadata={"tags": ["hide-input"]},
+                                          outputs=[nbformat.v4.new_output("stream", text="visible result 42")]),
+                nbformat.v4.new_code_cell("scale = 'smoke'", metadata={"tags": ["parameters", "hide-cell"]}),
+                nbformat.v4.new_code_cell("shown_code = 2")]
+    path = tmp_path / "chapter.ipynb"
+    nbformat.write(nb, str(path))
+    page = export_html(path).read_text()
+    assert export_html(path) == tmp_path / "chapter.html"
+    assert "A chapter" in page and "visible result 42" in page and "shown_code" in page
+    assert "secret_setup" not in page and "scale = " not in page

@@ -77,6 +77,7 @@ def spies(monkeypatch):
     monkeypatch.setattr(landscape, "chapter_studies", s["chapter_studies"])
     for name in ("build", "run_chapter"):
         monkeypatch.setattr(book, name, s[name])
+    monkeypatch.setattr(book, "export_html", Recorder("out.html"))
     monkeypatch.setattr(reproduce, "reproduce", s["reproduce"])
     return s
 
