@@ -1,8 +1,8 @@
 """Open the built book in headless Chromium at 1,280 and 800 pixels: every chapter's figures loaded,
 math rendered, nothing cut off or scrolling the page sideways (wide tables and code scroll or wrap in
 their own box), no literal template braces in the prose, hidden code opening when its toggle is
-clicked, every figure followed by its caption, each chapter's notebook offered for download;
-screenshots of every page at both widths.
+clicked, every figure followed by its caption, no Python object reprs (``<... at 0x...>``), each
+chapter's notebook offered for download; each page's height printed; screenshots of every page at both widths.
 
 Usage: ``python tests/browser_check.py [book/_build/html] [docs/screenshots]`` (``make browser-test``).
 Needs Debian's ``chromium`` and ``chromium-driver`` (/usr/bin/chromium, /usr/bin/chromedriver) and
@@ -66,6 +66,9 @@ CAPTIONS_JS = """const out = [];
     if (!/^Figure \\d+\\.\\d+/.test(text)) out.push(cell.textContent.trim().slice(0, 60));
   }
   return out;"""
+# Python object reprs shown to the reader, such as "<matplotlib.legend.Legend at 0x7f...>"
+REPRS_JS = """const m = (document.querySelector('article') || document.body).innerText.match(/<[A-Za-z_][\\w.]* (object )?at 0x[0-9a-f]+>/g);
+  return m ? m.slice(0, 3) : [];"""
 # the page's download menu offers its source notebook
 DOWNLOAD_JS = """return Array.from(document.querySelectorAll('a[href$=".ipynb"]')).map(a => a.getAttribute('href'));"""
 # click the first hidden-code toggle: its code must become visible
@@ -103,8 +106,12 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
     figs = [i for i in images if "_images/" in (i["src"] or "")]
     bad = [i["src"] for i in images if not i["complete"] or i["w"] == 0]
     overflow, braces = driver.execute_script(OVERFLOW_JS), driver.execute_script(BRACES_JS)
-    print(f"{page} at {width}px: {len(figs)} figures, {len(bad)} not loaded; math {math['done']}/{math['src']} "
-          f"rendered; {len(overflow['bad'])} cut off{', page scrolls sideways' if overflow['sideways'] else ''}")
+    height, reprs = driver.execute_script("return document.documentElement.scrollHeight;"), driver.execute_script(REPRS_JS)
+    print(f"{page} at {width}px: {height:,} px tall, {len(figs)} figures, {len(bad)} not loaded; math "
+          f"{math['done']}/{math['src']} rendered; {len(overflow['bad'])} cut off"
+          f"{', page scrolls sideways' if overflow['sideways'] else ''}")
+    if reprs:
+        problems.append(f"{page}: Python object reprs shown: {reprs}")
     if bad:
         problems.append(f"{page}: images not loaded: {bad}")
     if page.startswith("chapters/") and not figs:
@@ -146,7 +153,7 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
 
 def check(html: Path, shots: Path) -> list[str]:
     pages = ["intro.html", "glance.html"] + sorted(p.relative_to(html).as_posix() for p in (html / "chapters").glob("*.html")) \
-        + ["teaching.html", "reproducing.html"]
+        + ["notation.html", "teaching.html", "reproducing.html", "references.html"]
     srv, base = serve(html)
     opts = webdriver.ChromeOptions()
     opts.binary_location = "/usr/bin/chromium"
