@@ -86,7 +86,7 @@ def _search(args) -> None:
             check_dataset_eps(args.dataset, norm, args.eps)
     for norm in args.norm:
         setting = resolve_setting(args.dataset, args.net, args.training, norm, args.scale, args.eps, cfg.n_images)
-        print(f"searching {setting.name()} at eps={setting.eps} [{args.scale}]")
+        print(f"searching {setting.name()} at eps={setting.eps:.3g} [{args.scale}]")
         done = [] if args.force else search_setting(setting, args.scale, runs=args.runs, seed=args.seed, cfg=cfg,
                                                     load_only=True)
         if done:

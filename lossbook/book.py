@@ -200,7 +200,7 @@ def results_inventory(root: Path | None = None) -> list[dict]:
         cfg = c["config"]
         rows.append({"result": p.relative_to(root.parent).as_posix(), "scale": cfg["scale"],
                      "settings": f"{cfg['training'].upper()}, {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}"
-                                 + (f", PGD-{cfg['at_steps']} eps {cfg['at_eps']}" if cfg["training"] == "at" else "")
+                                 + (f", PGD-{cfg['at_steps']} eps {cfg['at_eps']:.3g}" if cfg["training"] == "at" else "")
                                  + f", seed {cfg['seed']}",
                      "outcome": f"test acc {c['test_acc']:.4f} in {c['train_seconds']:.0f}s on {c.get('device', '?')}"})
     for p, rec in store.records(root):
@@ -217,7 +217,7 @@ def _describe(path: Path, q: dict, rec: dict) -> dict | None:
     folder = path.parent.parent.name
     if path.name.startswith("run-") and path.suffix == ".json":
         r, g = store.load(path), q["gp"]
-        return {"scale": r["scale"], "settings": f"eps {q['setting']['eps']}, {g['ps']}x{g['gn']} GP on {g['n_images']} "
+        return {"scale": r["scale"], "settings": f"eps {q['setting']['eps']:.3g}, {g['ps']}x{g['gn']} GP on {g['n_images']} "
                 f"images, PGD-{g['steps']}, seed {q['seed']}" + (f", seeded with {', '.join(g['seed_losses'])}"
                                                               if g.get("seed_losses") else ""),
                 "outcome": f"R'' {r['best_fitness']:.3f} vs CE {r['baselines']['ce']:.3f} in {r['seconds']:.0f}s"}
@@ -249,7 +249,7 @@ def _describe(path: Path, q: dict, rec: dict) -> dict | None:
                 "outcome": "R'' per loss (CSV)"}
     if folder == "landscape" and path.suffix == ".json":
         c = store.load(path)
-        return {"scale": q["scale"], "settings": f"{q['target']} <- {q['source']}, eps {q['eps']}, PGD-{q['steps']} on "
+        return {"scale": q["scale"], "settings": f"{q['target']} <- {q['source']}, eps {q['eps']:.3g}, PGD-{q['steps']} on "
                 f"{q['n_images']} images, grid {q['resolution']}x{q['resolution']}, seed {q['seed']}",
                 "outcome": ", ".join(f"{k}: {v}" for k, v in c["outcomes"].items())}
     return None

@@ -49,7 +49,7 @@ def search_curves(runs_by_setting: dict):
                     zorder=3 if is_best else 2, label="best run" if is_best else None)
         ce = float(np.mean([r["baselines"]["ce"] for r in runs]))
         ax.axhline(ce, color=COLORS["ce"], ls="--", lw=1.5, label="CE baseline")
-        ax.set(title=f"{name} (eps={best['setting']['eps']})", xlabel="generation", ylabel="R'' (PGD-10)")
+        ax.set(title=f"{name} (eps={best['setting']['eps']:.3g})", xlabel="generation", ylabel="R'' (PGD-10)")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.legend(loc="lower right", fontsize=8)
     for ax in list(axes.flat)[len(names):]:
