@@ -113,13 +113,14 @@ def eps_curves(sweeps: list, title_of=lambda df, steps: f"{df['target'].iloc[0]}
 
 
 def gain_heatmap(matrix, title: str, label: str = "gain over CE (pp)"):
-    """Source x target matrix of gains in pp (Fig. 8): bright for large gains, dark for none or negative."""
+    """Source x target matrix of gains in pp (Fig. 8) on a diverging scale centred at 0: blue for gains,
+    red for losses, white for none, the same range on both sides so that -15 pp looks as large as +15."""
     fig, ax = plt.subplots(figsize=(0.9 * matrix.shape[1] + 3.2, 0.55 * matrix.shape[0] + 2.2))
-    vmax = max(1.0, float(matrix.max().max()))
-    sns.heatmap(matrix, annot=True, fmt="+.1f", cmap="mako", vmin=0, vmax=vmax, ax=ax, cbar_kws={"label": label},
-                annot_kws={"fontsize": 7})
+    span = max(1.0, float(matrix.abs().max().max()))
+    sns.heatmap(matrix, annot=True, fmt="+.1f", cmap="RdBu", center=0, vmin=-span, vmax=span, ax=ax,
+                cbar_kws={"label": label}, annot_kws={"fontsize": 9})
     ax.set(xlabel="evaluated under (test setting)", ylabel="loss searched under", title=title)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=9)
     plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
     return fig
 

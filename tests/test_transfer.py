@@ -186,3 +186,19 @@ def test_the_cells_away_from_the_source_skip_its_own_setting_whatever_its_preset
     assert len(T.away_from_source(table)) == 2
     line = T.verdicts([], {"cifar10": table})[0]
     assert "gain over CE > 0 in 2 of 2 cells (median +1.5 pp)" in line and "best of CE/C&W/DLR > 0 in 1 " in line
+
+
+def test_the_gain_map_is_centred_at_zero():
+    """A loss of 15 pp must look as strong as a gain of 15 pp (the map was clipped at 0 before)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from lossbook.plots import gain_heatmap
+
+    fig = gain_heatmap(pd.DataFrame([[-15.3, 2.0], [0.0, 3.1]], index=["a", "b"], columns=["x", "y"]), "t")
+    mesh = fig.axes[0].collections[0]
+    assert (mesh.norm.vmin, mesh.norm.vmax) == (-15.3, 15.3)
+    low, zero = mesh.cmap(mesh.norm(-15.3)), mesh.cmap(mesh.norm(0.0))
+    assert low[0] > low[2] and min(zero[:3]) > 0.9  # red for the loss, near white at 0
