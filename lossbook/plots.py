@@ -35,9 +35,10 @@ def search_curves(runs_by_setting: dict):
     import numpy as np
 
     names = list(runs_by_setting)
-    cols = min(2, len(names))
+    cols = min(2 if len(names) <= 4 else 4, len(names))  # many settings: 4 small panels a row, not a tall column
     rows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 3.6 * rows), squeeze=False)
+    width, height = (5.4, 3.6) if cols <= 2 else (3.4, 2.6)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
     for ax, name in zip(axes.flat, names):
         runs = runs_by_setting[name]
         best = max(runs, key=lambda r: r["best_fitness"])
@@ -49,9 +50,11 @@ def search_curves(runs_by_setting: dict):
                     zorder=3 if is_best else 2, label="best run" if is_best else None)
         ce = float(np.mean([r["baselines"]["ce"] for r in runs]))
         ax.axhline(ce, color=COLORS["ce"], ls="--", lw=1.5, label="CE baseline")
-        ax.set(title=f"{name} (eps={best['setting']['eps']:.3g})", xlabel="generation", ylabel="R'' (PGD-10)")
+        ax.set_title(f"{name}\neps {best['setting']['eps']:.3g}", fontsize=10)
+        ax.set(xlabel="generation" if cols <= 2 or ax in axes[-1] else "", ylabel="R'' (PGD-10)" if ax in axes[:, 0] else "")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.legend(loc="lower right", fontsize=8)
+        if cols <= 2 or ax is axes.flat[0]:
+            ax.legend(loc="lower right", fontsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     return fig
