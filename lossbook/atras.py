@@ -370,6 +370,24 @@ def claims(df: pd.DataFrame, transfers: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def takeaway(ours: pd.DataFrame, transfers: dict, paper: pd.DataFrame, configs: dict) -> tuple[str, str]:
+    """Chapter 06's answer (how many of the paper's conclusions our sweep supports, per dataset) and how
+    its regime differs from the paper's (FGSM eps, epochs, median accuracies beside the paper's tables)."""
+    if ours.empty:
+        return "No sweep is available at this scale.", "Nothing to compare."
+    table = claims(ours, transfers)
+    answer = "; ".join(f"{ds}: {int(d['supported'].sum())} of {len(d)} of the paper's conclusions supported by our sweep"
+                       for ds, d in table.groupby("dataset", sort=False))
+    med = lambda df, ds, col: 100 * df.loc[df["dataset"] == ds, col].median()
+    differs = "; ".join(
+        f"{ds}: FGSM eps {configs[ds].eps:.3g}, {configs[ds].epochs}+{configs[ds].adv_epochs} epochs, one seed; median "
+        f"clean accuracy {med(ours, ds, 'test_acc'):.0f}% (paper {med(paper, ds, 'test_acc'):.0f}%), under FGSM before "
+        f"adversarial training {med(ours, ds, 'acc_attacked_before_at'):.0f}% (paper {med(paper, ds, 'acc_attacked_before_at'):.0f}%)"
+        for ds in ours["dataset"].unique() if ds in configs)
+    return answer + " (descriptive: no interval).", differs + ". Where the regimes differ this much, a conclusion " \
+        "that does not hold here is not a failure of the paper's claim in its own regime."
+
+
 def conclusion(claims_table: pd.DataFrame, exact_fgsm_gap: str = "") -> str:
     """Chapter 06's closing paragraph from :func:`claims`: how many of the paper's conclusions our numbers
     support per dataset, which do not hold, and (where chapter 07 measured it) how far FGSM, the paper's

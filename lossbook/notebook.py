@@ -78,6 +78,19 @@ def banner(chapter: str, params: dict) -> None:
     ))
 
 
+def takeaway(question: str, answer: str, differs: str) -> None:
+    """The box at the top of a chapter: its question, the answer at this scale (computed by the caller from
+    the chapter's results) and how the chapter's regime differs from the paper's."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    display(HTML(
+        '<div class="admonition tip takeaway"><p class="admonition-title">Takeaway</p>'
+        f"<p><b>Question.</b> {escape(question)}</p><p><b>Answer at this scale.</b> {escape(answer)}</p>"
+        f"<p><b>Not as in the paper.</b> {escape(differs)}</p></div>"))
+
+
 def report_missing(missing: list, command: str) -> None:
     """Say which results of this scale are not saved yet (the chapter shows the others)."""
     if missing:

@@ -100,3 +100,15 @@ def test_chapter_configs_keep_the_scale_default_where_a_parameter_is_zero():
     got = atras.chapter_configs(["mnist", "cifar10"], "cpu", eps=0.2, seed=3)
     assert set(got) == {"mnist", "cifar10"} and got["mnist"].eps == 0.2 and got["mnist"].seed == 3
     assert got["mnist"].epochs == base.epochs and got["mnist"].adv_epochs == base.adv_epochs
+
+
+def test_the_takeaway_names_the_regime_beside_the_papers():
+    import pandas as pd
+
+    paper = atras.paper_tables()
+    ours = paper.assign(test_acc=0.5, acc_attacked_before_at=0.1)  # a stand-in sweep with other accuracies
+    configs = {ds: atras.atras_config(ds, "cpu") for ds in ("mnist", "cifar10")}
+    answer, differs = atras.takeaway(ours, {}, paper, configs)
+    assert answer.count("of the paper's conclusions supported") == 2 and "(descriptive: no interval)" in answer
+    assert "mnist: FGSM eps 0.1" in differs and "under FGSM before adversarial training 10% (paper 93%)" in differs
+    assert atras.takeaway(pd.DataFrame(), {}, paper, configs)[0] == "No sweep is available at this scale."

@@ -100,3 +100,16 @@ def test_the_committed_studies_are_sound(data_available):
 def test_e_text_gives_a_number_or_the_range_where_images_are_unknown():
     assert gap.e_text({"E_low": 0.042, "E_high": 0.042}) == "4.2"
     assert gap.e_text({"E_low": 0.096, "E_high": 0.102}) == "9.6 to 10.2"
+
+
+def test_the_takeaway_states_the_studies_numbers():
+    """Chapter 07's takeaway box is computed from the studies: one study's FGSM E appears as it is in Table 7.2."""
+    st = next(s for s in gap.studies("cpu") if s.model == "mnist-mlp64-fgsm" and s.norm == "linf" and s.eps == 0.1)
+    results, _ = gap.chapter_studies([st], "cpu", compute=False)
+    if not results:
+        pytest.skip("the committed cpu study is not in this checkout")
+    (_, table), = results.values()
+    g = gap.gap_table(table, st.norm).set_index("attack")
+    text = gap.takeaway(results)
+    assert text.startswith("Over 1 verified studies") and f"misses {100 * g.loc['FGSM', 'E_low']:.1f} pp" in text
+    assert gap.takeaway({}) == "No study is available at this scale."
