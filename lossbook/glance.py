@@ -73,15 +73,13 @@ def _transfer_rows(scale: str) -> list[dict]:
                          "the paper's number": "stated: mostly (Fig. 8)", "ours": NOT_RUN, "scale": scale,
                          "verdict": NOT_RUN, "section": "chapters/04_transfer"})
             continue
-        off = T.away_from_source(table)
-        k, n = int((off["gain_over_ce_pp"] > 0).sum()), int((off["gain_over_ce_pp"] != 0).sum())
-        verdict, p = majority_verdict(k, n)
+        a = T.q2_answer(table)
         rows.append({"paper": "AutoLoss-AR", "claim": f"Q2: searched losses transfer to other models and norms ({ds})",
                      "the paper's number": "stated: mostly (Fig. 8)",
-                     "ours": f"gain over CE > 0 in {k} of {n} cells with a gain or loss (sign test p = {p:.2g}; median "
-                     f"{off['gain_over_ce_pp'].median():+.1f} pp; cells share images, so p is optimistic; "
-                     f"{table['source'].nunique()} searched losses)",
-                     "scale": scale, "verdict": verdict, "section": "chapters/04_transfer"})
+                     "ours": f"gain over CE > 0 in {a['k']} of {a['n']} cells with a gain or loss, {a['ties']} ties left "
+                     f"out (sign test p = {a['p']:.2g}; median {a['median_pp']:+.1f} pp; cells share images, so p is "
+                     f"optimistic; {a['losses']} searched losses)",
+                     "scale": scale, "verdict": a["verdict"], "section": "chapters/04_transfer"})
     return rows
 
 

@@ -202,3 +202,25 @@ def test_the_gain_map_is_centred_at_zero():
     assert (mesh.norm.vmin, mesh.norm.vmax) == (-15.3, 15.3)
     low, zero = mesh.cmap(mesh.norm(-15.3)), mesh.cmap(mesh.norm(0.0))
     assert low[0] > low[2] and min(zero[:3]) > 0.9  # red for the loss, near white at 0
+
+
+def test_q2_is_counted_once_for_the_chapter_and_the_glance_page():
+    import pandas as pd
+
+    from lossbook import glance
+    from lossbook import transfer as T
+
+    table = pd.DataFrame({"source": ["mnist-net1-st-linf"] * 5,
+                          "target": ["mnist-net1-st-linf", "mnist-net2-st-linf", "mnist-net1-at-linf", "mnist-net2-at-linf",
+                                     "mnist-net1-st-l2"],
+                          "gain_over_ce_pp": [9.0, 1.0, -2.0, 0.0, 3.0]})
+    a = T.q2_answer(table)  # the source's own setting (+9) is left out, the tie counted apart
+    assert (a["k"], a["n"], a["ties"], a["losses"], a["median_pp"]) == (2, 3, 1, 1, 0.5)
+    assert "beat CE in 2 of 3 (model, norm) cells away from their own setting that show a difference (1 ties" in \
+        T.takeaway({"mnist": table})
+    saved = T.saved_cross("cpu")
+    for row in glance._transfer_rows("cpu"):
+        ds = row["claim"].rsplit("(", 1)[1].rstrip(")")
+        if ds in saved:
+            b = T.q2_answer(saved[ds])
+            assert row["ours"].startswith(f"gain over CE > 0 in {b['k']} of {b['n']} cells") and row["verdict"] == b["verdict"]
