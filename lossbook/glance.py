@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .stats import majority_verdict
 
 NOT_RUN = "not run at this scale"
 COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section"]
@@ -83,13 +82,10 @@ def _transfer_rows(scale: str) -> list[dict]:
     return rows
 
 
-#: Q3 as the paper answers it: the explanation that dominates per dataset
-PAPER_Q3 = {"mnist": "optimization", "cifar10": "local consistency"}
-
-
 def _landscape_rows(scale: str) -> list[dict]:
     """Q3: why the searched loss wins (MNIST: easier to optimize; CIFAR-10: better local consistency)."""
     from . import landscape as LS
+    from .landscape import PAPER_Q3
     from .params import SCHEMAS
 
     source = SCHEMAS["05_landscape"]["source"].default
@@ -105,12 +101,10 @@ def _landscape_rows(scale: str) -> list[dict]:
         if st is None:
             rows.append({**row, "ours": NOT_RUN, "verdict": NOT_RUN})
             continue
-        o = st[2]["outcomes"]
-        opt, con = o["searched only, optimization"], o["searched only, consistency"]
-        k = opt if stated == "optimization" else con
-        verdict, p = majority_verdict(k, opt + con)
-        rows.append({**row, "ours": f"of {o['searched only']} images only the searched loss broke: {opt} by optimization, "
-                     f"{con} by local consistency (sign test p = {p:.2g}; {o['images']} raced)", "verdict": verdict})
+        a = LS.q3_answer(st[2], stated)
+        rows.append({**row, "ours": f"of {a['searched_only']} images only the searched loss broke: {a['optimization']} by "
+                     f"optimization, {a['consistency']} by local consistency (sign test p = {a['p']:.2g}; {a['images']} "
+                     f"raced)", "verdict": a["verdict"]})
     return rows
 
 

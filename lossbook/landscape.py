@@ -324,6 +324,37 @@ def chapter_studies(source: str, datasets: list[str], scale: str, n_images: int 
     return studies, missing, steps
 
 
+#: Question 3 as the paper answers it: the explanation that dominates per dataset
+PAPER_Q3 = {"mnist": "optimization", "cifar10": "local consistency"}
+
+
+def q3_answer(meta: dict, stated: str) -> dict:
+    """Question 3 on one race, counted once for the chapter and the glance page: of the images only the
+    searched loss broke, how many each explanation accounts for, and the exact sign test of "most are
+    explained by ``stated``"."""
+    from .stats import majority_verdict
+
+    o = meta["outcomes"]
+    opt, con = o["searched only, optimization"], o["searched only, consistency"]
+    verdict, p = majority_verdict(opt if stated == "optimization" else con, opt + con)
+    return {"optimization": opt, "consistency": con, "searched_only": o["searched only"], "images": o["images"],
+            "ce_only": o["CE only"], "verdict": verdict, "p": p}
+
+
+def takeaway(studies: dict) -> str:
+    """Chapter 05's answer per dataset against the paper's (MNIST: optimization; CIFAR-10: local consistency)."""
+    if not studies:
+        return "No landscape study is available at this scale."
+    parts = []
+    for d, (_, _, meta) in studies.items():
+        stated = PAPER_Q3.get(d, "optimization")
+        a = q3_answer(meta, stated)
+        parts.append(f"{d}: of {a['searched_only']} images only the searched loss broke ({a['images']} raced; CE alone "
+                     f"broke {a['ce_only']}), {a['optimization']} by optimization and {a['consistency']} by local "
+                     f"consistency; the paper's answer ({stated}) is {a['verdict']} (sign test p = {a['p']:.2g})")
+    return "; ".join(parts) + "."
+
+
 def conclusion(studies: dict, source: str) -> str:
     """Chapter 05's closing paragraph from its counts: which explanation dominates, per dataset."""
     if not studies:

@@ -110,3 +110,19 @@ def test_the_conclusion_names_the_dominant_explanation():
     assert "**optimization** dominates" in text and "**local consistency** dominates" in text
     assert "neither explanation is needed" in LS.conclusion({"mnist": meta(0, 0)}, "s")
     assert "no conclusion" in LS.conclusion({}, "s")
+
+
+def test_q3_is_counted_once_for_the_chapter_and_the_glance_page():
+    from lossbook import glance
+    from lossbook import landscape as LS
+
+    meta = {"outcomes": {"searched only, optimization": 1, "searched only, consistency": 9, "searched only": 10,
+                         "images": 50, "CE only": 2}}
+    a = LS.q3_answer(meta, "local consistency")
+    assert (a["consistency"], a["optimization"], a["verdict"]) == (9, 1, "reproduced") and a["p"] < 0.05
+    assert LS.q3_answer(meta, "optimization")["verdict"] == "not reproduced"
+    text = LS.takeaway({"cifar10": (None, None, meta)})
+    assert "1 by optimization and 9 by local consistency; the paper's answer (local consistency) is reproduced" in text
+    for row in glance._landscape_rows("cpu"):
+        if row["ours"] != glance.NOT_RUN:
+            assert row["verdict"] in ("reproduced", "not reproduced", "inconclusive") and "by optimization" in row["ours"]
