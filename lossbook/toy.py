@@ -360,6 +360,20 @@ def chapter_cases(norms, centre=None, fig_eps: float = 0.0) -> tuple[list, list[
     return cases, missing
 
 
+def takeaway(df) -> str:
+    """Chapter 01's answer in one sentence per norm: the exact R, CE's error E and the tightest surrogate's,
+    with the most PGD steps of the table."""
+    top = df["steps"].max()
+    parts = []
+    for norm, d in df[df["steps"] == top].groupby("norm", sort=False):
+        e = 100 * d.set_index("surrogate")["E = R - R''"]
+        best = e.idxmin()
+        parts.append(f"{norm} (exact R {d['R (exact)'].iloc[0]:.3f}): CE misses {e['ce']:.1f} pp, "
+                     + ("the least of all surrogates" if best == "ce" or e[best] == e["ce"]
+                        else f"the tightest surrogate, {best}, {e[best]:.1f} pp"))
+    return f"With PGD-{top}, " + "; ".join(parts) + ". Table 1.2 has every surrogate with its interval."
+
+
 def conclusion(df, n_points: int) -> str:
     """Chapter 01's closing paragraph, computed from its risk table: per norm, the tightest surrogate and
     CE's error E (the share of the ``n_points`` points broken exactly but not by PGD, with a 95%

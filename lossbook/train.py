@@ -259,6 +259,15 @@ def training_logs(records: list[dict], root: Path | None = None):
     return pd.concat(frames, ignore_index=True)
 
 
+def takeaway(records: list[dict]) -> str:
+    """Chapter 02's answer: each model's clean test accuracy and epochs at this scale."""
+    if not records:
+        return "No model is available at this scale."
+    parts = [f"{r['config']['dataset']} {r['config']['net'].upper()} {r['config']['training'].upper()} "
+             f"{r['test_acc']:.1%} after {r['config']['epochs']} epochs" for r in records]
+    return "Clean test accuracy: " + "; ".join(parts) + "."
+
+
 def conclusion(records: list[dict]) -> str:
     """Chapter 02's closing paragraph from its models' records: what PGD-AT cost in clean accuracy per
     (dataset, net), and the training time of the whole set."""

@@ -121,3 +121,14 @@ def test_conclusion_is_computed_from_the_table():
     assert "no surrogate closes the gap" in linf and "the tightest is searched (E = 4.0 pp [" in linf
     assert "CE's E is 14.0 pp" in linf and "10.0 pp more" in linf and "by more than 1.0 pp" in linf
     assert l1.startswith("* **l1**") and "ce closes the gap" in l1 and "CE is the tightest (E = 0.0 pp [0.0, 0.4])" in l1
+
+
+def test_the_takeaway_reads_the_risk_table():
+    import pandas as pd
+
+    from lossbook import toy
+
+    df = pd.DataFrame({"norm": ["linf"] * 4, "eps": 0.3, "R (exact)": 0.5, "steps": [10, 10, 100, 100],
+                       "surrogate": ["ce", "searched"] * 2, "E = R - R''": [0.2, 0.1, 0.14, 0.04]})
+    assert toy.takeaway(df) == ("With PGD-100, linf (exact R 0.500): CE misses 14.0 pp, the tightest surrogate, "
+                                "searched, 4.0 pp. Table 1.2 has every surrogate with its interval.")

@@ -122,3 +122,11 @@ def test_a_seed_reaches_the_checkpoint_the_record_and_the_logs(tmp_path, data_av
     assert len(logs) == first[0]["config"]["epochs"] and set(logs.model) == {"mnist-net1-st"}
     table = T.store.load(tmp_path / "smoke" / "accuracies.csv")
     assert table.seed.tolist() == [1]
+
+
+def test_the_takeaway_lists_each_models_accuracy():
+    from lossbook.train import takeaway
+
+    recs = [{"config": {"dataset": "mnist", "net": "net1", "training": "at", "epochs": 6}, "test_acc": 0.9738}]
+    assert takeaway(recs) == "Clean test accuracy: mnist NET1 AT 97.4% after 6 epochs."
+    assert takeaway([]) == "No model is available at this scale."
