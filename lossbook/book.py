@@ -29,8 +29,9 @@ def available_chapters() -> list[str]:
 
 
 def run_chapter(name: str, scale: str, recompute: bool = False, out_dir: Path = CHAPTER_DIR,
-                extra: dict | None = None) -> Path:
-    """Execute ``nbs/<name>.ipynb`` with papermill into ``out_dir`` and return the output path."""
+                extra: dict | None = None, cell_timeout: int | None = None) -> Path:
+    """Execute ``nbs/<name>.ipynb`` with papermill into ``out_dir`` and return the output path
+    (``cell_timeout``: seconds a cell may take, none by default)."""
     import papermill as pm
 
     from .params import check_relations, convert, validate
@@ -43,7 +44,7 @@ def run_chapter(name: str, scale: str, recompute: bool = False, out_dir: Path = 
     out = out_dir / f"{name}.ipynb"
     with _kernel_env():
         pm.execute_notebook(str(NBS_DIR / f"{name}.ipynb"), str(out), parameters=params, cwd=str(NBS_DIR),
-                            progress_bar=False, kernel_name="python3")
+                            progress_bar=False, kernel_name="python3", execution_timeout=cell_timeout)
     _remove_injected_cell(out)
     return out
 
@@ -286,9 +287,20 @@ def write_teaching() -> None:
 
 def write_glance(scale: str = "cpu") -> None:
     """``glance.md``: every tested claim of both papers with ours and the verdict (:mod:`lossbook.glance`)."""
-    from .glance import markdown
+    import matplotlib
 
-    (BOOK_DIR / "glance.md").write_text(markdown(scale))
+    matplotlib.use("Agg")
+    from . import paper_arm, plots
+    from .glance import markdown
+    from .grid import SETTINGS, paper_gain
+
+    summary = paper_arm.load_summary("smoke" if scale == "smoke" else "paper")
+    fig = plots.q1_panel(None if summary is None else paper_arm.with_holm(summary), list(SETTINGS),
+                         {n: paper_gain(n) for n in SETTINGS})
+    (BOOK_DIR / "figures").mkdir(exist_ok=True)
+    fig.savefig(BOOK_DIR / "figures" / "q1_panel.png", dpi=110)
+    plots.plt.close(fig)
+    (BOOK_DIR / "glance.md").write_text(markdown(scale, q1_figure="figures/q1_panel.png"))
 
 
 def write_reproducing() -> None:

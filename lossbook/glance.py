@@ -119,10 +119,13 @@ def _exact_rows(scale: str) -> list[dict]:
             continue
         if {"PGD-10 searched", "PGD-10 ce"} <= set(t.columns):
             pg = paired_gain(t["PGD-10 searched"].to_numpy(bool), t["PGD-10 ce"].to_numpy(bool))
+            ce_missed = int(((t["status"] == "vulnerable") & ~t["PGD-10 ce"].astype(bool)).sum())
+            no_room = ce_missed < NO_ROOM_IMAGES
             rows.append({"paper": "AutoLoss-AR", "claim": f"a searched loss makes PGD-10 a tighter estimate of R than CE "
                          f"({st.name()}, on verified images)", "the paper's number": "+0.7 to +2.9 pp (its CNNs, R unknown)",
                          "ours": f"{pg.gain_pp:+.1f} pp [{pg.ci_low:+.1f}, {pg.ci_high:+.1f}] (McNemar p = "
-                         f"{pg.p_value:.2g}; {len(t)} verified images)", "scale": scale, "verdict": verdict(pg),
+                         f"{pg.p_value:.2g}; {len(t)} verified images; CE misses {ce_missed} vulnerable images)",
+                         "scale": scale, "verdict": NO_ROOM if no_room else verdict(pg),
                          "section": "chapters/07_exact_risk"})
     return rows
 
@@ -133,18 +136,61 @@ def claims_table(scale: str = "cpu") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def markdown(scale: str = "cpu") -> str:
-    """The page (Markdown): a short head, the counts and the table with links to the sections."""
+#: where a claim sits on the page: the papers' own claims, what the book measures beyond them, and
+#: comparisons that the book's regime cannot make (a verdict there would not be about the paper's claim)
+SECTIONS = ("The papers' claims", "Beyond the papers: where the exact risk is known", "What could not be compared")
+#: an exact-risk row whose CE error is below this many images leaves PGD nothing to tighten
+NO_ROOM_IMAGES = 2
+NO_ROOM = "no room to improve"
+
+
+def _section(row) -> str:
+    if row["verdict"] == NO_ROOM:
+        return SECTIONS[2]
+    return SECTIONS[1] if row["section"] == "chapters/07_exact_risk" else SECTIONS[0]
+
+
+def _table(rows: pd.DataFrame) -> list[str]:
+    out = ["| paper | claim | the paper's number | ours | scale | verdict |", "|---|---|---|---|---|---|"]
+    return out + [f"| {r['paper']} | [{r['claim']}]({r['section']}.ipynb) | {r[COLUMNS[2]]} | {r['ours']} | {r['scale']} | "
+                  f"{r['verdict']} |" for _, r in rows.iterrows()]
+
+
+def markdown(scale: str = "cpu", q1_figure: str | None = None) -> str:
+    """The page: Question 1 as one panel (``q1_figure``, a path relative to the page, where drawn) with
+    its answer, then the claims in three sections; Question 1's 24 rows in a closed dropdown."""
+    from .paper_arm import answer, load_summary
+
     t = claims_table(scale)
     counts = t["verdict"].value_counts()
-    head = ["# Results at a glance", "",
-            "Every claim of the two papers that this book tests, with the paper's number, ours (with its 95% "
-            "interval over the images where the claim is about a risk), the scale it was run at and the verdict. "
-            "Generated from the committed result files when the book is built; a claim whose results are not "
-            "computed at this scale says so.", "",
-            "Verdicts: " + ", ".join(f"**{v}** {int(counts.get(v, 0))}" for v in
-                                     ("reproduced", "not reproduced", "inconclusive", NOT_RUN)) + ".", "",
-            "| paper | claim | the paper's number | ours | scale | verdict |", "|---|---|---|---|---|---|"]
-    body = [f"| {r['paper']} | [{r['claim']}]({r['section']}.ipynb) | {r[COLUMNS[2]]} | "
-            f"{r['ours']} | {r['scale']} | {r['verdict']} |" for _, r in t.iterrows()]
-    return "\n".join(head + body) + "\n"
+    is_q1 = t["claim"].str.startswith("Q1: ")
+    out = ["# Results at a glance", "",
+           "Every claim of the two papers that this book tests, with the paper's number, ours (with its 95% "
+           "interval over the images where the claim is about a risk), the model scale and eps it was run at, and "
+           "the verdict; each claim links to its chapter. Generated from the committed result files when the book "
+           "is built; a claim whose results are not computed at this scale says so.", "",
+           "Verdicts over all rows: " + ", ".join(f"**{v}** {int(counts.get(v, 0))}" for v in
+                                                ("reproduced", "not reproduced", "inconclusive", NO_ROOM, NOT_RUN))
+           + ".", "",
+           "## Question 1: does a searched loss beat cross-entropy? (AutoLoss-AR)", ""]
+    if q1_figure:
+        out += [f":::{{figure}} {q1_figure}", ":name: fig-glance-q1",
+                ":alt: A grid of the 24 settings (rows: dataset, net and training; columns: the norm), each cell coloured "
+                "by the protocol's verdict and showing the held-out gain over CE in percentage points with its 95% "
+                "interval and the paper's gain.", "",
+                "Question 1 in the paper's own protocol (chapter 3's paper arm): held-out gain of the searched loss over "
+                "CE under PGD-10 in percentage points, its exact 95% interval, and the paper's gain; green reproduced, "
+                "red not reproduced, grey inconclusive, white not run yet.", ":::", ""]
+    summary = load_summary("smoke" if scale == "smoke" else "paper")
+    out += [answer(summary), "", ":::{admonition} Question 1, setting by setting (24 rows)", ":class: dropdown",
+            *_table(t[is_q1]), ":::", ""]
+    rest = t[~is_q1]
+    for title in SECTIONS:
+        rows = rest[rest.apply(_section, axis=1) == title]
+        out += [f"## {title}", ""]
+        if title == SECTIONS[2]:
+            out += [f"Where CE's PGD-10 already misses fewer than {NO_ROOM_IMAGES} of the verified images, no loss has "
+                    "room to make PGD tighter: these rows are reported, not judged.", ""]
+        out += _table(rows) if len(rows) else ["None at this scale."]
+        out += [""]
+    return "\n".join(out)

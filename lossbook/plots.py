@@ -297,3 +297,35 @@ def solve_times(tables: dict):
         ax.set_xscale("log")
     ax.set(xlabel="seconds per image (log scale)", ylabel="")
     return fig
+
+
+#: colours of the protocol's verdicts (the glance page's Question 1 panel)
+VERDICT_COLORS = {"reproduced": "#a1d99b", "not reproduced": "#fc9272", "inconclusive": "#d9d9d9", "not run": "#ffffff"}
+
+
+def q1_panel(summary, settings: list, paper_gain: dict):
+    """Question 1's 24 settings at a glance: one cell per (dataset, net, training) x norm, coloured by the
+    protocol's verdict, with the held-out gain over CE, its interval and the paper's gain."""
+    rows = list(dict.fromkeys(s.rsplit("-", 1)[0] for s in settings))
+    norms = list(dict.fromkeys(s.rsplit("-", 1)[1] for s in settings))
+    judged = {} if summary is None else {r["setting"]: r for _, r in summary.iterrows()}
+    fig, ax = plt.subplots(figsize=(2.3 * len(norms) + 1.8, 0.62 * len(rows) + 0.9), layout="constrained")
+    for i, row in enumerate(rows):
+        for j, norm in enumerate(norms):
+            name, r = f"{row}-{norm}", judged.get(f"{row}-{norm}")
+            verdict = "not run" if r is None else r["direction"]
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor=VERDICT_COLORS[verdict], edgecolor="white", lw=2))
+            text = "not run" if r is None else f"{r['heldout_gain_pp']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+            ax.text(j + 0.5, i + 0.42, text, ha="center", va="center", fontsize=10)
+            ax.text(j + 0.5, i + 0.78, f"paper +{paper_gain[name]}", ha="center", va="center", fontsize=8, color="0.35")
+    ax.set(xlim=(0, len(norms)), ylim=(len(rows), 0), xticks=[j + 0.5 for j in range(len(norms))],
+           yticks=[i + 0.5 for i in range(len(rows))])
+    ax.set_xticklabels(norms, fontsize=10)
+    ax.set_yticklabels(rows, fontsize=10)
+    ax.tick_params(length=0)
+    ax.xaxis.tick_top()
+    for side in ax.spines.values():
+        side.set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="0.6") for c in VERDICT_COLORS.values()]
+    fig.legend(handles, list(VERDICT_COLORS), loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    return fig

@@ -164,3 +164,30 @@ def test_an_executed_chapter_becomes_a_page_without_the_hidden_code(tmp_path):
     assert export_html(path) == tmp_path / "chapter.html"
     assert "A chapter" in page and "visible result 42" in page and "shown_code" in page
     assert "secret_setup" not in page and "scale = " not in page
+
+
+def test_the_glance_page_sorts_claims_and_draws_question_1(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lossbook import glance, paper_arm, plots
+    from lossbook.grid import SETTINGS, paper_gain
+
+    monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
+    paper_arm.write_summary(_arm_rows(), paper_arm.ARMS["paper"])
+    summary = paper_arm.with_holm(paper_arm.load_summary("paper"))
+    fig = plots.q1_panel(summary, list(SETTINGS), {n: paper_gain(n) for n in SETTINGS})
+    cells = fig.axes[0].patches
+    assert len(cells) == 24
+    colours = [matplotlib.colors.to_hex(c.get_facecolor()) for c in cells]
+    assert colours.count(plots.VERDICT_COLORS["not run"]) == 22  # the two judged settings are coloured
+    page = glance.markdown("cpu", q1_figure="figures/q1_panel.png")
+    heads = [line for line in page.splitlines() if line.startswith("## ")]
+    assert heads == ["## Question 1: does a searched loss beat cross-entropy? (AutoLoss-AR)",
+                     *[f"## {s}" for s in glance.SECTIONS]]
+    assert ":::{figure} figures/q1_panel.png" in page and ":alt: A grid of the 24 settings" in page
+    assert ":::{admonition} Question 1, setting by setting (24 rows)\n:class: dropdown" in page
+    t = glance.claims_table("cpu")
+    for _, row in t[t["verdict"] == glance.NO_ROOM].iterrows():  # reported under what could not be compared
+        assert glance._section(row) == glance.SECTIONS[2] and "CE misses 0 vulnerable" in row["ours"] or \
+            "CE misses 1 vulnerable" in row["ours"]
