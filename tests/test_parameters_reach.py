@@ -59,7 +59,13 @@ def run_in(root: Path, chapter: str, scale: str, extra: dict):
     old = os.environ.get("LOSSBOOK_RESULTS")
     os.environ["LOSSBOOK_RESULTS"] = str(root)
     try:
-        return nbformat.read(run_chapter(chapter, scale, extra=dict(extra), out_dir=root / "executed"), as_version=4)
+        for attempt in (1, 2):  # a kernel that never answers (seen with ipykernel 7, one start in a few) is retried once
+            try:
+                path = run_chapter(chapter, scale, extra=dict(extra), out_dir=root / "executed", cell_timeout=600)
+                return nbformat.read(path, as_version=4)
+            except Exception as exc:  # nbclient's CellTimeoutError
+                if attempt == 2 or "Timeout" not in type(exc).__name__:
+                    raise
     finally:
         os.environ.pop("LOSSBOOK_RESULTS") if old is None else os.environ.__setitem__("LOSSBOOK_RESULTS", old)
 
