@@ -159,5 +159,20 @@ def test_disk_full_during_a_write_keeps_the_old_result(tmp_path, monkeypatch):
         monkeypatch.setattr(store.os, "fdopen", real)
         assert _consistent(path) == 0
         assert not list(tmp_path.glob("*.tmp"))  # the failed write cleaned its temporary file
+    real_fsync = os.fsync
+    for nth in (1, 2):  # the disk reports itself full only when the bytes are forced out (fsync)
+        calls = [0]
+
+        def fsync(fd):
+            calls[0] += 1
+            if calls[0] == nth:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(fd)
+
+        monkeypatch.setattr(store.os, "fsync", fsync)
+        with pytest.raises(OSError, match="No space left"):
+            store.save(path, pd.DataFrame({"version": [1] * 5, "x": range(5)}), {"version": 1})
+        monkeypatch.setattr(store.os, "fsync", real_fsync)
+        assert _consistent(path) == 0 and not list(tmp_path.glob("*.tmp"))
     store.save(path, pd.DataFrame({"version": [1] * 5, "x": range(5)}), {"version": 1})
     assert _consistent(path) == 1
