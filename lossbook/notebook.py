@@ -91,6 +91,24 @@ def takeaway(question: str, answer: str, differs: str) -> None:
         f"<p><b>Not as in the paper.</b> {escape(differs)}</p></div>"))
 
 
+#: tables longer than this are shown closed, one click away
+LONG_TABLE = 15
+
+
+def table(obj, what: str = "rows") -> None:
+    """Show a DataFrame or Styler without its index; longer than :data:`LONG_TABLE` rows, inside a closed
+    <details> box that says how many rows it holds (the page stays short, the numbers one click away)."""
+    from IPython.display import HTML, display
+
+    styler = obj if hasattr(obj, "to_html") and hasattr(obj, "data") else obj.style.hide(axis="index")
+    rows = len(styler.data)
+    html = f'<div style="overflow-x:auto">{styler.to_html()}</div>'
+    if rows <= LONG_TABLE:
+        display(HTML(html))
+    else:
+        display(HTML(f"<details><summary>Show all {rows} {what}</summary>{html}</details>"))
+
+
 def report_missing(missing: list, command: str) -> None:
     """Say which results of this scale are not saved yet (the chapter shows the others)."""
     if missing:

@@ -40,3 +40,16 @@ def test_bad_parameters_stop_the_notebook_at_its_first_cell(tmp_path):
     # the runner checks before it starts a kernel
     with pytest.raises(ParameterError, match="parameter scale='huge' is not allowed"):
         run_chapter(chapter, "huge", out_dir=tmp_path)
+
+
+def test_long_tables_are_closed_short_ones_shown(monkeypatch):
+    import pandas as pd
+
+    from lossbook import notebook as nb
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
+    nb.table(pd.DataFrame({"a": range(16)}), "settings")
+    nb.table(pd.DataFrame({"a": range(15)}).style.hide(axis="index"))
+    assert shown[0].startswith("<details><summary>Show all 16 settings</summary>") and "overflow-x:auto" in shown[0]
+    assert not shown[1].startswith("<details>") and shown[1].count("<tr") == 16  # header and 15 rows
