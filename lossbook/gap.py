@@ -426,7 +426,7 @@ def error_table(results: dict) -> pd.DataFrame:
     for name, (st, t) in results.items():
         g = gap_table(t, st.norm).set_index("attack")
         cols[name] = {a: f"{e_text(r)} ({100 * r['E_ci_low']:.1f}-{100 * r['E_ci_high']:.1f})" for a, r in g.iterrows()}
-    return pd.DataFrame(cols).fillna("not run")
+    return pd.DataFrame(cols).fillna("not run").rename_axis("attack").reset_index()
 
 
 def conclusions(results: dict) -> str:

@@ -113,3 +113,13 @@ def test_the_takeaway_states_the_studies_numbers():
     text = gap.takeaway(results)
     assert text.startswith("Over 1 verified studies") and f"misses {100 * g.loc['FGSM', 'E_low']:.1f} pp" in text
     assert gap.takeaway({}) == "No study is available at this scale."
+
+
+def test_table_7_2_names_its_attacks_in_a_column():
+    """The chapter shows tables without an index, so the attack names are a column."""
+    st = gap.studies("cpu")[0]
+    results, _ = gap.chapter_studies([st], "cpu", compute=False)
+    if not results:
+        pytest.skip("the committed cpu study is not in this checkout")
+    table = gap.error_table(results)
+    assert list(table.columns) == ["attack", st.name()] and "FGSM" in set(table["attack"])
