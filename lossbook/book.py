@@ -305,9 +305,15 @@ def write_glance(scale: str = "cpu") -> None:
 
 def write_reproducing() -> None:
     """``reproducing.md``: the hand-written head and the inventory of committed results."""
+    from collections import Counter
+
     rows = results_inventory()
+    by_scale = Counter(r["scale"] for r in rows)
     lines = [(BOOK_DIR / "reproducing_head.md").read_text().rstrip(), "", "## Which results came from where", "",
-             "Generated from the result files at build time.", "",
+             f"Generated from the result files at build time: {len(rows)} results, "
+             + ", ".join(f"{n} at `{s}` scale" for s, n in sorted(by_scale.items())) + ". Each row says what made it.", "",
+             f":::{{admonition}} All {len(rows)} result files", ":class: dropdown", "",
              "| result | scale | settings | outcome |", "|---|---|---|---|"]
     lines += [f"| `{r['result']}` | `{r['scale']}` | {r['settings']} | {r['outcome']} |" for r in rows]
+    lines += [":::"]
     (BOOK_DIR / "reproducing.md").write_text("\n".join(lines) + "\n")

@@ -191,3 +191,16 @@ def test_the_glance_page_sorts_claims_and_draws_question_1(tmp_path, monkeypatch
     for _, row in t[t["verdict"] == glance.NO_ROOM].iterrows():  # reported under what could not be compared
         assert glance._section(row) == glance.SECTIONS[2] and "CE misses 0 vulnerable" in row["ours"] or \
             "CE misses 1 vulnerable" in row["ours"]
+
+
+def test_the_reproducing_page_keeps_its_file_list_one_click_away(tmp_path, monkeypatch):
+    from lossbook import book
+
+    monkeypatch.setattr(book, "BOOK_DIR", tmp_path)
+    (tmp_path / "reproducing_head.md").write_text("# Reproducing\n")
+    book.write_reproducing()
+    page = (tmp_path / "reproducing.md").read_text()
+    n = len(book.results_inventory())
+    assert f"Generated from the result files at build time: {n} results, " in page
+    assert f":::{{admonition}} All {n} result files\n:class: dropdown" in page and page.rstrip().endswith(":::")
+    assert page.count("\n| `results/") == n
