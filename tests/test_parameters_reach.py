@@ -159,13 +159,17 @@ CHECKS = {
     ("03_gp_search", "grid_scale"): _grid_budget_shown,
     ("04_transfer", "seed"): lambda root, nb: {r["seed"] for r in _transfer(root, nb)} == {2},
     ("04_transfer", "n_images"): lambda root, nb: {r["n_images"] for r in _transfer(root, nb) if "n_images" in r} == {16},
-    ("04_transfer", "sources"): lambda root, nb: {r["source"] for r in _transfer(root, nb)} == {"mnist-net1-at-l2"},
+    # the MNIST-searched sources (CIFAR-10's own searched loss, cifar_searched's, is a source too)
+    ("04_transfer", "sources"): lambda root, nb: {r["source"] for r in _transfer(root, nb)
+                                                  if not r["source"].startswith("cifar10")} == {"mnist-net1-at-l2"},
     ("04_transfer", "mnist_norms"): lambda root, nb: {n for _, n in _cross(root, nb, "mnist")} == {"l1"},
     # default "all": no CIFAR-10 map at smoke scale; asked for: l_2 targets only
     ("04_transfer", "cifar_norms"): lambda root, nb: {n for _, n in _cross(root, nb, "cifar10")} == {"l2"},
     # default "grid": no CIFAR-10 setting judged in a fresh folder, so the MNIST losses would be the sources
     ("04_transfer", "cifar_searched"): lambda root, nb: {s for s, _ in _cross(root, nb, "cifar10")} == {"cifar10-net1-st-l2"},
+    # no MNIST loss carried to a CIFAR-10 model (default: the first of two is carried at smoke scale)
     ("04_transfer", "cifar_sources"): lambda root, nb: not any(r.get("target", "").startswith("cifar10")
+                                                             and r["source"].startswith("mnist")
                                                              for r in _transfer(root, nb)),
     ("05_landscape", "seed"): lambda root, nb: {r["seed"] for r in _landscape(root, nb)} == {4},
     ("05_landscape", "source"): lambda root, nb: {r["source"] for r in _landscape(root, nb)} == {"mnist-net1-at-l2"},
@@ -234,19 +238,27 @@ def _plant(path: Path, keys):
     import pandas as pd
 
     original, request = store.load(path), store.record(path)["request"]
-    if isinstance(original, pd.DataFrame):
+    if isinstance(original, pd.DataFrame):  # halved: still a valid share, so the chapter runs through
         column = (keys or original.select_dtypes("number").columns)[-1]
-        altered = original.assign(**{column: original[column] + 1000})
+        altered = original.assign(**{column: original[column] / 2 + 0.001})
     else:
-        altered = {**original, "best_fitness": original["best_fitness"] + 1000}
+        altered = {**original, "best_fitness": original["best_fitness"] / 2 + 0.001}
     store.save(path, altered, request)
     return _part(original, keys), _part(altered, keys)
 
 
 def _same(a, b) -> bool:
+    """Equal results; a table's numbers to float rounding (a retrained model's loss can differ in its last
+    bits between processes: bitwise reproducibility of CPU training is not promised)."""
+    import numpy as np
     import pandas as pd
 
-    return a.reset_index(drop=True).equals(b.reset_index(drop=True)) if isinstance(a, pd.DataFrame) else a == b
+    if not isinstance(a, pd.DataFrame):
+        return a == b
+    a, b = a.reset_index(drop=True), b.reset_index(drop=True)
+    num = a.select_dtypes("number").columns
+    return (list(a.columns) == list(b.columns) and len(a) == len(b) and a.drop(columns=num).equals(b.drop(columns=num))
+            and np.allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=1e-6, atol=0))
 
 
 @pytest.mark.slow
