@@ -35,7 +35,6 @@ def checked(kind: type, rule: str, *args):
         if why is not None:
             raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: {why}")
         return value
-    convert.__name__ = f"{rule}{args}"  # argparse names the type in its messages
     return convert
 
 

@@ -329,6 +329,44 @@ def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, se
     return df, found
 
 
+def draw_ball(a: float = -0.9, b: float = 0.0, radius: float = 0.5, ball: str = "linf") -> None:
+    """Fig. 1 for one ball: centre (a, b), its radius and norm, CE's maximizer and a misclassified point."""
+    import matplotlib.pyplot as plt
+
+    c0 = np.array([a, b])
+    lab = int(predict(c0))
+    wrong = misclassified_point(c0, radius, ball, lab)
+    plot_fig1([Counterexample(ball, lab, c0, radius, ce_maximizer(c0, radius, ball, lab),
+                              wrong if wrong is not None else c0)])
+    plt.show()
+
+
+def sliders() -> None:
+    """Sliders for Fig. 1's centre, radius and norm. The first drawing goes to the cell's own output, so a
+    static run (papermill) waits on no widget; only slider moves, in a live session, redraw into the
+    widget's area (``ipywidgets.interact`` made papermill hang: it waited on its Output widget)."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from .config import NORMS
+
+    controls = {"a": widgets.FloatSlider(value=-0.9, min=-1, max=1, step=0.01, description="centre a"),
+                "b": widgets.FloatSlider(value=0.0, min=-1, max=1, step=0.01, description="centre b"),
+                "radius": widgets.FloatSlider(value=0.5, min=0.02, max=1, step=0.01, description="radius"),
+                "ball": widgets.Dropdown(options=list(NORMS), value="linf", description="ball")}
+    out = widgets.Output()
+
+    def redraw(_):
+        with out:
+            out.clear_output(wait=True)
+            draw_ball(**{k: w.value for k, w in controls.items()})
+
+    for w in controls.values():
+        w.observe(redraw, names="value")
+    display(widgets.VBox(list(controls.values())), out)
+    draw_ball()
+
+
 def parse_centre(x0: str, fig_eps: float):
     """Chapter 01's ``x0`` parameter: None for "auto", else the 2-D centre 'a,b' with |a|, |b| <= 1."""
     if x0 == "auto":

@@ -51,3 +51,49 @@ def trained_mlp(mnist_small):
             loss.backward()
             opt.step()
     return model.eval()
+
+
+class DiskFull:
+    """A file object whose disk fills at ``when``: before any byte ("write"), half-way ("partial"), or
+    when the buffered bytes go to the disk ("flush"). Wrap what ``os.fdopen`` returns with it."""
+
+    error = OSError(28, "No space left on device")  # errno.ENOSPC
+
+    def __init__(self, fh, when: str = "write"):
+        self.fh, self.when = fh, when
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.fh.close()
+
+    def write(self, data):
+        if self.when == "partial":
+            self.fh.write(data[:len(data) // 2])
+            self.fh.flush()
+        if self.when != "flush":
+            raise self.error
+        return self.fh.write(data)
+
+    def flush(self):
+        raise self.error
+
+    def fileno(self):
+        return self.fh.fileno()
+
+
+def fill_disk_at(monkeypatch, nth: int, when: str = "write") -> list:
+    """Make the ``nth`` file that ``lossbook.store`` opens run out of space at ``when``; returns the
+    call counter. ``monkeypatch.undo()`` or the test's end puts ``os.fdopen`` back."""
+    from lossbook import store
+
+    real, calls = store.os.fdopen, [0]
+
+    def fdopen(fd, *a, **k):
+        calls[0] += 1
+        fh = real(fd, *a, **k)
+        return DiskFull(fh, when) if calls[0] == nth else fh
+
+    monkeypatch.setattr(store.os, "fdopen", fdopen)
+    return calls

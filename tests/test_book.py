@@ -188,9 +188,11 @@ def test_the_glance_page_sorts_claims_and_draws_question_1(tmp_path, monkeypatch
     assert ":::{figure} figures/q1_panel.png" in page and ":alt: A grid of the 24 settings" in page
     assert ":::{admonition} Question 1, setting by setting (24 rows)\n:class: dropdown" in page
     t = glance.claims_table("cpu")
-    for _, row in t[t["verdict"] == glance.NO_ROOM].iterrows():  # reported under what could not be compared
-        assert glance._section(row) == glance.SECTIONS[2] and "CE misses 0 vulnerable" in row["ours"] or \
-            "CE misses 1 vulnerable" in row["ours"]
+    no_room = t[t["verdict"] == glance.NO_ROOM]
+    assert len(no_room)  # the committed studies have such rows
+    for _, row in no_room.iterrows():  # reported under what could not be compared
+        assert glance._section(row) == glance.SECTIONS[2]
+        assert "CE misses 0 vulnerable" in row["ours"] or "CE misses 1 vulnerable" in row["ours"]
 
 
 def test_the_reproducing_page_keeps_its_file_list_one_click_away(tmp_path, monkeypatch):

@@ -77,37 +77,16 @@ def test_resumed_run_equals_uninterrupted(toy, tmp_path):
 def test_a_full_disk_during_a_checkpoint_loses_nothing(toy, tmp_path, monkeypatch):
     """The disk fills half-way through the third checkpoint write: the run stops with the error, the
     second checkpoint stays whole, and the next run resumes from it to the uninterrupted result."""
-    import errno
     import json
-    import os
+
+    from conftest import fill_disk_at
 
     straight = S.run_search(_evaluator(toy), CFG, seed=3, progress=False)
     ckpt = tmp_path / "run.ckpt.json"
-    real, calls = os.fdopen, [0]
-
-    class HalfFull:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.fh.close()
-
-        def write(self, data):
-            self.fh.write(data[:len(data) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    def fdopen(fd, *a, **k):
-        calls[0] += 1
-        fh = real(fd, *a, **k)
-        return HalfFull(fh) if calls[0] == 3 else fh
-
-    monkeypatch.setattr(store.os, "fdopen", fdopen)
+    calls = fill_disk_at(monkeypatch, 3, "partial")
     with pytest.raises(OSError, match="No space left"):
         S.run_search(_evaluator(toy), CFG, seed=3, checkpoint=ckpt, progress=False)
-    monkeypatch.setattr(store.os, "fdopen", real)
+    monkeypatch.undo()
     assert calls[0] == 3 and json.loads(ckpt.read_text()) and not list(tmp_path.glob("*.tmp"))
     calls = []
 

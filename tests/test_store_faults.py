@@ -13,6 +13,7 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import fill_disk_at
 
 from lossbook import store
 
@@ -115,48 +116,11 @@ def test_sigkill_at_random_moments_of_repeated_writes(tmp_path):
 def test_disk_full_during_a_write_keeps_the_old_result(tmp_path, monkeypatch):
     path = tmp_path / "t.csv"
     store.save(path, pd.DataFrame({"version": [0] * 5, "x": range(5)}), {"version": 0})
-    real = os.fdopen
-    full = OSError(errno.ENOSPC, "No space left on device")
-
-    class Full:
-        """The disk fills at ``when``: before any byte ("write"), half-way ("partial"), or when the
-        buffered bytes go to the disk ("flush")."""
-
-        def __init__(self, fh, when):
-            self.fh, self.when = fh, when
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.fh.close()
-
-        def write(self, data):
-            if self.when == "partial":
-                self.fh.write(data[:len(data) // 2])
-                self.fh.flush()
-            if self.when != "flush":
-                raise full
-            return self.fh.write(data)
-
-        def flush(self):
-            raise full
-
-        def fileno(self):
-            return self.fh.fileno()
-
     for nth, when in [(n, w) for n in (1, 2) for w in ("write", "partial", "flush")]:  # 1 the pending record, 2 the content
-        calls = [0]
-
-        def fdopen(fd, mode="r", *a, **k):
-            calls[0] += 1
-            fh = real(fd, mode, *a, **k)
-            return Full(fh, when) if calls[0] == nth else fh
-
-        monkeypatch.setattr(store.os, "fdopen", fdopen)
+        fill_disk_at(monkeypatch, nth, when)
         with pytest.raises(OSError, match="No space left"):
             store.save(path, pd.DataFrame({"version": [1] * 5, "x": range(5)}), {"version": 1})
-        monkeypatch.setattr(store.os, "fdopen", real)
+        monkeypatch.undo()
         assert _consistent(path) == 0
         assert not list(tmp_path.glob("*.tmp"))  # the failed write cleaned its temporary file
     real_fsync = os.fsync

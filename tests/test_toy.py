@@ -132,3 +132,17 @@ def test_the_takeaway_reads_the_risk_table():
                        "surrogate": ["ce", "searched"] * 2, "E = R - R''": [0.2, 0.1, 0.14, 0.04]})
     assert toy.takeaway(df) == ("With PGD-100, linf (exact R 0.500): CE misses 14.0 pp, the tightest surrogate, "
                                 "searched, 4.0 pp. Table 1.2 has every surrogate with its interval.")
+
+
+def test_the_sliders_draw_once_outside_any_widget(monkeypatch):
+    """A static run must not wait on a widget: the first drawing goes to the cell's output."""
+    from lossbook import toy
+
+    drawn, shown = [], []
+    monkeypatch.setattr(toy, "draw_ball", lambda **kw: drawn.append(kw))
+    monkeypatch.setattr("IPython.display.display", lambda *objs: shown.extend(objs))
+    toy.sliders()
+    assert drawn == [{}] and len(shown) == 2  # the controls and the (empty) area slider moves redraw into
+    controls = shown[0].children
+    controls[2].value = 0.3  # a slider move redraws with every control's value
+    assert drawn[-1] == {"a": -0.9, "b": 0.0, "radius": 0.3, "ball": "linf"}
