@@ -2,8 +2,8 @@
 
 (a)  naive   -- the textbook loop, as the paper's code: for each loss, PGD-10 over the N images in
                batches, every sample attacked for all 10 steps, a prediction check at each iterate.
-(b)  engine  -- ``lossbook.attacks.evaluate_losses`` on the same K losses (broken samples leave),
-               at its default chunk (measured per model: :func:`lossbook.attacks.default_chunk`).
+(b)  engine  -- ``lossbook.core.attacks.evaluate_losses`` on the same K losses (broken samples leave),
+               at its default chunk (measured per model: :func:`lossbook.core.attacks.default_chunk`).
 (b2) engine at the former fixed default chunk (2,048 on a CPU, 32,768 on a GPU), for comparison.
 (b0) engine, "final" mode -- no sample leaves early: the engine's own overhead.
 (c)  floor   -- the bare model: forward + input gradient over the same K x N x 10 image-steps at the
@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lossbook import data
-from lossbook.attacks import (CHUNK_CANDIDATES, default_chunk, evaluate_losses, evaluation_set, measure_chunk,
+from lossbook.core import data
+from lossbook.core.attacks import (CHUNK_CANDIDATES, default_chunk, evaluate_losses, evaluation_set, measure_chunk,
                               project, step_sizes)
 from lossbook.config import paper_eps
-from lossbook.losses import HANDCRAFTED, compile_formula, per_sample
-from lossbook.train import load_model
+from lossbook.core.losses import HANDCRAFTED, compile_formula, per_sample
+from lossbook.core.train import load_model
 
 EXTRA = ["Mul(Log(Softmax(p)), q)", "Neg(Sum(Mul(q, Softmax(p))))", "Add(Max(p), Neg(Sum(Mul(q, p))))",
          "Neg(Mul(Sum(Mul(q, Softmax(p))), Sqrt(Abs(p))))"]

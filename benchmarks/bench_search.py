@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from lossbook import data
-from lossbook.attacks import evaluation_set
-from lossbook.fitness import Evaluator
-from lossbook.search import SEARCH_PRESETS, auto_setting, parse_setting, run_search, with_overrides
-from lossbook.train import load_model
+from lossbook.core import data
+from lossbook.core.attacks import evaluation_set
+from lossbook.search.fitness import Evaluator
+from lossbook.search.engine import SEARCH_PRESETS, auto_setting, parse_setting, run_search, with_overrides
+from lossbook.core.train import load_model
 
 
 def one_run(model, x, y, setting, cfg, seed: int, semantic: bool) -> tuple[dict, Evaluator]:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
+from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
 
 
 def positive_int(text: str) -> int:
@@ -22,7 +22,7 @@ def positive_int(text: str) -> int:
 def checked(kind: type, rule: str, *args):
     """argparse type: text -> ``kind``, accepted by the chapter parameters' validator ``params.<rule>(*args)``
     (so a CLI option and its chapter twin allow the same values)."""
-    from . import params
+    from lossbook.publish import params
 
     validator = getattr(params, rule)(*args)
 
@@ -40,7 +40,7 @@ def checked(kind: type, rule: str, *args):
 
 def eps_value(text: str):
     """argparse type: 'auto', 'paper', 'calibrate' or a number > 0 (the rule of chapter 03's ``eps``)."""
-    from .params import EPS_RULES, eps_rule
+    from lossbook.publish.params import EPS_RULES, eps_rule
 
     why = eps_rule(text)
     if why is not None:
@@ -50,7 +50,7 @@ def eps_value(text: str):
 
 def architecture_index(text: str) -> int:
     """argparse type: an index into the 40 ATRAS architectures."""
-    from .atras import ARCHITECTURES
+    from lossbook.chapters.atras_sweep import ARCHITECTURES
 
     try:
         v = int(text)
@@ -62,8 +62,8 @@ def architecture_index(text: str) -> int:
 
 
 def _train(args) -> None:
-    from .config import train_config
-    from .train import train, write_accuracies
+    from lossbook.config import train_config
+    from lossbook.core.train import train, write_accuracies
 
     for dataset in args.dataset:
         for net in args.net:
@@ -75,8 +75,8 @@ def _train(args) -> None:
 
 
 def _search(args) -> None:
-    from .config import check_dataset_eps
-    from .search import SEARCH_PRESETS, resolve_setting, search_setting, with_overrides
+    from lossbook.config import check_dataset_eps
+    from lossbook.search.engine import SEARCH_PRESETS, resolve_setting, search_setting, with_overrides
 
     cfg = with_overrides(SEARCH_PRESETS[args.scale], gn=args.generations, ps=args.population,
                          st=args.population, n_images=args.images, semantic_cache=args.semantic_cache)
@@ -98,23 +98,23 @@ def _search(args) -> None:
 
 
 def _grid(args) -> None:
-    from .grid import run_grid
+    from lossbook.chapters.gp_search import run_grid
 
     print("summary:", run_grid(args.scale, settings=args.settings, progress=not args.quiet, backend=args.backend,
                                address=args.address))
 
 
 def _paper_arm(args) -> None:
-    from .grid import SETTINGS as SETTINGS_ALL
+    from lossbook.chapters.gp_search import SETTINGS as SETTINGS_ALL
 
-    from .paper_arm import run_arm
+    from lossbook.chapters.paper_arm import run_arm
 
     settings = args.settings or [s for s in SETTINGS_ALL if s.split("-")[0] in args.datasets]
     print("summary:", run_arm(args.arm, settings=settings, progress=not args.quiet, seeded=not args.no_seeded))
 
 
 def _atras(args) -> None:
-    from .atras import (atras_config, chapter_architectures, dataset_results, depth_summary, failure_architectures,
+    from lossbook.chapters.atras_sweep import (atras_config, chapter_architectures, dataset_results, depth_summary, failure_architectures,
                         transfer_architectures)
 
     archs = chapter_architectures("all" if args.architectures is None else ",".join(map(str, args.architectures)),
@@ -131,7 +131,7 @@ def _atras(args) -> None:
 def _exact(args) -> None:
     from dataclasses import replace
 
-    from .gap import exact_summary, run_study, select_studies
+    from lossbook.chapters.exact_risk import exact_summary, run_study, select_studies
 
     chosen = select_studies(",".join(args.studies) if args.studies else "all", args.scale, args.images or 0,
                             args.time_limit or 0.0)
@@ -146,7 +146,7 @@ def _exact(args) -> None:
 
 
 def _landscape(args) -> None:
-    from .landscape import chapter_studies
+    from lossbook.chapters.landscape import chapter_studies
 
     studies, missing, steps = chapter_studies(args.source, args.datasets, args.scale, args.images or 0, args.steps,
                                               args.resolution or 0, seed=args.seed, recompute=True)
@@ -157,13 +157,13 @@ def _landscape(args) -> None:
 
 
 def _book(args) -> None:
-    from .book import build
+    from lossbook.publish.build import build
 
     build(scale=args.scale, recompute=args.recompute, chapters=args.chapters, execute=not args.no_execute)
 
 
 def _run(args) -> None:
-    from .book import export_html, run_chapter
+    from lossbook.publish.build import export_html, run_chapter
 
     bad = [p for p in args.param if "=" not in p]
     if bad:
@@ -176,13 +176,13 @@ def _run(args) -> None:
 
 
 def _reproduce(args) -> None:
-    from .reproduce import reproduce
+    from lossbook.publish.reproduce import reproduce
 
     reproduce(args.scale, datasets=args.datasets, steps=args.steps, dry_run=args.dry_run)
 
 
 def _teaching(args) -> None:
-    from .teaching import measure
+    from lossbook.publish.teaching import measure
 
     measure()
 
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack every new tree (no sharing of one attack among trees of equal behaviour)")
     s.set_defaults(func=_search)
 
-    from .grid import SETTINGS
+    from lossbook.chapters.gp_search import SETTINGS
 
     g = sub.add_parser("grid", formatter_class=fmt, help="AutoLoss-AR's 24 settings: GP runs, held-out re-evaluation with paired statistics "
                        "and verdicts in results/search/<preset>/summary.csv (skips finished runs, resumes interrupted ones)",
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--failure-mode", choices=FAILURE_MODES, default="none")
     a.set_defaults(func=_atras)
 
-    from .gap import STUDIES
+    from lossbook.chapters.exact_risk import STUDIES
 
     e = sub.add_parser("exact", formatter_class=fmt, help="chapter 07: exact risk of small ReLU MLPs (MILP) and every "
                        "attack's error E = R - R'' (resumes: each image is saved as it ends)",
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else 'auto')")
     e.set_defaults(func=_exact)
 
-    from .grid import SETTINGS as _ALL_SETTINGS
+    from lossbook.chapters.gp_search import SETTINGS as _ALL_SETTINGS
 
     ls = sub.add_parser("landscape", formatter_class=fmt, help="chapter 05: PGD races, loss planes and the explanation "
                         "rule for a searched loss (results in results/landscape/<scale>/)",
@@ -330,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", choices=SCALES, default="smoke")
     r.add_argument("--recompute", action="store_true")
     r.add_argument("-p", "--param", action="append", default=[],
-                   help="NAME=VALUE for the notebook, converted to the parameter's type (lossbook.params)")
+                   help="NAME=VALUE for the notebook, converted to the parameter's type (lossbook.publish.params)")
     r.add_argument("--out", default=None, help="folder of the executed notebooks (default: book/chapters/)")
     r.set_defaults(func=_run)
 
-    from .reproduce import STEPS
+    from lossbook.publish.reproduce import STEPS
 
     rp = sub.add_parser("reproduce", formatter_class=fmt, help="the whole chain in order with resume (models, eps, the "
                         "24-setting grid, the computing chapters, the book), printing what is done, what remains and "
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .data import DataError
+    from lossbook.core.data import DataError
 
     try:
         args.func(args)

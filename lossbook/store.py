@@ -75,7 +75,7 @@ def _settle(path: Path) -> None:
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version and, in a git checkout, the commit (``+dirty`` with uncommitted changes)."""
-    from . import __version__
+    from lossbook import __version__
 
     root = Path(__file__).resolve().parent.parent
     try:

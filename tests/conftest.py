@@ -26,7 +26,7 @@ def data_available() -> bool:
 
 @pytest.fixture(scope="session")
 def mnist_small(data_available):
-    from lossbook import data
+    from lossbook.core import data
 
     x, y = data.load("mnist", "train", 3000)
     xt, yt = data.load("mnist", "test", 500)
@@ -36,7 +36,7 @@ def mnist_small(data_available):
 @pytest.fixture(scope="session")
 def trained_mlp(mnist_small):
     """An MLP trained for a few seconds on 3,000 MNIST images (about 90% test accuracy)."""
-    from lossbook.models import build_model
+    from lossbook.core.models import build_model
 
     x, y, _, _ = mnist_small
     torch.manual_seed(0)

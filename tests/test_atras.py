@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lossbook import atras
-from lossbook.models import build_model
+from lossbook.chapters import atras_sweep as atras
+from lossbook.core.models import build_model
 
 
 def test_the_40_architectures_are_the_papers_and_build_with_their_widths():
@@ -23,7 +23,7 @@ def test_fgsm_on_a_trained_mlp(trained_mlp, mnist_small):
     clean = atras._acc(trained_mlp, xt, yt)
     attacked = atras.fgsm_accuracy(trained_mlp, xt, yt, eps=0.1)
     assert clean > 0.8 and attacked < clean - 0.3
-    from lossbook.attacks import fgsm
+    from lossbook.core.attacks import fgsm
     xa = fgsm(trained_mlp, xt, yt, 0.1)
     assert (xa - xt).abs().max() <= 0.1 + 1e-6 and xa.min() >= 0 and xa.max() <= 1
 
@@ -68,7 +68,7 @@ def test_bad_configuration_values():
 def test_claims_are_tested_on_a_hand_made_table():
     import pandas as pd
 
-    from lossbook import atras
+    from lossbook.chapters import atras_sweep as atras
 
     # smaller networks recover more and end more robust; attacks from small to large drop accuracy by 50 pp
     rows = [("[8]", 6370, 0.1, 0.9), ("[64]", 50890, 0.1, 0.7), ("[8, 16]", 6634, 0.1, 0.85), ("[64, 128]", 59850, 0.1, 0.6)]

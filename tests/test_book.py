@@ -1,4 +1,4 @@
-from lossbook.book import CHAPTERS, available_chapters, check_links, write_toc
+from lossbook.publish.build import CHAPTERS, available_chapters, check_links, write_toc
 
 
 def test_link_check_finds_missing_files_and_anchors(tmp_path):
@@ -17,7 +17,7 @@ def test_link_check_finds_missing_files_and_anchors(tmp_path):
 
 
 def test_chapters_are_in_reading_order_and_the_toc_lists_them(monkeypatch, tmp_path):
-    import lossbook.book as book
+    import lossbook.publish.build as book
 
     assert list(CHAPTERS) == sorted(CHAPTERS)
     assert available_chapters() == [c for c in CHAPTERS if c in available_chapters()]
@@ -50,7 +50,8 @@ def _arm_rows():
 
 
 def test_the_introduction_answers_question_1_from_the_paper_arm(tmp_path, monkeypatch):
-    from lossbook import book, grid, paper_arm
+    from lossbook.publish import build as book
+    from lossbook.chapters import gp_search as grid, paper_arm
 
     monkeypatch.setattr(grid, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
@@ -68,7 +69,8 @@ def test_the_introduction_answers_question_1_from_the_paper_arm(tmp_path, monkey
 
 
 def test_results_at_a_glance_counts_verdicts_and_says_what_was_not_run(tmp_path, monkeypatch):
-    from lossbook import glance, paper_arm
+    from lossbook.publish import glance
+    from lossbook.chapters import paper_arm
 
     monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
     paper_arm.write_summary(_arm_rows(), paper_arm.ARMS["paper"])
@@ -91,7 +93,8 @@ def test_results_at_a_glance_counts_verdicts_and_says_what_was_not_run(tmp_path,
 def test_teaching_page_shows_measured_times_and_says_what_was_not_measured(tmp_path):
     import pandas as pd
 
-    from lossbook import store, teaching
+    from lossbook import store
+    from lossbook.publish import teaching
 
     page = teaching.markdown(tmp_path)
     assert page.count("(measured: not measured)") == len(teaching.commands()) == sum(len(b.commands) for b in teaching.LESSON)
@@ -111,7 +114,7 @@ def test_teaching_page_shows_measured_times_and_says_what_was_not_measured(tmp_p
 def test_the_lesson_runs_as_written():
     """Complete commands (the interpreter, the data variable), where output lands, an answer to every
     question in a closed dropdown, and the warning that smoke numbers can reverse the book's."""
-    from lossbook import teaching
+    from lossbook.publish import teaching
 
     page = teaching.markdown()
     runs = [line for line in page.splitlines() if line.startswith("- **Run:** `")]
@@ -123,7 +126,8 @@ def test_the_lesson_runs_as_written():
 
 
 def test_glance_exact_rows_from_the_committed_studies():
-    from lossbook import gap, glance
+    from lossbook.chapters import exact_risk as gap
+    from lossbook.publish import glance
 
     rows = glance._exact_rows("cpu")
     saved = [st for st in gap.studies("cpu") if gap.load_study(st, "cpu") is not None]
@@ -135,7 +139,7 @@ def test_glance_exact_rows_from_the_committed_studies():
 def test_the_reproducing_inventory_describes_every_committed_summary():
     """Every committed summary (grid and paper arm) gets a row with its scale and what made it: the CI
     failure of a paper-arm summary without a 'scale' key in its request must not come back."""
-    from lossbook.book import results_inventory
+    from lossbook.publish.build import results_inventory
     from lossbook.config import RESULTS_DIR
 
     rows = {r["result"]: r for r in results_inventory()}
@@ -150,7 +154,7 @@ def test_an_executed_chapter_becomes_a_page_without_the_hidden_code(tmp_path):
     """`run` writes an HTML page beside the notebook: outputs kept, code the book hides left out."""
     import nbformat
 
-    from lossbook.book import export_html
+    from lossbook.publish.build import export_html
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# A chapter"),
@@ -170,8 +174,9 @@ def test_the_glance_page_sorts_claims_and_draws_question_1(tmp_path, monkeypatch
     import matplotlib
 
     matplotlib.use("Agg")
-    from lossbook import glance, paper_arm, plots
-    from lossbook.grid import SETTINGS, paper_gain
+    from lossbook.publish import glance, plots
+    from lossbook.chapters import paper_arm
+    from lossbook.chapters.gp_search import SETTINGS, paper_gain
 
     monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
     paper_arm.write_summary(_arm_rows(), paper_arm.ARMS["paper"])
@@ -196,7 +201,7 @@ def test_the_glance_page_sorts_claims_and_draws_question_1(tmp_path, monkeypatch
 
 
 def test_the_reproducing_page_keeps_its_file_list_one_click_away(tmp_path, monkeypatch):
-    from lossbook import book
+    from lossbook.publish import build as book
 
     monkeypatch.setattr(book, "BOOK_DIR", tmp_path)
     (tmp_path / "reproducing_head.md").write_text("# Reproducing\n")

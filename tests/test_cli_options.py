@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from lossbook.__main__ import build_parser, main
-from lossbook.atras import ARCHITECTURES
+from lossbook.chapters.atras_sweep import ARCHITECTURES
 
 
 class Recorder:
@@ -37,15 +37,15 @@ class Recorder:
 @pytest.fixture
 def spies(monkeypatch):
     """Recorders in place of every function a CLI command hands its work to."""
-    import lossbook.atras as atras
-    import lossbook.book as book
-    import lossbook.gap as gap
-    import lossbook.grid as grid
-    import lossbook.landscape as landscape
-    import lossbook.paper_arm as paper_arm
-    import lossbook.reproduce as reproduce
-    import lossbook.search as search
-    import lossbook.train as train
+    import lossbook.chapters.atras_sweep as atras
+    import lossbook.publish.build as book
+    import lossbook.chapters.exact_risk as gap
+    import lossbook.chapters.gp_search as grid
+    import lossbook.chapters.landscape as landscape
+    import lossbook.chapters.paper_arm as paper_arm
+    import lossbook.publish.reproduce as reproduce
+    import lossbook.search.engine as search
+    import lossbook.core.train as train
 
     s = {
         "train": Recorder({"test_acc": 0.5, "train_seconds": 1.0}),
@@ -219,7 +219,7 @@ def fresh_results(tmp_path, data_available):
     import shutil
 
     from lossbook.config import RESULTS_DIR
-    from lossbook.train import ensure_trained
+    from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1"], ["st"], "smoke", progress=False)
     shutil.copytree(RESULTS_DIR / "models" / "smoke", tmp_path / "models" / "smoke")

@@ -16,9 +16,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from lossbook import grid as G  # noqa: E402
+from lossbook.chapters import gp_search as G  # noqa: E402
 from lossbook import store  # noqa: E402
-from lossbook.cluster import read_events  # noqa: E402
+from lossbook.runner import read_events  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 SETTINGS = ["mnist-net1-st-linf", "mnist-net1-at-linf", "mnist-net2-st-l2"]
@@ -57,7 +57,7 @@ def _pids_of(marker: str) -> list[int]:
 @pytest.fixture()
 def cluster(data_available, monkeypatch):
     """A head node (a) and a second node (b), one CPU each, each with its own temp dir, on 127.0.0.1."""
-    from lossbook.train import ensure_trained
+    from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1", "net2"], ["st", "at"], "smoke", progress=False)
     monkeypatch.setenv("LOSSBOOK_CHUNK", "256")  # the same batches in every process: identical numbers
@@ -131,7 +131,7 @@ def test_grid_survives_a_killed_node_and_matches_the_local_backend(cluster, tmp_
     again = read_events(root, "smoke")[len(events):]
     assert again and all(e["event"] == "finished earlier" for e in again)
     # chapter 07's exact verification as Ray tasks over shards of images: the same verdicts as locally
-    from lossbook import gap
+    from lossbook.chapters import exact_risk as gap
 
     study = gap.select_studies("all", "smoke", n_images=6, time_limit=5.0)[0]
     t2 = time.perf_counter()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossbook import data
+from lossbook.core import data
 
 
 def test_mnist_shapes_range_and_label_counts(data_available):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from lossbook import attacks as A
-from lossbook import exact as X
-from lossbook import losses as L
-from lossbook import toy
+from lossbook.core import attacks as A
+from lossbook.core import exact as X
+from lossbook.core import losses as L
+from lossbook.chapters import toy_inconsistency as toy
 
 pytest.importorskip("highspy")
 
@@ -140,7 +140,7 @@ def test_a_set_resumes_where_it_stopped_and_equals_an_uninterrupted_run(tmp_path
     assert strip(resumed) == strip(straight)
     import pandas as pd
 
-    from lossbook.gap import exact_summary
+    from lossbook.chapters.exact_risk import exact_summary
 
     s = exact_summary(pd.DataFrame(resumed))
     assert s["images"] == 12 and s["robust"] + s["vulnerable"] + s["unknown"] == 12 and s["R_low"] <= s["R_high"]

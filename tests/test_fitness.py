@@ -4,16 +4,16 @@ import random
 import pytest
 import torch
 
-from lossbook import fitness as Fit
-from lossbook import search as S
-from lossbook.losses import HANDCRAFTED, HANDCRAFTED_FORMULAS
+from lossbook.search import fitness as Fit
+from lossbook.search import engine as S
+from lossbook.core.losses import HANDCRAFTED, HANDCRAFTED_FORMULAS
 
 CE = HANDCRAFTED_FORMULAS["ce"]
 
 
 @pytest.fixture(scope="module")
 def toy():
-    from lossbook.toy import ToyModel, sample, to_unit
+    from lossbook.chapters.toy_inconsistency import ToyModel, sample, to_unit
 
     x, y = sample(200, seed=0)
     return ToyModel(), to_unit(x), y, S.Setting("toy", "linear", "st", "linf", 0.1)

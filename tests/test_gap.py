@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lossbook import gap
+from lossbook.chapters import exact_risk as gap
 
 pytest.importorskip("highspy")
 pytest.importorskip("torchattacks")
@@ -56,7 +56,7 @@ def test_a_smoke_study_end_to_end(data_available, tmp_path):
     assert (g["E_low"] >= 0).all() and (g["E_low"] <= g["E_high"]).all()
     # the solver's counterexamples are real: in the ball and the box, misclassified by the float32 model
     model = gap.load_verified_model(st.model, "smoke", train=False, root=tmp_path)
-    from lossbook import data
+    from lossbook.core import data
 
     x, _ = data.load("mnist", "test")
     for r in gap.load_exact_rows(st, "smoke", tmp_path):
@@ -75,8 +75,8 @@ def test_a_smoke_study_end_to_end(data_available, tmp_path):
 def test_the_committed_studies_are_sound(data_available):
     """On every committed study: no image proven robust is broken by any attack, and every solver
     counterexample lies in the ball and the box and is misclassified by the float32 model."""
-    from lossbook import data
-    from lossbook.attacks import lp_norm
+    from lossbook.core import data
+    from lossbook.core.attacks import lp_norm
 
     found = 0
     for st in gap.studies("cpu"):

@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from lossbook import grid as G
-from lossbook.stats import VERDICTS
+from lossbook.chapters import gp_search as G
+from lossbook.core.stats import VERDICTS
 
 
 def test_grid_settings_and_paper_gains():

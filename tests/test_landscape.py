@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lossbook import landscape as LS
-from lossbook.losses import HANDCRAFTED, cross_entropy
+from lossbook.chapters import landscape as LS
+from lossbook.core.losses import HANDCRAFTED, cross_entropy
 
 
 def _check_plane(d_s, d_c):
@@ -100,7 +100,7 @@ def test_save_and_load_round_trip(trained_mlp, mnist_small, tmp_path):
 
 
 def test_the_conclusion_names_the_dominant_explanation():
-    from lossbook import landscape as LS
+    from lossbook.chapters import landscape as LS
 
     def meta(opt, con, ce_only=1):
         return (None, None, {"outcomes": {"images": 50, "searched only": opt + con, "CE only": ce_only, "both": 10,
@@ -113,8 +113,8 @@ def test_the_conclusion_names_the_dominant_explanation():
 
 
 def test_q3_is_counted_once_for_the_chapter_and_the_glance_page():
-    from lossbook import glance
-    from lossbook import landscape as LS
+    from lossbook.publish import glance
+    from lossbook.chapters import landscape as LS
 
     meta = {"outcomes": {"searched only, optimization": 1, "searched only, consistency": 9, "searched only": 10,
                          "images": 50, "CE only": 2}}

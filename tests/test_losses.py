@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lossbook import losses as L
+from lossbook.core import losses as L
 
 
 def test_protected_primitives_at_zero_negative_and_large():

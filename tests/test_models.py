@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lossbook.models import TABLE_II, build_model, n_params
+from lossbook.core.models import TABLE_II, build_model, n_params
 
 
 def _conv(cin, cout, k, bn):  # weights, bias only without BN, BN's gamma and beta
@@ -53,8 +53,8 @@ def test_mlp_widths_and_errors():
 
 
 def test_eval_mode_restores_every_submodule():
-    from lossbook.attacks import fgsm, pgd
-    from lossbook.models import eval_mode
+    from lossbook.core.attacks import fgsm, pgd
+    from lossbook.core.models import eval_mode
 
     model = build_model("mnist", "net1").train()
     model[1].eval()  # one BatchNorm already in eval mode: it must stay so

@@ -45,7 +45,7 @@ def test_the_payload_is_live(tmp_path):
 
 def test_a_model_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
     from lossbook.config import train_config
-    from lossbook.train import checkpoint_path, load_model
+    from lossbook.core.train import checkpoint_path, load_model
 
     marker = tmp_path / "ran"
     path = checkpoint_path(train_config("mnist", "net1", "st", "smoke"), tmp_path)
@@ -58,7 +58,7 @@ def test_a_model_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
 
 
 def test_a_search_checkpoint_is_json_and_a_pickle_in_its_place_is_refused(tmp_path):
-    from lossbook.search import _load_checkpoint, checkpoint_path
+    from lossbook.search.engine import _load_checkpoint, checkpoint_path
 
     marker = tmp_path / "ran"
     path = checkpoint_path(tmp_path, 0)
@@ -74,7 +74,7 @@ def test_a_search_checkpoint_is_json_and_a_pickle_in_its_place_is_refused(tmp_pa
 
 
 def test_an_old_pickle_checkpoint_beside_a_run_is_never_read(tmp_path, data_available, monkeypatch):
-    from lossbook import search as S
+    from lossbook.search import engine as S
 
     marker = tmp_path / "ran"
     setting = S.make_setting("mnist", "net1", "st", "linf", 0.05)
@@ -113,7 +113,7 @@ def test_result_arrays_with_objects_are_refused_even_with_a_matching_record(tmp_
 def test_a_stored_formula_is_checked_before_deap_parses_it():
     """DEAP's ``PrimitiveTree.from_string`` evaluates tokens it does not know; a formula read from a search
     checkpoint must be refused, with one line, before it gets there."""
-    from lossbook.search import primitive_set, tree_from_formula
+    from lossbook.search.engine import primitive_set, tree_from_formula
 
     pset = primitive_set()
     assert str(tree_from_formula("Add(Max(q), Neg(Sum(Mul(p, q))))", pset)) == "Add(Max(q), Neg(Sum(Mul(p, q))))"

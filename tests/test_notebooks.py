@@ -1,7 +1,7 @@
 """Every chapter runs at smoke scale; bad parameter values stop it at the first cell with the allowed values."""
 import pytest
 
-from lossbook.book import available_chapters, run_chapter
+from lossbook.publish.build import available_chapters, run_chapter
 
 pytestmark = pytest.mark.notebooks
 
@@ -24,8 +24,8 @@ def test_bad_parameters_stop_the_notebook_at_its_first_cell(tmp_path):
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from lossbook.book import NBS_DIR, _kernel_env
-    from lossbook.params import ParameterError
+    from lossbook.publish.build import NBS_DIR, _kernel_env
+    from lossbook.publish.params import ParameterError
 
     chapter = available_chapters()[0]
     for params, msg in [({"scale": "huge"}, "parameter scale='huge' is not allowed; allowed values: 'smoke', 'cpu', 'paper'"),
@@ -45,7 +45,7 @@ def test_bad_parameters_stop_the_notebook_at_its_first_cell(tmp_path):
 def test_long_tables_are_closed_short_ones_shown(monkeypatch):
     import pandas as pd
 
-    from lossbook import notebook as nb
+    from lossbook.publish import notebook as nb
 
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lossbook import stats
-from lossbook.losses import RELEASED_FORMULAS, compile_formula, released_loss
+from lossbook.core import stats
+from lossbook.core.losses import RELEASED_FORMULAS, compile_formula, released_loss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def test_released_losses_match_the_released_operations():
 
 
 def test_uses_label():
-    from lossbook.paper_arm import uses_label
+    from lossbook.chapters.paper_arm import uses_label
 
     assert uses_label("Neg(Sum(Mul(q, Log(Softmax(p)))))") and not uses_label("Inv(Max(p))")
 
@@ -106,8 +106,8 @@ def test_uses_label():
 @pytest.fixture(scope="module")
 def smoke_arm(tmp_path_factory, data_available):
     """The smoke arm on one setting, with its seed-0 run made earlier by the 'smoke' preset (same request)."""
-    from lossbook import paper_arm as A
-    from lossbook.search import search_setting
+    from lossbook.chapters import paper_arm as A
+    from lossbook.search.engine import search_setting
 
     root = tmp_path_factory.mktemp("arm")
     plan = replace(A.ARMS["smoke"], reuse=("smoke",))

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from lossbook import store
-from lossbook.params import SCHEMAS
+from lossbook.publish.params import SCHEMAS
 
 pytestmark = pytest.mark.notebooks
 
@@ -42,7 +42,7 @@ VARIANTS = {
 def ran(tmp_path_factory, data_available):
     """Every chapter at smoke scale with its variant, in one fresh results folder (smoke models copied in)."""
     from lossbook.config import RESULTS_DIR
-    from lossbook.train import ensure_trained
+    from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist", "cifar10"], ["net1", "net2"], ["st", "at"], "smoke", progress=False)
     root = tmp_path_factory.mktemp("results")
@@ -54,7 +54,7 @@ def run_in(root: Path, chapter: str, scale: str, extra: dict):
     """The chapter executed with ``LOSSBOOK_RESULTS=root`` (the kernel inherits it), as a notebook."""
     import os
 
-    from lossbook.book import run_chapter
+    from lossbook.publish.build import run_chapter
 
     old = os.environ.get("LOSSBOOK_RESULTS")
     os.environ["LOSSBOOK_RESULTS"] = str(root)
@@ -105,7 +105,7 @@ def _searched(root, nb):
 def _grid_budget_shown(root, nb):
     """Chapter 03 states the budget of the grid it shows; each scale's differs (and the variant's is neither
     the chapter's scale nor the default), so the sentence names the grid_scale that reached it."""
-    from lossbook.grid import budget
+    from lossbook.chapters.gp_search import budget
 
     said = {s: f"A grid run evaluates {budget(s)['trees']:,} trees on {budget(s)['images']} images" for s in
             ("smoke", "cpu", "paper")}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lossbook import params as P
+from lossbook.publish import params as P
 from lossbook.__main__ import main
 
 NBS = Path(__file__).resolve().parent.parent / "nbs"
@@ -90,7 +90,7 @@ def test_cli_arguments_share_the_validators(capsys):
 
 
 def test_a_model_not_trained_at_that_scale_is_one_line(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("lossbook.train.RESULTS_DIR", tmp_path)
+    monkeypatch.setattr("lossbook.core.train.RESULTS_DIR", tmp_path)
     assert main(["search", "--dataset", "mnist", "--net", "net1", "--training", "st", "--scale", "paper"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no trained model mnist-net1-st at scale 'paper'" in err[0]
@@ -160,12 +160,12 @@ def test_run_refuses_an_out_of_box_eps_before_the_kernel_starts(argv, message, c
 
 
 @pytest.mark.parametrize("argv, spied, message", [
-    (["exact", "--scale", "smoke", "--eps", "50"], "lossbook.gap.run_study", "eps=50 under linf"),
+    (["exact", "--scale", "smoke", "--eps", "50"], "lossbook.chapters.exact_risk.run_study", "eps=50 under linf"),
     (["exact", "--scale", "cpu", "--studies", "mnist-mlp64-fgsm-l1-eps5", "mnist-mlp64-st-linf-eps0.1", "--eps", "5"],
-     "lossbook.gap.run_study", "eps=5 under linf"),  # the l_1 study would be fine: nothing runs
+     "lossbook.chapters.exact_risk.run_study", "eps=5 under linf"),  # the l_1 study would be fine: nothing runs
     (["search", "--scale", "smoke", "--dataset", "mnist", "--net", "net1", "--training", "st", "--norm", "l1", "linf",
-      "--eps", "5"], "lossbook.search.search_setting", "eps=5 under linf"),
-    (["atras", "--scale", "smoke", "--eps", "2"], "lossbook.atras.dataset_results", "eps=2 under linf"),
+      "--eps", "5"], "lossbook.search.engine.search_setting", "eps=5 under linf"),
+    (["atras", "--scale", "smoke", "--eps", "2"], "lossbook.chapters.atras_sweep.dataset_results", "eps=2 under linf"),
 ])
 def test_cli_refuses_an_out_of_box_eps_before_any_work(argv, spied, message, capsys, monkeypatch):
     monkeypatch.setattr(spied, _spy)
@@ -190,7 +190,7 @@ def test_a_full_disk_is_one_line(capsys, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("lossbook.train.train", full)
+    monkeypatch.setattr("lossbook.core.train.train", full)
     assert main(["train", "--dataset", "mnist", "--net", "net1", "--training", "st", "--scale", "smoke", "--force"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["python -m lossbook train: error: [Errno 28] No space left on device"]

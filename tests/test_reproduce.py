@@ -33,7 +33,7 @@ def test_a_finished_step_is_skipped_and_its_times_estimate_the_rest(tmp_path, da
 
 
 def test_bad_choices_name_the_allowed_values():
-    from lossbook.reproduce import chain
+    from lossbook.publish.reproduce import chain
 
     with pytest.raises(ValueError, match="unknown step 'train'; allowed: 'models', 'eps', 'grid', 'chapters', 'book'"):
         chain("smoke", steps=("train",))

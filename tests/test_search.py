@@ -4,9 +4,9 @@ import pytest
 import torch
 from deap import gp
 
-from lossbook import search as S
+from lossbook.search import engine as S
 from lossbook import store
-from lossbook.losses import compile_formula, cross_entropy
+from lossbook.core.losses import compile_formula, cross_entropy
 
 CFG = S.GPConfig(gn=3, ps=16, st=16, n_images=200, hof=3)
 
@@ -14,7 +14,7 @@ CFG = S.GPConfig(gn=3, ps=16, st=16, n_images=200, hof=3)
 @pytest.fixture(scope="module")
 def toy():
     """The paper's 3-class linear toy: attacks on it cost next to nothing."""
-    from lossbook.toy import ToyModel, sample, to_unit
+    from lossbook.chapters.toy_inconsistency import ToyModel, sample, to_unit
 
     x, y = sample(200, seed=0)
     return ToyModel(), to_unit(x), y, S.Setting("toy", "linear", "st", "linf", 0.1)
@@ -103,7 +103,7 @@ def test_a_full_disk_during_a_checkpoint_loses_nothing(toy, tmp_path, monkeypatc
 
 
 def test_an_eps_that_lets_ce_break_every_image_is_named_in_one_line(data_available, tmp_path, capsys):
-    from lossbook.train import ensure_trained
+    from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1"], ["st"], "smoke", root=tmp_path, progress=False)
     cfg = S.with_overrides(S.SEARCH_PRESETS["smoke"], gn=1, ps=4, st=4, n_images=16)
@@ -177,7 +177,7 @@ def test_paper_preset_is_table_iv():
 
 
 def test_seeded_population_starts_from_the_handcrafted_trees(toy):
-    from lossbook.losses import HANDCRAFTED_FORMULAS
+    from lossbook.core.losses import HANDCRAFTED_FORMULAS
 
     ev = _evaluator(toy)
     cfg = S.GPConfig(gn=1, ps=10, st=10, hof=3, seed_losses=("ce", "margin"))
@@ -217,7 +217,7 @@ def test_a_saved_run_of_another_eps_is_never_taken(tmp_path):
 
 def test_one_eps_rule_for_the_cli_and_chapter_03(data_available):
     from lossbook.config import paper_eps
-    from lossbook.train import ensure_trained
+    from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1"], ["st"], "smoke", progress=False)
     assert S.resolve_setting("mnist", "net1", "st", "l2", "smoke", eps="0.5").eps == 0.5
@@ -227,7 +227,7 @@ def test_one_eps_rule_for_the_cli_and_chapter_03(data_available):
 
 
 def test_the_auto_eps_is_read_back_without_computing(data_available, tmp_path):
-    from lossbook.train import ensure_trained
+    from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1"], ["st"], "smoke", progress=False)
     assert S.saved_auto_setting("mnist", "net1", "st", "linf", "smoke", root=tmp_path) is None  # nothing saved yet

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lossbook import stats
+from lossbook.core import stats
 
 
 def test_gain_counts_and_exact_mcnemar():

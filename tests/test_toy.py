@@ -3,8 +3,9 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-from lossbook import losses, toy
-from lossbook.attacks import lp_norm
+from lossbook.core import losses
+from lossbook.chapters import toy_inconsistency as toy
+from lossbook.core.attacks import lp_norm
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
@@ -55,7 +56,7 @@ def test_exact_risk_bounds_every_attack(norm, eps):
 
 
 def test_pgd_points_on_the_toy_are_in_the_ball():
-    from lossbook.attacks import pgd
+    from lossbook.core.attacks import pgd
 
     x, y = toy.sample(100, 0)
     res = pgd(toy.ToyModel(), toy.to_unit(x), y, losses.cw_loss, norm="l1", eps=0.15, steps=10)
@@ -91,7 +92,7 @@ def test_no_l1_counterexample_for_class_0():
 def test_the_chapter_centre_is_parsed_or_refused_in_one_line():
     import numpy as np
 
-    from lossbook import toy
+    from lossbook.chapters import toy_inconsistency as toy
 
     assert toy.parse_centre("auto", 0.0) is None
     assert np.allclose(toy.parse_centre("0.2,-0.1", 0.25), [0.2, -0.1])
@@ -126,7 +127,7 @@ def test_conclusion_is_computed_from_the_table():
 def test_the_takeaway_reads_the_risk_table():
     import pandas as pd
 
-    from lossbook import toy
+    from lossbook.chapters import toy_inconsistency as toy
 
     df = pd.DataFrame({"norm": ["linf"] * 4, "eps": 0.3, "R (exact)": 0.5, "steps": [10, 10, 100, 100],
                        "surrogate": ["ce", "searched"] * 2, "E = R - R''": [0.2, 0.1, 0.14, 0.04]})
@@ -136,7 +137,7 @@ def test_the_takeaway_reads_the_risk_table():
 
 def test_the_sliders_draw_once_outside_any_widget(monkeypatch):
     """A static run must not wait on a widget: the first drawing goes to the cell's output."""
-    from lossbook import toy
+    from lossbook.chapters import toy_inconsistency as toy
 
     drawn, shown = [], []
     monkeypatch.setattr(toy, "draw_ball", lambda **kw: drawn.append(kw))

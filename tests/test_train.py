@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from lossbook.config import paper_eps, train_config
-from lossbook.models import build_model
-from lossbook.train import _adversarial_batch, load_model, load_record, train
+from lossbook.core.models import build_model
+from lossbook.core.train import _adversarial_batch, load_model, load_record, train
 
 
 @pytest.mark.parametrize("training,drop", [("st", 0.3), ("at", 0.1)])
@@ -98,7 +98,7 @@ def test_a_finished_model_is_not_trained_again(tmp_path, data_available):
 
 
 def test_conclusion_states_what_adversarial_training_cost():
-    from lossbook.train import conclusion
+    from lossbook.core.train import conclusion
 
     rec = lambda ds, net, tr, acc: {"config": {"dataset": ds, "net": net, "training": tr, "scale": "cpu"},
                                     "test_acc": acc, "train_seconds": 600}
@@ -111,7 +111,7 @@ def test_conclusion_states_what_adversarial_training_cost():
 def test_a_seed_reaches_the_checkpoint_the_record_and_the_logs(tmp_path, data_available, monkeypatch):
     """A second seed trains its own model once; a second call loads it (the seed used to be dropped
     between ensure_trained and load_record, so the call stopped on the seed-0 file)."""
-    import lossbook.train as T
+    import lossbook.core.train as T
 
     first = T.ensure_trained(["mnist"], ["net1"], ["st"], "smoke", seed=1, root=tmp_path, progress=False)
     assert first[0]["config"]["seed"] == 1 and not (tmp_path / "smoke" / "mnist-net1-st.pt").exists()
@@ -125,7 +125,7 @@ def test_a_seed_reaches_the_checkpoint_the_record_and_the_logs(tmp_path, data_av
 
 
 def test_the_takeaway_lists_each_models_accuracy():
-    from lossbook.train import takeaway
+    from lossbook.core.train import takeaway
 
     recs = [{"config": {"dataset": "mnist", "net": "net1", "training": "at", "epochs": 6}, "test_acc": 0.9738}]
     assert takeaway(recs) == "Clean test accuracy: mnist NET1 AT 97.4% after 6 epochs."

@@ -4,11 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lossbook import data, store
-from lossbook import search as S
-from lossbook import transfer as T
-from lossbook.attacks import evaluate_losses
-from lossbook.losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, compile_formula
+from lossbook.core import data
+from lossbook import store
+from lossbook.search import engine as S
+from lossbook.chapters import transfer as T
+from lossbook.core.attacks import evaluate_losses
+from lossbook.core.losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, compile_formula
 
 SOURCES = {"mnist-net1-st-linf": HANDCRAFTED_FORMULAS["margin"], "mnist-net1-at-linf": "Mul(Log(Softmax(p)), q)"}
 
@@ -16,7 +17,7 @@ SOURCES = {"mnist-net1-st-linf": HANDCRAFTED_FORMULAS["margin"], "mnist-net1-at-
 @pytest.fixture(scope="module")
 def searched(data_available, tmp_path_factory):
     """Two fake search results (the margin tree, and CE written with the wrong sign) for the smoke models."""
-    from lossbook.train import ensure_trained
+    from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1"], ["st", "at"], "smoke", progress=False)
     root = tmp_path_factory.mktemp("results")
@@ -41,7 +42,7 @@ def test_loss_loaded_by_name_equals_the_original_callable(in_results):
     assert torch.equal(found.loss()(p, q), compile_formula(found.formula)(p, q))
     # the margin tree is the margin loss written in primitives
     assert torch.allclose(found.loss()(p, q).sum(1), HANDCRAFTED["margin"](p, q).reshape(-1), atol=1e-3)
-    from lossbook.train import load_model
+    from lossbook.core.train import load_model
 
     model = load_model("mnist", "net1", "st", "smoke")
     x, y = data.load("mnist", "test", 64)
@@ -195,7 +196,7 @@ def test_the_gain_map_is_centred_at_zero():
     matplotlib.use("Agg")
     import pandas as pd
 
-    from lossbook.plots import gain_heatmap
+    from lossbook.publish.plots import gain_heatmap
 
     fig = gain_heatmap(pd.DataFrame([[-15.3, 2.0], [0.0, 3.1]], index=["a", "b"], columns=["x", "y"]), "t")
     mesh = fig.axes[0].collections[0]
@@ -207,8 +208,8 @@ def test_the_gain_map_is_centred_at_zero():
 def test_q2_is_counted_once_for_the_chapter_and_the_glance_page():
     import pandas as pd
 
-    from lossbook import glance
-    from lossbook import transfer as T
+    from lossbook.publish import glance
+    from lossbook.chapters import transfer as T
 
     table = pd.DataFrame({"source": ["mnist-net1-st-linf"] * 5,
                           "target": ["mnist-net1-st-linf", "mnist-net2-st-linf", "mnist-net1-at-linf", "mnist-net2-at-linf",

@@ -33,9 +33,9 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .attacks import evaluate_losses, project, random_start
-from .losses import HANDCRAFTED, compile_formula, per_sample
-from .models import eval_mode, model_device
+from lossbook.core.attacks import evaluate_losses, project, random_start
+from lossbook.core.losses import HANDCRAFTED, compile_formula, per_sample
+from lossbook.core.models import eval_mode, model_device
 
 PROBE_DECIMALS = 4
 #: each kept probe row enters at these scales (1 = as the model gives it); see the module docstring

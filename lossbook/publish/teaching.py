@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import store
-from .config import REPO_ROOT, RESULTS_DIR
+from lossbook import store
+from lossbook.config import REPO_ROOT, RESULTS_DIR
 
 
 @dataclass(frozen=True)

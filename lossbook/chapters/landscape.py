@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import store
-from .attacks import pgd
-from .config import RESULTS_DIR
-from .losses import cross_entropy, per_sample
-from .models import eval_mode, model_device, predict
+from lossbook import store
+from lossbook.core.attacks import pgd
+from lossbook.config import RESULTS_DIR
+from lossbook.core.losses import cross_entropy, per_sample
+from lossbook.core.models import eval_mode, model_device, predict
 
 #: How an example is explained (the paper's two reasons), decided from CE at the two endpoints.
 EXPLANATIONS = {
@@ -245,16 +245,16 @@ def study(source: str, scale: str, dataset: str | None = None, n_images: int = 6
           root: Path | None = None, device=None):
     """Landscapes (Fig. 9) and examples (Fig. 10) of the loss searched under ``source``, attacked on the
     source's own model, or on the same net/training/norm of another ``dataset`` (a transferred loss,
-    at that setting's eps as chosen by :func:`lossbook.search.auto_setting`).
+    at that setting's eps as chosen by :func:`lossbook.search.engine.auto_setting`).
 
     The race runs on the first ``n_images`` correctly classified test images; ``meta["outcomes"]``
     counts how each of them came out, and how the searched-only wins split between the explanations.
     Returns (landscapes, examples, meta), or None where nothing is saved and ``compute`` is False.
     """
-    from . import data
-    from .attacks import evaluation_set
-    from .train import load_model
-    from .transfer import same_setting_on, searched_loss
+    from lossbook.core import data
+    from lossbook.core.attacks import evaluation_set
+    from lossbook.core.train import load_model
+    from lossbook.chapters.transfer import same_setting_on, searched_loss
 
     found = searched_loss(source, scale)
     target = same_setting_on(dataset or found.setting.dataset, found, scale, device)
@@ -298,9 +298,9 @@ def chapter_studies(source: str, datasets: list[str], scale: str, n_images: int 
     """Chapter 05's studies, one per dataset ({dataset: study}), what is missing at this scale, and the
     steps actually raced. ``n_images``/``resolution`` 0 take the scale's :data:`PRESETS`; at smoke scale
     the models and the search are made where missing (seconds) and the race is capped."""
-    from .config import DATASETS, check_choice
-    from .search import parse_setting
-    from .transfer import prepare_smoke
+    from lossbook.config import DATASETS, check_choice
+    from lossbook.search.engine import parse_setting
+    from lossbook.chapters.transfer import prepare_smoke
 
     check_choice("scale", scale, PRESETS)
     parse_setting(source)
@@ -332,7 +332,7 @@ def q3_answer(meta: dict, stated: str) -> dict:
     """Question 3 on one race, counted once for the chapter and the glance page: of the images only the
     searched loss broke, how many each explanation accounts for, and the exact sign test of "most are
     explained by ``stated``"."""
-    from .stats import majority_verdict
+    from lossbook.core.stats import majority_verdict
 
     o = meta["outcomes"]
     opt, con = o["searched only, optimization"], o["searched only, consistency"]

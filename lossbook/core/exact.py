@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import check_choice
+from lossbook.config import check_choice
 
 NORMS_EXACT = ("linf", "l1", "l2")
 #: l_2: at most this many tangent cuts per LP relaxation of a class (the MILP adds more as it needs them)
@@ -301,7 +301,7 @@ def _misclassified(model, x_adv: np.ndarray, y: int, shape) -> tuple[bool, int]:
 
 def _inside(x_adv: np.ndarray, x: np.ndarray, norm: str, eps: float) -> np.ndarray:
     """The solver's point moved into the feasible set in float32 (solver tolerances are ~1e-9)."""
-    from .attacks import project
+    from lossbook.core.attacks import project
 
     xt, dt = torch.tensor(x, dtype=torch.float32), torch.tensor(x_adv - x, dtype=torch.float32)
     return (xt + project(dt[None], xt[None], norm, eps)[0]).clamp(0, 1).numpy()
@@ -394,8 +394,8 @@ def _row(r: ImageResult) -> dict:
 def attack_candidates(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int = 100, seed: int = 0):
     """PGD-``steps`` with CE, margin and DLR on every image: per image the points that break it, and the
     wrong classes ordered by the largest margin any of the attacks reached (most threatening first)."""
-    from .attacks import pgd
-    from .losses import cross_entropy, dlr_loss, margin_loss
+    from lossbook.core.attacks import pgd
+    from lossbook.core.losses import cross_entropy, dlr_loss, margin_loss
 
     res = pgd(model, x, y, [cross_entropy, margin_loss, dlr_loss], norm=norm, eps=eps, steps=steps, seed=seed)
     with torch.no_grad():
@@ -413,9 +413,9 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
     store, for ``request``), so an interrupted run resumes where it stopped. Returns one row per image."""
     from tqdm.auto import tqdm
 
-    from . import store
-    from .config import quiet
-    from .models import eval_mode
+    from lossbook import store
+    from lossbook.config import quiet
+    from lossbook.core.models import eval_mode
 
     check_norm(norm)
     indices = list(range(len(x))) if indices is None else list(indices)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DATASETS, SHAPES, check_choice
+from lossbook.config import DATASETS, SHAPES, check_choice
 
 ENV_VAR = "LOSSBOOK_DATA"
 DOWNLOAD_ENV_VAR = "LOSSBOOK_DOWNLOAD"

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import REPO_ROOT, SCALES, check_choice
+from lossbook.config import REPO_ROOT, SCALES, check_choice
 
 NBS_DIR = REPO_ROOT / "nbs"
 BOOK_DIR = REPO_ROOT / "book"
@@ -34,7 +34,7 @@ def run_chapter(name: str, scale: str, recompute: bool = False, out_dir: Path = 
     (``cell_timeout``: seconds a cell may take, none by default)."""
     import papermill as pm
 
-    from .params import check_relations, convert, validate
+    from lossbook.publish.params import check_relations, convert, validate
 
     check_choice("chapter", name, available_chapters())
     extra = {k: convert(name, k, v) if isinstance(v, str) else validate(name, k, v) for k, v in (extra or {}).items()}
@@ -192,8 +192,8 @@ def check_links(html_dir: Path) -> list[str]:
 def results_inventory(root: Path | None = None) -> list[dict]:
     """Every result under ``results/`` (but smoke ones), from what the store recorded beside it: the
     models' own configurations, and each result file's request."""
-    from . import store
-    from .train import saved_models
+    from lossbook import store
+    from lossbook.core.train import saved_models
 
     root = root or REPO_ROOT / "results"
     rows = []
@@ -213,7 +213,7 @@ def results_inventory(root: Path | None = None) -> list[dict]:
 
 def _describe(path: Path, q: dict, rec: dict) -> dict | None:
     """Scale, settings and outcome of one stored result (None: a part shown with another file)."""
-    from . import store
+    from lossbook import store
 
     folder = path.parent.parent.name
     if path.name.startswith("run-") and path.suffix == ".json":
@@ -262,7 +262,7 @@ QUESTION_1_MARKER = "<!-- QUESTION-1"
 def write_intro(grid_scale: str = "cpu") -> None:
     """``intro.md``: the hand-written ``intro_head.md`` with the answer to Question 1 from the paper arm
     (``results/search/paper-arm/summary.csv``, by the protocol page's rule), and the earlier grid's beside it."""
-    from . import grid, paper_arm
+    from lossbook.chapters import gp_search as grid, paper_arm
 
     arm = paper_arm.load_summary("smoke" if grid_scale == "smoke" else "paper")
     text = paper_arm.answer(arm) + " The rule was fixed before the results on the page *Protocol: Question 1 in the " \
@@ -279,20 +279,21 @@ def write_intro(grid_scale: str = "cpu") -> None:
 
 
 def write_teaching() -> None:
-    """``teaching.md``: the 90-minute lesson with the measured time of each run (:mod:`lossbook.teaching`)."""
-    from .teaching import markdown
+    """``teaching.md``: the 90-minute lesson with the measured time of each run (:mod:`lossbook.publish.teaching`)."""
+    from lossbook.publish.teaching import markdown
 
     (BOOK_DIR / "teaching.md").write_text(markdown())
 
 
 def write_glance(scale: str = "cpu") -> None:
-    """``glance.md``: every tested claim of both papers with ours and the verdict (:mod:`lossbook.glance`)."""
+    """``glance.md``: every tested claim of both papers with ours and the verdict (:mod:`lossbook.publish.glance`)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from . import paper_arm, plots
-    from .glance import markdown
-    from .grid import SETTINGS, paper_gain
+    from lossbook.chapters import paper_arm
+    from lossbook.publish import plots
+    from lossbook.publish.glance import markdown
+    from lossbook.chapters.gp_search import SETTINGS, paper_gain
 
     summary = paper_arm.load_summary("smoke" if scale == "smoke" else "paper")
     fig = plots.q1_panel(None if summary is None else paper_arm.with_holm(summary), list(SETTINGS),

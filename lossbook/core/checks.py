@@ -1,5 +1,5 @@
 """Diagnostics of an attack result, in the spirit of AutoAttack's checks: signs that an evaluation
-may be wrong, reported with every :class:`lossbook.attacks.AttackResult` and shown where they fire.
+may be wrong, reported with every :class:`lossbook.core.attacks.AttackResult` and shown where they fire.
 
 * **zero gradients** -- rows whose step left them in place because the loss's input gradient was
   exactly 0 (a constant loss, saturated softmax, or gradient masking by the model);

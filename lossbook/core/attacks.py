@@ -42,10 +42,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checks import Diagnostics, model_checks
-from .config import NORMS, check_choice, check_eps, largest_eps  # noqa: F401 (largest_eps: part of the API)
-from .losses import Loss, cross_entropy, per_sample
-from .models import eval_mode, model_device, predict
+from lossbook.core.checks import Diagnostics, model_checks
+from lossbook.config import NORMS, check_choice, check_eps, largest_eps  # noqa: F401 (largest_eps: part of the API)
+from lossbook.core.losses import Loss, cross_entropy, per_sample
+from lossbook.core.models import eval_mode, model_device, predict
 
 MODES = ("any", "final")
 SCHEDULES = ("cosine", "constant")
@@ -255,7 +255,7 @@ class AttackResult:
     x_adv: torch.Tensor | None  # (K, N, ...) adversarial points (first misclassified point in "any" mode)
     errors: list  # (K,) message of what made a loss invalid, or None
     trajectory: list | None = None  # with record=True: the perturbation after the random start and each step
-    diagnostics: Diagnostics | None = None  # lossbook.checks: zero gradients, probabilities, randomness, norms
+    diagnostics: Diagnostics | None = None  # lossbook.core.checks: zero gradients, probabilities, randomness, norms
 
     @property
     def risk(self) -> torch.Tensor:

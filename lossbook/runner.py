@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import quiet
+from lossbook.config import quiet
 
 
 def _log_event(root: Path, preset: str, **event) -> None:
@@ -45,8 +45,8 @@ def read_events(root: Path, preset: str) -> list[dict]:
 
 def _run_task(name: str, seed: int, seeded: bool, plan, root: str) -> dict:
     """One GP run of the grid on a worker: loads it if finished, else resumes or starts it."""
-    from . import grid
-    from .search import checkpoint_path, search_dir, search_setting
+    from lossbook.chapters import gp_search as grid
+    from lossbook.search.engine import checkpoint_path, search_dir, search_setting
 
     root_p = Path(root)
     setting = grid.grid_setting(name, plan, root_p)
@@ -66,7 +66,7 @@ def _run_task(name: str, seed: int, seeded: bool, plan, root: str) -> dict:
 
 def _heldout_task(name: str, plan, best: dict, root: str) -> dict:
     """The held-out outcomes of a setting's best loss on a worker (cached in the store like the runs)."""
-    from . import grid
+    from lossbook.chapters import gp_search as grid
 
     return grid.heldout_outcomes(grid.grid_setting(name, plan, Path(root)), plan, best, Path(root))
 
@@ -77,7 +77,7 @@ def run_grid_ray(plan, settings: list[str], root: Path, address: str | None = No
     every node); returns the summary rows by setting."""
     import ray
 
-    from . import grid
+    from lossbook.chapters import gp_search as grid
 
     env = {k: os.environ[k] for k in ("LOSSBOOK_DATA", "LOSSBOOK_CHUNK", "LOSSBOOK_RESULTS") if k in os.environ}
     ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", runtime_env={"env_vars": env},
@@ -118,7 +118,7 @@ def run_grid_ray(plan, settings: list[str], root: Path, address: str | None = No
 # Exact verification (chapter 07): one task per shard of a study's images
 # ------------------------------------------------------------------------------------------------
 def shard_path(study, scale: str, first: int, root: Path | None) -> Path:
-    from .gap import study_dir
+    from lossbook.chapters.exact_risk import study_dir
 
     return study_dir(scale, root) / "shards" / f"{study.name()}-from{first}.json"
 
@@ -126,8 +126,8 @@ def shard_path(study, scale: str, first: int, root: Path | None) -> Path:
 def _exact_task(study, scale: str, first: int, last: int, root: str | None) -> list[dict]:
     """Verify images ``first:last`` of a study on a worker, saved image by image in the shard's own file
     (a retried task resumes there)."""
-    from . import exact
-    from .gap import MODELS, exact_request, load_verified_model, study_images
+    from lossbook.core import exact
+    from lossbook.chapters.exact_risk import MODELS, exact_request, load_verified_model, study_images
 
     root_p = Path(root) if root else None
     model = load_verified_model(study.model, scale, train=False, root=root_p)
@@ -147,8 +147,8 @@ def verify_study_ray(study, scale: str, root: Path | None = None, address: str |
     image order, are saved where the local path keeps them (so ``run_study`` then only runs the attacks)."""
     import ray
 
-    from . import store
-    from .gap import exact_path, exact_request, load_verified_model
+    from lossbook import store
+    from lossbook.chapters.exact_risk import exact_path, exact_request, load_verified_model
 
     load_verified_model(study.model, scale, root=root)  # trained once, here, before the tasks read it
     env = {k: os.environ[k] for k in ("LOSSBOOK_DATA", "LOSSBOOK_CHUNK", "LOSSBOOK_RESULTS") if k in os.environ}

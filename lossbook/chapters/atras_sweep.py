@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, store
-from .attacks import fgsm
-from .config import DATASETS, FAILURE_MODES, RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
-from .models import accuracy, build_model, n_params
+from lossbook.core import data
+from lossbook import store
+from lossbook.core.attacks import fgsm
+from lossbook.config import DATASETS, FAILURE_MODES, RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
+from lossbook.core.models import accuracy, build_model, n_params
 
 #: The 40 hidden-layer lists of the paper's Tables I and II, in their order.
 ARCHITECTURES: list[list[int]] = [
@@ -268,7 +269,7 @@ SMOKE_ARCHITECTURES = (36, 24, 8)  # indices: three sizes, seconds on a CPU
 
 def chapter_architectures(spec: str, scale: str) -> list:
     """The architectures of a run: ``"all"`` (the 40 of the paper; three at smoke scale) or
-    comma-separated indices into :data:`ARCHITECTURES` (validated by :mod:`lossbook.params`)."""
+    comma-separated indices into :data:`ARCHITECTURES` (validated by :mod:`lossbook.publish.params`)."""
     if spec == "all":
         return list(ARCHITECTURES) if scale != "smoke" else [ARCHITECTURES[i] for i in SMOKE_ARCHITECTURES]
     idx = [int(i) for i in str(spec).split(",")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS, check_dataset_eps, check_eps
+from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS, check_dataset_eps, check_eps
 
 
 class ParameterError(ValueError):
@@ -170,7 +170,7 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         **{k: v for k, v in _common("smoke | cpu (committed results) | paper (= cpu: the verified models are tiny)").items()
            if k != "seed"},
         "studies": Param("all", lambda v: None if isinstance(v, str) and v.strip() else
-                         "'all' or comma-separated study names (lossbook.gap.STUDIES)"),
+                         "'all' or comma-separated study names (lossbook.chapters.exact_risk.STUDIES)"),
         "n_images": Param(0, whole(), "images per study; 0: the study's own number"),
         "time_limit": Param(0.0, number(0, zero_means_default=True), "solver seconds per image"),
     },
@@ -201,7 +201,7 @@ def _fgsm_radius(v: dict) -> None:
 
 def _known_studies(v: dict) -> None:
     if v["studies"] != "all":
-        from .gap import select_studies  # torch and the solver's models: only when a study is named
+        from lossbook.chapters.exact_risk import select_studies  # torch and the solver's models: only when a study is named
 
         _with_name("studies", v["studies"], lambda: select_studies(v["studies"], v["scale"]))
 

@@ -3,7 +3,7 @@
 Steps, each a list of units that are either done (their result is on disk, made for this request) or
 not:
 
-1. ``models``      -- the 8 NET-1/NET-2 models (``lossbook.train``; an interrupted one resumes per epoch)
+1. ``models``      -- the 8 NET-1/NET-2 models (``lossbook.core.train``; an interrupted one resumes per epoch)
 2. ``eps``         -- the eps of the 24 settings by the auto rule (``calibration.json``)
 3. ``grid``        -- the 24 settings: the plan's GP runs each, held-out check, ``summary.csv`` row
                       (an interrupted GP run resumes per generation)
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import store
-from .config import DATASETS, NETS, RESULTS_DIR, SCALES, TRAININGS, check_choice, train_config
+from lossbook import store
+from lossbook.config import DATASETS, NETS, RESULTS_DIR, SCALES, TRAININGS, check_choice, train_config
 
 STEPS = ("models", "eps", "grid", "chapters", "book")
 #: the chapters that compute results of their own (the others show what the steps before made)
@@ -47,7 +47,7 @@ class Unit:
 
 
 def _model_units(scale: str, datasets) -> list[Unit]:
-    from .train import checkpoint_path, load_record, train
+    from lossbook.core.train import checkpoint_path, load_record, train
 
     units = []
     for ds in datasets:
@@ -68,8 +68,8 @@ def _model_units(scale: str, datasets) -> list[Unit]:
 
 
 def _grid_units(scale: str, datasets) -> tuple[list[Unit], list[Unit]]:
-    from .grid import PLANS, SETTINGS, grid_setting, read_summary, run_config, run_grid, summary_path
-    from .search import parse_setting, run_request, saved_auto_setting, search_dir
+    from lossbook.chapters.gp_search import PLANS, SETTINGS, grid_setting, read_summary, run_config, run_grid, summary_path
+    from lossbook.search.engine import parse_setting, run_request, saved_auto_setting, search_dir
 
     plan = PLANS[scale]
     eps_units, grid_units = [], []
@@ -107,7 +107,7 @@ def _stamp(chapter: str, scale: str) -> Path:
 
 
 def _chapter_units(scale: str) -> list[Unit]:
-    from .book import run_chapter
+    from lossbook.publish.build import run_chapter
 
     units = []
     for ch in COMPUTING_CHAPTERS:
@@ -129,7 +129,7 @@ def _chapter_units(scale: str) -> list[Unit]:
 def _book_unit(scale: str) -> Unit:
     """The book is built every time the chain runs (it is the chain's last step); its stamp keeps the
     time the last build took, for the estimate."""
-    from .book import build
+    from lossbook.publish.build import build
 
     request = {"book": scale}
 

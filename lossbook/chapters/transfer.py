@@ -1,7 +1,7 @@
 """Do searched losses transfer? The paper's Question 2 (Figs. 5-8), beside handcrafted references.
 
 Every comparison attacks the same images with the same random starts for every loss (one
-:func:`~lossbook.attacks.evaluate_losses` call), and reports CE, C&W and DLR beside the searched
+:func:`~lossbook.core.attacks.evaluate_losses` call), and reports CE, C&W and DLR beside the searched
 loss. Results are saved under ``results/transfer/<scale>/`` as CSV with a JSON of what made them;
 a saved result is reused only when that JSON matches the request.
 """
@@ -14,12 +14,12 @@ from typing import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import data
-from .attacks import evaluate_losses, evaluation_set
-from .config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
-from .losses import HANDCRAFTED, compile_formula, pretty
-from . import store
-from .search import (SEARCH_PRESETS, Setting, auto_setting, load_runs, make_setting, parse_setting,
+from lossbook.core import data
+from lossbook.core.attacks import evaluate_losses, evaluation_set
+from lossbook.config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
+from lossbook.core.losses import HANDCRAFTED, compile_formula, pretty
+from lossbook import store
+from lossbook.search.engine import (SEARCH_PRESETS, Setting, auto_setting, load_runs, make_setting, parse_setting,
                      saved_auto_setting, search_setting)
 
 #: The handcrafted references shown beside every searched loss (margin equals C&W at kappa 0).
@@ -100,7 +100,7 @@ def grid_sources(spec: str, scale: str, dataset: str = "cifar10") -> list[str]:
     """Sources searched by chapter 3's grid at this scale: "grid" (every setting of ``dataset`` the grid
     has judged), "none", or comma-separated setting names; prefixed with the grid's preset where it is not
     the scale's own. At smoke scale one CIFAR-10 setting, searched here where missing (seconds)."""
-    from .grid import PLANS, read_summary, summary_path
+    from lossbook.chapters.gp_search import PLANS, read_summary, summary_path
 
     plan = PLANS[scale]
     if spec == "none":
@@ -129,7 +129,7 @@ def searched_sources(scale: str, dataset: str | None = None, root: Path | None =
 
 def prepare_smoke(sources: list[str], datasets=("mnist",), progress: bool = False) -> None:
     """At smoke scale (seconds): train the smoke models the chapters need and search missing sources."""
-    from .train import ensure_trained
+    from lossbook.core.train import ensure_trained
 
     for src in sources:
         dataset, net, training, norm = parse_setting(src)
@@ -152,7 +152,7 @@ def saved(path: Path) -> pd.DataFrame | None:
 
 
 def _evaluation(setting: Setting, model_scale: str, n_images: int | None, device=None):
-    from .train import load_model
+    from lossbook.core.train import load_model
 
     model = load_model(setting.dataset, setting.net, setting.training, model_scale, device=device)
     xt, yt = data.load(setting.dataset, "test")
@@ -176,7 +176,7 @@ def _attack_all(model, x, y, named: dict, norm: str, eps: float, steps: int, see
 # ------------------------------------------------------------------------------------------------
 def same_setting_on(dataset: str, found: SearchedLoss, scale: str, device=None) -> Setting:
     """The source's net, training and norm on ``dataset``: the source setting itself, or on another
-    dataset at the eps :func:`~lossbook.search.auto_setting` picks for our model there."""
+    dataset at the eps :func:`~lossbook.search.engine.auto_setting` picks for our model there."""
     s = found.setting
     if dataset == s.dataset:
         return s
@@ -227,9 +227,9 @@ def extended_data(source: str, scale: str, cfg: TransferConfig | None = None, ro
                   compute: bool = True, progress: bool = True, device=None,
                   loader: Callable | None = None) -> pd.DataFrame | None:
     """PGD-10 R'' over the eps sweep on the original MNIST test set and on QMNIST's 50k extended
-    test set (first n correctly classified images of each). Raises :class:`~lossbook.data.DataError`
+    test set (first n correctly classified images of each). Raises :class:`~lossbook.core.data.DataError`
     where the extended set cannot be loaded. Rows: data, eps, factor, loss, risk, n_images."""
-    from .train import load_model
+    from lossbook.core.train import load_model
 
     cfg = cfg or TRANSFER_PRESETS[scale]
     found = searched_loss(source, scale)
@@ -345,7 +345,7 @@ def q2_answer(table: pd.DataFrame) -> dict:
     """Question 2 on one dataset's cross-setting table, counted once for the chapter and the glance page:
     the cells away from each loss's own setting with a gain over CE (k) among those with a gain or a loss
     (n, ties left out), the exact sign test's verdict and p, the median gain and the number of losses."""
-    from .stats import majority_verdict
+    from lossbook.core.stats import majority_verdict
 
     off = away_from_source(table)
     k, n = int((off["gain_over_ce_pp"] > 0).sum()), int((off["gain_over_ce_pp"] != 0).sum())
@@ -411,7 +411,7 @@ def chapter_sources(sources: str, cifar_sources: str, scale: str) -> tuple[list[
     """Chapter 04's sources: the MNIST sources ("all": every searched setting at this scale), the sources
     carried to CIFAR-10 ("none" or names), the searched losses found ({name: SearchedLoss}) and the names
     without a saved search. At smoke scale one source of each kind, searched here where missing (seconds)."""
-    from .search import parse_setting
+    from lossbook.search.engine import parse_setting
 
     if sources == "all":
         names = ["mnist-net1-st-linf"] if scale == "smoke" else searched_sources(scale, "mnist")

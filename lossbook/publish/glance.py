@@ -15,8 +15,8 @@ COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "
 
 def _q1_rows(scale: str) -> list[dict]:
     """Q1 per setting from the paper arm (the protocol page's rule), and the paper's 100% success rate."""
-    from .grid import SETTINGS, paper_gain
-    from .paper_arm import load_summary, with_holm
+    from lossbook.chapters.gp_search import SETTINGS, paper_gain
+    from lossbook.chapters.paper_arm import load_summary, with_holm
 
     summary = load_summary("smoke" if scale == "smoke" else "paper")
     judged = {} if summary is None else {r["setting"]: r for _, r in with_holm(summary).iterrows()}
@@ -44,7 +44,7 @@ def _q1_rows(scale: str) -> list[dict]:
 
 
 def _atras_rows(scale: str) -> list[dict]:
-    from . import atras
+    from lossbook.chapters import atras_sweep as atras
 
     rows = []
     for ds in ("mnist", "cifar10"):
@@ -62,7 +62,7 @@ def _atras_rows(scale: str) -> list[dict]:
 
 def _transfer_rows(scale: str) -> list[dict]:
     """Q2: the searched losses keep a gain over CE under other (model, norm) settings (Fig. 8)."""
-    from . import transfer as T
+    from lossbook.chapters import transfer as T
 
     rows, cross = [], T.saved_cross(scale)
     for ds in ("mnist", "cifar10"):
@@ -84,9 +84,9 @@ def _transfer_rows(scale: str) -> list[dict]:
 
 def _landscape_rows(scale: str) -> list[dict]:
     """Q3: why the searched loss wins (MNIST: easier to optimize; CIFAR-10: better local consistency)."""
-    from . import landscape as LS
-    from .landscape import PAPER_Q3
-    from .params import SCHEMAS
+    from lossbook.chapters import landscape as LS
+    from lossbook.chapters.landscape import PAPER_Q3
+    from lossbook.publish.params import SCHEMAS
 
     source = SCHEMAS["05_landscape"]["source"].default
     try:
@@ -109,8 +109,8 @@ def _landscape_rows(scale: str) -> list[dict]:
 
 
 def _exact_rows(scale: str) -> list[dict]:
-    from . import gap
-    from .stats import paired_gain, verdict
+    from lossbook.chapters import exact_risk as gap
+    from lossbook.core.stats import paired_gain, verdict
 
     rows = []
     for st in gap.studies(scale):
@@ -159,7 +159,7 @@ def _table(rows: pd.DataFrame) -> list[str]:
 def markdown(scale: str = "cpu", q1_figure: str | None = None) -> str:
     """The page: Question 1 as one panel (``q1_figure``, a path relative to the page, where drawn) with
     its answer, then the claims in three sections; Question 1's 24 rows in a closed dropdown."""
-    from .paper_arm import answer, load_summary
+    from lossbook.chapters.paper_arm import answer, load_summary
 
     t = claims_table(scale)
     counts = t["verdict"].value_counts()

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
+from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
 
 #: Allowed values of the parameters shared by the chapters (None = any value of the given type).
 ALLOWED: dict[str, tuple] = {
@@ -42,10 +42,10 @@ def check(**params: Any) -> dict:
 
 
 def parameters(chapter: str, namespace: dict) -> dict:
-    """Validate a chapter's parameters against its schema (:mod:`lossbook.params`): unknown names,
+    """Validate a chapter's parameters against its schema (:mod:`lossbook.publish.params`): unknown names,
     wrong types and values outside the allowed ones stop the chapter with one line. Values are
     coerced to the parameter's type in ``namespace`` (papermill's ``-p architectures 36`` is a number)."""
-    from .params import check as check_schema
+    from lossbook.publish.params import check as check_schema
 
     params = check_schema(chapter, namespace)
     namespace.update(params)
@@ -117,7 +117,7 @@ def report_missing(missing: list, command: str) -> None:
 
 
 def report_diagnostics(named_warnings: dict) -> None:
-    """Say where an attack's checks fired (:mod:`lossbook.checks`); nothing when none did."""
+    """Say where an attack's checks fired (:mod:`lossbook.core.checks`); nothing when none did."""
     for name, warnings in named_warnings.items():
         for w in warnings or []:
             print(f"Check on {name}: {w}.")

@@ -213,7 +213,7 @@ def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix
     our gain and its 95% interval, the paper's gain and the verdict; settings not run stay blank."""
     import numpy as np
 
-    from .grid import SETTINGS
+    from lossbook.chapters.gp_search import SETTINGS
 
     models = list(dict.fromkeys(s.rsplit("-", 1)[0] for s in SETTINGS))
     norms = ["linf", "l1", "l2"]

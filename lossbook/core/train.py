@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch.torch_version import TorchVersion
 from tqdm.auto import tqdm
 
-from . import data, store
-from .attacks import pgd
-from .config import RESULTS_DIR, TrainConfig, train_config, quiet
-from .models import accuracy, build_model, default_device, predict  # noqa: F401 (re-exported)
+from lossbook.core import data
+from lossbook import store
+from lossbook.core.attacks import pgd
+from lossbook.config import RESULTS_DIR, TrainConfig, train_config, quiet
+from lossbook.core.models import accuracy, build_model, default_device, predict  # noqa: F401 (re-exported)
 
 
 def model_dir(scale: str, root: Path | None = None) -> Path:

@@ -1,11 +1,11 @@
 """The paper's 24 settings, searched and judged: AutoLoss-AR's Question 1 with statistics.
 
 ``python -m lossbook grid --scale cpu`` runs, setting by setting, the GP runs of the ``grid``
-preset on the cpu models (eps by the ``auto`` rule of :func:`lossbook.search.auto_setting`), then
+preset on the cpu models (eps by the ``auto`` rule of :func:`lossbook.search.engine.auto_setting`), then
 re-evaluates the best run's loss and the CE, C&W and DLR baselines on held-out images (the next
 ``heldout_images`` correctly classified test images, which the search never saw) with new random
 starts under PGD-10 and PGD-100, and writes one row per setting to ``summary.csv``: the gain over
-CE with its paired interval and McNemar p-value (:mod:`lossbook.stats`) and the verdict. Finished
+CE with its paired interval and McNemar p-value (:mod:`lossbook.core.stats`) and the verdict. Finished
 runs are skipped, interrupted ones resume from their checkpoints; every finished run and setting
 is on disk at once, so the command can be stopped and started again at any time.
 """
@@ -15,11 +15,11 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import store
-from .config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice
-from .losses import HANDCRAFTED, compile_formula
-from .search import SEARCH_PRESETS, Setting, auto_setting, search_dir, search_setting
-from .stats import paired_gain, verdict
+from lossbook import store
+from lossbook.config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice
+from lossbook.core.losses import HANDCRAFTED, compile_formula
+from lossbook.search.engine import SEARCH_PRESETS, Setting, auto_setting, search_dir, search_setting
+from lossbook.core.stats import paired_gain, verdict
 
 #: the 24 settings, MNIST first (cheaper), in the order the grid runs them
 SETTINGS = tuple(f"{d}-{n}-{t}-{norm}" for d in DATASETS for t in TRAININGS for n in NETS for norm in NORMS)
@@ -112,9 +112,9 @@ def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | 
     """Per-image outcomes (broken or not) of the best loss and CE/C&W/DLR on held-out images under
     PGD-``s`` for each ``s`` in ``plan.heldout_steps``; cached in ``heldout-<tag>.npz`` + ``.json``
     beside the runs and reused only for the same request."""
-    from . import data
-    from .attacks import evaluate_losses, evaluation_set
-    from .train import load_model
+    from lossbook.core import data
+    from lossbook.core.attacks import evaluate_losses, evaluation_set
+    from lossbook.core.train import load_model
 
     folder = search_dir(setting, plan.preset, root)
     request = {"setting": asdict(setting), "formula": best["best"], "run_seed": best["seed"],
@@ -196,7 +196,7 @@ def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progre
     """Search and judge every setting (default: all 24) at ``scale``; returns ``summary.csv``'s path.
 
     ``backend="ray"`` runs the runs and held-out checks as Ray tasks on the cluster at ``address``
-    (:mod:`lossbook.cluster`); the results are the same files.
+    (:mod:`lossbook.runner`); the results are the same files.
     """
     check_choice("scale", scale, SCALES)
     check_choice("backend", backend, BACKENDS)
@@ -205,14 +205,14 @@ def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progre
     for s in settings:
         check_choice("setting", s, SETTINGS)
     if plan.scale == "smoke":
-        from .train import ensure_trained
+        from lossbook.core.train import ensure_trained
 
         ensure_trained(sorted({s.split("-")[0] for s in settings}), list(NETS), list(TRAININGS), "smoke",
                        progress=progress)
     for name in settings:  # the eps of every setting first, on the driver (calibration.json is shared)
         grid_setting(name, plan, root)
     if backend == "ray":
-        from .cluster import run_grid_ray
+        from lossbook.runner import run_grid_ray
 
         rows = run_grid_ray(plan, settings, Path(root or RESULTS_DIR / "search"), address, progress, log)
         return write_summary(list(rows.values()), plan, root)

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import store
-from .config import RESULTS_DIR, check_choice, train_config
-from .grid import SETTINGS, GridPlan, heldout_outcomes, paper_gain
-from .search import (SEARCH_PRESETS, Setting, auto_setting, parse_setting, run_request, search_dir,
+from lossbook import store
+from lossbook.config import RESULTS_DIR, check_choice, train_config
+from lossbook.chapters.gp_search import SETTINGS, GridPlan, heldout_outcomes, paper_gain
+from lossbook.search.engine import (SEARCH_PRESETS, Setting, auto_setting, parse_setting, run_request, search_dir,
                      search_setting)
-from . import data
-from .attacks import evaluate_losses, evaluation_set, pgd
-from .losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula, released_loss
-from .train import ensure_trained, load_model
-from .stats import direction, exact_gain, holm, pooled_gain, size_verdict
+from lossbook.core import data
+from lossbook.core.attacks import evaluate_losses, evaluation_set, pgd
+from lossbook.core.losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula, released_loss
+from lossbook.core.train import ensure_trained, load_model
+from lossbook.core.stats import direction, exact_gain, holm, pooled_gain, size_verdict
 
 #: the protocol's band: Table III's eps is kept where CE-PGD-10's R'' lies in it
 KEEP_BAND = (0.65, 0.75)
@@ -60,7 +60,7 @@ class ArmPlan:
         return tuple(dict(self.seeds)[dataset])
 
     def heldout_plan(self, dataset: str) -> GridPlan:
-        """The held-out check of :mod:`lossbook.grid` with this arm's images, steps and folder."""
+        """The held-out check of :mod:`lossbook.chapters.gp_search` with this arm's images, steps and folder."""
         return GridPlan(self.scale_of(dataset), self.preset, len(self.seeds_of(dataset)), 0, self.heldout_images,
                         self.heldout_steps, self.heldout_seed)
 

@@ -13,8 +13,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .config import DATASETS, NETS, check_choice
-from .data import SHAPES
+from lossbook.config import DATASETS, NETS, check_choice
+from lossbook.core.data import SHAPES
 
 # Table II as data: ("conv", kernel, channels, bn_relu) | ("pool",) | ("gap",)
 TABLE_II = {

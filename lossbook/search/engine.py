@@ -3,14 +3,14 @@
 Read top to bottom, the set-up follows the paper's Section IV-C:
 
 1. *Search space*: a DEAP ``PrimitiveSet`` with inputs ``p`` (logits) and ``q`` (one-hot label),
-   the constants 0 and 1, and the 12 primitives of Table I (:mod:`lossbook.losses`).
+   the constants 0 and 1, and the 12 primitives of Table I (:mod:`lossbook.core.losses`).
 2. *Initialisation*: ``ps`` trees by ramped half-and-half, depths ``init_depth`` (2..5 by default).
 3. *Evaluation*: fitness = R'' reached by PGD-10 with the tree as surrogate on the evaluation set
    (the first n test images the model classifies correctly); NaN/Inf or an exception gives 0. All
-   new trees of a generation are attacked together (:func:`lossbook.attacks.evaluate_losses`), with
+   new trees of a generation are attacked together (:func:`lossbook.core.attacks.evaluate_losses`), with
    the same random starts, so a tree's fitness depends on its formula only: it is cached by
    formula, and by behaviour -- trees whose logit gradients point the same way share one attack
-   (:mod:`lossbook.fitness`; ``semantic_cache=False`` turns that off).
+   (:mod:`lossbook.search.fitness`; ``semantic_cache=False`` turns that off).
 4. *Selection*: ``st`` tournaments of size ``ts``.
 5. *Crossover and mutation*: one-point crossover with probability ``cp``, uniform subtree mutation
    with probability ``mp`` (DEAP's ``varAnd``); trees higher than ``md`` are refused (static limit).
@@ -34,12 +34,12 @@ import torch
 from deap import algorithms, base, creator, gp, tools
 from tqdm.auto import tqdm
 
-from . import store
-from .attacks import evaluate_losses
-from .fitness import COUNTERS, Evaluator  # noqa: F401 (Evaluator is part of this module's API)
-from .config import (DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, check_dataset_eps,
+from lossbook import store
+from lossbook.core.attacks import evaluate_losses
+from lossbook.search.fitness import COUNTERS, Evaluator  # noqa: F401 (Evaluator is part of this module's API)
+from lossbook.config import (DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, check_dataset_eps,
                      paper_eps, quiet)
-from .losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, PRIMITIVES, compile_formula, formula_size, pretty
+from lossbook.core.losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, PRIMITIVES, compile_formula, formula_size, pretty
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ class GPConfig:
     steps: int = 10  # PGD steps of the fitness attack
     hof: int = 10  # hall-of-fame size
     seed_losses: tuple = ()  # handcrafted trees put into the initial population (not in the paper)
-    semantic_cache: bool = True  # share one attack among trees of equal behaviour (lossbook.fitness)
+    semantic_cache: bool = True  # share one attack among trees of equal behaviour (lossbook.search.fitness)
 
     def identity(self) -> dict:
         """What defines the search (everything but how its fitness is computed): runs made with equal
@@ -81,10 +81,10 @@ SEARCH_PRESETS = {
     # holds the CE, C&W and margin trees (a labelled departure from the paper).
     "cpu": GPConfig(gn=15, ps=40, st=40, n_images=400, seed_losses=("ce", "cw", "margin")),
     "paper": GPConfig(),
-    # the 24-setting grid on the cpu models (lossbook.grid): a larger budget made affordable by the
+    # the 24-setting grid on the cpu models (lossbook.chapters.gp_search): a larger budget made affordable by the
     # semantic cache, and the paper's initialisation (random trees only) unless a run is seeded
     "grid": GPConfig(gn=GRID_GENERATIONS, ps=GRID_POPULATION, st=GRID_POPULATION, n_images=400),
-    # Question 1's paper arm (lossbook.paper_arm, book/protocol_q1.md): the grid's budget, unseeded runs
+    # Question 1's paper arm (lossbook.chapters.paper_arm, book/protocol_q1.md): the grid's budget, unseeded runs
     # only, on the models of the protocol; identical to "grid" so that the grid's unseeded runs of the
     # same setting and eps answer the same request
     "paper-arm": GPConfig(gn=GRID_GENERATIONS, ps=GRID_POPULATION, st=GRID_POPULATION, n_images=400),
@@ -171,7 +171,7 @@ def toolbox(pset: gp.PrimitiveSet, cfg: GPConfig) -> base.Toolbox:
 def tree_from_formula(formula: str, pset: gp.PrimitiveSet | None = None):
     """A DEAP individual from its formula string (the inverse of ``str(tree)``). The formula is checked
     against the primitives first: DEAP's parser evaluates tokens it does not know."""
-    from .losses import check_formula
+    from lossbook.core.losses import check_formula
 
     check_formula(formula)
     _creator()
@@ -365,9 +365,9 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
     Each finished run is saved as ``run-<seed>.json`` (config, best loss, CE/C&W/DLR baselines on
     the same set, logbook) and ``run-<seed>.csv`` (per-generation statistics).
     """
-    from . import data
-    from .attacks import evaluation_set
-    from .train import load_model
+    from lossbook.core import data
+    from lossbook.core.attacks import evaluation_set
+    from lossbook.core.train import load_model
 
     check_choice("search preset", scale, SEARCH_PRESETS)
     cfg = cfg or SEARCH_PRESETS[scale]
@@ -380,7 +380,7 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
         return [store.load(p, request(seed + r)) for r in range(runs)
                 if store.matches(p := out / f"run-{seed + r}.json", request(seed + r))]
     if model_scale == "smoke":  # smoke models cost seconds: train them where missing
-        from .train import ensure_trained
+        from lossbook.core.train import ensure_trained
 
         ensure_trained([setting.dataset], [setting.net], [setting.training], "smoke", progress=progress)
     model = load_model(setting.dataset, setting.net, setting.training, model_scale, device=device)
@@ -455,9 +455,9 @@ def _calibration(key: str, dataset: str, net: str, training: str, scale: str, n_
                  root: Path | None, device) -> dict:
     """An entry of ``results/search/<scale>/calibration.json``; ``compute(model, x, y)`` makes it when
     missing, on the model's evaluation set (first ``n_images`` correctly classified test images)."""
-    from . import data
-    from .attacks import evaluation_set
-    from .train import load_model
+    from lossbook.core import data
+    from lossbook.core.attacks import evaluation_set
+    from lossbook.core.train import load_model
 
     path = (root or RESULTS_DIR / "search") / scale / "calibration.json"
     request = {"what": "eps calibration", "scale": scale}
@@ -492,9 +492,9 @@ def heldout_check(setting: Setting, scale: str, runs: list[dict], n: int | None 
     re-evaluated on the next ``n`` correctly classified test images (after the search's), with new
     random starts; saved as ``heldout.json`` beside the runs.
     """
-    from . import data
-    from .attacks import evaluation_set
-    from .train import load_model
+    from lossbook.core import data
+    from lossbook.core.attacks import evaluation_set
+    from lossbook.core.train import load_model
 
     best = max(runs, key=lambda r: r["best_fitness"])
     n_search = best["gp"]["n_images"]

@@ -1,6 +1,6 @@
 """Chapter 07: how far each attack's estimate R'' sits from the exact adversarial risk R.
 
-On small ReLU MLPs, :mod:`lossbook.exact` decides every image (robust / vulnerable / unknown), so R
+On small ReLU MLPs, :mod:`lossbook.core.exact` decides every image (robust / vulnerable / unknown), so R
 is known; every attack the book has runs on the same images, and its approximation error is
 ``E = R - R''`` (an interval where some image stayed unknown).
 
@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, exact, store
-from .attacks import evaluate_losses, evaluation_set, fgsm, lp_norm, pgd
-from .config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps
-from .losses import HANDCRAFTED
-from .models import build_model, predict
+from lossbook.core import data, exact
+from lossbook import store
+from lossbook.core.attacks import evaluate_losses, evaluation_set, fgsm, lp_norm, pgd
+from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps
+from lossbook.core.losses import HANDCRAFTED
+from lossbook.core.models import build_model, predict
 
 TRAININGS_EXACT = ("st", "fgsm", "pgd")
 
@@ -117,7 +118,7 @@ def _model_request(spec: ExactModel, cfg) -> dict:
 
 
 def _train(spec: ExactModel, cfg, progress: bool) -> torch.nn.Module:
-    from . import atras
+    from lossbook.chapters import atras_sweep as atras
 
     x, y, _, _ = atras.load_splits(cfg)
     torch.manual_seed(cfg.seed)
@@ -147,7 +148,7 @@ def _pgd_adversary(spec: ExactModel):
 def load_verified_model(name: str, scale: str, train: bool = True, progress: bool = False,
                         root: Path | None = None) -> torch.nn.Module:
     """A verified model (trained as :data:`MODELS` says at ``scale``, saved as arrays with its record)."""
-    from . import atras
+    from lossbook.chapters import atras_sweep as atras
 
     check_choice("verified model", name, MODELS)
     spec = MODELS[name]
@@ -232,9 +233,9 @@ def attack_outcomes(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: flo
 
 def searched_loss_for(model, study: Study, scale: str, root: Path | None = None, progress: bool = False):
     """A loss searched by GP on this model (on the test images after the verified ones), saved as a run."""
-    from .fitness import Evaluator
-    from .losses import compile_formula
-    from .search import CHECKPOINT_SUFFIX, SEARCH_PRESETS, run_search
+    from lossbook.search.fitness import Evaluator
+    from lossbook.core.losses import compile_formula
+    from lossbook.search.engine import CHECKPOINT_SUFFIX, SEARCH_PRESETS, run_search
 
     cfg = SEARCH_PRESETS["smoke" if scale == "smoke" else "cpu"]
     spec = MODELS[study.model]
@@ -282,7 +283,7 @@ def exact_path(study: Study, scale: str, root: Path | None = None) -> Path:
 def run_study(study: Study, scale: str, root: Path | None = None, progress: bool = True, backend: str = "local",
               address: str | None = None, shard: int = 50) -> pd.DataFrame:
     """Verify every image of ``study`` and run every attack on them; one row per image (resumable). With
-    ``backend="ray"`` the verification runs as Ray tasks over shards of images (:mod:`lossbook.cluster`)."""
+    ``backend="ray"`` the verification runs as Ray tasks over shards of images (:mod:`lossbook.runner`)."""
     check_choice("backend", backend, ("local", "ray"))
     spec = MODELS[study.model]
     model = load_verified_model(study.model, scale, progress=progress, root=root)
@@ -290,7 +291,7 @@ def run_study(study: Study, scale: str, root: Path | None = None, progress: bool
     folder = study_dir(scale, root)
     request = exact_request(study)
     if backend == "ray":
-        from .cluster import verify_study_ray
+        from lossbook.runner import verify_study_ray
 
         verify_study_ray(study, scale, root, address, shard=shard, progress=progress)
     rows = exact.verify_set(model, x, y, study.norm, study.eps, exact_path(study, scale, root), request,
@@ -330,7 +331,7 @@ def gap_table(table: pd.DataFrame, norm: str) -> pd.DataFrame:
 
     The interval of E is Clopper-Pearson's on the count of images that are vulnerable (or unknown, for
     the upper end) and that the attack did not break: E is the share of such images."""
-    from .stats import risk_interval
+    from lossbook.core.stats import risk_interval
 
     n = len(table)
     vuln = (table["status"] == "vulnerable").to_numpy()
@@ -403,7 +404,7 @@ def chapter_studies(chosen: list[Study], scale: str, compute: bool, progress: bo
 
 def risk_table(results: dict) -> pd.DataFrame:
     """Table 7.1: per study, the exact verdicts, R with its 95% interval, solve times and unstable neurons."""
-    from .stats import risk_interval
+    from lossbook.core.stats import risk_interval
 
     rows = []
     for name, (st, t) in results.items():
@@ -475,7 +476,7 @@ def takeaway(results: dict) -> str:
 
 def unfound(results: dict, scale: str, root: Path | None = None, max_shown: int = 6) -> dict:
     """Figure 7.2's data: images no attack broke, with the solver's counterexamples (arguments of
-    :func:`lossbook.plots.unfound_examples`)."""
+    :func:`lossbook.publish.plots.unfound_examples`)."""
     out = {"images": [], "counterexamples": [], "labels": [], "predictions": [], "titles": []}
     for name, (st, t) in results.items():
         spec = MODELS[st.model]

@@ -1,6 +1,6 @@
 """The 3-class toy of AutoLoss-AR Section III-A (Eq. 3): f(x) = softmax(W x), x in [-1, 1]^2.
 
-The attacks of :mod:`lossbook.attacks` work in the box [0, 1]^d, so the toy model reads
+The attacks of :mod:`lossbook.core.attacks` work in the box [0, 1]^d, so the toy model reads
 u = (x + 1) / 2 in [0, 1]^2. Distances scale by 1/2 in every norm: a ball of radius eps around x
 is the ball of radius eps / 2 around u.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import NORMS, RESULTS_DIR, check_choice
+from lossbook.config import NORMS, RESULTS_DIR, check_choice
 
 #: The weights of Eq. 3.
 W = torch.tensor([[0.2, 0.8], [0.9, 0.4], [0.3, 0.9]])
@@ -235,7 +235,7 @@ TOY_SEARCH = {  # GP budget on the toy: attacks on 2-d points cost next to nothi
 
 def search_toy_loss(norm: str, eps: float, scale: str, n_points: int = 500, seed: int = 0) -> dict:
     """GP search (PGD-10 fitness) for a surrogate on the toy, on the sample drawn with ``seed``."""
-    from .search import Evaluator, GPConfig, Setting, run_search
+    from lossbook.search.engine import Evaluator, GPConfig, Setting, run_search
 
     check_choice("scale", scale, tuple(TOY_SEARCH))
     x, y = sample(n_points, seed)
@@ -248,7 +248,7 @@ def risk_table(norm: str, eps: float, surrogates: dict, n_points: int = 1000, se
                steps: tuple = (10, 100)) -> list[dict]:
     """Exact R and PGD estimates R'' for each surrogate on ``n_points`` toy points (drawn with
     ``seed``), eps in the toy's [-1, 1]^2 units. One row per (surrogate, steps), with E = R - R''."""
-    from .attacks import evaluate_losses
+    from lossbook.core.attacks import evaluate_losses
 
     x, y = sample(n_points, seed)
     R, _ = exact_risk(x, y, eps, norm)
@@ -307,8 +307,8 @@ def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, se
     parameters match."""
     import pandas as pd
 
-    from . import store
-    from .losses import HANDCRAFTED, compile_formula
+    from lossbook import store
+    from lossbook.core.losses import HANDCRAFTED, compile_formula
 
     folder = (root or RESULTS_DIR / "toy") / scale
     config = {"norms": list(norms), "eps": {n: float(eps[n]) for n in norms}, "n_points": n_points, "seed": seed,
@@ -348,7 +348,7 @@ def sliders() -> None:
     import ipywidgets as widgets
     from IPython.display import display
 
-    from .config import NORMS
+    from lossbook.config import NORMS
 
     controls = {"a": widgets.FloatSlider(value=-0.9, min=-1, max=1, step=0.01, description="centre a"),
                 "b": widgets.FloatSlider(value=0.0, min=-1, max=1, step=0.01, description="centre b"),
@@ -416,7 +416,7 @@ def conclusion(df, n_points: int) -> str:
     """Chapter 01's closing paragraph, computed from its risk table: per norm, the tightest surrogate and
     CE's error E (the share of the ``n_points`` points broken exactly but not by PGD, with a 95%
     Clopper-Pearson interval), and what more PGD steps changed."""
-    from .stats import count_interval
+    from lossbook.core.stats import count_interval
 
     top, low = df["steps"].max(), df["steps"].min()
     lines = []

@@ -1,0 +1,1 @@
+"""The chapters' computations, one module per notebook, and the chapter registry."""
