@@ -28,10 +28,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lossbook.core import data
-from lossbook.core.attacks import (CHUNK_CANDIDATES, default_chunk, evaluate_losses, evaluation_set, measure_chunk,
-                              project, step_sizes)
 from lossbook.config import paper_eps
+from lossbook.core import data
+from lossbook.core.attacks import (
+    CHUNK_CANDIDATES,
+    default_chunk,
+    evaluate_losses,
+    evaluation_set,
+    measure_chunk,
+    project,
+    step_sizes,
+)
 from lossbook.core.losses import HANDCRAFTED, compile_formula, per_sample
 from lossbook.core.train import load_model
 

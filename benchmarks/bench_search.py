@@ -19,9 +19,10 @@ import torch
 
 from lossbook.core import data
 from lossbook.core.attacks import evaluation_set
-from lossbook.search.fitness import Evaluator
-from lossbook.search.engine import SEARCH_PRESETS, auto_setting, parse_setting, run_search, with_overrides
 from lossbook.core.train import load_model
+from lossbook.search.engine import run_search, with_overrides
+from lossbook.search.fitness import Evaluator
+from lossbook.search.settings import SEARCH_PRESETS, auto_setting, parse_setting
 
 
 def one_run(model, x, y, setting, cfg, seed: int, semantic: bool) -> tuple[dict, Evaluator]:

@@ -28,7 +28,7 @@ wait
 for m in net1-st net2-st net1-at net2-at; do
   [ -f "results/models/paper/mnist-$m.pt" ] || { echo "mnist-$m: not trained yet"; continue; }
   for norm in linf l1 l2; do
-    [ "$(left)" -gt 10 ] && timeout -k 10 -s INT "$(left)" $PY -c "from lossbook.search.engine import auto_setting as a; \
+    [ "$(left)" -gt 10 ] && timeout -k 10 -s INT "$(left)" $PY -c "from lossbook.search.settings import auto_setting as a; \
 print(a('mnist', '${m%-*}', '${m#*-}', '$norm', 'paper', n_images=1000))" >> "$OUT/logs/calibration.log" 2>&1
   done
 done

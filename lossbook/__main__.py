@@ -76,7 +76,9 @@ def _train(args) -> None:
 
 def _search(args) -> None:
     from lossbook.config import check_dataset_eps
-    from lossbook.search.engine import SEARCH_PRESETS, resolve_setting, search_setting, with_overrides
+    from lossbook.search.engine import with_overrides
+    from lossbook.search.runs import search_setting
+    from lossbook.search.settings import SEARCH_PRESETS, resolve_setting
 
     cfg = with_overrides(SEARCH_PRESETS[args.scale], gn=args.generations, ps=args.population,
                          st=args.population, n_images=args.images, semantic_cache=args.semantic_cache)
@@ -106,7 +108,6 @@ def _grid(args) -> None:
 
 def _paper_arm(args) -> None:
     from lossbook.chapters.gp_search import SETTINGS as SETTINGS_ALL
-
     from lossbook.chapters.paper_arm import run_arm
 
     settings = args.settings or [s for s in SETTINGS_ALL if s.split("-")[0] in args.datasets]
@@ -114,8 +115,14 @@ def _paper_arm(args) -> None:
 
 
 def _atras(args) -> None:
-    from lossbook.chapters.atras_sweep import (atras_config, chapter_architectures, dataset_results, depth_summary, failure_architectures,
-                        transfer_architectures)
+    from lossbook.chapters.atras_sweep import (
+        atras_config,
+        chapter_architectures,
+        dataset_results,
+        depth_summary,
+        failure_architectures,
+        transfer_architectures,
+    )
 
     archs = chapter_architectures("all" if args.architectures is None else ",".join(map(str, args.architectures)),
                                   args.scale)

@@ -34,6 +34,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from lossbook import __version__
+
 KINDS = ("table", "json", "arrays")
 
 
@@ -75,8 +77,6 @@ def _settle(path: Path) -> None:
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version and, in a git checkout, the commit (``+dirty`` with uncommitted changes)."""
-    from lossbook import __version__
-
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,

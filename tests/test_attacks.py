@@ -214,7 +214,7 @@ def test_returned_points_never_leave_the_ball(norm, eps, trained_mlp, mnist_smal
 def test_eps_beyond_the_box_is_refused_in_one_line():
     """eps = 50 under l_inf used to pass and report R = 1; each norm has a largest meaningful radius."""
     from lossbook.core.attacks import check_eps, largest_eps, pgd
-    from lossbook.search.engine import make_setting
+    from lossbook.search.settings import make_setting
 
     assert largest_eps("linf", 784) == 1.0 and largest_eps("l2", 784) == 28.0 and largest_eps("l1", 784) == 784.0
     with pytest.raises(ValueError, match=r"^eps=50 under linf is not allowed for inputs in \[0, 1\]\^784; allowed: 0 < eps <= 1 "):

@@ -50,8 +50,9 @@ def _arm_rows():
 
 
 def test_the_introduction_answers_question_1_from_the_paper_arm(tmp_path, monkeypatch):
+    from lossbook.chapters import gp_search as grid
+    from lossbook.chapters import paper_arm
     from lossbook.publish import build as book
-    from lossbook.chapters import gp_search as grid, paper_arm
 
     monkeypatch.setattr(grid, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
@@ -69,8 +70,8 @@ def test_the_introduction_answers_question_1_from_the_paper_arm(tmp_path, monkey
 
 
 def test_results_at_a_glance_counts_verdicts_and_says_what_was_not_run(tmp_path, monkeypatch):
-    from lossbook.publish import glance
     from lossbook.chapters import paper_arm
+    from lossbook.publish import glance
 
     monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
     paper_arm.write_summary(_arm_rows(), paper_arm.ARMS["paper"])
@@ -139,8 +140,8 @@ def test_glance_exact_rows_from_the_committed_studies():
 def test_the_reproducing_inventory_describes_every_committed_summary():
     """Every committed summary (grid and paper arm) gets a row with its scale and what made it: the CI
     failure of a paper-arm summary without a 'scale' key in its request must not come back."""
-    from lossbook.publish.build import results_inventory
     from lossbook.config import RESULTS_DIR
+    from lossbook.publish.build import results_inventory
 
     rows = {r["result"]: r for r in results_inventory()}
     summaries = sorted(p.relative_to(RESULTS_DIR.parent).as_posix() for p in RESULTS_DIR.glob("search/*/summary.csv")
@@ -174,9 +175,9 @@ def test_the_glance_page_sorts_claims_and_draws_question_1(tmp_path, monkeypatch
     import matplotlib
 
     matplotlib.use("Agg")
-    from lossbook.publish import glance, plots
     from lossbook.chapters import paper_arm
     from lossbook.chapters.gp_search import SETTINGS, paper_gain
+    from lossbook.publish import glance, plots
 
     monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)
     paper_arm.write_summary(_arm_rows(), paper_arm.ARMS["paper"])

@@ -38,14 +38,14 @@ class Recorder:
 def spies(monkeypatch):
     """Recorders in place of every function a CLI command hands its work to."""
     import lossbook.chapters.atras_sweep as atras
-    import lossbook.publish.build as book
     import lossbook.chapters.exact_risk as gap
     import lossbook.chapters.gp_search as grid
     import lossbook.chapters.landscape as landscape
     import lossbook.chapters.paper_arm as paper_arm
+    import lossbook.core.train as train
+    import lossbook.publish.build as book
     import lossbook.publish.reproduce as reproduce
     import lossbook.search.engine as search
-    import lossbook.core.train as train
 
     s = {
         "train": Recorder({"test_acc": 0.5, "train_seconds": 1.0}),

@@ -16,8 +16,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from lossbook.chapters import gp_search as G  # noqa: E402
 from lossbook import store  # noqa: E402
+from lossbook.chapters import gp_search as G  # noqa: E402
 from lossbook.runner import read_events  # noqa: E402
 
 pytestmark = pytest.mark.cluster

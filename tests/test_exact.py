@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from lossbook.chapters import toy_inconsistency as toy
 from lossbook.core import attacks as A
 from lossbook.core import exact as X
 from lossbook.core import losses as L
-from lossbook.chapters import toy_inconsistency as toy
 
 pytest.importorskip("highspy")
 

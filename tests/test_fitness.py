@@ -4,9 +4,10 @@ import random
 import pytest
 import torch
 
-from lossbook.search import fitness as Fit
-from lossbook.search import engine as S
 from lossbook.core.losses import HANDCRAFTED, HANDCRAFTED_FORMULAS
+from lossbook.search import engine as S
+from lossbook.search import fitness as Fit
+from lossbook.search import settings as SS
 
 CE = HANDCRAFTED_FORMULAS["ce"]
 
@@ -16,7 +17,7 @@ def toy():
     from lossbook.chapters.toy_inconsistency import ToyModel, sample, to_unit
 
     x, y = sample(200, seed=0)
-    return ToyModel(), to_unit(x), y, S.Setting("toy", "linear", "st", "linf", 0.1)
+    return ToyModel(), to_unit(x), y, SS.Setting("toy", "linear", "st", "linf", 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def test_a_checkpoint_of_another_eps_is_refused(toy, tmp_path):
     cfg = S.GPConfig(gn=3, ps=12, st=12, hof=3)
     ckpt = tmp_path / "run.ckpt.json"
     S.run_search(Fit.Evaluator(model, x, y, setting), cfg, seed=0, checkpoint=ckpt, progress=False, stop_after=1)
-    other = S.Setting("toy", "linear", "st", "linf", 0.2)
+    other = SS.Setting("toy", "linear", "st", "linf", 0.2)
     with pytest.raises(ValueError, match=r"run.ckpt.json: checkpoint made for another request \(differs in setting"):
         S.run_search(Fit.Evaluator(model, x, y, other), cfg, seed=0, checkpoint=ckpt, progress=False)
     ckpt.write_bytes(b"truncated")

@@ -113,8 +113,8 @@ def test_the_conclusion_names_the_dominant_explanation():
 
 
 def test_q3_is_counted_once_for_the_chapter_and_the_glance_page():
-    from lossbook.publish import glance
     from lossbook.chapters import landscape as LS
+    from lossbook.publish import glance
 
     meta = {"outcomes": {"searched only, optimization": 1, "searched only, consistency": 9, "searched only": 10,
                          "images": 50, "CE only": 2}}

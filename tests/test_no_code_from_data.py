@@ -58,27 +58,28 @@ def test_a_model_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
 
 
 def test_a_search_checkpoint_is_json_and_a_pickle_in_its_place_is_refused(tmp_path):
-    from lossbook.search.engine import _load_checkpoint, checkpoint_path
+    from lossbook.search.engine import checkpoint_path, load_checkpoint
 
     marker = tmp_path / "ran"
     path = checkpoint_path(tmp_path, 0)
     assert path.name == "run-0.ckpt.json"
     path.write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(ValueError) as exc:
-        _load_checkpoint(path, {"seed": 0})
+        load_checkpoint(path, {"seed": 0})
     assert "unreadable search checkpoint" in _one_line(exc) and "a checkpoint is plain JSON" in str(exc.value)
     assert not marker.exists()
     path.write_text(json.dumps([1, 2]))
     with pytest.raises(ValueError, match="a JSON list, not an object"):
-        _load_checkpoint(path, {"seed": 0})
+        load_checkpoint(path, {"seed": 0})
 
 
 def test_an_old_pickle_checkpoint_beside_a_run_is_never_read(tmp_path, data_available, monkeypatch):
-    from lossbook.search import engine as S
+    from lossbook.search import runs as SR
+    from lossbook.search import settings as SS
 
     marker = tmp_path / "ran"
-    setting = S.make_setting("mnist", "net1", "st", "linf", 0.05)
-    folder = S.search_dir(setting, "smoke", tmp_path)
+    setting = SS.make_setting("mnist", "net1", "st", "linf", 0.05)
+    folder = SR.search_dir(setting, "smoke", tmp_path)
     folder.mkdir(parents=True)
     (folder / "run-0.ckpt.pkl").write_bytes(pickle.dumps(Payload(marker)))
     class Reached(Exception):
@@ -87,9 +88,9 @@ def test_an_old_pickle_checkpoint_beside_a_run_is_never_read(tmp_path, data_avai
     def reached(*a, **k):
         raise Reached
 
-    monkeypatch.setattr(S, "run_search", reached)
+    monkeypatch.setattr(SR, "run_search", reached)
     with pytest.raises(Reached):  # the run starts anew: the old pickle is left alone, unread
-        S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False)
+        SR.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False)
     assert not marker.exists()
 
 

@@ -107,7 +107,7 @@ def test_uses_label():
 def smoke_arm(tmp_path_factory, data_available):
     """The smoke arm on one setting, with its seed-0 run made earlier by the 'smoke' preset (same request)."""
     from lossbook.chapters import paper_arm as A
-    from lossbook.search.engine import search_setting
+    from lossbook.search.runs import search_setting
 
     root = tmp_path_factory.mktemp("arm")
     plan = replace(A.ARMS["smoke"], reuse=("smoke",))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lossbook.publish import params as P
 from lossbook.__main__ import main
+from lossbook.publish import params as P
 
 NBS = Path(__file__).resolve().parent.parent / "nbs"
 

@@ -4,9 +4,13 @@ import pytest
 import torch
 from deap import gp
 
-from lossbook.search import engine as S
 from lossbook import store
+from lossbook.chapters import gp_search as G
 from lossbook.core.losses import compile_formula, cross_entropy
+from lossbook.search import engine as S
+from lossbook.search import fitness as Fit
+from lossbook.search import runs as SR
+from lossbook.search import settings as SS
 
 CFG = S.GPConfig(gn=3, ps=16, st=16, n_images=200, hof=3)
 
@@ -17,12 +21,12 @@ def toy():
     from lossbook.chapters.toy_inconsistency import ToyModel, sample, to_unit
 
     x, y = sample(200, seed=0)
-    return ToyModel(), to_unit(x), y, S.Setting("toy", "linear", "st", "linf", 0.1)
+    return ToyModel(), to_unit(x), y, SS.Setting("toy", "linear", "st", "linf", 0.1)
 
 
 def _evaluator(toy, seed=0):
     model, x, y, setting = toy
-    return S.Evaluator(model, x, y, setting, steps=10, seed=seed)
+    return Fit.Evaluator(model, x, y, setting, steps=10, seed=seed)
 
 
 def test_search_finds_a_loss_at_least_as_good_as_ce(toy):
@@ -37,14 +41,14 @@ def test_search_finds_a_loss_at_least_as_good_as_ce(toy):
 
 
 def test_formula_cache_never_changes_results(toy):
-    class NoCache(S.Evaluator):
+    class NoCache(Fit.Evaluator):
         def __call__(self, formulas):
             self.cache.clear()
             return super().__call__(formulas)
 
     model, x, y, setting = toy
     cfg = S.GPConfig(gn=5, ps=40, st=40, hof=3, semantic_cache=False)
-    cached = S.run_search(S.Evaluator(model, x, y, setting, semantic=False), cfg, seed=2, progress=False)
+    cached = S.run_search(Fit.Evaluator(model, x, y, setting, semantic=False), cfg, seed=2, progress=False)
     uncached = S.run_search(NoCache(model, x, y, setting, seed=0, semantic=False), cfg, seed=2, progress=False)
     keep = ("generation", "asked", "max", "mean", "min", "best_so_far", "size_mean")
     strip = lambda log: [{k: r[k] for k in keep} for r in log]
@@ -90,7 +94,7 @@ def test_a_full_disk_during_a_checkpoint_loses_nothing(toy, tmp_path, monkeypatc
     assert calls[0] == 3 and json.loads(ckpt.read_text()) and not list(tmp_path.glob("*.tmp"))
     calls = []
 
-    class Counting(S.Evaluator):
+    class Counting(Fit.Evaluator):
         def __call__(self, formulas):
             calls.append(len(formulas))
             return super().__call__(formulas)
@@ -106,13 +110,13 @@ def test_an_eps_that_lets_ce_break_every_image_is_named_in_one_line(data_availab
     from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1"], ["st"], "smoke", root=tmp_path, progress=False)
-    cfg = S.with_overrides(S.SEARCH_PRESETS["smoke"], gn=1, ps=4, st=4, n_images=16)
-    S.search_setting(S.make_setting("mnist", "net1", "st", "linf", 1.0), "smoke", runs=1, cfg=cfg, root=tmp_path,
+    cfg = S.with_overrides(SS.SEARCH_PRESETS["smoke"], gn=1, ps=4, st=4, n_images=16)
+    SR.search_setting(SS.make_setting("mnist", "net1", "st", "linf", 1.0), "smoke", runs=1, cfg=cfg, root=tmp_path,
                      progress=False)
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err == ["note: mnist-net1-st-linf at eps=1: CE-PGD-10 already breaks every image, so no loss can do "
                    "better; a smaller eps (the paper's rule: R'' about 0.7) is needed"]
-    S.search_setting(S.make_setting("mnist", "net1", "st", "linf", 0.01), "smoke", runs=1, cfg=cfg, root=tmp_path,
+    SR.search_setting(SS.make_setting("mnist", "net1", "st", "linf", 0.01), "smoke", runs=1, cfg=cfg, root=tmp_path,
                      progress=False)
     assert "already breaks" not in capsys.readouterr().err  # control: a small eps leaves images unbroken
 
@@ -151,29 +155,29 @@ def test_loss_loaded_by_name_from_results(toy, tmp_path):
     folder.mkdir(parents=True)
     for seed, formula, fit in [(0, "Neg(Sum(Mul(q, Log(Softmax(p)))))", 0.5), (1, "Mul(Log(Softmax(p)), q)", 0.6)]:
         store.save(folder / f"run-{seed}.json", {"seed": seed, "best": formula, "best_fitness": fit}, {"seed": seed})
-    loss = S.load_searched_loss("mnist-net1-st-linf", "cpu", root=tmp_path)
+    loss = SR.load_searched_loss("mnist-net1-st-linf", "cpu", root=tmp_path)
     torch.manual_seed(0)  # unseeded inputs made the atol=1e-4 comparison with CE fail now and then
     p, q = torch.randn(4, 10), torch.eye(10)[:4]
     assert torch.allclose(loss(p, q), compile_formula("Mul(Log(Softmax(p)), q)")(p, q))
-    assert torch.allclose(S.load_searched_loss("mnist-net1-st-linf", "cpu", run=0, root=tmp_path)(p, q),
+    assert torch.allclose(SR.load_searched_loss("mnist-net1-st-linf", "cpu", run=0, root=tmp_path)(p, q),
                           cross_entropy(p, q), atol=1e-4)
     with pytest.raises(FileNotFoundError, match="no search results for 'cifar10-net1-st-linf'"):
-        S.load_runs("cifar10-net1-st-linf", "cpu", root=tmp_path)
+        SR.load_runs("cifar10-net1-st-linf", "cpu", root=tmp_path)
 
 
 def test_calibration_reaches_the_target(toy):
     model, x, y, _ = toy
-    eps = S.calibrate_eps(model, x, y, "linf", target=0.7, tol=0.02)
-    r = S.Evaluator(model, x, y, S.Setting("mnist", "mlp", "st", "linf", eps), seed=0).handcrafted()["ce"]
+    eps = SS.calibrate_eps(model, x, y, "linf", target=0.7, tol=0.02)
+    r = Fit.Evaluator(model, x, y, SS.Setting("mnist", "mlp", "st", "linf", eps), seed=0).handcrafted()["ce"]
     assert abs(r - 0.7) <= 0.05
 
 
 def test_paper_preset_is_table_iv():
-    c = S.SEARCH_PRESETS["paper"]
+    c = SS.SEARCH_PRESETS["paper"]
     assert (c.gn, c.md, c.ps, c.ts, c.st, c.cp, c.mp) == (100, 25, 200, 3, 200, 0.5, 0.3)
-    assert S.make_setting("cifar10", "net1", "at", "l1").eps == 34.0
+    assert SS.make_setting("cifar10", "net1", "at", "l1").eps == 34.0
     with pytest.raises(ValueError, match="unknown norm 'l3'"):
-        S.make_setting("mnist", "net1", "st", "l3")
+        SS.make_setting("mnist", "net1", "st", "l3")
 
 
 def test_seeded_population_starts_from_the_handcrafted_trees(toy):
@@ -189,30 +193,30 @@ def test_seeded_population_starts_from_the_handcrafted_trees(toy):
 @pytest.mark.usefixtures("data_available")
 def test_recompute_replaces_a_run_only_when_it_is_complete(tmp_path, monkeypatch):
     """Before: recompute deleted the saved runs first, and an interrupted recomputation lost them."""
-    setting = S.make_setting("mnist", "net1", "st", "linf", eps=0.1)
-    (first,) = S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False)
-    path = S.search_dir(setting, "smoke", tmp_path) / "run-0.json"
+    setting = SS.make_setting("mnist", "net1", "st", "linf", eps=0.1)
+    (first,) = SR.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False)
+    path = SR.search_dir(setting, "smoke", tmp_path) / "run-0.json"
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(S, "run_search", killed)
+    monkeypatch.setattr(SR, "run_search", killed)
     with pytest.raises(KeyboardInterrupt):
-        S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False, force=True)
+        SR.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False, force=True)
     assert store.load(path) == first  # the saved run is untouched
     # a finished run is loaded, not searched again, without force
-    assert S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False) == [first]
+    assert SR.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False) == [first]
 
 
 @pytest.mark.usefixtures("data_available")
 def test_a_saved_run_of_another_eps_is_never_taken(tmp_path):
-    setting = S.make_setting("mnist", "net1", "st", "linf", eps=0.15)
-    S.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False)
-    other = S.make_setting("mnist", "net1", "st", "linf", eps=0.07)
-    assert S.search_setting(other, "smoke", runs=1, root=tmp_path, load_only=True) == []
+    setting = SS.make_setting("mnist", "net1", "st", "linf", eps=0.15)
+    SR.search_setting(setting, "smoke", runs=1, root=tmp_path, progress=False)
+    other = SS.make_setting("mnist", "net1", "st", "linf", eps=0.07)
+    assert SR.search_setting(other, "smoke", runs=1, root=tmp_path, load_only=True) == []
     with pytest.raises(store.ResultError, match=r"run-0.json: made for another request \(setting.eps=0.15 \(asked 0.07\)\)"):
-        store.load(S.search_dir(other, "smoke", tmp_path) / "run-0.json",
-                   S.run_request(other, S.SEARCH_PRESETS["smoke"], "smoke", 0))
+        store.load(SR.search_dir(other, "smoke", tmp_path) / "run-0.json",
+                   SR.run_request(other, SS.SEARCH_PRESETS["smoke"], "smoke", 0))
 
 
 def test_one_eps_rule_for_the_cli_and_chapter_03(data_available):
@@ -220,9 +224,9 @@ def test_one_eps_rule_for_the_cli_and_chapter_03(data_available):
     from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1"], ["st"], "smoke", progress=False)
-    assert S.resolve_setting("mnist", "net1", "st", "l2", "smoke", eps="0.5").eps == 0.5
-    assert S.resolve_setting("mnist", "net1", "st", "l2", "smoke", eps="paper").eps == paper_eps("mnist", "net1", "st", "l2")
-    results, missing = S.chapter_runs(["mnist-net1-st-linf", "cifar10-net2-at-l1"], "cpu", eps="paper")
+    assert SS.resolve_setting("mnist", "net1", "st", "l2", "smoke", eps="0.5").eps == 0.5
+    assert SS.resolve_setting("mnist", "net1", "st", "l2", "smoke", eps="paper").eps == paper_eps("mnist", "net1", "st", "l2")
+    results, missing = G.chapter_runs(["mnist-net1-st-linf", "cifar10-net2-at-l1"], "cpu", eps="paper")
     assert set(results) | set(missing) == {"mnist-net1-st-linf", "cifar10-net2-at-l1"}
 
 
@@ -230,7 +234,7 @@ def test_the_auto_eps_is_read_back_without_computing(data_available, tmp_path):
     from lossbook.core.train import ensure_trained
 
     ensure_trained(["mnist"], ["net1"], ["st"], "smoke", progress=False)
-    assert S.saved_auto_setting("mnist", "net1", "st", "linf", "smoke", root=tmp_path) is None  # nothing saved yet
-    made = S.auto_setting("mnist", "net1", "st", "linf", "smoke", n_images=32, root=tmp_path)
-    assert S.saved_auto_setting("mnist", "net1", "st", "linf", "smoke", root=tmp_path) == made
-    assert S.saved_auto_setting("mnist", "net1", "st", "l2", "smoke", root=tmp_path) is None  # another norm: not made
+    assert SS.saved_auto_setting("mnist", "net1", "st", "linf", "smoke", root=tmp_path) is None  # nothing saved yet
+    made = SS.auto_setting("mnist", "net1", "st", "linf", "smoke", n_images=32, root=tmp_path)
+    assert SS.saved_auto_setting("mnist", "net1", "st", "linf", "smoke", root=tmp_path) == made
+    assert SS.saved_auto_setting("mnist", "net1", "st", "l2", "smoke", root=tmp_path) is None  # another norm: not made

@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-from lossbook.core import losses
 from lossbook.chapters import toy_inconsistency as toy
+from lossbook.core import losses
 from lossbook.core.attacks import lp_norm
 
 

@@ -4,12 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lossbook.core import data
 from lossbook import store
-from lossbook.search import engine as S
 from lossbook.chapters import transfer as T
+from lossbook.core import data
 from lossbook.core.attacks import evaluate_losses
 from lossbook.core.losses import HANDCRAFTED, HANDCRAFTED_FORMULAS, compile_formula
+from lossbook.search import runs as SR
+from lossbook.search import settings as SS
 
 SOURCES = {"mnist-net1-st-linf": HANDCRAFTED_FORMULAS["margin"], "mnist-net1-at-linf": "Mul(Log(Softmax(p)), q)"}
 
@@ -23,7 +24,7 @@ def searched(data_available, tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     for name, formula in SOURCES.items():
         folder = root / "search" / "smoke" / name
-        setting = S.make_setting(*S.parse_setting(name), eps=0.1)
+        setting = SS.make_setting(*SS.parse_setting(name), eps=0.1)
         store.save(folder / "run-0.json", {"seed": 0, "best": formula, "best_fitness": 0.5,
                                            "setting": {**vars(setting)}}, {"seed": 0})
     return root
@@ -31,7 +32,8 @@ def searched(data_available, tmp_path_factory):
 
 @pytest.fixture()
 def in_results(searched, monkeypatch):
-    monkeypatch.setattr(S, "RESULTS_DIR", searched)
+    monkeypatch.setattr(SR, "RESULTS_DIR", searched)
+    monkeypatch.setattr(SS, "RESULTS_DIR", searched)
     return searched
 
 
@@ -57,8 +59,8 @@ def test_loss_loaded_by_name_equals_the_original_callable(in_results):
 
 def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
     cfg = T.transfer_config("smoke", n_images=24)
-    targets = [S.make_setting("mnist", "net1", "st", "linf", 0.1), S.make_setting("mnist", "net1", "at", "l2", 1.5),
-               S.make_setting("mnist", "net1", "st", "l1", 8.0)]
+    targets = [SS.make_setting("mnist", "net1", "st", "linf", 0.1), SS.make_setting("mnist", "net1", "at", "l2", 1.5),
+               SS.make_setting("mnist", "net1", "st", "l1", 8.0)]
     table = T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, progress=False)
     assert len(table) == len(SOURCES) * len(targets)
     assert not table.duplicated(["source", "target"]).any()
@@ -96,7 +98,7 @@ def test_cross_setting_has_one_cell_per_source_and_target(in_results, tmp_path):
 
 def test_a_new_source_adds_its_rows_and_leaves_the_saved_ones(in_results, tmp_path, monkeypatch):
     cfg = T.transfer_config("smoke", n_images=16)
-    targets = [S.make_setting("mnist", "net1", "st", "linf", 0.1), S.make_setting("mnist", "net1", "at", "l2", 1.5)]
+    targets = [SS.make_setting("mnist", "net1", "st", "linf", 0.1), SS.make_setting("mnist", "net1", "at", "l2", 1.5)]
     first, second = SOURCES
     attacked, rows = [], T._cross_rows
     monkeypatch.setattr(T, "_cross_rows", lambda found, *a: attacked.append(list(found)) or rows(found, *a))
@@ -109,7 +111,7 @@ def test_a_new_source_adds_its_rows_and_leaves_the_saved_ones(in_results, tmp_pa
     assert attacked == [[first], [second]]  # the saved source was not attacked again
     pd.testing.assert_frame_equal(both[both["source"] == first].reset_index(drop=True), one)
     # rows made on other targets (another eps) are not taken
-    other = [S.make_setting("mnist", "net1", "st", "linf", 0.2), targets[1]]
+    other = [SS.make_setting("mnist", "net1", "st", "linf", 0.2), targets[1]]
     assert T.cross_setting([first, second], other, "smoke", cfg, root=tmp_path, compute=False) is None
 
 
@@ -156,7 +158,7 @@ def test_chapter_norms_are_checked_with_the_allowed_values():
 def test_a_source_of_another_preset_is_read_from_that_preset(in_results):
     # chapter 04 names the grid's CIFAR-10 searches "grid:<setting>": the grid's runs, not the scale's
     folder = in_results / "search" / "grid" / "mnist-net1-st-linf"
-    setting = S.make_setting("mnist", "net1", "st", "linf", eps=0.05)
+    setting = SS.make_setting("mnist", "net1", "st", "linf", eps=0.05)
     store.save(folder / "run-0.json", {"seed": 0, "best": HANDCRAFTED_FORMULAS["ce"], "best_fitness": 0.6,
                                        "setting": {**vars(setting)}}, {"seed": 0})
     own, grid = T.searched_loss("mnist-net1-st-linf", "smoke"), T.searched_loss("grid:mnist-net1-st-linf", "smoke")
@@ -170,7 +172,7 @@ def test_a_source_of_another_preset_is_read_from_that_preset(in_results):
 
 
 def test_the_chapter_lists_the_sources_without_saved_rows(in_results, monkeypatch):
-    monkeypatch.setattr(T, "target_settings", lambda ds, scale, norms, compute: [S.make_setting(ds, "net1", "st", "linf", 0.1)])
+    monkeypatch.setattr(T, "target_settings", lambda ds, scale, norms, compute: [SS.make_setting(ds, "net1", "st", "linf", 0.1)])
     monkeypatch.setattr(T, "cross_setting", lambda sources, targets, scale, cfg, compute: pd.DataFrame(
         {"source": ["mnist-net1-st-linf"], "target": ["mnist-net1-st-linf"]}))
     cfg = T.transfer_config("cpu")
@@ -208,8 +210,8 @@ def test_the_gain_map_is_centred_at_zero():
 def test_q2_is_counted_once_for_the_chapter_and_the_glance_page():
     import pandas as pd
 
-    from lossbook.publish import glance
     from lossbook.chapters import transfer as T
+    from lossbook.publish import glance
 
     table = pd.DataFrame({"source": ["mnist-net1-st-linf"] * 5,
                           "target": ["mnist-net1-st-linf", "mnist-net2-st-linf", "mnist-net1-at-linf", "mnist-net2-at-linf",

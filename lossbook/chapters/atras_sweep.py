@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from lossbook.core import data
 from lossbook import store
-from lossbook.core.attacks import fgsm
 from lossbook.config import DATASETS, FAILURE_MODES, RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
+from lossbook.core import data
+from lossbook.core.attacks import fgsm
 from lossbook.core.models import accuracy, build_model, n_params
+from lossbook.core.train import adversarial_loss, fit
 
 #: The 40 hidden-layer lists of the paper's Tables I and II, in their order.
 ARCHITECTURES: list[list[int]] = [
@@ -101,12 +102,14 @@ def depth_group(hidden) -> str:
 # ------------------------------------------------------------------------------------------------
 # One architecture
 # ------------------------------------------------------------------------------------------------
-def _make_model(cfg: ATRASConfig, hidden) -> torch.nn.Module:
+def make_model(cfg: ATRASConfig, hidden) -> torch.nn.Module:
+    """The MLP with ``hidden`` widths (sigmoid units in the failure recipe)."""
     act = "sigmoid" if cfg.failure_mode == "sigmoid-sgd" else cfg.activation
     return build_model(cfg.dataset, "mlp", hidden=list(hidden), activation=act)
 
 
-def _optimizer(cfg: ATRASConfig, model):
+def make_optimizer(cfg: ATRASConfig, model):
+    """Adam or SGD as ``cfg`` says; plain SGD at lr 0.01 in the failure recipe."""
     if cfg.failure_mode == "sigmoid-sgd":
         return torch.optim.SGD(model.parameters(), lr=0.01)
     if cfg.optimizer == "adam":
@@ -114,25 +117,9 @@ def _optimizer(cfg: ATRASConfig, model):
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
 
 
-def _fit(model, opt, x, y, epochs: int, batch: int, gen: torch.Generator, eps: float | None, mix: float,
-         desc: str, progress: bool, adversary=None) -> None:
-    """Epochs of Adam/SGD on CE; with ``eps``, on (1 - mix) clean + mix adversarial CE, the adversarial
-    examples crafted on the current model by FGSM at ``eps`` or by ``adversary(model, xb, yb)``."""
-    dev = next(model.parameters()).device
-    for ep in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in tqdm(range(0, len(x), batch), desc=f"{desc} epoch {ep + 1}/{epochs}", leave=False, **quiet(progress)):
-            idx = perm[i:i + batch]
-            xb, yb = x[idx].to(dev), y[idx].to(dev)
-            if eps is None:
-                loss = F.cross_entropy(model(xb), yb)
-            else:
-                # crafted on the current model (the attacks restore training mode)
-                xa = fgsm(model, xb, yb, eps) if adversary is None else adversary(model, xb, yb)
-                loss = (1 - mix) * F.cross_entropy(model(xb), yb) + mix * F.cross_entropy(model(xa), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+def fgsm_loss(eps: float, mix: float):
+    """ATRAS's adversarial training loss: (1 - mix) clean CE + mix CE on FGSM examples at ``eps``."""
+    return adversarial_loss(lambda model, xb, yb: fgsm(model, xb, yb, eps), mix)
 
 
 def _acc(model, x, y, batch: int = 4096) -> float:
@@ -151,20 +138,20 @@ def run_architecture(cfg: ATRASConfig, hidden, splits, progress: bool = True) ->
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = _make_model(cfg, hidden)
+    model = make_model(cfg, hidden)
     model.train()
-    _fit(model, _optimizer(cfg, model), x, y, cfg.epochs, cfg.batch_size, gen, None, 0.0, f"{hidden} ST", progress)
+    fit(model, make_optimizer(cfg, model), x, y, cfg.epochs, cfg.batch_size, gen, desc=f"{hidden} ST", progress=progress)
     row = {"dataset": cfg.dataset, "hidden": str(list(hidden)), "depth": len(hidden), "params": n_params(model),
            "train_acc": _acc(model, x, y), "test_acc": _acc(model, xt, yt),
            "acc_attacked_before_at": fgsm_accuracy(model, xt, yt, cfg.eps)}
     standard = {k: v.clone() for k, v in model.state_dict().items()}
     # adversarial training continues from the ST model, with a fresh optimizer
-    _fit(model, _optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen, cfg.eps, cfg.at_mix,
-         f"{hidden} AT", progress)
+    fit(model, make_optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen, fgsm_loss(cfg.eps, cfg.at_mix),
+        f"{hidden} AT", progress)
     row.update({"adv_train_acc": _acc(model, x, y), "adv_test_acc": _acc(model, xt, yt),
                 "acc_attacked_after_at": fgsm_accuracy(model, xt, yt, cfg.eps),
                 "seconds": round(time.perf_counter() - t0, 1)})
-    st_model = _make_model(cfg, hidden)
+    st_model = make_model(cfg, hidden)
     st_model.load_state_dict(standard)
     return row, st_model.eval()
 
@@ -340,8 +327,6 @@ def dataset_results(cfg: ATRASConfig, archs: list, transfer_archs: list, compute
 def claims(df: pd.DataFrame, transfers: dict | None = None) -> pd.DataFrame:
     """The paper's conclusions, tested on a sweep table (and the transfer matrices, by dataset): one row
     per claim with the statistic and whether our numbers support it."""
-    from scipy.stats import spearmanr
-
     rows = []
     for ds, d in df.groupby("dataset", sort=False):
         change = 100 * (d["acc_attacked_after_at"] - d["acc_attacked_before_at"])

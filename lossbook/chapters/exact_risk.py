@@ -18,19 +18,26 @@ outcomes are one table per study.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from lossbook import runner, store
+from lossbook.chapters import atras_sweep as atras
+from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
 from lossbook.core import data, exact
-from lossbook import store
-from lossbook.core.attacks import evaluate_losses, evaluation_set, fgsm, lp_norm, pgd
-from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps
-from lossbook.core.losses import HANDCRAFTED
+from lossbook.core.attacks import evaluate_losses, evaluation_images, fgsm, lp_norm, pgd
+from lossbook.core.losses import HANDCRAFTED, compile_formula
 from lossbook.core.models import build_model, predict
+from lossbook.core.stats import risk_interval
+from lossbook.core.train import adversarial_loss, fit
+from lossbook.search.engine import CHECKPOINT_SUFFIX, run_search
+from lossbook.search.fitness import Evaluator
+from lossbook.search.settings import SEARCH_PRESETS
 
 TRAININGS_EXACT = ("st", "fgsm", "pgd")
 
@@ -118,21 +125,19 @@ def _model_request(spec: ExactModel, cfg) -> dict:
 
 
 def _train(spec: ExactModel, cfg, progress: bool) -> torch.nn.Module:
-    from lossbook.chapters import atras_sweep as atras
-
     x, y, _, _ = atras.load_splits(cfg)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = atras._make_model(cfg, spec.hidden).train()
+    model = atras.make_model(cfg, spec.hidden).train()
     if spec.training in ("st", "fgsm"):
-        atras._fit(model, atras._optimizer(cfg, model), x, y, cfg.epochs, cfg.batch_size, gen, None, 0.0,
-                   f"{spec.name} ST", progress)
+        fit(model, atras.make_optimizer(cfg, model), x, y, cfg.epochs, cfg.batch_size, gen, desc=f"{spec.name} ST",
+            progress=progress)
     if spec.training == "fgsm":
-        atras._fit(model, atras._optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen, cfg.eps,
-                   cfg.at_mix, f"{spec.name} FGSM-AT", progress)
+        fit(model, atras.make_optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen,
+            atras.fgsm_loss(cfg.eps, cfg.at_mix), f"{spec.name} FGSM-AT", progress)
     if spec.training == "pgd":
-        atras._fit(model, atras._optimizer(cfg, model), x, y, cfg.epochs + cfg.adv_epochs, cfg.batch_size, gen,
-                   PGD_AT[spec.dataset]["eps"], 1.0, f"{spec.name} PGD-AT", progress, adversary=_pgd_adversary(spec))
+        fit(model, atras.make_optimizer(cfg, model), x, y, cfg.epochs + cfg.adv_epochs, cfg.batch_size, gen,
+            adversarial_loss(_pgd_adversary(spec), mix=1.0), f"{spec.name} PGD-AT", progress)
     return model.eval()
 
 
@@ -148,8 +153,6 @@ def _pgd_adversary(spec: ExactModel):
 def load_verified_model(name: str, scale: str, train: bool = True, progress: bool = False,
                         root: Path | None = None) -> torch.nn.Module:
     """A verified model (trained as :data:`MODELS` says at ``scale``, saved as arrays with its record)."""
-    from lossbook.chapters import atras_sweep as atras
-
     check_choice("verified model", name, MODELS)
     spec = MODELS[name]
     cfg = atras.atras_config(spec.dataset, "smoke" if scale == "smoke" else "cpu")
@@ -164,13 +167,6 @@ def load_verified_model(name: str, scale: str, train: bool = True, progress: boo
     model = build_model(spec.dataset, "mlp", hidden=list(spec.hidden))
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
     return model.eval()
-
-
-def study_images(model, dataset: str, n: int, skip: int = 0):
-    """The first ``n`` correctly classified test images after the first ``skip`` of them."""
-    x, y = data.load(dataset, "test")
-    xs, ys, idx = evaluation_set(model, x, y, skip + n)
-    return xs[skip:], ys[skip:], idx[skip:]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,13 +229,9 @@ def attack_outcomes(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: flo
 
 def searched_loss_for(model, study: Study, scale: str, root: Path | None = None, progress: bool = False):
     """A loss searched by GP on this model (on the test images after the verified ones), saved as a run."""
-    from lossbook.search.fitness import Evaluator
-    from lossbook.core.losses import compile_formula
-    from lossbook.search.engine import CHECKPOINT_SUFFIX, SEARCH_PRESETS, run_search
-
     cfg = SEARCH_PRESETS["smoke" if scale == "smoke" else "cpu"]
     spec = MODELS[study.model]
-    xs, ys, _ = study_images(model, spec.dataset, cfg.n_images, skip=study.n_images)
+    xs, ys, _ = evaluation_images(model, spec.dataset, cfg.n_images, skip=study.n_images)
     target = _Target(study.name(), study.norm, study.eps)
     path = study_dir(scale, root) / f"{study.name()}-search.json"
     request = {"study": asdict(study), "gp": cfg.identity(), "images_after": study.n_images, "seed": 0}
@@ -287,12 +279,10 @@ def run_study(study: Study, scale: str, root: Path | None = None, progress: bool
     check_choice("backend", backend, ("local", "ray"))
     spec = MODELS[study.model]
     model = load_verified_model(study.model, scale, progress=progress, root=root)
-    x, y, idx = study_images(model, spec.dataset, study.n_images)
+    x, y, idx = evaluation_images(model, spec.dataset, study.n_images)
     folder = study_dir(scale, root)
     request = exact_request(study)
     if backend == "ray":
-        from lossbook.runner import verify_study_ray
-
         verify_study_ray(study, scale, root, address, shard=shard, progress=progress)
     rows = exact.verify_set(model, x, y, study.norm, study.eps, exact_path(study, scale, root), request,
                             indices=idx.tolist(), time_limit=study.time_limit, progress=progress)
@@ -331,8 +321,6 @@ def gap_table(table: pd.DataFrame, norm: str) -> pd.DataFrame:
 
     The interval of E is Clopper-Pearson's on the count of images that are vulnerable (or unknown, for
     the upper end) and that the attack did not break: E is the share of such images."""
-    from lossbook.core.stats import risk_interval
-
     n = len(table)
     vuln = (table["status"] == "vulnerable").to_numpy()
     unknown = (table["status"] == "unknown").to_numpy()
@@ -374,13 +362,53 @@ def only_exact(table: pd.DataFrame, norm: str) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------
+# The verification on a Ray cluster (lossbook.runner): one task per shard of a study's images
+# ------------------------------------------------------------------------------------------------
+def shard_path(study, scale: str, first: int, root: Path | None) -> Path:
+    return study_dir(scale, root) / "shards" / f"{study.name()}-from{first}.json"
+
+
+def _exact_task(study, scale: str, first: int, last: int, root: str | None) -> list[dict]:
+    """Verify images ``first:last`` of a study on a worker, saved image by image in the shard's own file
+    (a retried task resumes there)."""
+    root_p = Path(root) if root else None
+    model = load_verified_model(study.model, scale, train=False, root=root_p)
+    x, y, idx = evaluation_images(model, MODELS[study.model].dataset, study.n_images)
+    path = shard_path(study, scale, first, root_p)
+    events = path.parent
+    runner.log_event(events, "", study=study.name(), first=first, event="resume" if path.exists() else "start")
+    rows = exact.verify_set(model, x[first:last], y[first:last], study.norm, study.eps, path, exact_request(study),
+                            indices=idx[first:last].tolist(), time_limit=study.time_limit, progress=False)
+    runner.log_event(events, "", study=study.name(), first=first, event="done")
+    return rows
+
+
+def verify_study_ray(study, scale: str, root: Path | None = None, address: str | None = None, shard: int = 50,
+                     progress: bool = True, max_retries: int = 3) -> list[dict]:
+    """The exact verification of a study as Ray tasks over shards of ``shard`` images; the rows, merged in
+    image order, are saved where the local path keeps them (so ``run_study`` then only runs the attacks)."""
+    load_verified_model(study.model, scale, root=root)  # trained once, here, before the tasks read it
+    with runner.cluster(address) as ray:
+        task = runner.remote(ray, _exact_task, max_retries, gpu=False)
+        refs = [task.remote(study, scale, a, min(a + shard, study.n_images), str(root) if root else None)
+                for a in range(0, study.n_images, shard)]
+        rows = []
+        for _ in tqdm(range(len(refs)), desc=f"{study.name()} on Ray ({len(ray.nodes())} nodes)", **quiet(progress)):
+            ready, refs = ray.wait(refs, num_returns=1)
+            rows += ray.get(ready[0])
+    path, request = exact_path(study, scale, root), exact_request(study)
+    saved = store.load(path, request) if store.matches(path, request) else []
+    merged = {r["index"]: r for r in saved + rows}
+    store.save(path, list(merged.values()), request)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
 # What the chapter shows
 # ------------------------------------------------------------------------------------------------
 def select_studies(spec: str, scale: str, n_images: int = 0, time_limit: float = 0.0) -> list[Study]:
     """The scale's studies named by ``spec`` ("all" or comma-separated study names), with the number of
     images and the time limit overridden where given (> 0)."""
-    from dataclasses import replace
-
     known = {s.name(): s for s in studies(scale)}
     names = list(known) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
@@ -404,8 +432,6 @@ def chapter_studies(chosen: list[Study], scale: str, compute: bool, progress: bo
 
 def risk_table(results: dict) -> pd.DataFrame:
     """Table 7.1: per study, the exact verdicts, R with its 95% interval, solve times and unstable neurons."""
-    from lossbook.core.stats import risk_interval
-
     rows = []
     for name, (st, t) in results.items():
         s = exact_summary(t)

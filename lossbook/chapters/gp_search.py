@@ -15,11 +15,16 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from lossbook import store
-from lossbook.config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice
-from lossbook.core.losses import HANDCRAFTED, compile_formula
-from lossbook.search.engine import SEARCH_PRESETS, Setting, auto_setting, search_dir, search_setting
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lossbook import runner, store
+from lossbook.config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
 from lossbook.core.stats import paired_gain, verdict
+from lossbook.core.train import ensure_trained
+from lossbook.search.engine import checkpoint_path
+from lossbook.search.runs import heldout_attacks, search_dir, search_setting
+from lossbook.search.settings import SEARCH_PRESETS, Setting, auto_setting, parse_setting, resolve_setting
 
 #: the 24 settings, MNIST first (cheaper), in the order the grid runs them
 SETTINGS = tuple(f"{d}-{n}-{t}-{norm}" for d in DATASETS for t in TRAININGS for n in NETS for norm in NORMS)
@@ -112,10 +117,6 @@ def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | 
     """Per-image outcomes (broken or not) of the best loss and CE/C&W/DLR on held-out images under
     PGD-``s`` for each ``s`` in ``plan.heldout_steps``; cached in ``heldout-<tag>.npz`` + ``.json``
     beside the runs and reused only for the same request."""
-    from lossbook.core import data
-    from lossbook.core.attacks import evaluate_losses, evaluation_set
-    from lossbook.core.train import load_model
-
     folder = search_dir(setting, plan.preset, root)
     request = {"setting": asdict(setting), "formula": best["best"], "run_seed": best["seed"],
                "search_images": best["gp"]["n_images"], "n": plan.heldout_images, "steps": list(plan.heldout_steps),
@@ -124,18 +125,10 @@ def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | 
     if store.matches(meta, request):
         saved, z = store.load(meta, request), store.load(arrays, request)
         return {**saved, "broken": {int(s): z[f"pgd{s}"] for s in plan.heldout_steps}}
-    model = load_model(setting.dataset, setting.net, setting.training, plan.scale)
-    xt, yt = data.load(setting.dataset, "test")
-    n_search = best["gp"]["n_images"]
-    x, y, idx = evaluation_set(model, xt, yt, n=n_search + plan.heldout_images)
-    x, y = x[n_search:], y[n_search:]
-    losses = [compile_formula(best["best"])] + [HANDCRAFTED[k] for k in LOSS_NAMES[1:]]
-    broken = {}
-    for steps in plan.heldout_steps:
-        res = evaluate_losses(model, x, y, losses, norm=setting.norm, eps=setting.eps, steps=steps,
-                              seed=plan.heldout_seed)
-        broken[steps] = res.broken.numpy()
-    out = {"request": request, "test_indices": [int(i) for i in idx[n_search:]],
+    results, idx = heldout_attacks(setting, plan.scale, best["best"], best["gp"]["n_images"], plan.heldout_images,
+                                   tuple(plan.heldout_steps), plan.heldout_seed, LOSS_NAMES)
+    broken = {steps: res.broken.numpy() for steps, res in results.items()}
+    out = {"request": request, "test_indices": [int(i) for i in idx],
            "risk": {f"pgd{s}": dict(zip(LOSS_NAMES, b.mean(1).round(4).tolist())) for s, b in broken.items()}}
     store.save(arrays, {f"pgd{s}": b for s, b in broken.items()}, request)
     store.save(meta, out, request)  # written last: marks the pair complete
@@ -178,8 +171,6 @@ def summary_path(plan: GridPlan, root: Path | None = None) -> Path:
 def write_summary(rows: list[dict], plan: GridPlan, root: Path | None = None) -> Path:
     """Add ``rows`` to ``summary.csv`` (one row per finished setting, in the grid's order; a setting's new
     row replaces its old one). The rows saved meanwhile by another grid process are kept."""
-    import pandas as pd
-
     def merged(current):
         by = {r["setting"]: r for r in (current.to_dict("records") if current is not None else [])}
         by.update({r["setting"]: r for r in rows})
@@ -205,15 +196,11 @@ def run_grid(scale: str = "cpu", settings=None, root: Path | None = None, progre
     for s in settings:
         check_choice("setting", s, SETTINGS)
     if plan.scale == "smoke":
-        from lossbook.core.train import ensure_trained
-
         ensure_trained(sorted({s.split("-")[0] for s in settings}), list(NETS), list(TRAININGS), "smoke",
                        progress=progress)
     for name in settings:  # the eps of every setting first, on the driver (calibration.json is shared)
         grid_setting(name, plan, root)
     if backend == "ray":
-        from lossbook.runner import run_grid_ray
-
         rows = run_grid_ray(plan, settings, Path(root or RESULTS_DIR / "search"), address, progress, log)
         return write_summary(list(rows.values()), plan, root)
     t_start = time.perf_counter()
@@ -283,3 +270,102 @@ def answer(summary, steps_suffix: str = "") -> str:
     rest = "" if n == len(SETTINGS) else f"; the other {len(SETTINGS) - n} settings are not run at this scale yet"
     return (f"Of the {n} of {len(SETTINGS)} settings searched and judged on held-out images, the paper's claim "
             f"(a searched loss beats CE) is {parts}{rest}.")
+
+
+def chapter_runs(names: list[str], scale: str, eps="auto", runs: int | None = None, seed: int = 0,
+                 recompute: bool = False) -> tuple[dict, list[str]]:
+    """Chapter 03's runs: {setting name: (setting, run records)} and the settings missing at this scale.
+    Saved runs are loaded; at smoke scale (or with ``recompute``) they are searched, and a recomputed
+    run replaces its saved file only when it is complete."""
+    cfg = SEARCH_PRESETS[scale]
+    results, missing = {}, []
+    for name in names:
+        try:
+            setting = resolve_setting(*parse_setting(name), scale, eps, n_images=cfg.n_images)
+        except FileNotFoundError:  # its model is not trained at this scale yet
+            missing.append(name)
+            continue
+        recs = search_setting(setting, scale, runs=runs, seed=seed, load_only=scale != "smoke" and not recompute,
+                              force=recompute)
+        (results.__setitem__(name, (setting, recs)) if recs else missing.append(name))
+    return results, missing
+
+
+#: how chapter 03 shows :func:`runs_table`
+RUNS_FORMAT = {"R'' searched": "{:.3f}", "R'' CE": "{:.3f}", "R'' best of C&W/margin/DLR": "{:.3f}",
+               "gain over CE (pp)": "{:+.1f}", "gain over best handcrafted (pp)": "{:+.1f}", "attacks saved": "{:.0%}",
+               "minutes": "{:.1f}"}
+
+
+def runs_table(results: dict) -> pd.DataFrame:
+    """One row per run of ``{name: (setting, run records)}``: the best loss, R'' of it, of CE and of the best
+    of C&W/margin/DLR on the search images, both gains in pp, the share of attacks the cache saved, minutes."""
+    rows = []
+    for name, (setting, recs) in results.items():
+        for r in recs:
+            b = r["baselines"]
+            best_hand = max(b["cw"], b["margin"], b["dlr"])
+            rows.append({"setting": name, "eps": setting.eps, "run seed": r["seed"], "best loss": r["best_pretty"],
+                         "R'' searched": r["best_fitness"], "R'' CE": b["ce"], "R'' best of C&W/margin/DLR": best_hand,
+                         "gain over CE (pp)": 100 * (r["best_fitness"] - b["ce"]),
+                         "gain over best handcrafted (pp)": 100 * (r["best_fitness"] - best_hand),
+                         "attacks saved": r.get("attacks_saved", r["cache_hit_rate"]), "minutes": r["seconds"] / 60})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# The grid on a Ray cluster (lossbook.runner): one task per (setting, run), then one per held-out check
+# ------------------------------------------------------------------------------------------------
+def _run_task(name: str, seed: int, seeded: bool, plan, root: str) -> dict:
+    """One GP run of the grid on a worker: loads it if finished, else resumes or starts it."""
+    root_p = Path(root)
+    setting = grid_setting(name, plan, root_p)
+    cfg = run_config(plan, seeded)
+    done = search_setting(setting, plan.preset, runs=1, seed=seed, model_scale=plan.scale, root=root_p, cfg=cfg,
+                          load_only=True)
+    if done:
+        runner.log_event(root_p, plan.preset, setting=name, seed=seed, event="finished earlier")
+        return done[0]
+    ckpt = checkpoint_path(search_dir(setting, plan.preset, root_p), seed)
+    runner.log_event(root_p, plan.preset, setting=name, seed=seed, event="resume" if ckpt.exists() else "start")
+    rec = search_setting(setting, plan.preset, runs=1, seed=seed, model_scale=plan.scale, root=root_p, cfg=cfg,
+                         progress=False)[0]
+    runner.log_event(root_p, plan.preset, setting=name, seed=seed, event="done")
+    return rec
+
+
+def _heldout_task(name: str, plan, best: dict, root: str) -> dict:
+    """The held-out outcomes of a setting's best loss on a worker (cached in the store like the runs)."""
+    return heldout_outcomes(grid_setting(name, plan, Path(root)), plan, best, Path(root))
+
+
+def run_grid_ray(plan, settings: list[str], root: Path, address: str | None = None, progress: bool = True,
+                 log=print, max_retries: int = 3) -> dict:
+    """The grid's runs and held-out checks as Ray tasks (``root``: the search results folder, shared by
+    every node); returns the summary rows by setting."""
+    with runner.cluster(address) as ray:
+        run_task = runner.remote(ray, _run_task, max_retries)
+        held_task = runner.remote(ray, _heldout_task, max_retries)
+        pending = {run_task.remote(name, seed, seeded, plan, str(root)): (name, seed, seeded)
+                   for name in settings for seed, seeded in plan.seeds}
+        runs: dict[str, list] = {name: [] for name in settings}
+        rows, held_pending = {}, {}
+        bar = tqdm(total=len(pending) + len(settings), desc=f"grid on Ray ({len(ray.nodes())} nodes)", **quiet(progress))
+        while pending or held_pending:
+            ready, _ = ray.wait(list(pending) + list(held_pending), num_returns=1)
+            ref = ready[0]
+            bar.update(1)
+            if ref in pending:
+                name, seed, seeded = pending.pop(ref)
+                rec = ray.get(ref)
+                runs[name].append(rec)
+                log(f"{name} run seed {seed}{' (seeded)' if seeded else ''}: R''={rec['best_fitness']:.3f}, gain over "
+                    f"CE {rec['gain_over_ce_pp']:+.1f} pp")
+                if len(runs[name]) == len(plan.seeds):
+                    best = max(runs[name], key=lambda r: r["best_fitness"])
+                    held_pending[held_task.remote(name, plan, best, str(root))] = name
+            else:
+                name = held_pending.pop(ref)
+                rows[name] = summary_row(name, grid_setting(name, plan, root), runs[name], ray.get(ref), plan)
+        bar.close()
+        return rows

@@ -18,10 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from lossbook import store
+from lossbook.chapters.transfer import prepare_smoke, same_setting_on, searched_loss
+from lossbook.config import DATASETS, RESULTS_DIR, check_choice
 from lossbook.core.attacks import pgd
-from lossbook.config import RESULTS_DIR
 from lossbook.core.losses import cross_entropy, per_sample
 from lossbook.core.models import eval_mode, model_device, predict
+from lossbook.core.stats import majority_verdict
+from lossbook.search.settings import parse_setting, setting_images
 
 #: How an example is explained (the paper's two reasons), decided from CE at the two endpoints.
 EXPLANATIONS = {
@@ -251,11 +254,6 @@ def study(source: str, scale: str, dataset: str | None = None, n_images: int = 6
     counts how each of them came out, and how the searched-only wins split between the explanations.
     Returns (landscapes, examples, meta), or None where nothing is saved and ``compute`` is False.
     """
-    from lossbook.core import data
-    from lossbook.core.attacks import evaluation_set
-    from lossbook.core.train import load_model
-    from lossbook.chapters.transfer import same_setting_on, searched_loss
-
     found = searched_loss(source, scale)
     target = same_setting_on(dataset or found.setting.dataset, found, scale, device)
     path = landscape_dir(scale, root) / f"{target.name()}--from-{source}.npz"
@@ -266,9 +264,7 @@ def study(source: str, scale: str, dataset: str | None = None, n_images: int = 6
         return load(path, request)
     if not compute:
         return None
-    model = load_model(target.dataset, target.net, target.training, scale, device=device)
-    xt, yt = data.load(target.dataset, "test")
-    x, y, idx = evaluation_set(model, xt, yt, n=n_images)
+    model, x, y, idx = setting_images(target, scale, n_images, device=device)
     loss = found.loss()
     r = race(model, x, y, loss, target.norm, target.eps, steps=steps, seed=seed)
     chosen = [n for kind in EXPLANATIONS for n in pick(r, per_kind)[kind]] or [0]  # none: show the first image
@@ -298,10 +294,6 @@ def chapter_studies(source: str, datasets: list[str], scale: str, n_images: int 
     """Chapter 05's studies, one per dataset ({dataset: study}), what is missing at this scale, and the
     steps actually raced. ``n_images``/``resolution`` 0 take the scale's :data:`PRESETS`; at smoke scale
     the models and the search are made where missing (seconds) and the race is capped."""
-    from lossbook.config import DATASETS, check_choice
-    from lossbook.search.engine import parse_setting
-    from lossbook.chapters.transfer import prepare_smoke
-
     check_choice("scale", scale, PRESETS)
     parse_setting(source)
     for d in datasets:
@@ -332,8 +324,6 @@ def q3_answer(meta: dict, stated: str) -> dict:
     """Question 3 on one race, counted once for the chapter and the glance page: of the images only the
     searched loss broke, how many each explanation accounts for, and the exact sign test of "most are
     explained by ``stated``"."""
-    from lossbook.core.stats import majority_verdict
-
     o = meta["outcomes"]
     opt, con = o["searched only, optimization"], o["searched only, consistency"]
     verdict, p = majority_verdict(opt if stated == "optimization" else con, opt + con)

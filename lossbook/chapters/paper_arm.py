@@ -13,6 +13,7 @@ breaks 65-75% of the calibration images, else the eps where it breaks 70% (:func
 """
 from __future__ import annotations
 
+import ast
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,15 +21,14 @@ from pathlib import Path
 import pandas as pd
 
 from lossbook import store
-from lossbook.config import RESULTS_DIR, check_choice, train_config
 from lossbook.chapters.gp_search import SETTINGS, GridPlan, heldout_outcomes, paper_gain
-from lossbook.search.engine import (SEARCH_PRESETS, Setting, auto_setting, parse_setting, run_request, search_dir,
-                     search_setting)
-from lossbook.core import data
-from lossbook.core.attacks import evaluate_losses, evaluation_set, pgd
+from lossbook.config import RESULTS_DIR, check_choice, train_config
+from lossbook.core.attacks import evaluate_losses, pgd
 from lossbook.core.losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula, released_loss
-from lossbook.core.train import ensure_trained, load_model
 from lossbook.core.stats import direction, exact_gain, holm, pooled_gain, size_verdict
+from lossbook.core.train import ensure_trained
+from lossbook.search.runs import run_request, search_dir, search_setting
+from lossbook.search.settings import SEARCH_PRESETS, Setting, auto_setting, parse_setting, setting_images
 
 #: the protocol's band: Table III's eps is kept where CE-PGD-10's R'' lies in it
 KEEP_BAND = (0.65, 0.75)
@@ -143,8 +143,6 @@ def best_run(runs: list[dict]) -> dict:
 
 def uses_label(formula: str) -> bool:
     """Whether a formula reads the label ``q`` at all (a tree without it can only win by early stopping)."""
-    import ast
-
     return any(isinstance(n, ast.Name) and n.id == "q" for n in ast.walk(ast.parse(formula, mode="eval")))
 
 
@@ -309,10 +307,8 @@ TEXTBOOK = {"schedule": "constant", "step_factor": 2.5, "mode": "final"}
 def heldout_images(setting: Setting, plan: ArmPlan, n_search: int):
     """The arm's held-out images of a setting: the model and the ``plan.heldout_images`` correctly
     classified test images after the first ``n_search`` (the search's)."""
-    x, y, _ = evaluation_set(model := load_model(setting.dataset, setting.net, setting.training,
-                                                 plan.scale_of(setting.dataset)),
-                             *data.load(setting.dataset, "test"), n=n_search + plan.heldout_images)
-    return model, x[n_search:], y[n_search:]
+    model, x, y, _ = setting_images(setting, plan.scale_of(setting.dataset), plan.heldout_images, skip=n_search)
+    return model, x, y
 
 
 def _sensitivity_outcomes(name: str, plan: ArmPlan, best: dict, root: Path | None) -> dict:

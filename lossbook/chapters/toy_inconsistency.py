@@ -10,10 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from lossbook import store
 from lossbook.config import NORMS, RESULTS_DIR, check_choice
+from lossbook.core.attacks import evaluate_losses
+from lossbook.core.losses import HANDCRAFTED, compile_formula
+from lossbook.core.stats import count_interval
+from lossbook.search.engine import GPConfig, run_search
+from lossbook.search.fitness import Evaluator
+from lossbook.search.settings import Setting
 
 #: The weights of Eq. 3.
 W = torch.tensor([[0.2, 0.8], [0.9, 0.4], [0.3, 0.9]])
@@ -235,8 +243,6 @@ TOY_SEARCH = {  # GP budget on the toy: attacks on 2-d points cost next to nothi
 
 def search_toy_loss(norm: str, eps: float, scale: str, n_points: int = 500, seed: int = 0) -> dict:
     """GP search (PGD-10 fitness) for a surrogate on the toy, on the sample drawn with ``seed``."""
-    from lossbook.search.engine import Evaluator, GPConfig, Setting, run_search
-
     check_choice("scale", scale, tuple(TOY_SEARCH))
     x, y = sample(n_points, seed)
     ev = Evaluator(ToyModel(), to_unit(x), y, Setting("toy", "linear", "st", norm, eps / 2), seed=seed)
@@ -248,8 +254,6 @@ def risk_table(norm: str, eps: float, surrogates: dict, n_points: int = 1000, se
                steps: tuple = (10, 100)) -> list[dict]:
     """Exact R and PGD estimates R'' for each surrogate on ``n_points`` toy points (drawn with
     ``seed``), eps in the toy's [-1, 1]^2 units. One row per (surrogate, steps), with E = R - R''."""
-    from lossbook.core.attacks import evaluate_losses
-
     x, y = sample(n_points, seed)
     R, _ = exact_risk(x, y, eps, norm)
     names = list(surrogates)
@@ -305,10 +309,6 @@ def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, se
     and the R / R'' / E table of CE, C&W, margin, DLR and the found loss (on a fresh sample,
     ``seed + 1``) for PGD-10 and PGD-100. Saved under ``results/toy/<scale>/`` and reloaded when the
     parameters match."""
-    import pandas as pd
-
-    from lossbook import store
-    from lossbook.core.losses import HANDCRAFTED, compile_formula
 
     folder = (root or RESULTS_DIR / "toy") / scale
     config = {"norms": list(norms), "eps": {n: float(eps[n]) for n in norms}, "n_points": n_points, "seed": seed,
@@ -347,8 +347,6 @@ def sliders() -> None:
     widget's area (``ipywidgets.interact`` made papermill hang: it waited on its Output widget)."""
     import ipywidgets as widgets
     from IPython.display import display
-
-    from lossbook.config import NORMS
 
     controls = {"a": widgets.FloatSlider(value=-0.9, min=-1, max=1, step=0.01, description="centre a"),
                 "b": widgets.FloatSlider(value=0.0, min=-1, max=1, step=0.01, description="centre b"),
@@ -416,8 +414,6 @@ def conclusion(df, n_points: int) -> str:
     """Chapter 01's closing paragraph, computed from its risk table: per norm, the tightest surrogate and
     CE's error E (the share of the ``n_points`` points broken exactly but not by PGD, with a 95%
     Clopper-Pearson interval), and what more PGD steps changed."""
-    from lossbook.core.stats import count_interval
-
     top, low = df["steps"].max(), df["steps"].min()
     lines = []
     for norm, d in df[df["steps"] == top].groupby("norm", sort=False):

@@ -14,13 +14,24 @@ from typing import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lossbook import store
+from lossbook.chapters.gp_search import PLANS, read_summary, summary_path
+from lossbook.config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
 from lossbook.core import data
 from lossbook.core.attacks import evaluate_losses, evaluation_set
-from lossbook.config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
 from lossbook.core.losses import HANDCRAFTED, compile_formula, pretty
-from lossbook import store
-from lossbook.search.engine import (SEARCH_PRESETS, Setting, auto_setting, load_runs, make_setting, parse_setting,
-                     saved_auto_setting, search_setting)
+from lossbook.core.stats import majority_verdict
+from lossbook.core.train import ensure_trained, load_model
+from lossbook.search.runs import load_runs, search_setting
+from lossbook.search.settings import (
+    SEARCH_PRESETS,
+    Setting,
+    auto_setting,
+    make_setting,
+    parse_setting,
+    saved_auto_setting,
+    setting_images,
+)
 
 #: The handcrafted references shown beside every searched loss (margin equals C&W at kappa 0).
 REFERENCES = ("ce", "cw", "dlr")
@@ -100,8 +111,6 @@ def grid_sources(spec: str, scale: str, dataset: str = "cifar10") -> list[str]:
     """Sources searched by chapter 3's grid at this scale: "grid" (every setting of ``dataset`` the grid
     has judged), "none", or comma-separated setting names; prefixed with the grid's preset where it is not
     the scale's own. At smoke scale one CIFAR-10 setting, searched here where missing (seconds)."""
-    from lossbook.chapters.gp_search import PLANS, read_summary, summary_path
-
     plan = PLANS[scale]
     if spec == "none":
         return []
@@ -129,8 +138,6 @@ def searched_sources(scale: str, dataset: str | None = None, root: Path | None =
 
 def prepare_smoke(sources: list[str], datasets=("mnist",), progress: bool = False) -> None:
     """At smoke scale (seconds): train the smoke models the chapters need and search missing sources."""
-    from lossbook.core.train import ensure_trained
-
     for src in sources:
         dataset, net, training, norm = parse_setting(src)
         ensure_trained(sorted({dataset, *datasets}), [net], [training], "smoke", progress=progress)
@@ -152,11 +159,7 @@ def saved(path: Path) -> pd.DataFrame | None:
 
 
 def _evaluation(setting: Setting, model_scale: str, n_images: int | None, device=None):
-    from lossbook.core.train import load_model
-
-    model = load_model(setting.dataset, setting.net, setting.training, model_scale, device=device)
-    xt, yt = data.load(setting.dataset, "test")
-    x, y, _ = evaluation_set(model, xt, yt, n=n_images if n_images is not None else len(xt))
+    model, x, y, _ = setting_images(setting, model_scale, n_images, device=device)
     return model, x, y
 
 
@@ -229,8 +232,6 @@ def extended_data(source: str, scale: str, cfg: TransferConfig | None = None, ro
     """PGD-10 R'' over the eps sweep on the original MNIST test set and on QMNIST's 50k extended
     test set (first n correctly classified images of each). Raises :class:`~lossbook.core.data.DataError`
     where the extended set cannot be loaded. Rows: data, eps, factor, loss, risk, n_images."""
-    from lossbook.core.train import load_model
-
     cfg = cfg or TRANSFER_PRESETS[scale]
     found = searched_loss(source, scale)
     s = found.setting
@@ -345,8 +346,6 @@ def q2_answer(table: pd.DataFrame) -> dict:
     """Question 2 on one dataset's cross-setting table, counted once for the chapter and the glance page:
     the cells away from each loss's own setting with a gain over CE (k) among those with a gain or a loss
     (n, ties left out), the exact sign test's verdict and p, the median gain and the number of losses."""
-    from lossbook.core.stats import majority_verdict
-
     off = away_from_source(table)
     k, n = int((off["gain_over_ce_pp"] > 0).sum()), int((off["gain_over_ce_pp"] != 0).sum())
     verdict, p = majority_verdict(k, n)
@@ -411,8 +410,6 @@ def chapter_sources(sources: str, cifar_sources: str, scale: str) -> tuple[list[
     """Chapter 04's sources: the MNIST sources ("all": every searched setting at this scale), the sources
     carried to CIFAR-10 ("none" or names), the searched losses found ({name: SearchedLoss}) and the names
     without a saved search. At smoke scale one source of each kind, searched here where missing (seconds)."""
-    from lossbook.search.engine import parse_setting
-
     if sources == "all":
         names = ["mnist-net1-st-linf"] if scale == "smoke" else searched_sources(scale, "mnist")
     else:

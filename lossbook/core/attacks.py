@@ -42,8 +42,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from lossbook.core.checks import Diagnostics, model_checks
 from lossbook.config import NORMS, check_choice, check_eps, largest_eps  # noqa: F401 (largest_eps: part of the API)
+from lossbook.core import data
+from lossbook.core.checks import Diagnostics, model_checks
 from lossbook.core.losses import Loss, cross_entropy, per_sample
 from lossbook.core.models import eval_mode, model_device, predict
 
@@ -539,3 +540,11 @@ def evaluation_set(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: 
     if len(ok) < n:
         raise ValueError(f"only {len(ok)} of {len(x)} images are classified correctly; asked for n={n}")
     return x[ok], y[ok], ok
+
+
+def evaluation_images(model: torch.nn.Module, dataset: str, n: int | None = None, skip: int = 0):
+    """The ``n`` test images of ``dataset`` that ``model`` classifies correctly after the first ``skip``
+    such images (all of them when ``n`` is None), and their test indices."""
+    xt, yt = data.load(dataset, "test")
+    x, y, idx = evaluation_set(model, xt, yt, n=skip + n if n is not None else len(xt))
+    return x[skip:], y[skip:], idx[skip:]

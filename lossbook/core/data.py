@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 
 from lossbook.config import DATASETS, SHAPES, check_choice
 
@@ -95,8 +96,6 @@ def _load_local(dataset: str, split: str, folder: Path) -> tuple[np.ndarray, np.
 
 
 def _load_torchvision(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    import torchvision  # imported lazily: only the download path needs it
-
     root = Path(os.environ.get(DOWNLOAD_ENV_VAR, "~/.cache/lossbook")).expanduser()
     cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[dataset]
     try:
@@ -144,8 +143,6 @@ def load_qmnist_extended(n: int | None = None) -> tuple[torch.Tensor, torch.Tens
     ``LOSSBOOK_DOWNLOAD`` are used offline. Raises :class:`DataError` with a clear message where
     the data cannot be had (for example without internet).
     """
-    import torchvision
-
     root = Path(os.environ.get(DOWNLOAD_ENV_VAR, "~/.cache/lossbook")).expanduser()
     try:
         ds = torchvision.datasets.QMNIST(root=str(root), what="test50k", download=True, compat=True)

@@ -44,11 +44,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import highspy
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from lossbook.config import check_choice
+from lossbook import store
+from lossbook.config import check_choice, quiet
+from lossbook.core.attacks import pgd, project
+from lossbook.core.losses import cross_entropy, dlr_loss, margin_loss
+from lossbook.core.models import eval_mode
 
 NORMS_EXACT = ("linf", "l1", "l2")
 #: l_2: at most this many tangent cuts per LP relaxation of a class (the MILP adds more as it needs them)
@@ -123,8 +129,6 @@ class _Model:
     """Columns and rows of one image's problem in HiGHS (inputs, then per layer z and a, then binaries)."""
 
     def __init__(self, layers, x, norm, eps, bounds, integer: bool, time_limit: float):
-        import highspy
-
         self.h = h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(time_limit))
@@ -194,8 +198,6 @@ class _Model:
         return np.array(self.h.getSolution().col_value)[self.x_cols]
 
     def _integrality(self, cols, integer: bool) -> None:
-        import highspy
-
         kind = highspy.HighsVarType.kInteger if integer else highspy.HighsVarType.kContinuous
         if len(cols):
             self.h.changeColsIntegrality(len(cols), np.array(cols, dtype=np.int32), np.array([kind] * len(cols)))
@@ -244,8 +246,6 @@ class _Model:
         self.h.addRow(float(lower), float(upper), len(cols), np.asarray(cols, np.int32), np.asarray(vals, float))
 
     def objective(self, coefs: dict, maximize: bool = True) -> None:
-        import highspy
-
         cost = np.zeros(self.n)
         for c, v in coefs.items():
             cost[c] += v
@@ -301,8 +301,6 @@ def _misclassified(model, x_adv: np.ndarray, y: int, shape) -> tuple[bool, int]:
 
 def _inside(x_adv: np.ndarray, x: np.ndarray, norm: str, eps: float) -> np.ndarray:
     """The solver's point moved into the feasible set in float32 (solver tolerances are ~1e-9)."""
-    from lossbook.core.attacks import project
-
     xt, dt = torch.tensor(x, dtype=torch.float32), torch.tensor(x_adv - x, dtype=torch.float32)
     return (xt + project(dt[None], xt[None], norm, eps)[0]).clamp(0, 1).numpy()
 
@@ -394,9 +392,6 @@ def _row(r: ImageResult) -> dict:
 def attack_candidates(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int = 100, seed: int = 0):
     """PGD-``steps`` with CE, margin and DLR on every image: per image the points that break it, and the
     wrong classes ordered by the largest margin any of the attacks reached (most threatening first)."""
-    from lossbook.core.attacks import pgd
-    from lossbook.core.losses import cross_entropy, dlr_loss, margin_loss
-
     res = pgd(model, x, y, [cross_entropy, margin_loss, dlr_loss], norm=norm, eps=eps, steps=steps, seed=seed)
     with torch.no_grad():
         logits = torch.stack([model(res.x_adv[k]) for k in range(3)])  # (3, N, C)
@@ -411,11 +406,6 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
                indices=None, time_limit: float = 60.0, progress: bool = True) -> list[dict]:
     """Decide every image of (x, y); each finished image is saved at once (``path``, through the
     store, for ``request``), so an interrupted run resumes where it stopped. Returns one row per image."""
-    from tqdm.auto import tqdm
-
-    from lossbook import store
-    from lossbook.config import quiet
-    from lossbook.core.models import eval_mode
 
     check_norm(norm)
     indices = list(range(len(x))) if indices is None else list(indices)

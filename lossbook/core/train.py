@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch.torch_version import TorchVersion
 from tqdm.auto import tqdm
 
-from lossbook.core import data
 from lossbook import store
+from lossbook.config import RESULTS_DIR, TrainConfig, quiet, train_config
+from lossbook.core import data
 from lossbook.core.attacks import pgd
-from lossbook.config import RESULTS_DIR, TrainConfig, train_config, quiet
 from lossbook.core.models import accuracy, build_model, default_device, predict  # noqa: F401 (re-exported)
 
 
@@ -65,6 +65,55 @@ def _adversarial_batch(model, xb, yb, cfg: TrainConfig, generator: torch.Generat
     res = pgd(model, xb, yb, norm="linf", eps=cfg.at_eps, steps=cfg.at_steps, step_size=cfg.at_step_size,
               schedule="constant", mode="final", generator=generator)
     return res.x_adv[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# The training loop (NET-1/NET-2 here, ATRAS's MLPs and the verified MLPs of chapter 07 too)
+# ------------------------------------------------------------------------------------------------
+def clean_loss(model, xb, yb) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE on the batch as it is; returns (loss, logits)."""
+    logits = model(xb)
+    return F.cross_entropy(logits, yb), logits
+
+
+def adversarial_loss(adversary, mix: float = 1.0):
+    """A batch loss of (1 - mix) clean CE + mix CE on ``adversary(model, xb, yb)``, the examples crafted
+    on the current model (the attacks hand the model back in training mode); logits are the clean ones."""
+    def batch_loss(model, xb, yb):
+        xa = adversary(model, xb, yb)
+        logits = model(xb)
+        return (1 - mix) * F.cross_entropy(logits, yb) + mix * F.cross_entropy(model(xa), yb), logits
+    return batch_loss
+
+
+def fit(model, opt, x, y, epochs: int, batch_size: int, generator: torch.Generator, batch_loss=clean_loss,
+        desc: str = "", progress: bool = True, first_epoch: int = 0, last_epoch: int | None = None,
+        end_epoch=None) -> None:
+    """Minibatch training: epochs ``first_epoch`` .. ``last_epoch`` - 1 (default: to ``epochs``) of
+    ``opt`` on ``batch_loss(model, xb, yb) -> (loss, logits)``, the batches in the order of a random
+    permutation drawn from ``generator`` each epoch. After each epoch ``end_epoch(epoch, stats)`` gets
+    the epoch's mean loss, training accuracy and seconds (for a scheduler, a log, a checkpoint)."""
+    dev = next(model.parameters()).device
+    n = len(x)
+    for epoch in range(first_epoch, epochs if last_epoch is None else last_epoch):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=generator)
+        total_loss = total_correct = 0.0
+        bar = tqdm(range(0, n, batch_size), desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False, **quiet(progress))
+        for i in bar:
+            idx = perm[i:i + batch_size]
+            xb, yb = x[idx].to(dev), y[idx].to(dev)
+            loss, logits = batch_loss(model, xb, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += loss.item() * len(idx)
+            total_correct += float(logits.argmax(1).eq(yb).sum())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if end_epoch is not None:
+            end_epoch(epoch, {"train_loss": total_loss / n, "train_acc": total_correct / n,
+                              "seconds": time.perf_counter() - t0})
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -125,40 +174,28 @@ def train(cfg: TrainConfig, root: Path | None = None, device: torch.device | Non
         gen.set_state(state["rng"]["gen"])
         start_epoch, seconds, log = state["epoch"], state["seconds"], state["log"]
 
-    n = len(x_train)
-    for epoch in range(start_epoch, cfg.epochs):
-        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
-            return {"interrupted_at_epoch": epoch}
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        tot_loss = tot_correct = 0.0
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"{cfg.name()} [{cfg.scale}] epoch {epoch + 1}/{cfg.epochs}",
-                   **quiet(progress), leave=False)
-        for i in bar:
-            idx = perm[i:i + cfg.batch_size]
-            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-            if cfg.training == "at":
-                xb = _adversarial_batch(model, xb, yb, cfg, gen)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_loss += loss.item() * len(idx)
-            tot_correct += float(logits.argmax(1).eq(yb).sum())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    def batch_loss(model, xb, yb):  # Madry et al.: the adversarial examples only
+        return clean_loss(model, _adversarial_batch(model, xb, yb, cfg, gen) if cfg.training == "at" else xb, yb)
+
+    def end_epoch(epoch: int, stats: dict) -> None:  # the scheduler, the log and the resume state
+        nonlocal seconds
         sched.step()
-        seconds += time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": tot_loss / n,
-               "train_acc": tot_correct / n, "test_acc": accuracy(model, x_test, y_test), "seconds": round(seconds, 2)}
+        seconds += stats["seconds"]
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": stats["train_loss"],
+               "train_acc": stats["train_acc"], "test_acc": accuracy(model, x_test, y_test), "seconds": round(seconds, 2)}
         log.append(row)
         _save_atomic({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": {**sched.state_dict(), "milestones": dict(sched.state_dict()["milestones"])}, "rng": _rng_state(gen), "epoch": epoch + 1,
-                      "seconds": seconds, "log": log}, last)
+                      "scheduler": {**sched.state_dict(), "milestones": dict(sched.state_dict()["milestones"])},
+                      "rng": _rng_state(gen), "epoch": epoch + 1, "seconds": seconds, "log": log}, last)
         if progress:
             tqdm.write(f"{cfg.name()} [{cfg.scale}] epoch {epoch + 1}: loss {row['train_loss']:.4f} "
                        f"train acc {row['train_acc']:.4f} test acc {row['test_acc']:.4f} ({seconds:.0f}s)")
+
+    stop = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
+    fit(model, opt, x_train, y_train, cfg.epochs, cfg.batch_size, gen, batch_loss, f"{cfg.name()} [{cfg.scale}]",
+        progress, first_epoch=start_epoch, last_epoch=stop, end_epoch=end_epoch)
+    if stop < cfg.epochs:
+        return {"interrupted_at_epoch": stop}
 
     store.save(log_path, pd.DataFrame(log), cfg.to_dict())
     record = {"config": cfg.to_dict(), "test_acc": log[-1]["test_acc"], "train_seconds": round(seconds, 1),
@@ -246,8 +283,6 @@ def ensure_trained(datasets, nets, trainings, scale: str, seed: int = 0, recompu
 
 def training_logs(records: list[dict], root: Path | None = None):
     """The per-epoch logs of the given models as one DataFrame (columns: model, dataset, training, ...)."""
-    import pandas as pd
-
     frames = []
     for rec in records:
         cfg = train_config(**{k: rec["config"][k] for k in ("dataset", "net", "training", "scale", "seed")})

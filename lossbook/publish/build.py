@@ -11,9 +11,19 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from lossbook import store
+from lossbook.chapters import gp_search as grid
+from lossbook.chapters import paper_arm
+from lossbook.chapters.gp_search import SETTINGS, paper_gain
 from lossbook.config import REPO_ROOT, SCALES, check_choice
+from lossbook.core.train import saved_models
+from lossbook.publish import glance, plots, teaching
+from lossbook.publish.params import check_relations, convert, validate
 
 NBS_DIR = REPO_ROOT / "nbs"
 BOOK_DIR = REPO_ROOT / "book"
@@ -33,8 +43,6 @@ def run_chapter(name: str, scale: str, recompute: bool = False, out_dir: Path = 
     """Execute ``nbs/<name>.ipynb`` with papermill into ``out_dir`` and return the output path
     (``cell_timeout``: seconds a cell may take, none by default)."""
     import papermill as pm
-
-    from lossbook.publish.params import check_relations, convert, validate
 
     check_choice("chapter", name, available_chapters())
     extra = {k: convert(name, k, v) if isinstance(v, str) else validate(name, k, v) for k, v in (extra or {}).items()}
@@ -151,9 +159,6 @@ def build(scale: str = "cpu", recompute: bool = False, chapters: list[str] | Non
 def check_links(html_dir: Path) -> list[str]:
     """Broken internal links of a built HTML book: every local href/src must name an existing file,
     and every #fragment an id in the target page. Returns the problems (empty when all is well)."""
-    from html.parser import HTMLParser
-    from urllib.parse import unquote, urlsplit
-
     class Page(HTMLParser):
         def __init__(self):
             super().__init__()
@@ -192,9 +197,6 @@ def check_links(html_dir: Path) -> list[str]:
 def results_inventory(root: Path | None = None) -> list[dict]:
     """Every result under ``results/`` (but smoke ones), from what the store recorded beside it: the
     models' own configurations, and each result file's request."""
-    from lossbook import store
-    from lossbook.core.train import saved_models
-
     root = root or REPO_ROOT / "results"
     rows = []
     for p, c in (m for folder in sorted(root.glob("models/*")) for m in saved_models(folder)):
@@ -213,8 +215,6 @@ def results_inventory(root: Path | None = None) -> list[dict]:
 
 def _describe(path: Path, q: dict, rec: dict) -> dict | None:
     """Scale, settings and outcome of one stored result (None: a part shown with another file)."""
-    from lossbook import store
-
     folder = path.parent.parent.name
     if path.name.startswith("run-") and path.suffix == ".json":
         r, g = store.load(path), q["gp"]
@@ -262,8 +262,6 @@ QUESTION_1_MARKER = "<!-- QUESTION-1"
 def write_intro(grid_scale: str = "cpu") -> None:
     """``intro.md``: the hand-written ``intro_head.md`` with the answer to Question 1 from the paper arm
     (``results/search/paper-arm/summary.csv``, by the protocol page's rule), and the earlier grid's beside it."""
-    from lossbook.chapters import gp_search as grid, paper_arm
-
     arm = paper_arm.load_summary("smoke" if grid_scale == "smoke" else "paper")
     text = paper_arm.answer(arm) + " The rule was fixed before the results on the page *Protocol: Question 1 in the " \
         "paper's own terms*; the chapter *Searching a surrogate* has every setting with its interval, the " \
@@ -280,9 +278,7 @@ def write_intro(grid_scale: str = "cpu") -> None:
 
 def write_teaching() -> None:
     """``teaching.md``: the 90-minute lesson with the measured time of each run (:mod:`lossbook.publish.teaching`)."""
-    from lossbook.publish.teaching import markdown
-
-    (BOOK_DIR / "teaching.md").write_text(markdown())
+    (BOOK_DIR / "teaching.md").write_text(teaching.markdown())
 
 
 def write_glance(scale: str = "cpu") -> None:
@@ -290,24 +286,17 @@ def write_glance(scale: str = "cpu") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from lossbook.chapters import paper_arm
-    from lossbook.publish import plots
-    from lossbook.publish.glance import markdown
-    from lossbook.chapters.gp_search import SETTINGS, paper_gain
-
     summary = paper_arm.load_summary("smoke" if scale == "smoke" else "paper")
     fig = plots.q1_panel(None if summary is None else paper_arm.with_holm(summary), list(SETTINGS),
                          {n: paper_gain(n) for n in SETTINGS})
     (BOOK_DIR / "figures").mkdir(exist_ok=True)
     fig.savefig(BOOK_DIR / "figures" / "q1_panel.png", dpi=110)
     plots.plt.close(fig)
-    (BOOK_DIR / "glance.md").write_text(markdown(scale, q1_figure="figures/q1_panel.png"))
+    (BOOK_DIR / "glance.md").write_text(glance.markdown(scale, q1_figure="figures/q1_panel.png"))
 
 
 def write_reproducing() -> None:
     """``reproducing.md``: the hand-written head and the inventory of committed results."""
-    from collections import Counter
-
     rows = results_inventory()
     by_scale = Counter(r["scale"] for r in rows)
     lines = [(BOOK_DIR / "reproducing_head.md").read_text().rstrip(), "", "## Which results came from where", "",

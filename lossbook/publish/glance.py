@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from lossbook.chapters import atras_sweep as atras
+from lossbook.chapters import exact_risk as gap
+from lossbook.chapters import landscape as LS
+from lossbook.chapters import transfer as T
+from lossbook.chapters.gp_search import SETTINGS, paper_gain
+from lossbook.chapters.landscape import PAPER_Q3
+from lossbook.chapters.paper_arm import answer, load_summary, with_holm
+from lossbook.core.stats import paired_gain, verdict
+from lossbook.publish.params import SCHEMAS
 
 NOT_RUN = "not run at this scale"
 COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section"]
@@ -15,9 +24,6 @@ COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "
 
 def _q1_rows(scale: str) -> list[dict]:
     """Q1 per setting from the paper arm (the protocol page's rule), and the paper's 100% success rate."""
-    from lossbook.chapters.gp_search import SETTINGS, paper_gain
-    from lossbook.chapters.paper_arm import load_summary, with_holm
-
     summary = load_summary("smoke" if scale == "smoke" else "paper")
     judged = {} if summary is None else {r["setting"]: r for _, r in with_holm(summary).iterrows()}
     where = "smoke arm" if scale == "smoke" else "paper arm"
@@ -44,8 +50,6 @@ def _q1_rows(scale: str) -> list[dict]:
 
 
 def _atras_rows(scale: str) -> list[dict]:
-    from lossbook.chapters import atras_sweep as atras
-
     rows = []
     for ds in ("mnist", "cifar10"):
         cfg = atras.atras_config(ds, scale)
@@ -62,8 +66,6 @@ def _atras_rows(scale: str) -> list[dict]:
 
 def _transfer_rows(scale: str) -> list[dict]:
     """Q2: the searched losses keep a gain over CE under other (model, norm) settings (Fig. 8)."""
-    from lossbook.chapters import transfer as T
-
     rows, cross = [], T.saved_cross(scale)
     for ds in ("mnist", "cifar10"):
         table = cross.get(ds)
@@ -84,10 +86,6 @@ def _transfer_rows(scale: str) -> list[dict]:
 
 def _landscape_rows(scale: str) -> list[dict]:
     """Q3: why the searched loss wins (MNIST: easier to optimize; CIFAR-10: better local consistency)."""
-    from lossbook.chapters import landscape as LS
-    from lossbook.chapters.landscape import PAPER_Q3
-    from lossbook.publish.params import SCHEMAS
-
     source = SCHEMAS["05_landscape"]["source"].default
     try:
         studies, _, _ = LS.chapter_studies(source, list(PAPER_Q3), scale) if scale != "smoke" else ({}, [], 0)
@@ -109,9 +107,6 @@ def _landscape_rows(scale: str) -> list[dict]:
 
 
 def _exact_rows(scale: str) -> list[dict]:
-    from lossbook.chapters import exact_risk as gap
-    from lossbook.core.stats import paired_gain, verdict
-
     rows = []
     for st in gap.studies(scale):
         t = gap.load_study(st, scale)
@@ -159,8 +154,6 @@ def _table(rows: pd.DataFrame) -> list[str]:
 def markdown(scale: str = "cpu", q1_figure: str | None = None) -> str:
     """The page: Question 1 as one panel (``q1_figure``, a path relative to the page, where drawn) with
     its answer, then the claims in three sections; Question 1's 24 rows in a closed dropdown."""
-    from lossbook.chapters.paper_arm import answer, load_summary
-
     t = claims_table(scale)
     counts = t["verdict"].value_counts()
     is_q1 = t["claim"].str.startswith("Q1: ")

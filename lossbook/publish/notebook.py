@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import platform
+from html import escape
 from typing import Any
 
 import torch
 
 from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
+from lossbook.publish.params import check as check_schema
 
 #: Allowed values of the parameters shared by the chapters (None = any value of the given type).
 ALLOWED: dict[str, tuple] = {
@@ -45,8 +47,6 @@ def parameters(chapter: str, namespace: dict) -> dict:
     """Validate a chapter's parameters against its schema (:mod:`lossbook.publish.params`): unknown names,
     wrong types and values outside the allowed ones stop the chapter with one line. Values are
     coerced to the parameter's type in ``namespace`` (papermill's ``-p architectures 36`` is a number)."""
-    from lossbook.publish.params import check as check_schema
-
     params = check_schema(chapter, namespace)
     namespace.update(params)
     return params
@@ -64,7 +64,6 @@ def expand(value: str, every: tuple) -> list[str]:
 
 def banner(chapter: str, params: dict) -> None:
     """Show, at the top of an executed chapter, the scale and parameters that produced it."""
-    from html import escape
 
     from IPython.display import HTML, display
 
@@ -81,7 +80,6 @@ def banner(chapter: str, params: dict) -> None:
 def takeaway(question: str, answer: str, differs: str) -> None:
     """The box at the top of a chapter: its question, the answer at this scale (computed by the caller from
     the chapter's results) and how the chapter's regime differs from the paper's."""
-    from html import escape
 
     from IPython.display import HTML, display
 

@@ -7,9 +7,11 @@ arguments share the validators below; so the three cannot disagree.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from lossbook.chapters.exact_risk import select_studies
 from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS, check_dataset_eps, check_eps
 
 
@@ -23,8 +25,6 @@ class ParameterError(ValueError):
 
 def _unknown(chapter: str, name: str) -> ParameterError:
     """An unknown parameter name, with the allowed ones and the nearest if it looks like a typo."""
-    import difflib
-
     params = schema(chapter)
     near = difflib.get_close_matches(name, list(params), n=1)
     return ParameterError(f"unknown parameter {name!r} of chapter {chapter}; allowed: {', '.join(params)}"
@@ -201,8 +201,6 @@ def _fgsm_radius(v: dict) -> None:
 
 def _known_studies(v: dict) -> None:
     if v["studies"] != "all":
-        from lossbook.chapters.exact_risk import select_studies  # torch and the solver's models: only when a study is named
-
         _with_name("studies", v["studies"], lambda: select_studies(v["studies"], v["scale"]))
 
 

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+
+from lossbook.chapters.gp_search import SETTINGS
 
 #: The paper's colours: red for cross-entropy, blue for searched losses; greys for references.
 COLORS = {"ce": "#d62728", "searched": "#1f77b4", "cw": "#7f7f7f", "dlr": "#2ca02c", "margin": "#9467bd"}
@@ -32,8 +35,6 @@ def training_curves(logs: pd.DataFrame):
 def search_curves(runs_by_setting: dict):
     """Fitness over generations for every run (the paper's Figs. 3/4): CE baseline as a red line,
     the best run in blue, the other runs in grey; best-so-far per run."""
-    import numpy as np
-
     names = list(runs_by_setting)
     cols = min(2 if len(names) <= 4 else 4, len(names))  # many settings: 4 small panels a row, not a tall column
     rows = int(np.ceil(len(names) / cols))
@@ -94,8 +95,6 @@ def eps_curves(sweeps: list, title_of=lambda df, steps: f"{df['target'].iloc[0]}
                cols: int | None = None):
     """R'' against eps, one panel per (setting, PGD budget) (the paper's Figs. 5/6): CE red, the
     searched loss blue, C&W and DLR as thinner references."""
-    import numpy as np
-
     panels = [(df, steps) for df in sweeps for steps in dict.fromkeys(df["steps"])]
     cols = cols or (len(dict.fromkeys(panels[0][0]["steps"])) if panels else 1)
     rows = int(np.ceil(len(panels) / cols))
@@ -163,8 +162,6 @@ def landscape_pair(item, target: str):
 
 def qualitative(ex, class_names=None, title: str = ""):
     """Clean image, CE adversary and searched-loss adversary per row, with predictions (Fig. 10)."""
-    import numpy as np
-
     n = len(ex.index)
     name = (lambda c: class_names[c]) if class_names else str
     fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.9 * n + 0.4), squeeze=False)
@@ -186,8 +183,6 @@ def qualitative(ex, class_names=None, title: str = ""):
 def eps_gains(sweeps: list):
     """The same sweeps as differences to CE in pp (zoomed in where :func:`eps_curves` overlap): one
     panel per setting, the searched loss solid and C&W/DLR dotted, PGD-10 thin and PGD-100 thick."""
-    import numpy as np
-
     cols = min(2, len(sweeps))
     rows = int(np.ceil(len(sweeps) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows + 0.5), squeeze=False, layout="constrained")
@@ -211,9 +206,6 @@ def eps_gains(sweeps: list):
 def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix: str = "", verdict: str = "verdict"):
     """The 24-setting picture: held-out gain over CE (pp) per (model, norm), each cell annotated with
     our gain and its 95% interval, the paper's gain and the verdict; settings not run stay blank."""
-    import numpy as np
-
-    from lossbook.chapters.gp_search import SETTINGS
 
     models = list(dict.fromkeys(s.rsplit("-", 1)[0] for s in SETTINGS))
     norms = ["linf", "l1", "l2"]
@@ -240,8 +232,6 @@ def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix
 def gap_bars(gaps: dict, exact_risk: dict):
     """Chapter 07: R'' of every attack as a bar, with the exact risk R as a line (a band where some
     images stayed unknown) and the 95% interval of E as the whisker below R; one panel per study."""
-    import numpy as np
-
     names = list(gaps)
     fig, axes = plt.subplots(len(names), 1, figsize=(9.0, 2.6 + 0.22 * max(len(g) for g in gaps.values()) * len(names)),
                              squeeze=False)
@@ -264,8 +254,6 @@ def gap_bars(gaps: dict, exact_risk: dict):
 def unfound_examples(images, counterexamples, labels, predictions, titles, max_shown: int = 6):
     """Chapter 07: images no attack broke but the solver did: clean image, the solver's counterexample,
     their difference (scaled), with labels and the counterexample's prediction."""
-    import numpy as np
-
     n = min(len(images), max_shown)
     fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n), squeeze=False)
     for i in range(n):

@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import Callable
 
 from lossbook import store
+from lossbook.chapters.gp_search import PLANS, SETTINGS, grid_setting, read_summary, run_config, run_grid, summary_path
 from lossbook.config import DATASETS, NETS, RESULTS_DIR, SCALES, TRAININGS, check_choice, train_config
+from lossbook.core.train import checkpoint_path, load_record, train
+from lossbook.publish.build import build, run_chapter
+from lossbook.search.runs import run_request, search_dir
+from lossbook.search.settings import parse_setting, saved_auto_setting
 
 STEPS = ("models", "eps", "grid", "chapters", "book")
 #: the chapters that compute results of their own (the others show what the steps before made)
@@ -47,8 +52,6 @@ class Unit:
 
 
 def _model_units(scale: str, datasets) -> list[Unit]:
-    from lossbook.core.train import checkpoint_path, load_record, train
-
     units = []
     for ds in datasets:
         for net in NETS:
@@ -68,9 +71,6 @@ def _model_units(scale: str, datasets) -> list[Unit]:
 
 
 def _grid_units(scale: str, datasets) -> tuple[list[Unit], list[Unit]]:
-    from lossbook.chapters.gp_search import PLANS, SETTINGS, grid_setting, read_summary, run_config, run_grid, summary_path
-    from lossbook.search.engine import parse_setting, run_request, saved_auto_setting, search_dir
-
     plan = PLANS[scale]
     eps_units, grid_units = [], []
     for name in SETTINGS:
@@ -107,8 +107,6 @@ def _stamp(chapter: str, scale: str) -> Path:
 
 
 def _chapter_units(scale: str) -> list[Unit]:
-    from lossbook.publish.build import run_chapter
-
     units = []
     for ch in COMPUTING_CHAPTERS:
         request = {"chapter": ch, "scale": scale, "recompute": True}
@@ -129,8 +127,6 @@ def _chapter_units(scale: str) -> list[Unit]:
 def _book_unit(scale: str) -> Unit:
     """The book is built every time the chain runs (it is the chain's last step); its stamp keeps the
     time the last build took, for the estimate."""
-    from lossbook.publish.build import build
-
     request = {"book": scale}
 
     def run():

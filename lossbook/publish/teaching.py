@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from lossbook import store
 from lossbook.config import REPO_ROOT, RESULTS_DIR
@@ -111,8 +112,6 @@ def commands() -> list[str]:
 
 def machine() -> str:
     """What the times were measured on: CPU count, Python and torch versions."""
-    import torch
-
     return (f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}, threads {torch.get_num_threads()}")
 
