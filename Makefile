@@ -13,7 +13,7 @@ export LOSSBOOK_DATA := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: setup book test test-slow bench browser-test clean
+.PHONY: setup book lint test test-slow bench browser-test clean
 
 setup: $(VENV)/.installed
 
@@ -29,7 +29,12 @@ $(VENV)/.installed: pyproject.toml
 book: setup
 	$(PY) -m lossbook book --scale $(SCALE) $(if $(RECOMPUTE),--recompute)
 
-test: setup
+# lint first (seconds): ruff, and the import contract that keeps the layers true (pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check lossbook tests benchmarks
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest
 
 test-slow: setup

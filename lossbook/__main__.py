@@ -5,7 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from lossbook import params
 from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
+from lossbook.params import EPS_RULES, eps_rule
 
 
 def positive_int(text: str) -> int:
@@ -22,8 +24,6 @@ def positive_int(text: str) -> int:
 def checked(kind: type, rule: str, *args):
     """argparse type: text -> ``kind``, accepted by the chapter parameters' validator ``params.<rule>(*args)``
     (so a CLI option and its chapter twin allow the same values)."""
-    from lossbook.publish import params
-
     validator = getattr(params, rule)(*args)
 
     def convert(text: str):
@@ -40,8 +40,6 @@ def checked(kind: type, rule: str, *args):
 
 def eps_value(text: str):
     """argparse type: 'auto', 'paper', 'calibrate' or a number > 0 (the rule of chapter 03's ``eps``)."""
-    from lossbook.publish.params import EPS_RULES, eps_rule
-
     why = eps_rule(text)
     if why is not None:
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: {why}")
@@ -96,7 +94,8 @@ def _search(args) -> None:
             b = rec["baselines"]
             print(f"  run seed {rec['seed']}: R''={rec['best_fitness']:.3f} (CE {b['ce']:.3f}, C&W {b['cw']:.3f}, "
                   f"DLR {b['dlr']:.3f}; gain over CE {rec['gain_over_ce_pp']:+.1f} pp) in {rec['seconds']:.0f}s, "
-                  f"{rec.get('attacked', rec['evaluations'])} of {rec.get('asked', '?')} trees attacked: {rec['best_pretty']}")
+                  f"{rec.get('attacked', rec['evaluations'])} of {rec.get('asked', '?')} trees attacked: "
+                  f"{rec['best_pretty']}")
 
 
 def _grid(args) -> None:
@@ -107,8 +106,8 @@ def _grid(args) -> None:
 
 
 def _paper_arm(args) -> None:
-    from lossbook.chapters.gp_search import SETTINGS as SETTINGS_ALL
     from lossbook.chapters.paper_arm import run_arm
+    from lossbook.search.settings import SETTINGS as SETTINGS_ALL
 
     settings = args.settings or [s for s in SETTINGS_ALL if s.split("-")[0] in args.datasets]
     print("summary:", run_arm(args.arm, settings=settings, progress=not args.quiet, seeded=not args.no_seeded))
@@ -205,12 +204,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line's parser: one subcommand per job, each with ``func`` set to the function it calls."""
-    ap = argparse.ArgumentParser(prog="python -m lossbook", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    fmt = DefaultsHelpFormatter
+def _train_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``train`` subcommand."""
     t = sub.add_parser("train", help="train NET-1/NET-2 models (ST or PGD-AT); resumes interrupted runs",
                        formatter_class=fmt, description="Trains into results/models/<scale>/ (a finished model is "
                        "skipped; --force retrains it). Cost for all 8: smoke seconds, cpu about an hour on 2 cores, "
@@ -219,10 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--net", nargs="+", choices=NETS, default=list(NETS))
     t.add_argument("--training", nargs="+", choices=TRAININGS, default=list(TRAININGS))
     t.add_argument("--scale", choices=SCALES, default="cpu")
-    t.add_argument("--seed", type=checked(int, "whole"), default=0, help="seed 0 is the book's model; others are saved as ...-seed<k>.pt")
+    t.add_argument("--seed", type=checked(int, "whole"), default=0,
+                   help="seed 0 is the book's model; others are saved as ...-seed<k>.pt")
     t.add_argument("--force", action="store_true", help="train again a model that is already trained (replaced when done)")
     t.set_defaults(func=_train)
 
+
+def _search_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``search`` subcommand."""
     s = sub.add_parser("search", help="AutoLoss-AR: GP search for a surrogate loss (resumes interrupted runs)",
                        formatter_class=fmt, description="Runs into results/search/<scale>/<setting>/run-<seed>.json "
                        "(finished runs are loaded, not searched again; --force searches them again, replacing each "
@@ -235,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", choices=SCALES, default="cpu")
     s.add_argument("--runs", type=positive_int, default=None, help="independent runs (default: 1 smoke, 2 cpu, 20 paper)")
     s.add_argument("--seed", type=checked(int, "whole"), default=0, help="seed of the first run; run r uses seed + r")
-    s.add_argument("--eps", type=eps_value, default="auto", help="'auto' (Table III unless CE's R'' at it is outside 0.5-0.9, "
+    s.add_argument("--eps", type=eps_value, default="auto",
+                   help="'auto' (Table III unless CE's R'' at it is outside 0.5-0.9, "
                    "then calibrated), 'paper' (Table III), 'calibrate' (CE R''=0.7) or a number")
     s.add_argument("--generations", type=positive_int, default=None, help="GP generations (default: the preset's)")
     s.add_argument("--population", type=positive_int, default=None, help="GP population (default: the preset's)")
@@ -245,9 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack every new tree (no sharing of one attack among trees of equal behaviour)")
     s.set_defaults(func=_search)
 
-    from lossbook.chapters.gp_search import SETTINGS
 
-    g = sub.add_parser("grid", formatter_class=fmt, help="AutoLoss-AR's 24 settings: GP runs, held-out re-evaluation with paired statistics "
+def _grid_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``grid`` subcommand."""
+    from lossbook.search.settings import SETTINGS
+
+    g = sub.add_parser("grid", formatter_class=fmt,
+                       help="AutoLoss-AR's 24 settings: GP runs, held-out re-evaluation with paired statistics "
                        "and verdicts in results/search/<preset>/summary.csv (skips finished runs, resumes interrupted ones)",
                        description="cpu: the 'grid' preset (3 runs per setting, 2 of them with the paper's initialisation) "
                        "on the cpu models, results in results/search/grid/; about 12 CPU-hours for all 24 settings. "
@@ -262,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else 'auto')")
     g.set_defaults(func=_grid)
 
+
+def _paper_arm_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``paper-arm`` subcommand."""
+    from lossbook.search.settings import SETTINGS
+
     pa = sub.add_parser("paper-arm", formatter_class=fmt, help="Question 1 by the protocol of book/protocol_q1.md: "
                         "unseeded runs, held-out verdicts, results/search/paper-arm/summary.csv (resumes)",
                         description="paper: MNIST on the 160-epoch models (5 unseeded runs per setting), CIFAR-10 on "
@@ -275,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--quiet", action="store_true", help="no progress bars (one line per finished run and setting)")
     pa.set_defaults(func=_paper_arm)
 
+
+def _atras_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``atras`` subcommand."""
     a = sub.add_parser("atras", help="the ATRAS sweep: FGSM and FGSM-AT over the 40 MLPs (resumes)",
                        formatter_class=fmt, description="Rows into results/atras/<scale>/<dataset>.csv, one per "
                        "finished architecture (finished ones are skipped). Cost for 40 MLPs on both datasets: smoke "
@@ -285,23 +297,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="indices 0..39 (default: all)")
     a.add_argument("--eps", type=checked(float, "number"), default=None, help="FGSM radius (l_inf)")
     a.add_argument("--epochs", type=positive_int, default=None, help="standard-training epochs (default: the scale's)")
-    a.add_argument("--adv-epochs", type=positive_int, default=None, help="adversarial-training epochs (default: the scale's)")
+    a.add_argument("--adv-epochs", type=positive_int, default=None,
+                   help="adversarial-training epochs (default: the scale's)")
     a.add_argument("--seed", type=checked(int, "whole"), default=0)
     a.add_argument("--failure-mode", choices=FAILURE_MODES, default="none")
     a.set_defaults(func=_atras)
 
+
+def _exact_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``exact`` subcommand."""
     from lossbook.chapters.exact_risk import STUDIES
 
     e = sub.add_parser("exact", formatter_class=fmt, help="chapter 07: exact risk of small ReLU MLPs (MILP) and every "
                        "attack's error E = R - R'' (resumes: each image is saved as it ends)",
-                       description="Trains the verified MLPs where missing, verifies each image (HiGHS), runs every attack on "
+                       description="Trains the verified MLPs where missing, verifies each image (HiGHS), runs every "
+                       "attack on "
                        "the same images; results in results/exact/<scale>/. Cost: smoke seconds; cpu hours on one core "
                        "(the solver's time per image is in Table 7.1).")
     e.add_argument("--scale", choices=SCALES, default="cpu")
     e.add_argument("--studies", nargs="+", default=None, metavar="STUDY",
                    choices=sorted({s.name() for v in STUDIES.values() for s in v}), help="default: the scale's studies")
     e.add_argument("--images", type=positive_int, default=None, help="images per study (default: the study's)")
-    e.add_argument("--time-limit", type=checked(float, "number"), default=None, help="solver seconds per image (default: the study's)")
+    e.add_argument("--time-limit", type=checked(float, "number"), default=None,
+                   help="solver seconds per image (default: the study's)")
     e.add_argument("--eps", type=checked(float, "number"), default=None, help="another radius for the chosen studies")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -309,13 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else 'auto')")
     e.set_defaults(func=_exact)
 
-    from lossbook.chapters.gp_search import SETTINGS as _ALL_SETTINGS
+
+def _landscape_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``landscape`` subcommand."""
+    from lossbook.search.settings import SETTINGS
 
     ls = sub.add_parser("landscape", formatter_class=fmt, help="chapter 05: PGD races, loss planes and the explanation "
                         "rule for a searched loss (results in results/landscape/<scale>/)",
                         description="Uses the scale's presets (smoke: 1 image, 9x9 grid, at most 20 steps; cpu: 200 "
                         "images, 61x61; paper: 1000, 101x101) unless given. Cost: smoke seconds, cpu minutes.")
-    ls.add_argument("--source", choices=_ALL_SETTINGS, default="mnist-net1-at-linf", metavar="SETTING")
+    ls.add_argument("--source", choices=SETTINGS, default="mnist-net1-at-linf", metavar="SETTING")
     ls.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     ls.add_argument("--scale", choices=SCALES, default="cpu")
     ls.add_argument("--images", type=positive_int, default=None, help="raced images (default: the scale's)")
@@ -324,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--seed", type=checked(int, "whole"), default=0)
     ls.set_defaults(func=_landscape)
 
+
+def _book_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``book`` subcommand."""
     b = sub.add_parser("book", help="execute the chapters (from committed results by default) and build the HTML")
     b.add_argument("--scale", choices=SCALES, default="cpu", help="scale of the results the book shows")
     b.add_argument("--recompute", action="store_true", help="recompute results at --scale instead of loading them")
@@ -331,16 +355,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-execute", action="store_true", help="build from already executed chapters")
     b.set_defaults(func=_book)
 
+
+def _run_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``run`` subcommand."""
     r = sub.add_parser("run", help="execute chapters with papermill into book/chapters/ (a notebook and an HTML "
                        "page each)")
     r.add_argument("chapters", nargs="+", help="e.g. 02_training")
     r.add_argument("--scale", choices=SCALES, default="smoke")
     r.add_argument("--recompute", action="store_true")
     r.add_argument("-p", "--param", action="append", default=[],
-                   help="NAME=VALUE for the notebook, converted to the parameter's type (lossbook.publish.params)")
+                   help="NAME=VALUE for the notebook, converted to the parameter's type (lossbook.chapters.registry)")
     r.add_argument("--out", default=None, help="folder of the executed notebooks (default: book/chapters/)")
     r.set_defaults(func=_run)
 
+
+def _reproduce_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``reproduce`` subcommand."""
     from lossbook.publish.reproduce import STEPS
 
     rp = sub.add_parser("reproduce", formatter_class=fmt, help="the whole chain in order with resume (models, eps, the "
@@ -354,9 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--dry-run", action="store_true", help="print what is done and what remains; run nothing")
     rp.set_defaults(func=_reproduce)
 
+
+def _teaching_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``teaching`` subcommand."""
     te = sub.add_parser("teaching", help="time every command of the 90-minute lesson on a fresh results folder "
                         "(a few minutes on 2 cores) for the Teaching page")
     te.set_defaults(func=_teaching)
+
+
+#: the subcommands, in the order ``--help`` lists them
+COMMANDS = (_train_command, _search_command, _grid_command, _paper_arm_command, _atras_command, _exact_command,
+            _landscape_command, _book_command, _run_command, _reproduce_command, _teaching_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: one subcommand per job, each with ``func`` set to the function it calls."""
+    ap = argparse.ArgumentParser(prog="python -m lossbook", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return ap
 
 

@@ -13,8 +13,8 @@ names the file and what is wrong.
 A write is three renames: the new record to ``<file>.record.pending``, the new content to ``<file>``,
 the pending record to ``<file>.record``. Killed between any two of them (or out of disk space), a
 reader finds either the old pair, or the new content with its pending record, which it puts in force
-(roll forward); a pending record whose content never arrived is dropped. Never a mix. :func:`cached` reuses a result only for the same request and
-otherwise computes it anew into the same place.
+(roll forward); a pending record whose content never arrived is dropped. Never a mix. :func:`cached`
+reuses a result only for the same request and otherwise computes it anew into the same place.
 """
 from __future__ import annotations
 

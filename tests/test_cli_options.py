@@ -45,12 +45,13 @@ def spies(monkeypatch):
     import lossbook.core.train as train
     import lossbook.publish.build as book
     import lossbook.publish.reproduce as reproduce
-    import lossbook.search.engine as search
+    import lossbook.search.runs as search_runs
+    import lossbook.search.settings as search_settings
 
     s = {
         "train": Recorder({"test_acc": 0.5, "train_seconds": 1.0}),
         "search_setting": Recorder([]),
-        "resolve_setting": Recorder(lambda d, n, t, norm, scale, eps, n_images: search.Setting(
+        "resolve_setting": Recorder(lambda d, n, t, norm, scale, eps, n_images: search_settings.Setting(
             d, n, t, norm, 0.1 if isinstance(eps, str) else eps)),
         "run_grid": Recorder("summary.csv"),
         "run_arm": Recorder("summary.csv"),
@@ -64,8 +65,8 @@ def spies(monkeypatch):
     }
     monkeypatch.setattr(train, "train", s["train"])
     monkeypatch.setattr(train, "write_accuracies", Recorder("accuracies.csv"))
-    for name in ("search_setting", "resolve_setting"):
-        monkeypatch.setattr(search, name, s[name])
+    monkeypatch.setattr(search_runs, "search_setting", s["search_setting"])
+    monkeypatch.setattr(search_settings, "resolve_setting", s["resolve_setting"])
     monkeypatch.setattr(grid, "run_grid", s["run_grid"])
     monkeypatch.setattr(paper_arm, "run_arm", s["run_arm"])
     for name in ("atras_config", "dataset_results"):

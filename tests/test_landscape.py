@@ -123,6 +123,6 @@ def test_q3_is_counted_once_for_the_chapter_and_the_glance_page():
     assert LS.q3_answer(meta, "optimization")["verdict"] == "not reproduced"
     text = LS.takeaway({"cifar10": (None, None, meta)})
     assert "1 by optimization and 9 by local consistency; the paper's answer (local consistency) is reproduced" in text
-    for row in glance._landscape_rows("cpu"):
+    for row in LS.glance_rows("cpu"):
         if row["ours"] != glance.NOT_RUN:
             assert row["verdict"] in ("reproduced", "not reproduced", "inconclusive") and "by optimization" in row["ours"]

@@ -24,8 +24,8 @@ def test_bad_parameters_stop_the_notebook_at_its_first_cell(tmp_path):
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    from lossbook.params import ParameterError
     from lossbook.publish.build import NBS_DIR, _kernel_env
-    from lossbook.publish.params import ParameterError
 
     chapter = available_chapters()[0]
     for params, msg in [({"scale": "huge"}, "parameter scale='huge' is not allowed; allowed values: 'smoke', 'cpu', 'paper'"),

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from lossbook import store
-from lossbook.publish.params import SCHEMAS
+from lossbook.chapters.registry import CHAPTERS
 
 pytestmark = pytest.mark.notebooks
 
@@ -196,13 +196,13 @@ COMMON = ("scale", "recompute")
 
 
 def test_every_parameter_has_a_non_default_value_and_a_check():
-    for chapter, schema in SCHEMAS.items():
+    for chapter, schema in ((n, c.parameters) for n, c in CHAPTERS.items()):
         for name, param in schema.items():
             if name in COMMON:
                 continue
             assert (chapter, name) in CHECKS, f"no check that {chapter}'s {name} reaches its result"
             assert name in VARIANTS[chapter] and VARIANTS[chapter][name] != param.default, (chapter, name)
-    assert set(CHECKS) <= {(c, n) for c, s in SCHEMAS.items() for n in s}
+    assert set(CHECKS) <= {(c, n) for c, ch in CHAPTERS.items() for n in ch.parameters}
 
 
 @pytest.mark.slow

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 
 from lossbook.__main__ import main
-from lossbook.publish import params as P
+from lossbook.chapters import registry as P
 
 NBS = Path(__file__).resolve().parent.parent / "nbs"
 
 
-@pytest.mark.parametrize("chapter", sorted(P.SCHEMAS))
+@pytest.mark.parametrize("chapter", sorted(P.CHAPTERS))
 def test_each_notebook_defines_exactly_its_schema(chapter):
     nb = json.loads((NBS / f"{chapter}.ipynb").read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     defaults = {t.targets[0].id: ast.literal_eval(t.value) for t in ast.parse("".join(cell["source"])).body}
-    assert defaults == {k: p.default for k, p in P.SCHEMAS[chapter].items()}
+    assert defaults == {k: p.default for k, p in P.schema(chapter).items()}
     assert P.check(chapter, dict(defaults)) == defaults
 
 
@@ -31,7 +31,7 @@ def test_run_p_converts_text_to_the_parameters_type():
 
 
 def test_unknown_names_are_errors():
-    ns = {k: p.default for k, p in P.SCHEMAS["02_training"].items()} | {"sede": 1}
+    ns = {k: p.default for k, p in P.schema("02_training").items()} | {"sede": 1}
     with pytest.raises(P.ParameterError, match=r"unknown parameter 'sede' of chapter 02_training; allowed: scale, seed"):
         P.check("02_training", ns)
     with pytest.raises(P.ParameterError, match="unknown parameter 'sede'"):
@@ -164,7 +164,7 @@ def test_run_refuses_an_out_of_box_eps_before_the_kernel_starts(argv, message, c
     (["exact", "--scale", "cpu", "--studies", "mnist-mlp64-fgsm-l1-eps5", "mnist-mlp64-st-linf-eps0.1", "--eps", "5"],
      "lossbook.chapters.exact_risk.run_study", "eps=5 under linf"),  # the l_1 study would be fine: nothing runs
     (["search", "--scale", "smoke", "--dataset", "mnist", "--net", "net1", "--training", "st", "--norm", "l1", "linf",
-      "--eps", "5"], "lossbook.search.engine.search_setting", "eps=5 under linf"),
+      "--eps", "5"], "lossbook.search.runs.search_setting", "eps=5 under linf"),
     (["atras", "--scale", "smoke", "--eps", "2"], "lossbook.chapters.atras_sweep.dataset_results", "eps=2 under linf"),
 ])
 def test_cli_refuses_an_out_of_box_eps_before_any_work(argv, spied, message, capsys, monkeypatch):

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lossbook.chapters.training import training_logs
 from lossbook.config import paper_eps, train_config
 from lossbook.core.models import build_model
 from lossbook.core.train import _adversarial_batch, load_model, load_record, train
@@ -98,7 +99,7 @@ def test_a_finished_model_is_not_trained_again(tmp_path, data_available):
 
 
 def test_conclusion_states_what_adversarial_training_cost():
-    from lossbook.core.train import conclusion
+    from lossbook.chapters.training import conclusion
 
     rec = lambda ds, net, tr, acc: {"config": {"dataset": ds, "net": net, "training": tr, "scale": "cpu"},
                                     "test_acc": acc, "train_seconds": 600}
@@ -118,14 +119,14 @@ def test_a_seed_reaches_the_checkpoint_the_record_and_the_logs(tmp_path, data_av
     monkeypatch.setattr(T, "train", lambda *a, **k: pytest.fail("a finished seed-1 model was trained again"))
     again = T.ensure_trained(["mnist"], ["net1"], ["st"], "smoke", seed=1, root=tmp_path, progress=False)
     assert again[0]["config"] == first[0]["config"]
-    logs = T.training_logs(again, root=tmp_path)
+    logs = training_logs(again, root=tmp_path)
     assert len(logs) == first[0]["config"]["epochs"] and set(logs.model) == {"mnist-net1-st"}
     table = T.store.load(tmp_path / "smoke" / "accuracies.csv")
     assert table.seed.tolist() == [1]
 
 
 def test_the_takeaway_lists_each_models_accuracy():
-    from lossbook.core.train import takeaway
+    from lossbook.chapters.training import takeaway
 
     recs = [{"config": {"dataset": "mnist", "net": "net1", "training": "at", "epochs": 6}, "test_acc": 0.9738}]
     assert takeaway(recs) == "Clean test accuracy: mnist NET1 AT 97.4% after 6 epochs."

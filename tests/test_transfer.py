@@ -211,7 +211,6 @@ def test_q2_is_counted_once_for_the_chapter_and_the_glance_page():
     import pandas as pd
 
     from lossbook.chapters import transfer as T
-    from lossbook.publish import glance
 
     table = pd.DataFrame({"source": ["mnist-net1-st-linf"] * 5,
                           "target": ["mnist-net1-st-linf", "mnist-net2-st-linf", "mnist-net1-at-linf", "mnist-net2-at-linf",
@@ -222,7 +221,7 @@ def test_q2_is_counted_once_for_the_chapter_and_the_glance_page():
     assert "beat CE in 2 of 3 (model, norm) cells away from their own setting that show a difference (1 ties" in \
         T.takeaway({"mnist": table})
     saved = T.saved_cross("cpu")
-    for row in glance._transfer_rows("cpu"):
+    for row in T.glance_rows("cpu"):
         ds = row["claim"].rsplit("(", 1)[1].rstrip(")")
         if ds in saved:
             b = T.q2_answer(saved[ds])

@@ -31,6 +31,16 @@ from lossbook.core import data
 from lossbook.core.attacks import fgsm
 from lossbook.core.models import accuracy, build_model, n_params
 from lossbook.core.train import adversarial_loss, fit
+from lossbook.params import (
+    Param,
+    choice,
+    common,
+    is_architecture,
+    listing,
+    number,
+    whole,
+    with_name,
+)
 
 #: The 40 hidden-layer lists of the paper's Tables I and II, in their order.
 ARCHITECTURES: list[list[int]] = [
@@ -256,7 +266,7 @@ SMOKE_ARCHITECTURES = (36, 24, 8)  # indices: three sizes, seconds on a CPU
 
 def chapter_architectures(spec: str, scale: str) -> list:
     """The architectures of a run: ``"all"`` (the 40 of the paper; three at smoke scale) or
-    comma-separated indices into :data:`ARCHITECTURES` (validated by :mod:`lossbook.publish.params`)."""
+    comma-separated indices into :data:`ARCHITECTURES` (validated by :mod:`lossbook.params`)."""
     if spec == "all":
         return list(ARCHITECTURES) if scale != "smoke" else [ARCHITECTURES[i] for i in SMOKE_ARCHITECTURES]
     idx = [int(i) for i in str(spec).split(",")]
@@ -368,7 +378,8 @@ def takeaway(ours: pd.DataFrame, transfers: dict, paper: pd.DataFrame, configs: 
     differs = "; ".join(
         f"{ds}: FGSM eps {configs[ds].eps:.3g}, {configs[ds].epochs}+{configs[ds].adv_epochs} epochs, one seed; median "
         f"clean accuracy {med(ours, ds, 'test_acc'):.0f}% (paper {med(paper, ds, 'test_acc'):.0f}%), under FGSM before "
-        f"adversarial training {med(ours, ds, 'acc_attacked_before_at'):.0f}% (paper {med(paper, ds, 'acc_attacked_before_at'):.0f}%)"
+        f"adversarial training {med(ours, ds, 'acc_attacked_before_at'):.0f}% "
+        f"(paper {med(paper, ds, 'acc_attacked_before_at'):.0f}%)"
         for ds in ours["dataset"].unique() if ds in configs)
     return answer + " (descriptive: no interval).", differs + ". Where the regimes differ this much, a conclusion " \
         "that does not hold here is not a failure of the paper's claim in its own regime."
@@ -386,3 +397,41 @@ def conclusion(claims_table: pd.DataFrame, exact_fgsm_gap: str = "") -> str:
     if exact_fgsm_gap:
         lines.append(f"* {exact_fgsm_gap}")
     return "\n".join(lines)
+
+
+#: chapter 06's parameters (papermill, ``run -p``; checked before its kernel starts)
+PARAMETERS: dict[str, Param] = {
+    **common("smoke | cpu (committed) | paper"),
+    "dataset": Param("all", choice(DATASETS + ("all",))),
+    "eps": Param(0.0, number(0, zero_means_default=True), "FGSM radius"),
+    "epochs": Param(0, whole(), "standard-training epochs; 0: the scale's default"),
+    "adv_epochs": Param(0, whole(), "adversarial-training epochs; 0: the scale's default"),
+    "architectures": Param("all", listing(is_architecture, "indices 0..39", ("all",))),
+    "failure_mode": Param("sigmoid-sgd", choice(FAILURE_MODES)),
+}
+
+
+def check_parameters(v: dict) -> None:
+    """FGSM's eps is an l_inf radius, bounded by each chosen dataset's images (0: the default)."""
+    for dataset in DATASETS if v["dataset"] == "all" else (v["dataset"],):
+        if v["eps"]:
+            with_name("eps", v["eps"], lambda: check_dataset_eps(dataset, "linf", v["eps"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# The glance page's rows (lossbook.publish.glance)
+# ------------------------------------------------------------------------------------------------
+def glance_rows(scale: str) -> list[dict]:
+    """The glance page's rows: each ATRAS claim per dataset, from the saved sweep."""
+    rows = []
+    for ds in ("mnist", "cifar10"):
+        cfg = atras_config(ds, scale)
+        df, tm = dataset_results(cfg, [list(a) for a in ARCHITECTURES], [], compute=False)
+        if df is None or df.empty:
+            continue
+        for _, c in claims(df, {ds: tm} if tm is not None else None).iterrows():
+            rows.append({"paper": "ATRAS", "claim": f"{c['claim']} ({ds})", "the paper's number": "stated, Tables I-II",
+                         "ours": f"{c['evidence']} ({len(df)} MLPs; descriptive, no interval)", "scale": scale,
+                         "verdict": "reproduced" if c["supported"] else "not reproduced",
+                         "section": "chapters/06_atras_sweep"})
+    return rows

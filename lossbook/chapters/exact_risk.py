@@ -9,15 +9,15 @@ is known; every attack the book has runs on the same images, and its approximati
   PGD-AT for the AutoLoss-AR side. Their weights are saved through the store (``.npz`` + record).
 * :data:`STUDIES`: per scale, which model is verified under which norm and eps, on how many images
   (the first correctly classified test images), with which time limit per image.
-* :data:`ATTACKS`: FGSM, PGD-10/100 with CE, C&W, margin, DLR and a loss searched on that model
-  (GP on other images), APGD-CE, APGD-DLR and AutoAttack's standard ensemble (torchattacks).
+* the attacks: every attack of :data:`lossbook.core.attack_registry.ATTACKS` defined under the study's
+  norm (FGSM, PGD-10/100 with CE, C&W, margin, DLR and a loss searched on that model by GP on other
+  images, APGD-CE, APGD-DLR and AutoAttack's standard ensemble from torchattacks).
 
 Everything is resumable: the verification saves each image as it ends; the attacks' per-image
 outcomes are one table per study.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,11 +30,19 @@ from lossbook import runner, store
 from lossbook.chapters import atras_sweep as atras
 from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
 from lossbook.core import data, exact
-from lossbook.core.attacks import evaluate_losses, evaluation_images, fgsm, lp_norm, pgd
-from lossbook.core.losses import HANDCRAFTED, compile_formula
-from lossbook.core.models import build_model, predict
-from lossbook.core.stats import risk_interval
+from lossbook.core.attack_registry import attack_names, run_attacks
+from lossbook.core.attacks import evaluation_images, pgd
+from lossbook.core.losses import compile_formula
+from lossbook.core.models import build_model
+from lossbook.core.stats import paired_gain, risk_interval, verdict
 from lossbook.core.train import adversarial_loss, fit
+from lossbook.params import (
+    Param,
+    common,
+    number,
+    whole,
+    with_name,
+)
 from lossbook.search.engine import CHECKPOINT_SUFFIX, run_search
 from lossbook.search.fitness import Evaluator
 from lossbook.search.settings import SEARCH_PRESETS
@@ -172,59 +180,12 @@ def load_verified_model(name: str, scale: str, train: bool = True, progress: boo
 # ------------------------------------------------------------------------------------------------
 # Every attack, per image
 # ------------------------------------------------------------------------------------------------
-PGD_LOSSES = ("ce", "cw", "margin", "dlr")
-LIBRARY_NORMS = {"linf": "Linf", "l2": "L2"}  # torchattacks' APGD / AutoAttack norms (l_1 is not offered)
-
-
-def _library(kind: str, model, norm: str, eps: float, seed: int):
-    try:
-        import torchattacks
-    except ImportError as exc:  # pragma: no cover - installed by `make setup`
-        raise ImportError("chapter 07 needs torchattacks==3.5.1: pip install --no-deps torchattacks==3.5.1 "
-                          "(without --no-deps it downgrades requests)") from exc
-    n = LIBRARY_NORMS[norm]
-    if kind == "AutoAttack":
-        return torchattacks.AutoAttack(model, norm=n, eps=eps, version="standard", n_classes=10, seed=seed)
-    return torchattacks.APGD(model, norm=n, eps=eps, steps=100, n_restarts=1, loss=kind.split("-")[1].lower(),
-                             seed=seed)
-
-
-def attack_names(norm: str, searched: bool = True) -> list[str]:
-    """The attacks run under ``norm``, in the chapter's order."""
-    names = ["FGSM"] if norm == "linf" else []
-    for steps in (10, 100):
-        names += [f"PGD-{steps} {loss}" for loss in PGD_LOSSES + (("searched",) if searched else ())]
-    if norm in LIBRARY_NORMS:
-        names += ["APGD-CE", "APGD-DLR", "AutoAttack"]
-    return names
-
-
 def attack_outcomes(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, searched_loss=None,
                     seed: int = 0, progress: bool = False) -> pd.DataFrame:
-    """One boolean column per attack (True: that attack broke the image), one row per image."""
-    out: dict[str, np.ndarray] = {}
-    log = print if progress else (lambda *_: None)
-    if norm == "linf":
-        out["FGSM"] = (predict(model, fgsm(model, x, y, eps)) != y).numpy()
-    losses = [HANDCRAFTED[k] for k in PGD_LOSSES] + ([searched_loss] if searched_loss is not None else [])
-    names = list(PGD_LOSSES) + (["searched"] if searched_loss is not None else [])
-    for steps in (10, 100):
-        t0 = time.perf_counter()
-        res = evaluate_losses(model, x, y, losses, norm=norm, eps=eps, steps=steps, seed=seed)
-        for k, name in enumerate(names):
-            out[f"PGD-{steps} {name}"] = res.broken[k].numpy()
-        log(f"PGD-{steps} x {len(losses)} losses: {time.perf_counter() - t0:.1f} s")
-    if norm in LIBRARY_NORMS:
-        torch.manual_seed(seed)
-        for kind in ("APGD-CE", "APGD-DLR", "AutoAttack"):
-            t0 = time.perf_counter()
-            xa = _library(kind, model, norm, eps, seed)(x, y).detach()
-            # the library's points, checked here: in the ball (float32 slack) and the box, then re-predicted
-            if float(lp_norm(xa - x, norm).max()) > eps * (1 + 1e-5) + 1e-6 or float(xa.min()) < 0 or float(xa.max()) > 1:
-                raise RuntimeError(f"{kind} returned points outside the {norm} ball of radius {eps} or the box [0, 1]")
-            out[kind] = (predict(model, xa) != y).numpy()
-            log(f"{kind}: {time.perf_counter() - t0:.1f} s")
-    return pd.DataFrame(out)
+    """One boolean column per attack of the registry under ``norm`` (True: that attack broke the image), one
+    row per image; the searched PGD loss only where ``searched_loss`` is given."""
+    names = attack_names(norm, searched=searched_loss is not None)
+    return run_attacks(names, model, x, y, norm, eps, searched_loss, seed=seed, progress=progress)
 
 
 def searched_loss_for(model, study: Study, scale: str, root: Path | None = None, progress: bool = False):
@@ -535,3 +496,48 @@ def fgsm_gap_sentence(scale: str = "cpu") -> str:
         return ""
     return ("FGSM, the paper's only attack, underestimates the exact risk of the FGSM-AT MLPs verified in chapter 7 "
             f"({'; '.join(parts)}): the accuracies under attack above are upper bounds on the robust accuracy.")
+
+
+#: chapter 07's parameters (papermill, ``run -p``; checked before its kernel starts)
+PARAMETERS: dict[str, Param] = {  # no seed: the exact risk has none, and the attacks' starts are part of each study
+    **{k: v for k, v in common("smoke | cpu (committed results) | paper (= cpu: the verified models are tiny)").items()
+       if k != "seed"},
+    "studies": Param("all", lambda v: None if isinstance(v, str) and v.strip() else
+                     "'all' or comma-separated study names (lossbook.chapters.exact_risk.STUDIES)"),
+    "n_images": Param(0, whole(), "images per study; 0: the study's own number"),
+    "time_limit": Param(0.0, number(0, zero_means_default=True), "solver seconds per image"),
+}
+
+
+def check_parameters(v: dict) -> None:
+    """Named studies must exist at the chosen scale."""
+    if v["studies"] != "all":
+        with_name("studies", v["studies"], lambda: select_studies(v["studies"], v["scale"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# The glance page's rows (lossbook.publish.glance)
+# ------------------------------------------------------------------------------------------------
+def glance_rows(scale: str) -> list[dict]:
+    """The glance page's rows: per verified study, whether the searched loss makes PGD-10 tighter than CE."""
+    rows = []
+    for st in studies(scale):
+        t = load_study(st, scale)
+        if t is None:
+            continue
+        if {"PGD-10 searched", "PGD-10 ce"} <= set(t.columns):
+            pg = paired_gain(t["PGD-10 searched"].to_numpy(bool), t["PGD-10 ce"].to_numpy(bool))
+            ce_missed = int(((t["status"] == "vulnerable") & ~t["PGD-10 ce"].astype(bool)).sum())
+            no_room = ce_missed < NO_ROOM_IMAGES
+            rows.append({"paper": "AutoLoss-AR", "claim": f"a searched loss makes PGD-10 a tighter estimate of R than CE "
+                         f"({st.name()}, on verified images)", "the paper's number": "+0.7 to +2.9 pp (its CNNs, R unknown)",
+                         "ours": f"{pg.gain_pp:+.1f} pp [{pg.ci_low:+.1f}, {pg.ci_high:+.1f}] (McNemar p = "
+                         f"{pg.p_value:.2g}; {len(t)} verified images; CE misses {ce_missed} vulnerable images)",
+                         "scale": scale, "verdict": NO_ROOM if no_room else verdict(pg),
+                         "section": "chapters/07_exact_risk"})
+    return rows
+
+
+#: a study whose CE error is below this many images leaves PGD nothing to tighten: reported, not judged
+NO_ROOM_IMAGES = 2
+NO_ROOM = "no room to improve"

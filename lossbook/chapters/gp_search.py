@@ -19,15 +19,31 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lossbook import runner, store
-from lossbook.config import DATASETS, NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
+from lossbook.config import (
+    NETS,
+    RESULTS_DIR,
+    SCALES,
+    TRAININGS,
+    check_choice,
+    check_dataset_eps,
+    quiet,
+)
+from lossbook.core.attack_registry import grid_losses
 from lossbook.core.stats import paired_gain, verdict
 from lossbook.core.train import ensure_trained
+from lossbook.params import (
+    EPS_RULES,
+    Param,
+    choice,
+    common,
+    eps_rule,
+    setting_list,
+    whole,
+    with_name,
+)
 from lossbook.search.engine import checkpoint_path
 from lossbook.search.runs import heldout_attacks, search_dir, search_setting
-from lossbook.search.settings import SEARCH_PRESETS, Setting, auto_setting, parse_setting, resolve_setting
-
-#: the 24 settings, MNIST first (cheaper), in the order the grid runs them
-SETTINGS = tuple(f"{d}-{n}-{t}-{norm}" for d in DATASETS for t in TRAININGS for n in NETS for norm in NORMS)
+from lossbook.search.settings import SEARCH_PRESETS, SETTINGS, Setting, auto_setting, parse_setting, resolve_setting
 
 #: AutoLoss-AR Section V-C: the best searched loss's gain over CE (PGD-10, %), per setting
 PAPER_GAIN_PP = {
@@ -109,7 +125,8 @@ def run_setting(name: str, plan: GridPlan, root: Path | None = None, progress: b
 # ------------------------------------------------------------------------------------------------
 # Held-out re-evaluation with per-image outcomes
 # ------------------------------------------------------------------------------------------------
-LOSS_NAMES = ("searched", "ce", "cw", "dlr")
+#: the losses compared on held-out images (the registry's PGD-10 entries marked ``grid``)
+LOSS_NAMES = grid_losses()
 
 
 def heldout_outcomes(setting: Setting, plan: GridPlan, best: dict, root: Path | None = None,
@@ -369,3 +386,21 @@ def run_grid_ray(plan, settings: list[str], root: Path, address: str | None = No
                 rows[name] = summary_row(name, grid_setting(name, plan, root), runs[name], ray.get(ref), plan)
         bar.close()
         return rows
+
+
+#: chapter 03's parameters (papermill, ``run -p``; checked before its kernel starts)
+PARAMETERS: dict[str, Param] = {
+    **common("smoke | cpu (committed results) | paper"),
+    "settings": Param("mnist-net1-st-linf,mnist-net2-st-linf,mnist-net1-at-linf,mnist-net2-at-linf", setting_list),
+    "runs": Param(0, whole(), "runs per setting; 0: the scale's default"),
+    "eps": Param("auto", eps_rule, "auto | paper | calibrate | a number"),
+    "grid_scale": Param("cpu", choice(SCALES), "whose 24-setting grid the chapter shows"),
+}
+
+
+def check_parameters(v: dict) -> None:
+    """A numeric eps is a radius under each chosen setting's norm, bounded by its images."""
+    if v["eps"] not in EPS_RULES:  # a number: a radius under each chosen setting's norm
+        for setting in v["settings"].split(","):
+            dataset, _, _, norm = setting.strip().split("-")
+            with_name("eps", v["eps"], lambda: check_dataset_eps(dataset, norm, float(v["eps"])))

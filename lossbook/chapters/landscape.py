@@ -23,7 +23,14 @@ from lossbook.config import DATASETS, RESULTS_DIR, check_choice
 from lossbook.core.attacks import pgd
 from lossbook.core.losses import cross_entropy, per_sample
 from lossbook.core.models import eval_mode, model_device, predict
-from lossbook.core.stats import majority_verdict
+from lossbook.core.stats import NOT_RUN, majority_verdict
+from lossbook.params import (
+    Param,
+    common,
+    is_setting,
+    listing,
+    whole,
+)
 from lossbook.search.settings import parse_setting, setting_images
 
 #: How an example is explained (the paper's two reasons), decided from CE at the two endpoints.
@@ -361,3 +368,42 @@ def conclusion(studies: dict, source: str) -> str:
                        f"{con} by local consistency: **{lead}** dominates")
         lines.append(f"* **{source} on {d}** ({o['images']} images raced; CE alone broke {o['CE only']}): {verdict}.")
     return "\n".join(lines)
+
+
+#: chapter 05's parameters (papermill, ``run -p``; checked before its kernel starts)
+PARAMETERS: dict[str, Param] = {
+    **common("smoke | cpu (committed results) | paper"),
+    "source": Param("mnist-net1-at-linf", lambda v: None if isinstance(v, str) and is_setting(v) else
+                    "a setting such as 'mnist-net1-at-linf'"),
+    "datasets": Param("mnist,cifar10", listing(lambda s: s in DATASETS, "datasets")),
+    "n_images": Param(0, whole(), "raced images; 0: the scale's default"),
+    "steps": Param(100, whole(1), "PGD iterations of the race"),
+    "resolution": Param(0, whole(), "grid points per axis; 0: the scale's default"),
+    "per_kind": Param(1, whole(1), "images shown per explanation"),
+    "n_examples": Param(4, whole(1), "qualitative examples per dataset"),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# The glance page's rows (lossbook.publish.glance)
+# ------------------------------------------------------------------------------------------------
+def glance_rows(scale: str) -> list[dict]:
+    """Q3: why the searched loss wins (MNIST: easier to optimize; CIFAR-10: better local consistency)."""
+    source = PARAMETERS["source"].default
+    try:
+        studies, _, _ = chapter_studies(source, list(PAPER_Q3), scale) if scale != "smoke" else ({}, [], 0)
+    except (FileNotFoundError, ValueError):
+        studies = {}
+    rows = []
+    for ds, stated in PAPER_Q3.items():
+        row = {"paper": "AutoLoss-AR", "claim": f"Q3: the searched loss wins mostly by {stated} ({ds})",
+               "the paper's number": "stated (Fig. 9)", "scale": scale, "section": "chapters/05_landscape"}
+        st = studies.get(ds)
+        if st is None:
+            rows.append({**row, "ours": NOT_RUN, "verdict": NOT_RUN})
+            continue
+        a = q3_answer(st[2], stated)
+        rows.append({**row, "ours": f"of {a['searched_only']} images only the searched loss broke: {a['optimization']} by "
+                     f"optimization, {a['consistency']} by local consistency (sign test p = {a['p']:.2g}; {a['images']} "
+                     f"raced)", "verdict": a["verdict"]})
+    return rows

@@ -25,7 +25,7 @@ from lossbook.chapters.gp_search import SETTINGS, GridPlan, heldout_outcomes, pa
 from lossbook.config import RESULTS_DIR, check_choice, train_config
 from lossbook.core.attacks import evaluate_losses, pgd
 from lossbook.core.losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula, released_loss
-from lossbook.core.stats import direction, exact_gain, holm, pooled_gain, size_verdict
+from lossbook.core.stats import NOT_RUN, direction, exact_gain, holm, pooled_gain, size_verdict
 from lossbook.core.train import ensure_trained
 from lossbook.search.runs import run_request, search_dir, search_setting
 from lossbook.search.settings import SEARCH_PRESETS, Setting, auto_setting, parse_setting, setting_images
@@ -475,7 +475,8 @@ def differences_table(plan: ArmPlan, summary: pd.DataFrame | None) -> pd.DataFra
                if part is not None and len(part) else "by the protocol's rule")
         rows += [(f"models ({d})", "trained 160 epochs (Table II)", models),
                  (f"eps ({d})", "Table III, chosen so that R'' is about 0.7",
-                  f"Table III where CE-PGD-10's R'' lies in [{plan.band[0]}, {plan.band[1]}], else calibrated to 0.70: {eps}"),
+                  f"Table III where CE-PGD-10's R'' lies in [{plan.band[0]}, {plan.band[1]}], else calibrated to "
+                  f"0.70: {eps}"),
                  (f"runs per setting ({d})", "not stated (the best of its runs is reported)",
                   f"{len(seeds)} unseeded (seeds {', '.join(map(str, seeds))})")]
     rows += [("attack", "PGD-10 of the released code (cosine step, first misclassified point counts)",
@@ -486,3 +487,33 @@ def differences_table(plan: ArmPlan, summary: pd.DataFrame | None) -> pd.DataFra
              ("verdict images", "the searched images (no held-out set described)",
               f"{plan.heldout_images} held-out correctly classified test images, new random starts")]
     return pd.DataFrame(rows, columns=["aspect", "paper", "this arm"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The glance page's rows (lossbook.publish.glance)
+# ------------------------------------------------------------------------------------------------
+def glance_rows(scale: str) -> list[dict]:
+    """Q1 per setting from the paper arm (the protocol page's rule), and the paper's 100% success rate."""
+    summary = load_summary("smoke" if scale == "smoke" else "paper")
+    judged = {} if summary is None else {r["setting"]: r for _, r in with_holm(summary).iterrows()}
+    where = "smoke arm" if scale == "smoke" else "paper arm"
+    rows = []
+    for name in SETTINGS:
+        r = judged.get(name)
+        ours = NOT_RUN if r is None else (
+            f"{r['heldout_gain_pp']:+.1f} pp [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] (held-out; Holm p "
+            f"{r['holm_p']:.2g}; {r['model_scale']} model, {r['model_epochs']} epochs; eps {r['eps']:.4g}, "
+            f"Table III {r['table_iii_eps']:.4g}; paper's gain {r['size']})")
+        rows.append({"paper": "AutoLoss-AR", "claim": f"Q1: a searched loss beats CE under PGD-10 ({name})",
+                     "the paper's number": f"+{paper_gain(name)} pp", "ours": ours, "scale": where,
+                     "verdict": NOT_RUN if r is None else r["direction"], "section": "chapters/03_gp_search"})
+    if judged:
+        all_beat = sum(int(r["runs_beating_ce"]) == int(r["runs"]) for r in judged.values())
+        runs = sum(int(r["runs"]) for r in judged.values())
+        beat = sum(int(r["runs_beating_ce"]) for r in judged.values())
+        rows.append({"paper": "AutoLoss-AR", "claim": "in every setting, every search finds a loss beating CE (on the "
+                     "search images)", "the paper's number": "100% success rate", "ours": f"all unseeded runs beat CE "
+                     f"in {all_beat} of {len(judged)} judged settings ({beat} of {runs} runs; in-sample, descriptive)",
+                     "scale": where, "verdict": "reproduced" if all_beat == len(judged) else "not reproduced",
+                     "section": "chapters/03_gp_search"})
+    return rows

@@ -15,10 +15,19 @@ import torch
 from torch import nn
 
 from lossbook import store
-from lossbook.config import NORMS, RESULTS_DIR, check_choice
+from lossbook.config import NORMS, RESULTS_DIR, check_choice, check_eps
 from lossbook.core.attacks import evaluate_losses
 from lossbook.core.losses import HANDCRAFTED, compile_formula
 from lossbook.core.stats import count_interval
+from lossbook.params import (
+    Param,
+    choice,
+    common,
+    is_point,
+    number,
+    whole,
+    with_name,
+)
 from lossbook.search.engine import GPConfig, run_search
 from lossbook.search.fitness import Evaluator
 from lossbook.search.settings import Setting
@@ -436,3 +445,24 @@ def conclusion(df, n_points: int) -> str:
                      + f"; PGD-{top} instead of PGD-{low} moves no surrogate's E by more than {moved:.1f} pp.")
     return "\n".join(lines + ["", f"Intervals: 95% Clopper-Pearson over the {n_points} points of the evaluation "
                               "sample. An error that more steps do not shrink is the surrogate's, not the optimizer's."])
+
+
+#: chapter 01's parameters (papermill, ``run -p``; checked before its kernel starts)
+PARAMETERS: dict[str, Param] = {
+    **common("size of the GP search on the toy (all run in seconds)"),
+    "norm": Param("all", choice(NORMS + ("all",))),
+    "eps": Param(0.0, number(0, zero_means_default=True), "radius for the risk table"),
+    "x0": Param("auto", lambda v: None if v == "auto" or (isinstance(v, str) and is_point(v)) else
+                "'auto' or 'a,b' with -1 <= a, b <= 1", "centre of the Fig. 1 ball"),
+    "fig_eps": Param(0.0, number(0, zero_means_default=True), "radius of the Fig. 1 ball when x0 is given"),
+    "n_points": Param(1000, whole(1), "toy points for the risk table"),
+    "interactive": Param(False, choice((True, False)), "sliders in a live session"),
+}
+
+
+def check_parameters(v: dict) -> None:
+    """The toy lives in [-1, 1]^2 (a box of side 2); 0 means the chapter's default radius."""
+    for name in ("eps", "fig_eps"):
+        for norm in NORMS if v["norm"] == "all" else (v["norm"],):
+            if v[name]:
+                with_name(name, v[name], lambda: check_eps(norm, v[name], 2, side=2.0))

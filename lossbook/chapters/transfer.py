@@ -20,8 +20,15 @@ from lossbook.config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_c
 from lossbook.core import data
 from lossbook.core.attacks import evaluate_losses, evaluation_set
 from lossbook.core.losses import HANDCRAFTED, compile_formula, pretty
-from lossbook.core.stats import majority_verdict
+from lossbook.core.stats import NOT_RUN, majority_verdict
 from lossbook.core.train import ensure_trained, load_model
+from lossbook.params import (
+    Param,
+    common,
+    is_setting,
+    listing,
+    whole,
+)
 from lossbook.search.runs import load_runs, search_setting
 from lossbook.search.settings import (
     SEARCH_PRESETS,
@@ -477,7 +484,8 @@ def chapter_norms(spec: str, what: str) -> list[str]:
 
 
 def chapter_cross(names: list[str], scale: str, cfg: TransferConfig, compute: bool, mnist_norms: str = "all",
-                  cifar_norms: str = "all", cifar_names: list[str] | None = None) -> tuple[dict[str, pd.DataFrame], list[str]]:
+                  cifar_norms: str = "all", cifar_names: list[str] | None = None
+                  ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Fig. 8's cross-setting tables per dataset (at smoke scale: MNIST, and CIFAR-10 only when its norms are
     asked for; l_inf unless asked) and what is
     missing from them. CIFAR-10's rows are ``cifar_names`` (its own searched losses) where given, else
@@ -515,3 +523,38 @@ def saved_cross(scale: str) -> dict[str, pd.DataFrame]:
     cross, _ = chapter_cross(searched_sources(scale, "mnist"), scale, TRANSFER_PRESETS[scale], compute=False,
                              cifar_names=grid_sources("grid", scale, "cifar10"))
     return cross
+
+
+#: chapter 04's parameters (papermill, ``run -p``; checked before its kernel starts)
+PARAMETERS: dict[str, Param] = {
+    **common("smoke | cpu (committed results) | paper"),
+    "sources": Param("all", listing(is_setting, "settings", ("all",))),
+    "cifar_searched": Param("grid", listing(is_setting, "settings", ("grid", "none"))),
+    "cifar_sources": Param("mnist-net1-at-linf,mnist-net2-at-linf", listing(is_setting, "settings", ("none",))),
+    "mnist_norms": Param("all", listing(lambda s: s in NORMS, "norms", ("all",))),
+    "cifar_norms": Param("all", listing(lambda s: s in NORMS, "norms", ("all",))),
+    "n_images": Param(0, whole(), "evaluation images; 0: the scale's default"),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# The glance page's rows (lossbook.publish.glance)
+# ------------------------------------------------------------------------------------------------
+def glance_rows(scale: str) -> list[dict]:
+    """Q2: the searched losses keep a gain over CE under other (model, norm) settings (Fig. 8)."""
+    rows, cross = [], saved_cross(scale)
+    for ds in ("mnist", "cifar10"):
+        table = cross.get(ds)
+        if table is None or table.empty:
+            rows.append({"paper": "AutoLoss-AR", "claim": f"Q2: searched losses transfer to other models and norms ({ds})",
+                         "the paper's number": "stated: mostly (Fig. 8)", "ours": NOT_RUN, "scale": scale,
+                         "verdict": NOT_RUN, "section": "chapters/04_transfer"})
+            continue
+        a = q2_answer(table)
+        rows.append({"paper": "AutoLoss-AR", "claim": f"Q2: searched losses transfer to other models and norms ({ds})",
+                     "the paper's number": "stated: mostly (Fig. 8)",
+                     "ours": f"gain over CE > 0 in {a['k']} of {a['n']} cells with a gain or loss, {a['ties']} ties left "
+                     f"out (sign test p = {a['p']:.2g}; median {a['median_pp']:+.1f} pp; cells share images, so p is "
+                     f"optimistic; {a['losses']} searched losses)",
+                     "scale": scale, "verdict": a["verdict"], "section": "chapters/04_transfer"})
+    return rows

@@ -65,7 +65,8 @@ def _npz_arrays(folder: Path, filename: str, names: tuple, dataset: str) -> dict
     except DataError:
         raise
     except Exception as exc:  # zip/format errors of a damaged file
-        raise DataError(f"{dataset}: cannot read {path} ({exc}); set {ENV_VAR} to a folder with {_expected(dataset)}") from exc
+        raise DataError(f"{dataset}: cannot read {path} ({exc}); set {ENV_VAR} to a folder with "
+                        f"{_expected(dataset)}") from exc
 
 
 def _check(dataset: str, x: np.ndarray, y: np.ndarray, source: str) -> None:

@@ -35,8 +35,8 @@ ball of the same radius, cut by tangent half-spaces ``<g, x' - x> <= eps`` (``||
 and the problem is solved again (outer approximation: the cuts are kept for every later class), until a
 point inside the ball is confirmed by the model, the problem is infeasible, or time runs out. First-layer
 bounds take the tighter of the box's and ``W x + b +- eps ||W_j||_2``. This decides l_2 images exactly
-where it converges; where it does not, the image is *unknown* and R an interval, as for the other norms. Measured on the FGSM-AT
-[64] MLP at eps 0.1 (12 images, 30 s limit, 1 core): 6 unknown with the plain feasibility MILP,
+where it converges; where it does not, the image is *unknown* and R an interval, as for the other norms.
+Measured on the FGSM-AT [64] MLP at eps 0.1 (12 images, 30 s limit, 1 core): 6 unknown with the plain feasibility MILP,
 1 with the LP filter, the relaxed last layer and the guiding objective.
 """
 from __future__ import annotations

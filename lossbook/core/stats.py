@@ -182,3 +182,7 @@ def pooled_gain(pairs, n_boot: int = 10_000, level: float = 0.95, seed: int = 0)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(boot, [tail, 100 - tail])
     return float(gains.mean()), float(lo), float(hi)
+
+
+#: the verdict of a claim whose result is not computed at the scale shown
+NOT_RUN = "not run at this scale"

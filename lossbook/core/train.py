@@ -245,7 +245,8 @@ def write_accuracies(scale: str, root: Path | None = None) -> Path:
     for _, st in saved_models(folder):
         c = st["config"]
         rows.append({"dataset": c["dataset"], "net": c["net"], "training": c["training"], "scale": c["scale"],
-                     "seed": c.get("seed", 0), "epochs": c["epochs"], "lr": c["lr"], "at_eps": c["at_eps"], "test_acc": round(st["test_acc"], 4),
+                     "seed": c.get("seed", 0), "epochs": c["epochs"], "lr": c["lr"], "at_eps": c["at_eps"],
+                     "test_acc": round(st["test_acc"], 4),
                      "train_seconds": st["train_seconds"], "device": st.get("device", "?")})
     return store.save(folder / "accuracies.csv", pd.DataFrame(rows), {"what": "accuracies", "scale": scale})
 
@@ -281,42 +282,7 @@ def ensure_trained(datasets, nets, trainings, scale: str, seed: int = 0, recompu
     return records
 
 
-def training_logs(records: list[dict], root: Path | None = None):
-    """The per-epoch logs of the given models as one DataFrame (columns: model, dataset, training, ...)."""
-    frames = []
-    for rec in records:
-        cfg = train_config(**{k: rec["config"][k] for k in ("dataset", "net", "training", "scale", "seed")})
-        df = store.load(checkpoint_path(cfg, root).with_suffix(".log.csv"))
-        df.insert(0, "model", cfg.name())
-        df.insert(1, "dataset", cfg.dataset)
-        df.insert(2, "net", cfg.net.upper().replace("NET", "NET-"))
-        df.insert(3, "training", cfg.training.upper())
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
 
 
-def takeaway(records: list[dict]) -> str:
-    """Chapter 02's answer: each model's clean test accuracy and epochs at this scale."""
-    if not records:
-        return "No model is available at this scale."
-    parts = [f"{r['config']['dataset']} {r['config']['net'].upper()} {r['config']['training'].upper()} "
-             f"{r['test_acc']:.1%} after {r['config']['epochs']} epochs" for r in records]
-    return "Clean test accuracy: " + "; ".join(parts) + "."
 
 
-def conclusion(records: list[dict]) -> str:
-    """Chapter 02's closing paragraph from its models' records: what PGD-AT cost in clean accuracy per
-    (dataset, net), and the training time of the whole set."""
-    by = {(r["config"]["dataset"], r["config"]["net"], r["config"]["training"]): r for r in records}
-    lines = []
-    for (ds, net, tr), r in by.items():
-        st = by.get((ds, net, "st"))
-        if tr == "st" or st is None:
-            continue
-        lines.append(f"* {ds} {net.upper()}: {tr.upper()} reaches {r['test_acc']:.1%} clean test accuracy, "
-                     f"{abs(100 * (st['test_acc'] - r['test_acc'])):.1f} pp "
-                     f"{'below' if st['test_acc'] >= r['test_acc'] else 'above'} ST's {st['test_acc']:.1%}.")
-    total = sum(r.get("train_seconds", 0) for r in records) / 60
-    scale = records[0]["config"].get("scale", "") if records else ""
-    return "\n".join(lines + [f"\n{len(records)} models, {total:.0f} minutes of training in all at `{scale}` scale "
-                              "(the records say on which device). These are the models every later chapter attacks."])

@@ -20,21 +20,17 @@ from lossbook import store
 from lossbook.chapters import gp_search as grid
 from lossbook.chapters import paper_arm
 from lossbook.chapters.gp_search import SETTINGS, paper_gain
+from lossbook.chapters.registry import CHAPTERS, check_relations, convert, validate
 from lossbook.config import REPO_ROOT, SCALES, check_choice
 from lossbook.core.train import saved_models
 from lossbook.publish import glance, plots, teaching
-from lossbook.publish.params import check_relations, convert, validate
 
 NBS_DIR = REPO_ROOT / "nbs"
 BOOK_DIR = REPO_ROOT / "book"
 CHAPTER_DIR = BOOK_DIR / "chapters"  # executed notebooks (generated, not committed)
 
-#: The chapters in reading order; a chapter whose notebook does not exist yet is left out.
-CHAPTERS = ("01_toy_inconsistency", "02_training", "03_gp_search", "04_transfer", "05_landscape", "06_atras_sweep",
-            "07_exact_risk")
-
-
 def available_chapters() -> list[str]:
+    """The registry's chapters whose notebook exists, in reading order."""
     return [c for c in CHAPTERS if (NBS_DIR / f"{c}.ipynb").exists()]
 
 
@@ -190,7 +186,8 @@ def check_links(html_dir: Path) -> list[str]:
                 problems.append(f"{path.relative_to(html_dir.resolve())}: missing {link}")
             elif parts.fragment and target.suffix == ".html" and target in pages \
                     and parts.fragment not in pages[target].ids:
-                problems.append(f"{path.relative_to(html_dir.resolve())}: no anchor #{parts.fragment} in {parts.path or 'itself'}")
+                problems.append(f"{path.relative_to(html_dir.resolve())}: no anchor #{parts.fragment} in "
+                                f"{parts.path or 'itself'}")
     return problems
 
 
@@ -202,7 +199,8 @@ def results_inventory(root: Path | None = None) -> list[dict]:
     for p, c in (m for folder in sorted(root.glob("models/*")) for m in saved_models(folder)):
         cfg = c["config"]
         rows.append({"result": p.relative_to(root.parent).as_posix(), "scale": cfg["scale"],
-                     "settings": f"{cfg['training'].upper()}, {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}"
+                     "settings": f"{cfg['training'].upper()}, {cfg['epochs']} epochs, lr {cfg['lr']}, "
+                                 f"batch {cfg['batch_size']}"
                                  + (f", PGD-{cfg['at_steps']} eps {cfg['at_eps']:.3g}" if cfg["training"] == "at" else "")
                                  + f", seed {cfg['seed']}",
                      "outcome": f"test acc {c['test_acc']:.4f} in {c['train_seconds']:.0f}s on {c.get('device', '?')}"})

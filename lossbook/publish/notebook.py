@@ -3,48 +3,14 @@ from __future__ import annotations
 
 import platform
 from html import escape
-from typing import Any
 
 import torch
 
-from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
-from lossbook.publish.params import check as check_schema
-
-#: Allowed values of the parameters shared by the chapters (None = any value of the given type).
-ALLOWED: dict[str, tuple] = {
-    "scale": SCALES,
-    "dataset": DATASETS + ("all",),
-    "net": NETS + ("all",),
-    "training": TRAININGS + ("all",),
-    "norm": NORMS + ("all",),
-    "recompute": (True, False),
-    "failure_mode": FAILURE_MODES,
-}
-
-
-#: Parameters that must be whole numbers >= 0.
-WHOLE_NUMBERS = ("seed", "runs", "epochs", "adv_epochs", "n_points", "n_images", "steps", "resolution", "n_examples",
-                 "per_kind")
-
-
-def _check_type(name: str, value: Any) -> None:
-    if name in WHOLE_NUMBERS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        raise ValueError(f"parameter {name}={value!r} is not allowed; allowed values: a whole number >= 0")
-
-
-def check(**params: Any) -> dict:
-    """Validate notebook parameters; unknown values raise ``ValueError`` listing the allowed ones."""
-    for name, value in params.items():
-        allowed = ALLOWED.get(name)
-        if allowed is not None and value not in allowed:
-            raise ValueError(f"parameter {name}={value!r} is not allowed; allowed values: "
-                             f"{', '.join(map(repr, allowed))}")
-        _check_type(name, value)
-    return params
+from lossbook.chapters.registry import check as check_schema
 
 
 def parameters(chapter: str, namespace: dict) -> dict:
-    """Validate a chapter's parameters against its schema (:mod:`lossbook.publish.params`): unknown names,
+    """Validate a chapter's parameters against its schema (:mod:`lossbook.chapters.registry`): unknown names,
     wrong types and values outside the allowed ones stop the chapter with one line. Values are
     coerced to the parameter's type in ``namespace`` (papermill's ``-p architectures 36`` is a number)."""
     params = check_schema(chapter, namespace)

@@ -7,9 +7,12 @@ import pandas as pd
 import seaborn as sns
 
 from lossbook.chapters.gp_search import SETTINGS
+from lossbook.core.attack_registry import LOSS_STYLE
 
 #: The paper's colours: red for cross-entropy, blue for searched losses; greys for references.
-COLORS = {"ce": "#d62728", "searched": "#1f77b4", "cw": "#7f7f7f", "dlr": "#2ca02c", "margin": "#9467bd"}
+#: each PGD loss's colour and label, from the attack registry
+COLORS = {loss: color for loss, (color, _) in LOSS_STYLE.items()}
+LOSS_LABELS = {loss: label for loss, (_, label) in LOSS_STYLE.items()}
 
 
 def style() -> None:
@@ -65,7 +68,8 @@ def atras_accuracy_vs_params(df, source: str = "ours"):
     """Test accuracy, accuracy under FGSM before and after FGSM-AT against the parameter count."""
     datasets = list(dict.fromkeys(df["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.0 * len(datasets), 4.0), squeeze=False)
-    series = [("test_acc", "clean test (ST)", "#4c4c4c", "o"), ("acc_attacked_before_at", "FGSM, before AT", COLORS["ce"], "v"),
+    series = [("test_acc", "clean test (ST)", "#4c4c4c", "o"),
+              ("acc_attacked_before_at", "FGSM, before AT", COLORS["ce"], "v"),
               ("acc_attacked_after_at", "FGSM, after AT", COLORS["searched"], "^")]
     for ax, ds in zip(axes[0], datasets):
         d = df[df["dataset"] == ds]
@@ -88,7 +92,6 @@ def transfer_heatmap(tm, title: str):
     return fig
 
 
-LOSS_LABELS = {"searched": "searched", "ce": "CE", "cw": "C&W", "dlr": "DLR"}
 
 
 def eps_curves(sweeps: list, title_of=lambda df, steps: f"{df['target'].iloc[0]}, PGD-{steps}",

@@ -25,6 +25,7 @@ from typing import Callable
 
 from lossbook import store
 from lossbook.chapters.gp_search import PLANS, SETTINGS, grid_setting, read_summary, run_config, run_grid, summary_path
+from lossbook.chapters.registry import CHAPTERS
 from lossbook.config import DATASETS, NETS, RESULTS_DIR, SCALES, TRAININGS, check_choice, train_config
 from lossbook.core.train import checkpoint_path, load_record, train
 from lossbook.publish.build import build, run_chapter
@@ -32,8 +33,6 @@ from lossbook.search.runs import run_request, search_dir
 from lossbook.search.settings import parse_setting, saved_auto_setting
 
 STEPS = ("models", "eps", "grid", "chapters", "book")
-#: the chapters that compute results of their own (the others show what the steps before made)
-COMPUTING_CHAPTERS = ("04_transfer", "05_landscape", "06_atras_sweep", "07_exact_risk")
 
 
 @dataclass
@@ -60,7 +59,8 @@ def _model_units(scale: str, datasets) -> list[Unit]:
                 path = checkpoint_path(cfg)
 
                 def done(cfg=cfg, path=path):
-                    return path.exists() and load_record(cfg.dataset, cfg.net, cfg.training, scale)["config"] == cfg.to_dict()
+                    return path.exists() and \
+                        load_record(cfg.dataset, cfg.net, cfg.training, scale)["config"] == cfg.to_dict()
 
                 def seconds(cfg=cfg, done=done):
                     return load_record(cfg.dataset, cfg.net, cfg.training, scale)["train_seconds"] if done() else None
@@ -108,7 +108,7 @@ def _stamp(chapter: str, scale: str) -> Path:
 
 def _chapter_units(scale: str) -> list[Unit]:
     units = []
-    for ch in COMPUTING_CHAPTERS:
+    for ch in (name for name, chapter in CHAPTERS.items() if chapter.computes):
         request = {"chapter": ch, "scale": scale, "recompute": True}
 
         def run(ch=ch, request=request):
@@ -135,7 +135,8 @@ def _book_unit(scale: str) -> Unit:
         store.save(_stamp("book", scale), {"seconds": round(time.perf_counter() - t0, 1)}, request)
 
     def seconds():
-        return store.load(_stamp("book", scale), request)["seconds"] if store.matches(_stamp("book", scale), request) else None
+        stamp = _stamp("book", scale)
+        return store.load(stamp, request)["seconds"] if store.matches(stamp, request) else None
 
     return Unit("book", "the book", "book", lambda: False, run, seconds)
 

@@ -188,3 +188,7 @@ def setting_images(setting: Setting, scale: str, n: int | None = None, skip: int
     classified test images after the first ``skip`` (all when ``n`` is None), with their test indices."""
     model = load_model(setting.dataset, setting.net, setting.training, scale, device=device)
     return (model, *evaluation_images(model, setting.dataset, n, skip))
+
+
+#: the 24 settings, MNIST first (cheaper), in the order the grid runs them
+SETTINGS = tuple(f"{d}-{n}-{t}-{norm}" for d in DATASETS for t in TRAININGS for n in NETS for norm in NORMS)
