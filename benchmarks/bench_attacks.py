@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from lossbook.config import paper_eps
-from lossbook.core import data
 from lossbook.core.attacks import (
     CHUNK_CANDIDATES,
     default_chunk,
     evaluate_losses,
-    evaluation_set,
+    evaluation_images,
     measure_chunk,
     project,
     step_sizes,
@@ -126,8 +125,7 @@ def main(argv=None):
 
     dev = torch.device(args.device)
     model = load_model(args.dataset, args.net, "st", args.scale, device=dev)
-    xt, yt = data.load(args.dataset, "test")
-    x, y, _ = evaluation_set(model, xt, yt, n=args.n)
+    x, y, _ = evaluation_images(model, args.dataset, args.n)
     x, y = x.to(dev), y.to(dev)
     img_shape = tuple(x.shape[1:])
     eps = paper_eps(args.dataset, args.net, "st", "linf")

@@ -17,12 +17,9 @@ from pathlib import Path
 
 import torch
 
-from lossbook.core import data
-from lossbook.core.attacks import evaluation_set
-from lossbook.core.train import load_model
 from lossbook.search.engine import run_search, with_overrides
 from lossbook.search.fitness import Evaluator
-from lossbook.search.settings import SEARCH_PRESETS, auto_setting, parse_setting
+from lossbook.search.settings import SEARCH_PRESETS, auto_setting, parse_setting, setting_images
 
 
 def one_run(model, x, y, setting, cfg, seed: int, semantic: bool) -> tuple[dict, Evaluator]:
@@ -61,9 +58,7 @@ def main(argv=None):
     dataset, net, training, norm = parse_setting(args.setting)
     cfg = SEARCH_PRESETS[args.preset]
     setting = auto_setting(dataset, net, training, norm, args.model_scale, n_images=cfg.n_images)
-    model = load_model(dataset, net, training, args.model_scale)
-    xt, yt = data.load(dataset, "test")
-    x, y, _ = evaluation_set(model, xt, yt, n=cfg.n_images)
+    model, x, y, _ = setting_images(setting, args.model_scale, cfg.n_images)
     print(f"{args.setting} eps={setting.eps} [{args.preset} preset: {cfg.gn} generations x {cfg.ps} trees, "
           f"{cfg.n_images} images] on {platform.machine()}, {torch.get_num_threads()} threads, seed {args.seed}")
     (on, ev_on), (off, ev_off) = (one_run(model, x, y, setting, cfg, args.seed, semantic) for semantic in (True, False))

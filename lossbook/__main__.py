@@ -1,4 +1,6 @@
-"""Command line: ``python -m lossbook train | search | run | book`` (see ``--help`` of each)."""
+"""Command line: ``python -m lossbook <command>``, one command per job: train, search, grid, paper-arm,
+atras, exact, landscape (compute results); book, run, reproduce, teaching (the book). See ``--help``
+of each; a chapter's ``run`` takes the chapters of :mod:`lossbook.chapters.registry`."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lossbook import params
-from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, TRAININGS
+from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, SETTINGS, TRAININGS
 from lossbook.params import EPS_RULES, eps_rule
 
 
@@ -107,9 +109,8 @@ def _grid(args) -> None:
 
 def _paper_arm(args) -> None:
     from lossbook.chapters.paper_arm import run_arm
-    from lossbook.search.settings import SETTINGS as SETTINGS_ALL
 
-    settings = args.settings or [s for s in SETTINGS_ALL if s.split("-")[0] in args.datasets]
+    settings = args.settings or [s for s in SETTINGS if s.split("-")[0] in args.datasets]
     print("summary:", run_arm(args.arm, settings=settings, progress=not args.quiet, seeded=not args.no_seeded))
 
 
@@ -248,8 +249,6 @@ def _search_command(sub, fmt=DefaultsHelpFormatter) -> None:
 
 def _grid_command(sub, fmt=DefaultsHelpFormatter) -> None:
     """The ``grid`` subcommand."""
-    from lossbook.search.settings import SETTINGS
-
     g = sub.add_parser("grid", formatter_class=fmt,
                        help="AutoLoss-AR's 24 settings: GP runs, held-out re-evaluation with paired statistics "
                        "and verdicts in results/search/<preset>/summary.csv (skips finished runs, resumes interrupted ones)",
@@ -269,8 +268,6 @@ def _grid_command(sub, fmt=DefaultsHelpFormatter) -> None:
 
 def _paper_arm_command(sub, fmt=DefaultsHelpFormatter) -> None:
     """The ``paper-arm`` subcommand."""
-    from lossbook.search.settings import SETTINGS
-
     pa = sub.add_parser("paper-arm", formatter_class=fmt, help="Question 1 by the protocol of book/protocol_q1.md: "
                         "unseeded runs, held-out verdicts, results/search/paper-arm/summary.csv (resumes)",
                         description="paper: MNIST on the 160-epoch models (5 unseeded runs per setting), CIFAR-10 on "
@@ -330,8 +327,6 @@ def _exact_command(sub, fmt=DefaultsHelpFormatter) -> None:
 
 def _landscape_command(sub, fmt=DefaultsHelpFormatter) -> None:
     """The ``landscape`` subcommand."""
-    from lossbook.search.settings import SETTINGS
-
     ls = sub.add_parser("landscape", formatter_class=fmt, help="chapter 05: PGD races, loss planes and the explanation "
                         "rule for a searched loss (results in results/landscape/<scale>/)",
                         description="Uses the scale's presets (smoke: 1 image, 9x9 grid, at most 20 steps; cpu: 200 "

@@ -19,6 +19,8 @@ DATASETS = ("mnist", "cifar10")
 NETS = ("net1", "net2")
 TRAININGS = ("st", "at")
 NORMS = ("linf", "l1", "l2")
+#: the 24 AutoLoss-AR settings <dataset>-<net>-<training>-<norm>, MNIST first (cheaper), in the order the grid runs them
+SETTINGS = tuple(f"{d}-{n}-{t}-{norm}" for d in DATASETS for t in TRAININGS for n in NETS for norm in NORMS)
 #: Image shape (channels, height, width) per dataset; pixels in [0, 1].
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 #: ATRAS training recipes: ours, and one that reproduces the paper's dead deep MLPs (sigmoid + plain SGD).

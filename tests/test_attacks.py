@@ -213,7 +213,8 @@ def test_returned_points_never_leave_the_ball(norm, eps, trained_mlp, mnist_smal
 
 def test_eps_beyond_the_box_is_refused_in_one_line():
     """eps = 50 under l_inf used to pass and report R = 1; each norm has a largest meaningful radius."""
-    from lossbook.core.attacks import check_eps, largest_eps, pgd
+    from lossbook.config import largest_eps
+    from lossbook.core.attacks import check_eps, pgd
     from lossbook.search.settings import make_setting
 
     assert largest_eps("linf", 784) == 1.0 and largest_eps("l2", 784) == 28.0 and largest_eps("l1", 784) == 784.0

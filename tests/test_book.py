@@ -128,10 +128,10 @@ def test_the_lesson_runs_as_written():
 
 
 def test_glance_exact_rows_from_the_committed_studies():
-    from lossbook.chapters import exact_risk as gap
+    from lossbook.chapters import exact_risk
 
-    rows = gap.glance_rows("cpu")
-    saved = [st for st in gap.studies("cpu") if gap.load_study(st, "cpu") is not None]
+    rows = exact_risk.glance_rows("cpu")
+    saved = [st for st in exact_risk.studies("cpu") if exact_risk.load_study(st, "cpu") is not None]
     assert not [r for r in rows if r["paper"] == "ATRAS"]  # ATRAS makes no claim about FGSM's error
     tighter = [r for r in rows if r["paper"] == "AutoLoss-AR"]
     assert len(tighter) == len(saved) and all("McNemar p = " in r["ours"] for r in tighter)
@@ -176,7 +176,8 @@ def test_the_glance_page_sorts_claims_and_draws_question_1(tmp_path, monkeypatch
 
     matplotlib.use("Agg")
     from lossbook.chapters import paper_arm
-    from lossbook.chapters.gp_search import SETTINGS, paper_gain
+    from lossbook.chapters.gp_search import paper_gain
+    from lossbook.config import SETTINGS
     from lossbook.publish import glance, plots
 
     monkeypatch.setattr(paper_arm, "RESULTS_DIR", tmp_path)

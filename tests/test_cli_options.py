@@ -38,7 +38,7 @@ class Recorder:
 def spies(monkeypatch):
     """Recorders in place of every function a CLI command hands its work to."""
     import lossbook.chapters.atras_sweep as atras
-    import lossbook.chapters.exact_risk as gap
+    import lossbook.chapters.exact_risk as exact_risk
     import lossbook.chapters.gp_search as grid
     import lossbook.chapters.landscape as landscape
     import lossbook.chapters.paper_arm as paper_arm
@@ -72,8 +72,8 @@ def spies(monkeypatch):
     for name in ("atras_config", "dataset_results"):
         monkeypatch.setattr(atras, name, s[name])
     monkeypatch.setattr(atras, "depth_summary", Recorder(pd.DataFrame()))
-    monkeypatch.setattr(gap, "run_study", s["run_study"])
-    monkeypatch.setattr(gap, "exact_summary", Recorder({"R_low": 0.0, "R_high": 0.0, "unknown": 0, "robust": 0,
+    monkeypatch.setattr(exact_risk, "run_study", s["run_study"])
+    monkeypatch.setattr(exact_risk, "exact_summary", Recorder({"R_low": 0.0, "R_high": 0.0, "unknown": 0, "robust": 0,
                                                          "vulnerable": 0, "images": 0, "milp_median_s": 0.0}))
     monkeypatch.setattr(landscape, "chapter_studies", s["chapter_studies"])
     for name in ("build", "run_chapter"):
@@ -202,7 +202,7 @@ def test_each_case_sets_its_option_off_its_default():
 
 # ---- the options that no chapter parameter shares, end to end: from the command line to the stored
 # request (or, for a switch that by design does not change results, to the stored run), in a fresh
-# results folder. --backend/--address leave the results unchanged by design: test_cluster runs the grid on
+# results folder. --backend/--address leave the results unchanged by design: test_ray_cluster runs the grid on
 # two Ray nodes and compares it with the local backend.
 def _cli(root, *argv):
     import os

@@ -81,3 +81,17 @@ def test_one_registry_entry_adds_a_chapter(monkeypatch):
     assert isinstance(table, pd.DataFrame) and table.iloc[-1]["claim"] == "a new claim"
     with pytest.raises(ParameterError, match="unknown chapter '09_none'; allowed: '01_toy_inconsistency'"):
         registry.schema("09_none")
+
+
+def test_every_chapter_module_sits_in_the_chapters_import_contract():
+    """A new chapter module must be placed in the layers of pyproject.toml (else nothing checks its imports)."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = Path(__file__).resolve().parent.parent
+    contracts = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    chapters = next(c for c in contracts if c.get("containers") == ["lossbook.chapters"])
+    placed = {m.strip() for layer in chapters["layers"] for m in layer.split("|")}
+    modules = {p.stem for p in (root / "lossbook" / "chapters").glob("*.py") if p.stem != "__init__"}
+    assert placed == modules

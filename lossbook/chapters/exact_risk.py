@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lossbook import runner, store
-from lossbook.chapters import atras_sweep as atras
+from lossbook.chapters import atras_sweep
 from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
 from lossbook.core import data, exact
 from lossbook.core.attack_registry import attack_names, run_attacks
@@ -133,18 +133,18 @@ def _model_request(spec: ExactModel, cfg) -> dict:
 
 
 def _train(spec: ExactModel, cfg, progress: bool) -> torch.nn.Module:
-    x, y, _, _ = atras.load_splits(cfg)
+    x, y, _, _ = atras_sweep.load_splits(cfg)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = atras.make_model(cfg, spec.hidden).train()
+    model = atras_sweep.make_model(cfg, spec.hidden).train()
     if spec.training in ("st", "fgsm"):
-        fit(model, atras.make_optimizer(cfg, model), x, y, cfg.epochs, cfg.batch_size, gen, desc=f"{spec.name} ST",
+        fit(model, atras_sweep.make_optimizer(cfg, model), x, y, cfg.epochs, cfg.batch_size, gen, desc=f"{spec.name} ST",
             progress=progress)
     if spec.training == "fgsm":
-        fit(model, atras.make_optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen,
-            atras.fgsm_loss(cfg.eps, cfg.at_mix), f"{spec.name} FGSM-AT", progress)
+        fit(model, atras_sweep.make_optimizer(cfg, model), x, y, cfg.adv_epochs, cfg.batch_size, gen,
+            atras_sweep.fgsm_loss(cfg.eps, cfg.at_mix), f"{spec.name} FGSM-AT", progress)
     if spec.training == "pgd":
-        fit(model, atras.make_optimizer(cfg, model), x, y, cfg.epochs + cfg.adv_epochs, cfg.batch_size, gen,
+        fit(model, atras_sweep.make_optimizer(cfg, model), x, y, cfg.epochs + cfg.adv_epochs, cfg.batch_size, gen,
             adversarial_loss(_pgd_adversary(spec), mix=1.0), f"{spec.name} PGD-AT", progress)
     return model.eval()
 
@@ -163,7 +163,7 @@ def load_verified_model(name: str, scale: str, train: bool = True, progress: boo
     """A verified model (trained as :data:`MODELS` says at ``scale``, saved as arrays with its record)."""
     check_choice("verified model", name, MODELS)
     spec = MODELS[name]
-    cfg = atras.atras_config(spec.dataset, "smoke" if scale == "smoke" else "cpu")
+    cfg = atras_sweep.atras_config(spec.dataset, "smoke" if scale == "smoke" else "cpu")
     path = study_dir(scale, root) / "models" / f"{name}.npz"
     request = _model_request(spec, cfg)
     if not store.matches(path, request):

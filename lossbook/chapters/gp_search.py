@@ -1,7 +1,7 @@
 """The paper's 24 settings, searched and judged: AutoLoss-AR's Question 1 with statistics.
 
 ``python -m lossbook grid --scale cpu`` runs, setting by setting, the GP runs of the ``grid``
-preset on the cpu models (eps by the ``auto`` rule of :func:`lossbook.search.engine.auto_setting`), then
+preset on the cpu models (eps by the ``auto`` rule of :func:`lossbook.search.settings.auto_setting`), then
 re-evaluates the best run's loss and the CE, C&W and DLR baselines on held-out images (the next
 ``heldout_images`` correctly classified test images, which the search never saw) with new random
 starts under PGD-10 and PGD-100, and writes one row per setting to ``summary.csv``: the gain over
@@ -23,6 +23,7 @@ from lossbook.config import (
     NETS,
     RESULTS_DIR,
     SCALES,
+    SETTINGS,
     TRAININGS,
     check_choice,
     check_dataset_eps,
@@ -43,7 +44,7 @@ from lossbook.params import (
 )
 from lossbook.search.engine import checkpoint_path
 from lossbook.search.runs import heldout_attacks, search_dir, search_setting
-from lossbook.search.settings import SEARCH_PRESETS, SETTINGS, Setting, auto_setting, parse_setting, resolve_setting
+from lossbook.search.settings import SEARCH_PRESETS, Setting, auto_setting, parse_setting, resolve_setting
 
 #: AutoLoss-AR Section V-C: the best searched loss's gain over CE (PGD-10, %), per setting
 PAPER_GAIN_PP = {

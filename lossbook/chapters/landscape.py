@@ -255,7 +255,7 @@ def study(source: str, scale: str, dataset: str | None = None, n_images: int = 6
           root: Path | None = None, device=None):
     """Landscapes (Fig. 9) and examples (Fig. 10) of the loss searched under ``source``, attacked on the
     source's own model, or on the same net/training/norm of another ``dataset`` (a transferred loss,
-    at that setting's eps as chosen by :func:`lossbook.search.engine.auto_setting`).
+    at that setting's eps as chosen by :func:`lossbook.search.settings.auto_setting`).
 
     The race runs on the first ``n_images`` correctly classified test images; ``meta["outcomes"]``
     counts how each of them came out, and how the searched-only wins split between the explanations.

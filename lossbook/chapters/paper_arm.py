@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from lossbook import store
-from lossbook.chapters.gp_search import SETTINGS, GridPlan, heldout_outcomes, paper_gain
-from lossbook.config import RESULTS_DIR, check_choice, train_config
+from lossbook.chapters.gp_search import GridPlan, heldout_outcomes, paper_gain
+from lossbook.config import RESULTS_DIR, SETTINGS, check_choice, train_config
 from lossbook.core.attacks import evaluate_losses, pgd
 from lossbook.core.losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula, released_loss
 from lossbook.core.stats import NOT_RUN, direction, exact_gain, holm, pooled_gain, size_verdict

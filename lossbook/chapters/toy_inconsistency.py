@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -283,8 +284,6 @@ def plot_fig1(cases: list, res: int = 300):
     """One panel per counterexample: the 0-1 loss l(f(x), label) as regions (grey = misclassified),
     the cross-entropy l_CE(f(x), label) as a heat map with contours, the ball, the CE maximizer
     (still correct) and a misclassified point of the same ball."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, len(cases), figsize=(4.6 * len(cases), 4.4), squeeze=False)
     t = np.linspace(-1, 1, res)
     gx, gy = np.meshgrid(t, t)
@@ -340,8 +339,6 @@ def chapter_results(norms: list, eps: dict, scale: str, n_points: int = 1000, se
 
 def draw_ball(a: float = -0.9, b: float = 0.0, radius: float = 0.5, ball: str = "linf") -> None:
     """Fig. 1 for one ball: centre (a, b), its radius and norm, CE's maximizer and a misclassified point."""
-    import matplotlib.pyplot as plt
-
     c0 = np.array([a, b])
     lab = int(predict(c0))
     wrong = misclassified_point(c0, radius, ball, lab)

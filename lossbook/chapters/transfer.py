@@ -186,7 +186,7 @@ def _attack_all(model, x, y, named: dict, norm: str, eps: float, steps: int, see
 # ------------------------------------------------------------------------------------------------
 def same_setting_on(dataset: str, found: SearchedLoss, scale: str, device=None) -> Setting:
     """The source's net, training and norm on ``dataset``: the source setting itself, or on another
-    dataset at the eps :func:`~lossbook.search.engine.auto_setting` picks for our model there."""
+    dataset at the eps :func:`~lossbook.search.settings.auto_setting` picks for our model there."""
     s = found.setting
     if dataset == s.dataset:
         return s

@@ -6,7 +6,9 @@ from here; adding an attack is one entry in :data:`ATTACKS`.
 :func:`run_attacks` runs any list of them on the same images. Every attack's returned points are
 checked to lie in the ball and the box before they are re-predicted (:func:`check_in_ball_and_box`);
 the PGD entries of one step count run together, one batched :func:`lossbook.core.attacks.pgd` call
-over all their losses, with the same random starts.
+over all their losses, with the same random starts. (The searches, chapters 03-05 and the grid call
+``pgd`` directly, for its many losses at once; ``pgd`` projects exactly and nudges every returned
+point inside the ball and the box itself, and reports the largest perturbation in its diagnostics.)
 """
 from __future__ import annotations
 
@@ -66,11 +68,17 @@ class Attack:
     grid: bool = False
 
 
-#: The attacks, in the order chapter 07's tables show them.
+def _pgd(steps: int, loss: str, grid: bool = False) -> Attack:
+    return Attack(f"PGD-{steps} {loss}", "pgd", steps=steps, loss=loss, grid=grid)
+
+
+#: The attacks, in the order chapter 07's tables show them. ``grid=True`` is part of the request of the
+#: grid's committed held-out files: changing it makes them stale (they are recomputed, never reused).
 ATTACKS: dict[str, Attack] = {a.name: a for a in (
     Attack("FGSM", "fgsm", norms=("linf",)),
-    *(Attack(f"PGD-{steps} {loss}", "pgd", steps=steps, loss=loss, grid=steps == 10 and loss != "margin")
-      for steps in (10, 100) for loss in ("ce", "cw", "margin", "dlr", "searched")),
+    _pgd(10, "ce", grid=True), _pgd(10, "cw", grid=True), _pgd(10, "margin"), _pgd(10, "dlr", grid=True),
+    _pgd(10, "searched", grid=True),
+    _pgd(100, "ce"), _pgd(100, "cw"), _pgd(100, "margin"), _pgd(100, "dlr"), _pgd(100, "searched"),
     Attack("APGD-CE", "library", tuple(LIBRARY_NORMS), make=apgd("ce")),
     Attack("APGD-DLR", "library", tuple(LIBRARY_NORMS), make=apgd("dlr")),
     Attack("AutoAttack", "library", tuple(LIBRARY_NORMS), make=autoattack),
@@ -85,6 +93,12 @@ def attack_names(norm: str, searched: bool = True) -> list[str]:
     """The attacks defined under ``norm``, in :data:`ATTACKS`' order (without "searched" PGD unless
     ``searched``)."""
     return [a.name for a in ATTACKS.values() if norm in a.norms and (searched or a.loss != "searched")]
+
+
+def pgd10_losses() -> tuple[str, ...]:
+    """Every loss of a registered PGD-10 attack, the searched one first (chapter 03's held-out check at ``cpu``)."""
+    losses = [a.loss for a in ATTACKS.values() if a.kind == "pgd" and a.steps == 10]
+    return ("searched", *(loss for loss in losses if loss != "searched"))
 
 
 def grid_losses() -> tuple[str, ...]:

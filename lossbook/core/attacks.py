@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from lossbook.config import NORMS, check_choice, check_eps, largest_eps  # noqa: F401 (largest_eps: part of the API)
+from lossbook.config import NORMS, check_choice, check_eps
 from lossbook.core import data
 from lossbook.core.checks import Diagnostics, model_checks
 from lossbook.core.losses import Loss, cross_entropy, per_sample

@@ -30,7 +30,7 @@ from lossbook import store
 from lossbook.config import RESULTS_DIR, TrainConfig, quiet, train_config
 from lossbook.core import data
 from lossbook.core.attacks import pgd
-from lossbook.core.models import accuracy, build_model, default_device, predict  # noqa: F401 (re-exported)
+from lossbook.core.models import accuracy, build_model, default_device
 
 
 def model_dir(scale: str, root: Path | None = None) -> Path:

@@ -1,2 +1,2 @@
-"""The book machinery: build and run chapters, the glance, Reproducing and Teaching pages, chapter
-parameters, plots and notebook helpers. Reads the chapter registry; nothing below imports from here."""
+"""The book machinery: build and run chapters, the glance, Reproducing and Teaching pages, the plots
+and the helpers a chapter's cells call. Reads the chapter registry; nothing below imports from here."""

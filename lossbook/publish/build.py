@@ -16,12 +16,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import matplotlib
+
 from lossbook import store
-from lossbook.chapters import gp_search as grid
-from lossbook.chapters import paper_arm
-from lossbook.chapters.gp_search import SETTINGS, paper_gain
+from lossbook.chapters import gp_search, paper_arm
+from lossbook.chapters.gp_search import paper_gain
 from lossbook.chapters.registry import CHAPTERS, check_relations, convert, validate
-from lossbook.config import REPO_ROOT, SCALES, check_choice
+from lossbook.config import REPO_ROOT, SCALES, SETTINGS, check_choice
 from lossbook.core.train import saved_models
 from lossbook.publish import glance, plots, teaching
 
@@ -264,11 +265,11 @@ def write_intro(grid_scale: str = "cpu") -> None:
     text = paper_arm.answer(arm) + " The rule was fixed before the results on the page *Protocol: Question 1 in the " \
         "paper's own terms*; the chapter *Searching a surrogate* has every setting with its interval, the " \
         "sensitivity arms and what differs from the paper."
-    earlier = grid.load_summary(grid_scale)
+    earlier = gp_search.load_summary(grid_scale)
     if earlier is not None and not earlier.empty:
         text += (" The book's earlier grid (all 24 settings on the few-epoch `cpu` models, the best of three runs "
                  "with a seeded one among them, and a looser verdict rule) is kept there as a labelled second arm: "
-                 + grid.answer(earlier))
+                 + gp_search.answer(earlier))
     lines = [text if line.startswith(QUESTION_1_MARKER) else line
              for line in (BOOK_DIR / "intro_head.md").read_text().splitlines()]
     (BOOK_DIR / "intro.md").write_text("\n".join(lines) + "\n")
@@ -281,8 +282,6 @@ def write_teaching() -> None:
 
 def write_glance(scale: str = "cpu") -> None:
     """``glance.md``: every tested claim of both papers with ours and the verdict (:mod:`lossbook.publish.glance`)."""
-    import matplotlib
-
     matplotlib.use("Agg")
     summary = paper_arm.load_summary("smoke" if scale == "smoke" else "paper")
     fig = plots.q1_panel(None if summary is None else paper_arm.with_holm(summary), list(SETTINGS),

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 from lossbook import store
-from lossbook.chapters.gp_search import PLANS, SETTINGS, grid_setting, read_summary, run_config, run_grid, summary_path
+from lossbook.chapters.gp_search import PLANS, grid_setting, read_summary, run_config, run_grid, summary_path
 from lossbook.chapters.registry import CHAPTERS
-from lossbook.config import DATASETS, NETS, RESULTS_DIR, SCALES, TRAININGS, check_choice, train_config
+from lossbook.config import DATASETS, NETS, RESULTS_DIR, SCALES, SETTINGS, TRAININGS, check_choice, train_config
 from lossbook.core.train import checkpoint_path, load_record, train
 from lossbook.publish.build import build, run_chapter
 from lossbook.search.runs import run_request, search_dir

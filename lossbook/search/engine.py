@@ -42,11 +42,11 @@ from lossbook.core.losses import (
     formula_size,
     pretty,
 )
-from lossbook.search.fitness import COUNTERS, Evaluator  # noqa: F401 (Evaluator is part of this module's API)
+from lossbook.search.fitness import COUNTERS, Evaluator
 
 
 # ------------------------------------------------------------------------------------------------
-# Hyper-parameters (Table IV) and scales
+# Hyper-parameters (Table IV)
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GPConfig:
@@ -73,14 +73,6 @@ class GPConfig:
         d = json.loads(json.dumps(asdict(self)))
         d.pop("semantic_cache")
         return d
-
-
-
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,36 +279,8 @@ def gp_identity(gp: dict) -> dict:
     return {k: v for k, v in gp.items() if k != "semantic_cache"}
 
 
-
-
-
-
-
-
-
-
-
-
 def with_overrides(cfg: GPConfig, **kw) -> GPConfig:
     """A copy of ``cfg`` with some hyper-parameters changed (None values ignored)."""
     return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 

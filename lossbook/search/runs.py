@@ -11,6 +11,7 @@ import torch
 
 from lossbook import store
 from lossbook.config import RESULTS_DIR, SCALES, check_choice
+from lossbook.core.attack_registry import pgd10_losses
 from lossbook.core.attacks import evaluate_losses
 from lossbook.core.losses import HANDCRAFTED, compile_formula
 from lossbook.core.train import ensure_trained
@@ -134,7 +135,7 @@ def heldout_check(setting: Setting, scale: str, runs: list[dict], n: int | None 
                "n": n}
 
     def compute() -> dict:
-        names = ("searched", *HANDCRAFTED)
+        names = pgd10_losses()
         results, idx = heldout_attacks(setting, best["model_scale"], best["best"], n_search, n, (steps,), seed, names,
                                        device)
         return {**request, "images": f"correctly classified test images {n_search + 1}..{n_search + n} (unseen by "

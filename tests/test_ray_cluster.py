@@ -131,14 +131,14 @@ def test_grid_survives_a_killed_node_and_matches_the_local_backend(cluster, tmp_
     again = read_events(root, "smoke")[len(events):]
     assert again and all(e["event"] == "finished earlier" for e in again)
     # chapter 07's exact verification as Ray tasks over shards of images: the same verdicts as locally
-    from lossbook.chapters import exact_risk as gap
+    from lossbook.chapters import exact_risk
 
-    study = gap.select_studies("all", "smoke", n_images=6, time_limit=5.0)[0]
+    study = exact_risk.select_studies("all", "smoke", n_images=6, time_limit=5.0)[0]
     t2 = time.perf_counter()
-    on_ray = gap.run_study(study, "smoke", root=tmp_path / "exact-ray", progress=False, backend="ray", address=address,
+    on_ray = exact_risk.run_study(study, "smoke", root=tmp_path / "exact-ray", progress=False, backend="ray", address=address,
                           shard=3)
     exact_seconds = time.perf_counter() - t2
-    here = gap.run_study(study, "smoke", root=tmp_path / "exact-local", progress=False)
+    here = exact_risk.run_study(study, "smoke", root=tmp_path / "exact-local", progress=False)
     assert list(on_ray["index"]) == list(here["index"])
     decided = (on_ray["status"] != "unknown") & (here["status"] != "unknown")
     assert decided.sum() >= 4 and (on_ray["status"][decided] == here["status"][decided]).all()

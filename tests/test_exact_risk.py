@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lossbook.chapters import exact_risk as gap
+from lossbook.chapters import exact_risk
 
 pytest.importorskip("highspy")
 pytest.importorskip("torchattacks")
@@ -21,55 +21,55 @@ def _table(status, **broken):
 
 def test_the_error_of_an_attack_is_the_share_of_vulnerable_images_it_missed():
     t = _table(["vulnerable", "vulnerable", "robust", "unknown"], PGD_10_ce=[True, False, False, False])
-    g = gap.gap_table(t, "linf").set_index("attack")
+    g = exact_risk.gap_table(t, "linf").set_index("attack")
     assert g.loc["PGD-10 ce", "R''"] == 0.25
     assert g.loc["PGD-10 ce", "E_low"] == 0.25 and g.loc["PGD-10 ce", "E_high"] == 0.5  # the unknown image may be
     assert g.loc["PGD-10 ce", "E_ci_low"] <= 0.25 <= 0.5 <= g.loc["PGD-10 ce", "E_ci_high"]
-    assert list(gap.only_exact(t, "linf")["index"]) == [1]
+    assert list(exact_risk.only_exact(t, "linf")["index"]) == [1]
 
 
 def test_a_robust_image_broken_by_an_attack_is_reported():
     t = _table(["robust", "vulnerable"], PGD_10_ce=[True, True])
     with pytest.raises(AssertionError, match=r"images \[0\] are proven robust"):
-        gap.check_soundness(t, "hand-made")
+        exact_risk.check_soundness(t, "hand-made")
 
 
 def test_unknown_studies_and_models_are_one_line_errors():
     with pytest.raises(ValueError, match="allowed: 'mnist-mlp64-fgsm-linf-eps0.05'"):
-        gap.select_studies("nope", "smoke")
+        exact_risk.select_studies("nope", "smoke")
     with pytest.raises(ValueError, match="verified model"):
-        gap.Study("mnist-net1", "linf", 0.1, 10, 1.0)
+        exact_risk.Study("mnist-net1", "linf", 0.1, 10, 1.0)
     with pytest.raises(ValueError, match="norm for exact verification 'l3'; allowed: 'linf', 'l1', 'l2'"):
-        gap.Study("mnist-mlp64-st", "l3", 0.1, 10, 1.0)
+        exact_risk.Study("mnist-mlp64-st", "l3", 0.1, 10, 1.0)
 
 
 def test_a_smoke_study_end_to_end(data_available, tmp_path):
-    st = gap.select_studies("all", "smoke", n_images=6, time_limit=5.0)[0]
-    table = gap.run_study(st, "smoke", root=tmp_path, progress=False)
+    st = exact_risk.select_studies("all", "smoke", n_images=6, time_limit=5.0)[0]
+    table = exact_risk.run_study(st, "smoke", root=tmp_path, progress=False)
     assert len(table) == 6 and set(table["status"]) <= {"robust", "vulnerable", "unknown"}
-    attacks = gap.attack_names("linf")
+    attacks = exact_risk.attack_names("linf")
     assert set(attacks) <= set(table.columns)
     # every attack's broken image is vulnerable (the solver agrees with the attacks)
     for a in attacks:
         assert (table.loc[table[a], "status"] == "vulnerable").all(), a
-    g = gap.gap_table(table, "linf")
+    g = exact_risk.gap_table(table, "linf")
     assert (g["E_low"] >= 0).all() and (g["E_low"] <= g["E_high"]).all()
     # the solver's counterexamples are real: in the ball and the box, misclassified by the float32 model
-    model = gap.load_verified_model(st.model, "smoke", train=False, root=tmp_path)
+    model = exact_risk.load_verified_model(st.model, "smoke", train=False, root=tmp_path)
     from lossbook.core import data
 
     x, _ = data.load("mnist", "test")
-    for r in gap.load_exact_rows(st, "smoke", tmp_path):
+    for r in exact_risk.load_exact_rows(st, "smoke", tmp_path):
         if r["counterexample"] is not None:
             xa = torch.tensor(r["counterexample"]).view(1, 1, 28, 28)
             assert float((xa - x[r["index"]]).abs().max()) <= st.eps + 1e-6 and 0 <= float(xa.min()) <= float(xa.max()) <= 1
             assert int(model(xa).argmax()) == r["predicted"] != r["label"]
     # a second call reuses every saved result (nothing is solved again)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    again = gap.run_study(st, "smoke", root=tmp_path, progress=False)
+    again = exact_risk.run_study(st, "smoke", root=tmp_path, progress=False)
     pd.testing.assert_frame_equal(again, table)
     assert before == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    assert "smoke" in gap.conclusions({st.name(): (st, table)}) or st.name() in gap.conclusions({st.name(): (st, table)})
+    assert "smoke" in exact_risk.conclusions({st.name(): (st, table)}) or st.name() in exact_risk.conclusions({st.name(): (st, table)})
 
 
 def test_the_committed_studies_are_sound(data_available):
@@ -79,14 +79,14 @@ def test_the_committed_studies_are_sound(data_available):
     from lossbook.core.attacks import lp_norm
 
     found = 0
-    for st in gap.studies("cpu"):
-        table = gap.load_study(st, "cpu")
+    for st in exact_risk.studies("cpu"):
+        table = exact_risk.load_study(st, "cpu")
         if table is None:
             continue
-        gap.check_soundness(table, st.name())
-        model = gap.load_verified_model(st.model, "cpu", train=False)
-        x, _ = data.load(gap.MODELS[st.model].dataset, "test")
-        for r in gap.load_exact_rows(st, "cpu"):
+        exact_risk.check_soundness(table, st.name())
+        model = exact_risk.load_verified_model(st.model, "cpu", train=False)
+        x, _ = data.load(exact_risk.MODELS[st.model].dataset, "test")
+        for r in exact_risk.load_exact_rows(st, "cpu"):
             if r["counterexample"] is not None:
                 xa = torch.tensor(r["counterexample"]).view(1, *x.shape[1:])
                 assert float(lp_norm((xa - x[r["index"]]).view(1, -1), st.norm)) <= st.eps * (1 + 1e-6), (st, r["index"])
@@ -98,28 +98,28 @@ def test_the_committed_studies_are_sound(data_available):
 
 
 def test_e_text_gives_a_number_or_the_range_where_images_are_unknown():
-    assert gap.e_text({"E_low": 0.042, "E_high": 0.042}) == "4.2"
-    assert gap.e_text({"E_low": 0.096, "E_high": 0.102}) == "9.6 to 10.2"
+    assert exact_risk.e_text({"E_low": 0.042, "E_high": 0.042}) == "4.2"
+    assert exact_risk.e_text({"E_low": 0.096, "E_high": 0.102}) == "9.6 to 10.2"
 
 
 def test_the_takeaway_states_the_studies_numbers():
     """Chapter 07's takeaway box is computed from the studies: one study's FGSM E appears as it is in Table 7.2."""
-    st = next(s for s in gap.studies("cpu") if s.model == "mnist-mlp64-fgsm" and s.norm == "linf" and s.eps == 0.1)
-    results, _ = gap.chapter_studies([st], "cpu", compute=False)
+    st = next(s for s in exact_risk.studies("cpu") if s.model == "mnist-mlp64-fgsm" and s.norm == "linf" and s.eps == 0.1)
+    results, _ = exact_risk.chapter_studies([st], "cpu", compute=False)
     if not results:
         pytest.skip("the committed cpu study is not in this checkout")
     (_, table), = results.values()
-    g = gap.gap_table(table, st.norm).set_index("attack")
-    text = gap.takeaway(results)
+    g = exact_risk.gap_table(table, st.norm).set_index("attack")
+    text = exact_risk.takeaway(results)
     assert text.startswith("Over 1 verified studies") and f"misses {100 * g.loc['FGSM', 'E_low']:.1f} pp" in text
-    assert gap.takeaway({}) == "No study is available at this scale."
+    assert exact_risk.takeaway({}) == "No study is available at this scale."
 
 
 def test_table_7_2_names_its_attacks_in_a_column():
     """The chapter shows tables without an index, so the attack names are a column."""
-    st = gap.studies("cpu")[0]
-    results, _ = gap.chapter_studies([st], "cpu", compute=False)
+    st = exact_risk.studies("cpu")[0]
+    results, _ = exact_risk.chapter_studies([st], "cpu", compute=False)
     if not results:
         pytest.skip("the committed cpu study is not in this checkout")
-    table = gap.error_table(results)
+    table = exact_risk.error_table(results)
     assert list(table.columns) == ["attack", st.name()] and "FGSM" in set(table["attack"])

@@ -3,11 +3,12 @@ import pandas as pd
 import pytest
 
 from lossbook.chapters import gp_search as G
+from lossbook.config import SETTINGS
 from lossbook.core.stats import VERDICTS
 
 
 def test_grid_settings_and_paper_gains():
-    assert len(G.SETTINGS) == 24 and len(set(G.SETTINGS)) == 24
+    assert len(SETTINGS) == 24 and len(set(SETTINGS)) == 24
     assert G.paper_gain("mnist-net1-st-l1") == 2.9 and G.paper_gain("cifar10-net2-at-l2") == 1.8
     plan = G.PLANS["cpu"]
     assert plan.preset == "grid" and sum(not s for _, s in plan.seeds) >= 2 and len(plan.seeds) >= 3
