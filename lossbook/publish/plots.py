@@ -5,12 +5,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import ListedColormap
 
-from lossbook.chapters.gp_search import SETTINGS
+from lossbook.config import SETTINGS
 from lossbook.core.attack_registry import LOSS_STYLE
 
-#: The paper's colours: red for cross-entropy, blue for searched losses; greys for references.
-#: each PGD loss's colour and label, from the attack registry
+#: each PGD loss's colour and label, from the attack registry (the paper's: red for CE, blue for searched losses)
 COLORS = {loss: color for loss, (color, _) in LOSS_STYLE.items()}
 LOSS_LABELS = {loss: label for loss, (_, label) in LOSS_STYLE.items()}
 
@@ -133,8 +133,6 @@ def gain_heatmap(matrix, title: str, label: str = "gain over CE (pp)"):
 def landscape_panel(ax, item, which: str = "ce", title: str = ""):
     """One local landscape: 0-1 outcome (green correct, grey misclassified), contours of one loss, and
     both PGD paths (CE red, searched blue) projected onto the plane."""
-    from matplotlib.colors import ListedColormap
-
     ax.pcolormesh(item.a, item.b, item.correct.astype(float), cmap=ListedColormap(["#bdbdbd", "#a1d99b"]),
                   vmin=0, vmax=1, shading="auto")
     values = item.ce if which == "ce" else item.searched
@@ -283,8 +281,11 @@ def solve_times(tables: dict):
     fig, ax = plt.subplots(figsize=(9.0, 0.6 + 0.55 * len(tables)))
     if rows:
         d = pd.DataFrame(rows)
+        state = np.random.get_state()  # seaborn jitters with numpy's global generator: seeded, the figure is the same
+        np.random.seed(0)              # in every build; the caller's random state is given back
         sns.stripplot(data=d, x="seconds", y="study", hue="outcome", ax=ax, size=3, alpha=0.7, dodge=True,
                       palette={"robust": COLORS["dlr"], "vulnerable": COLORS["ce"], "unknown": COLORS["cw"]})
+        np.random.set_state(state)
         ax.set_xscale("log")
     ax.set(xlabel="seconds per image (log scale)", ylabel="")
     return fig
