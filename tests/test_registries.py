@@ -70,7 +70,7 @@ def test_the_chapter_registry_is_what_the_book_reads():
 def test_one_registry_entry_adds_a_chapter(monkeypatch):
     """A chapter registered once: its parameters are checked, its claims reach the glance page."""
     row = {"paper": "AutoLoss-AR", "claim": "a new claim", "the paper's number": "1", "ours": "2", "scale": "cpu",
-           "verdict": "reproduced", "section": "chapters/08_new"}
+           "verdict": "reproduced"}
     new = registry.Chapter("08_new", {**registry.CHAPTERS["02_training"].parameters, "steps": Param(3, whole(1))},
                            glance_rows=lambda scale: [row])
     monkeypatch.setitem(registry.CHAPTERS, "08_new", new)
@@ -79,6 +79,7 @@ def test_one_registry_entry_adds_a_chapter(monkeypatch):
         registry.validate("08_new", "steps", 0)
     table = glance.claims_table("cpu")
     assert isinstance(table, pd.DataFrame) and table.iloc[-1]["claim"] == "a new claim"
+    assert table.iloc[-1]["section"] == "chapters/08_new" and table.iloc[-1]["heading"] == registry.PAPERS_CLAIMS
     with pytest.raises(ParameterError, match="unknown chapter '09_none'; allowed: '01_toy_inconsistency'"):
         registry.schema("09_none")
 

@@ -432,6 +432,5 @@ def glance_rows(scale: str) -> list[dict]:
         for _, c in claims(df, {ds: tm} if tm is not None else None).iterrows():
             rows.append({"paper": "ATRAS", "claim": f"{c['claim']} ({ds})", "the paper's number": "stated, Tables I-II",
                          "ours": f"{c['evidence']} ({len(df)} MLPs; descriptive, no interval)", "scale": scale,
-                         "verdict": "reproduced" if c["supported"] else "not reproduced",
-                         "section": "chapters/06_atras_sweep"})
+                         "verdict": "reproduced" if c["supported"] else "not reproduced"})
     return rows

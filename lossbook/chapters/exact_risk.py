@@ -533,8 +533,7 @@ def glance_rows(scale: str) -> list[dict]:
                          f"({st.name()}, on verified images)", "the paper's number": "+0.7 to +2.9 pp (its CNNs, R unknown)",
                          "ours": f"{pg.gain_pp:+.1f} pp [{pg.ci_low:+.1f}, {pg.ci_high:+.1f}] (McNemar p = "
                          f"{pg.p_value:.2g}; {len(t)} verified images; CE misses {ce_missed} vulnerable images)",
-                         "scale": scale, "verdict": NO_ROOM if no_room else verdict(pg),
-                         "section": "chapters/07_exact_risk"})
+                         "scale": scale, "verdict": NO_ROOM if no_room else verdict(pg)})
     return rows
 
 

@@ -397,7 +397,7 @@ def glance_rows(scale: str) -> list[dict]:
     rows = []
     for ds, stated in PAPER_Q3.items():
         row = {"paper": "AutoLoss-AR", "claim": f"Q3: the searched loss wins mostly by {stated} ({ds})",
-               "the paper's number": "stated (Fig. 9)", "scale": scale, "section": "chapters/05_landscape"}
+               "the paper's number": "stated (Fig. 9)", "scale": scale}
         st = studies.get(ds)
         if st is None:
             rows.append({**row, "ours": NOT_RUN, "verdict": NOT_RUN})

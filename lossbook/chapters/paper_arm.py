@@ -506,7 +506,7 @@ def glance_rows(scale: str) -> list[dict]:
             f"Table III {r['table_iii_eps']:.4g}; paper's gain {r['size']})")
         rows.append({"paper": "AutoLoss-AR", "claim": f"Q1: a searched loss beats CE under PGD-10 ({name})",
                      "the paper's number": f"+{paper_gain(name)} pp", "ours": ours, "scale": where,
-                     "verdict": NOT_RUN if r is None else r["direction"], "section": "chapters/03_gp_search"})
+                     "verdict": NOT_RUN if r is None else r["direction"]})
     if judged:
         all_beat = sum(int(r["runs_beating_ce"]) == int(r["runs"]) for r in judged.values())
         runs = sum(int(r["runs"]) for r in judged.values())
@@ -514,6 +514,5 @@ def glance_rows(scale: str) -> list[dict]:
         rows.append({"paper": "AutoLoss-AR", "claim": "in every setting, every search finds a loss beating CE (on the "
                      "search images)", "the paper's number": "100% success rate", "ours": f"all unseeded runs beat CE "
                      f"in {all_beat} of {len(judged)} judged settings ({beat} of {runs} runs; in-sample, descriptive)",
-                     "scale": where, "verdict": "reproduced" if all_beat == len(judged) else "not reproduced",
-                     "section": "chapters/03_gp_search"})
+                     "scale": where, "verdict": "reproduced" if all_beat == len(judged) else "not reproduced"})
     return rows

@@ -25,19 +25,25 @@ from lossbook.chapters import (
 )
 from lossbook.params import Param, ParameterError
 
+#: the glance page's headings: a chapter's claims sit under one of them (its ``glance_heading``)
+PAPERS_CLAIMS = "The papers' claims"
+BEYOND_PAPERS = "Beyond the papers: where the exact risk is known"
+
 
 @dataclass(frozen=True)
 class Chapter:
     """One chapter: ``name`` is its notebook's (``nbs/<name>.ipynb``) and its page's; ``parameters`` its
     papermill parameters, ``check_parameters`` the check of those that depend on each other;
-    ``glance_rows(scale)`` its claims for the glance page; ``computes``: whether it computes results of
-    its own (the ``chapters`` step of ``reproduce``) rather than showing what earlier steps made."""
+    ``glance_rows(scale)`` its claims for the glance page, listed under ``glance_heading`` and linked to
+    the chapter; ``computes``: whether it computes results of its own (the ``chapters`` step of
+    ``reproduce``) rather than showing what earlier steps made."""
 
     name: str
     parameters: dict[str, Param]
     check_parameters: Callable[[dict], None] | None = None
     glance_rows: Callable[[str], list[dict]] | None = None
     computes: bool = False
+    glance_heading: str = PAPERS_CLAIMS
 
 
 #: The chapters in reading order.
@@ -50,7 +56,7 @@ CHAPTERS: dict[str, Chapter] = {c.name: c for c in (
     Chapter("06_atras_sweep", atras_sweep.PARAMETERS, atras_sweep.check_parameters, atras_sweep.glance_rows,
             computes=True),
     Chapter("07_exact_risk", exact_risk.PARAMETERS, exact_risk.check_parameters, exact_risk.glance_rows,
-            computes=True),
+            computes=True, glance_heading=BEYOND_PAPERS),
 )}
 
 

@@ -548,7 +548,7 @@ def glance_rows(scale: str) -> list[dict]:
         if table is None or table.empty:
             rows.append({"paper": "AutoLoss-AR", "claim": f"Q2: searched losses transfer to other models and norms ({ds})",
                          "the paper's number": "stated: mostly (Fig. 8)", "ours": NOT_RUN, "scale": scale,
-                         "verdict": NOT_RUN, "section": "chapters/04_transfer"})
+                         "verdict": NOT_RUN})
             continue
         a = q2_answer(table)
         rows.append({"paper": "AutoLoss-AR", "claim": f"Q2: searched losses transfer to other models and norms ({ds})",
@@ -556,5 +556,5 @@ def glance_rows(scale: str) -> list[dict]:
                      "ours": f"gain over CE > 0 in {a['k']} of {a['n']} cells with a gain or loss, {a['ties']} ties left "
                      f"out (sign test p = {a['p']:.2g}; median {a['median_pp']:+.1f} pp; cells share images, so p is "
                      f"optimistic; {a['losses']} searched losses)",
-                     "scale": scale, "verdict": a["verdict"], "section": "chapters/04_transfer"})
+                     "scale": scale, "verdict": a["verdict"]})
     return rows

@@ -10,27 +10,28 @@ import pandas as pd
 
 from lossbook.chapters.exact_risk import NO_ROOM, NO_ROOM_IMAGES
 from lossbook.chapters.paper_arm import answer, load_summary
-from lossbook.chapters.registry import CHAPTERS
+from lossbook.chapters.registry import BEYOND_PAPERS, CHAPTERS, PAPERS_CLAIMS
 from lossbook.core.stats import NOT_RUN
 
-COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section"]
+COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section", "heading"]
 
 
 def claims_table(scale: str = "cpu") -> pd.DataFrame:
     """One row per tested claim (see the module docstring)."""
-    rows = [row for ch in CHAPTERS.values() if ch.glance_rows for row in ch.glance_rows(scale)]
+    rows = [{**row, "section": f"chapters/{ch.name}", "heading": ch.glance_heading}
+            for ch in CHAPTERS.values() if ch.glance_rows for row in ch.glance_rows(scale)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 #: where a claim sits on the page: the papers' own claims, what the book measures beyond them, and
 #: comparisons that the book's regime cannot make (a verdict there would not be about the paper's claim)
-SECTIONS = ("The papers' claims", "Beyond the papers: where the exact risk is known", "What could not be compared")
+SECTIONS = (PAPERS_CLAIMS, BEYOND_PAPERS, "What could not be compared")
 
 
 def _section(row) -> str:
     if row["verdict"] == NO_ROOM:
         return SECTIONS[2]
-    return SECTIONS[1] if row["section"] == "chapters/07_exact_risk" else SECTIONS[0]
+    return row["heading"]
 
 
 def _table(rows: pd.DataFrame) -> list[str]:
