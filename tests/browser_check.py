@@ -55,10 +55,16 @@ BRACES_JS = """const out = [];
     if (m) out.push(m[0] + ' in: ' + c.textContent.trim().slice(0, 60));
   }
   return out.slice(0, 5);"""
-# cells that show a figure, not followed by a caption ("Figure N.M ...")
+# cells that show a figure without a caption: neither inside a figure element whose caption starts
+# "Figure N.M" (myst-nb's cell-metadata figures) nor followed by such a caption paragraph (cells that
+# show several images under one caption)
 CAPTIONS_JS = """const out = [];
   for (const cell of document.querySelectorAll('article div.cell')) {
-    if (!cell.querySelector('.cell_output img')) continue;
+    const imgs = Array.from(cell.querySelectorAll('.cell_output img'));
+    if (!imgs.length) continue;
+    const inFigures = imgs.every(i => { const f = i.closest('figure');
+      return f && /^Figure \\d+\\.\\d+/.test((f.querySelector('figcaption') || {textContent: ''}).textContent.trim()); });
+    if (inFigures) continue;
     let next = cell.nextElementSibling;
     while (next && next.tagName === 'DIV' && next.classList.contains('cell') && !next.querySelector('.cell_output img')
            && !next.textContent.trim()) next = next.nextElementSibling;
@@ -66,6 +72,10 @@ CAPTIONS_JS = """const out = [];
     if (!/^Figure \\d+\\.\\d+/.test(text)) out.push(cell.textContent.trim().slice(0, 60));
   }
   return out;"""
+# figure elements: each with a caption, and an image whose alt text says something (not a file hash)
+FIGURES_JS = """return Array.from(document.querySelectorAll('article figure')).map(f => {
+    const img = f.querySelector('img'), alt = img ? (img.getAttribute('alt') || '') : '';
+    return {id: f.id, caption: !!f.querySelector('figcaption'), alt: alt.length >= 10 && !/^[0-9a-f]{16,}/.test(alt)}; });"""
 # Python object reprs shown to the reader, such as "<matplotlib.legend.Legend at 0x7f...>"
 REPRS_JS = """const m = (document.querySelector('article') || document.body).innerText.match(/<[A-Za-z_][\\w.]* (object )?at 0x[0-9a-f]+>/g);
   return m ? m.slice(0, 3) : [];"""
@@ -107,7 +117,7 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
     bad = [i["src"] for i in images if not i["complete"] or i["w"] == 0]
     overflow, braces = driver.execute_script(OVERFLOW_JS), driver.execute_script(BRACES_JS)
     height, reprs = driver.execute_script("return document.documentElement.scrollHeight;"), driver.execute_script(REPRS_JS)
-    print(f"{page} at {width}px: {height:,} px tall, {len(figs)} figures, {len(bad)} not loaded; math "
+    print(f"{page} at {width}px: {height:,} px tall, {len(figs)} images, {len(bad)} not loaded; math "
           f"{math['done']}/{math['src']} rendered; {len(overflow['bad'])} cut off"
           f"{', page scrolls sideways' if overflow['sideways'] else ''}")
     if reprs:
@@ -122,6 +132,10 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
         problems.append(f"{page} at {width}px: cut off or scrolling sideways: {overflow}")
     if braces:
         problems.append(f"{page}: template braces in the prose: {braces}")
+    figures = driver.execute_script(FIGURES_JS)
+    bad_figures = [f["id"] or "?" for f in figures if not (f["caption"] and f["alt"])]
+    if bad_figures:
+        problems.append(f"{page}: figure elements without a caption or alt text: {bad_figures}")
     uncaptioned = driver.execute_script(CAPTIONS_JS) if page.startswith("chapters/") else []
     if uncaptioned:
         problems.append(f"{page}: figures without a caption after them: {uncaptioned}")
