@@ -63,7 +63,8 @@ CAPTIONS_JS = """const out = [];
     const imgs = Array.from(cell.querySelectorAll('.cell_output img'));
     if (!imgs.length) continue;
     const inFigures = imgs.every(i => { const f = i.closest('figure');
-      return f && /^Figure \\d+\\.\\d+/.test((f.querySelector('figcaption') || {textContent: ''}).textContent.trim()); });
+      const c = f && (f.querySelector('figcaption .caption-text') || f.querySelector('figcaption'));
+      return c && /^Figure \\d+\\.\\d+/.test(c.textContent.trim()); });
     if (inFigures) continue;
     let next = cell.nextElementSibling;
     while (next && next.tagName === 'DIV' && next.classList.contains('cell') && !next.querySelector('.cell_output img')
