@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from lossbook import store
-from lossbook.chapters.gp_search import GridPlan, heldout_outcomes, paper_gain
+from lossbook.chapters.gp_search import SEEDED, GridPlan, heldout_outcomes, paper_gain
 from lossbook.config import RESULTS_DIR, SETTINGS, check_choice, train_config
 from lossbook.core.attacks import evaluate_losses, pgd
 from lossbook.core.losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula, released_loss
@@ -32,7 +32,6 @@ from lossbook.search.settings import SEARCH_PRESETS, Setting, auto_setting, pars
 
 #: the protocol's band: Table III's eps is kept where CE-PGD-10's R'' lies in it
 KEEP_BAND = (0.65, 0.75)
-SEEDED = ("ce", "cw", "margin")
 #: how a row says which eps it used
 KEPT_RULE, CALIBRATED_RULE = "Table III (CE R'' in band)", "calibrated to CE R'' = 0.70"
 

@@ -108,9 +108,11 @@ def fit(model, opt, x, y, epochs: int, batch_size: int, generator: torch.Generat
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_loss += loss.item() * len(idx)
-            total_correct += float(logits.argmax(1).eq(yb).sum())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if end_epoch is not None or progress:  # each .item() waits for the device: only when read
+                value = loss.item()
+                total_loss += value * len(idx)
+                total_correct += float(logits.argmax(1).eq(yb).sum())
+                bar.set_postfix(loss=f"{value:.3f}")
         if end_epoch is not None:
             end_epoch(epoch, {"train_loss": total_loss / n, "train_acc": total_correct / n,
                               "seconds": time.perf_counter() - t0})
