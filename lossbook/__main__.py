@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lossbook import params
-from lossbook.config import DATASETS, FAILURE_MODES, NETS, NORMS, SCALES, SETTINGS, TRAININGS
+from lossbook.config import DATASETS, FAILURE_MODES, MODEL_SCALES, NETS, NORMS, SCALES, SETTINGS, TRAININGS
 from lossbook.params import EPS_RULES, eps_rule
 
 
@@ -108,9 +108,9 @@ def _grid(args) -> None:
 
 
 def _paper_arm(args) -> None:
-    from lossbook.chapters.paper_arm import run_arm
+    from lossbook.chapters.paper_arm import arm_settings, run_arm
 
-    settings = args.settings or [s for s in SETTINGS if s.split("-")[0] in args.datasets]
+    settings = args.settings or [s for s in arm_settings(args.arm) if s.split("-")[0] in args.datasets]
     print("summary:", run_arm(args.arm, settings=settings, progress=not args.quiet, seeded=not args.no_seeded))
 
 
@@ -214,7 +214,8 @@ def _train_command(sub, fmt=DefaultsHelpFormatter) -> None:
     t.add_argument("--dataset", nargs="+", choices=DATASETS, default=list(DATASETS))
     t.add_argument("--net", nargs="+", choices=NETS, default=list(NETS))
     t.add_argument("--training", nargs="+", choices=TRAININGS, default=list(TRAININGS))
-    t.add_argument("--scale", choices=SCALES, default="cpu")
+    t.add_argument("--scale", choices=MODEL_SCALES, default="cpu",
+                   help="cpu-long: the CIFAR-10 AT models at 30 epochs (the paper arm's training-length sensitivity)")
     t.add_argument("--seed", type=checked(int, "whole"), default=0,
                    help="seed 0 is the book's model; others are saved as ...-seed<k>.pt")
     t.add_argument("--force", action="store_true", help="train again a model that is already trained (replaced when done)")
@@ -273,7 +274,8 @@ def _paper_arm_command(sub, fmt=DefaultsHelpFormatter) -> None:
                         description="paper: MNIST on the 160-epoch models (5 unseeded runs per setting), CIFAR-10 on "
                         "the cpu models (3; the grid's unseeded runs of the same request count), eps by the paper's "
                         "rule; then one seeded run per setting (a labelled sensitivity arm). smoke: seconds.")
-    pa.add_argument("--arm", choices=("paper", "smoke"), default="paper", help="which plan")
+    pa.add_argument("--arm", choices=("paper", "smoke", "long-at"), default="paper",
+                    help="which plan; long-at: the 6 CIFAR-10 AT settings on the 30-epoch models (train --scale cpu-long)")
     pa.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="only these datasets")
     pa.add_argument("--settings", nargs="+", choices=SETTINGS, default=None, metavar="SETTING",
                     help="only these settings (overrides --datasets)")

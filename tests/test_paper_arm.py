@@ -172,3 +172,24 @@ def test_the_protocol_page_is_older_than_every_paper_arm_result():
         pytest.skip("no git history here")
     results = first_commit("results/search/paper-arm")
     assert results is None or protocol < results
+
+
+def test_the_long_at_arm_judges_only_the_cifar10_at_settings_on_the_30_epoch_models():
+    from lossbook.chapters.paper_arm import ARMS, arm_settings, run_arm
+    from lossbook.config import train_config
+
+    assert arm_settings("long-at") == tuple(f"cifar10-{n}-at-{norm}" for n in ("net1", "net2") for norm in ("linf", "l1", "l2"))
+    assert len(arm_settings("paper")) == 24 and ARMS["long-at"].seeded_seed is None
+    assert train_config("cifar10", "net1", "at", ARMS["long-at"].scale_of("cifar10")).epochs == 30
+    with pytest.raises(ValueError, match="unknown setting of arm long-at 'mnist-net1-at-linf'; allowed: 'cifar10-net1-at-linf'"):
+        run_arm("long-at", settings=["mnist-net1-at-linf"])
+    with pytest.raises(ValueError, match="unknown arm 'long'; allowed: 'paper', 'smoke', 'long-at'"):
+        arm_settings("long")
+
+
+def test_the_cli_offers_every_arm():
+    from lossbook.__main__ import build_parser
+    from lossbook.chapters.paper_arm import ARMS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["paper-arm"]
+    assert next(a for a in sub._actions if a.dest == "arm").choices == tuple(ARMS)

@@ -131,3 +131,12 @@ def test_the_takeaway_lists_each_models_accuracy():
     recs = [{"config": {"dataset": "mnist", "net": "net1", "training": "at", "epochs": 6}, "test_acc": 0.9738}]
     assert takeaway(recs) == "Clean test accuracy: mnist NET1 AT 97.4% after 6 epochs."
     assert takeaway([]) == "No model is available at this scale."
+
+
+def test_the_long_scale_trains_only_the_cifar10_at_models_and_says_so():
+    cfg = train_config("cifar10", "net2", "at", "cpu-long")
+    assert (cfg.epochs, cfg.milestones, cfg.lr) == (30, (15, 22), 0.05)
+    with pytest.raises(ValueError, match=r"scale 'cpu-long' trains only: cifar10 at \(asked: mnist st\)"):
+        train_config("mnist", "net1", "st", "cpu-long")
+    with pytest.raises(ValueError, match="unknown scale 'cpu-longer'; allowed: 'smoke', 'cpu', 'paper', 'cpu-long'"):
+        train_config("cifar10", "net1", "at", "cpu-longer")

@@ -46,7 +46,7 @@ class ArmPlan:
     seeds: tuple  # ((dataset, (unseeded run seeds...)), ...)
     calibration_images: tuple  # ((dataset, n), ...): images of the stored eps calibration
     reuse: tuple = ("grid",)  # presets whose runs count where they answer the same request
-    seeded_seed: int = 2  # the labelled seeded run (a sensitivity arm, never pooled)
+    seeded_seed: int | None = 2  # the labelled seeded run (a sensitivity arm, never pooled); None: no seeded run
     heldout_images: int = 1000
     heldout_steps: tuple = (10, 100)
     heldout_seed: int = 1000
@@ -70,7 +70,18 @@ ARMS = {
     "smoke": ArmPlan("smoke", "smoke-arm", (("mnist", "smoke"), ("cifar10", "smoke")),
                      (("mnist", (0, 1)), ("cifar10", (0, 1))), (("mnist", 32), ("cifar10", 32)), reuse=(),
                      heldout_images=32, heldout_steps=(10, 20)),
+    # sensitivity to training length: the paper arm's protocol on the 30-epoch CIFAR-10 AT models
+    "long-at": ArmPlan("long-at", "long-at-arm", (("cifar10", "cpu-long"),), (("cifar10", (0, 1, 3)),),
+                       (("cifar10", 400),), reuse=(), seeded_seed=None),
 }
+#: the settings an arm judges (all 24 unless named here)
+ARM_SETTINGS = {"long-at": tuple(s for s in SETTINGS if s.startswith("cifar10-") and "-at-" in s)}
+
+
+def arm_settings(arm: str) -> tuple:
+    """The settings of ``arm``, in the grid's order."""
+    check_choice("arm", arm, ARMS)
+    return ARM_SETTINGS.get(arm, SETTINGS)
 
 
 def arm_setting(name: str, plan: ArmPlan, root: Path | None = None) -> Setting:
@@ -228,11 +239,10 @@ def judge_setting(name: str, plan: ArmPlan, root: Path | None = None, compute: b
 def run_arm(arm: str = "paper", settings=None, root: Path | None = None, progress: bool = True, log=print,
             seeded: bool = True) -> Path:
     """Judge every setting asked (default: all 24, MNIST first), then (``seeded``) run each one's seeded run."""
-    check_choice("arm", arm, ARMS)
     plan = ARMS[arm]
-    settings = list(settings or SETTINGS)
+    settings = list(settings or arm_settings(arm))
     for s in settings:
-        check_choice("setting", s, SETTINGS)
+        check_choice(f"setting of arm {arm}", s, arm_settings(arm))
     t0 = time.perf_counter()
     for i, name in enumerate(settings):
         row = judge_setting(name, plan, root, True, progress, log)
@@ -240,7 +250,7 @@ def run_arm(arm: str = "paper", settings=None, root: Path | None = None, progres
             f"[{row['ci_low']:+.1f}, {row['ci_high']:+.1f}] (paper {row['paper_gain_pp']:+.1f}; in-sample "
             f"{row['insample_gain_pp']:+.1f}): {row['direction']}, {row['size']}; "
             f"{time.perf_counter() - t0:.0f} s so far")
-    if seeded:
+    if seeded and plan.seeded_seed is not None:
         for name in settings:
             arm_runs(name, plan, root, True, progress, log, seeded=True)
         write_sensitivity(plan, settings, root, log)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from lossbook import store
-from lossbook.config import RESULTS_DIR, SCALES, check_choice
+from lossbook.config import MODEL_SCALES, RESULTS_DIR, check_choice
 from lossbook.core.attack_registry import pgd10_losses
 from lossbook.core.attacks import evaluate_losses
 from lossbook.core.losses import HANDCRAFTED, compile_formula
@@ -39,7 +39,7 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
     cfg = cfg or SEARCH_PRESETS[scale]
     runs = runs if runs is not None else RUNS[scale]
     model_scale = model_scale or PRESET_MODEL_SCALE.get(scale, scale)
-    check_choice("model scale", model_scale, SCALES)
+    check_choice("model scale", model_scale, MODEL_SCALES)
     out = search_dir(setting, scale, root)
     request = lambda run_seed: run_request(setting, cfg, model_scale, run_seed)  # noqa: E731
     if load_only:

@@ -41,14 +41,16 @@ SEARCH_PRESETS = {
     # same setting and eps answer the same request
     "paper-arm": GPConfig(gn=GRID_GENERATIONS, ps=GRID_POPULATION, st=GRID_POPULATION, n_images=400),
     "smoke-arm": GPConfig(gn=2, ps=8, st=8, n_images=32, hof=3),
+    # the paper arm re-run on the 30-epoch CIFAR-10 AT models (model scale cpu-long): training-length sensitivity
+    "long-at-arm": GPConfig(gn=GRID_GENERATIONS, ps=GRID_POPULATION, st=GRID_POPULATION, n_images=400),
 }
 
 
-RUNS = {"smoke": 1, "cpu": 2, "paper": 20, "grid": 3, "paper-arm": 3, "smoke-arm": 2}
+RUNS = {"smoke": 1, "cpu": 2, "paper": 20, "grid": 3, "paper-arm": 3, "smoke-arm": 2, "long-at-arm": 3}
 
 
 #: the models a preset searches on by default (a preset that is not a scale)
-PRESET_MODEL_SCALE = {"grid": "cpu"}
+PRESET_MODEL_SCALE = {"grid": "cpu", "long-at-arm": "cpu-long"}
 
 
 @dataclass(frozen=True)
