@@ -1,8 +1,9 @@
 """Open the built book in headless Chromium at 1,280 and 800 pixels: every chapter's figures loaded,
 math rendered, nothing cut off or scrolling the page sideways (wide tables and code scroll or wrap in
 their own box), no literal template braces in the prose, hidden code opening when its toggle is
-clicked, every figure followed by its caption, no Python object reprs (``<... at 0x...>``), each
-chapter's notebook offered for download; each page's height printed; screenshots of every page at both widths.
+clicked, every image inside a figure with a numbered caption and alt text, no Python object reprs
+(``<... at 0x...>``), each chapter's notebook offered for download, no page taller than ``MAX_HEIGHT``;
+each page's height printed; screenshots of every page at both widths.
 
 Usage: ``python tests/browser_check.py [book/_build/html] [docs/screenshots]`` (``make browser-test``).
 Needs Debian's ``chromium`` and ``chromium-driver`` (/usr/bin/chromium, /usr/bin/chromedriver) and
@@ -55,22 +56,15 @@ BRACES_JS = """const out = [];
     if (m) out.push(m[0] + ' in: ' + c.textContent.trim().slice(0, 60));
   }
   return out.slice(0, 5);"""
-# cells that show a figure without a caption: neither inside a figure element whose caption starts
-# "Figure N.M" (myst-nb's cell-metadata figures) nor followed by such a caption paragraph (cells that
-# show several images under one caption)
+# cells that show an image outside a figure element whose caption starts "Figure N.M" (myst-nb's
+# cell-metadata figures; a cell with several panels composes them into one figure)
 CAPTIONS_JS = """const out = [];
   for (const cell of document.querySelectorAll('article div.cell')) {
     const imgs = Array.from(cell.querySelectorAll('.cell_output img'));
-    if (!imgs.length) continue;
     const inFigures = imgs.every(i => { const f = i.closest('figure');
       const c = f && (f.querySelector('figcaption .caption-text') || f.querySelector('figcaption'));
       return c && /^Figure \\d+\\.\\d+/.test(c.textContent.trim()); });
-    if (inFigures) continue;
-    let next = cell.nextElementSibling;
-    while (next && next.tagName === 'DIV' && next.classList.contains('cell') && !next.querySelector('.cell_output img')
-           && !next.textContent.trim()) next = next.nextElementSibling;
-    const text = next ? next.textContent.trim() : '';
-    if (!/^Figure \\d+\\.\\d+/.test(text)) out.push(cell.textContent.trim().slice(0, 60));
+    if (!inFigures) out.push(cell.textContent.trim().slice(0, 60));
   }
   return out;"""
 # figure elements: each with a caption, and an image whose alt text says something (not a file hash)
@@ -104,6 +98,11 @@ def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
 
 
+#: the tallest a page may be (px, at either width): a front-matter page is read at once (the glance page
+#: was 11,650 px and the Reproducing page 36,800 before they were cut down); a chapter carries its figures
+MAX_HEIGHT = {"front": 8_000, "chapter": 18_000}
+
+
 def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[str]:
     """One page at one window width: what is wrong with it (empty when nothing), and its screenshot."""
     problems = []
@@ -121,6 +120,9 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
     print(f"{page} at {width}px: {height:,} px tall, {len(figs)} images, {len(bad)} not loaded; math "
           f"{math['done']}/{math['src']} rendered; {len(overflow['bad'])} cut off"
           f"{', page scrolls sideways' if overflow['sideways'] else ''}")
+    limit = MAX_HEIGHT["chapter" if page.startswith("chapters/") else "front"]
+    if height > limit:
+        problems.append(f"{page} at {width}px: {height:,} px tall, more than the {limit:,} px a page of its kind may be")
     if reprs:
         problems.append(f"{page}: Python object reprs shown: {reprs}")
     if bad:
@@ -139,7 +141,7 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
         problems.append(f"{page}: figure elements without a caption or alt text: {bad_figures}")
     uncaptioned = driver.execute_script(CAPTIONS_JS) if page.startswith("chapters/") else []
     if uncaptioned:
-        problems.append(f"{page}: figures without a caption after them: {uncaptioned}")
+        problems.append(f"{page}: images outside a captioned figure: {uncaptioned}")
     name = shots / f"{Path(page).stem}-{width}.png"
     driver.save_screenshot(str(name))
     Image.open(name).convert("RGB").quantize(colors=128).save(name, optimize=True)  # small PNGs

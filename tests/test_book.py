@@ -213,3 +213,27 @@ def test_the_reproducing_page_keeps_its_file_list_one_click_away(tmp_path, monke
     assert f"Generated from the result files at build time: {n} results, " in page
     assert f":::{{admonition}} All {n} result files\n:class: dropdown" in page and page.rstrip().endswith(":::")
     assert page.count("\n| `results/") == n
+
+
+def test_every_figure_cell_carries_a_numbered_caption_a_label_and_alt_text():
+    """Figures are myst-nb cell-metadata figures (cross-referenceable, with alt text): no bold caption
+    paragraph stands in for one, and each label is ``fig-<chapter>-<k>`` for its "Figure <chapter>.<k>"."""
+    import json
+    import re
+
+    from lossbook.config import REPO_ROOT
+
+    names = []
+    for path in sorted((REPO_ROOT / "nbs").glob("*.ipynb")):
+        chapter = int(path.name[:2])
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"]).strip()
+            assert not (cell["cell_type"] == "markdown" and text.startswith("**Figure")), f"{path.name}: {text[:60]}"
+            meta = cell.get("metadata", {}).get("mystnb", {})
+            if "figure" in meta:
+                number = re.match(r"\*\*Figure (\d+)\.(\d+)", meta["figure"]["caption"])
+                assert number and int(number[1]) == chapter, f"{path.name}: {meta['figure']['caption'][:60]}"
+                assert meta["figure"]["name"] == f"fig-{number[1]}-{number[2]}"
+                assert len(meta.get("image", {}).get("alt", "")) >= 10, f"{path.name}: {meta['figure']['name']} has no alt text"
+                names.append(meta["figure"]["name"])
+    assert len(names) == len(set(names)) and len(names) >= 20, names

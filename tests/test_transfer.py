@@ -207,6 +207,30 @@ def test_the_gain_map_is_centred_at_zero():
     assert low[0] > low[2] and min(zero[:3]) > 0.9  # red for the loss, near white at 0
 
 
+def test_several_panels_become_one_figure_with_every_panel_in_it():
+    """One caption, one image: the heat maps of two datasets are drawn into one figure, each panel with
+    its own scale; the figure is as wide as the widest panel and as tall as all of them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from lossbook.publish.plots import compose, gain_heatmap_size, gain_heatmaps
+
+    small = pd.DataFrame([[1.0, -2.0]], index=["a"], columns=["x", "y"])
+    large = pd.DataFrame([[-15.3, 2.0, 0.0], [0.0, 3.1, 1.0]], index=["a", "b"], columns=["x", "y", "z"])
+    fig = gain_heatmaps([(small, "mnist", "gain over CE (pp)"), (large, "cifar10", "gain over CE (pp)")])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles.count("mnist") == 1 and titles.count("cifar10") == 1
+    spans = sorted(ax.collections[0].norm.vmax for ax in fig.axes if ax.get_title())
+    assert spans == [2.0, 15.3]
+    width, height = fig.get_size_inches()
+    assert width == max(gain_heatmap_size(small)[0], gain_heatmap_size(large)[0])
+    assert height == gain_heatmap_size(small)[1] + gain_heatmap_size(large)[1]
+    with pytest.raises(ValueError, match="no panels to draw"):
+        compose([])
+
+
 def test_q2_is_counted_once_for_the_chapter_and_the_glance_page():
     import pandas as pd
 

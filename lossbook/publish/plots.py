@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.colors import ListedColormap
+from matplotlib.ticker import MaxNLocator
 
 from lossbook.config import SETTINGS
 from lossbook.core.attack_registry import LOSS_STYLE
@@ -82,9 +83,36 @@ def atras_accuracy_vs_params(df, source: str = "ours"):
     return fig
 
 
-def transfer_heatmap(tm, title: str):
+def compose(panels: list, cols: int = 1):
+    """One figure of several panels, each a ``(size, draw)`` pair: ``draw(subfigure)`` fills a subfigure
+    of ``size`` inches. A figure with one caption and one alt text, however many datasets or images it
+    shows; rows as tall as their tallest panel, columns as wide as their widest."""
+    if not panels:
+        raise ValueError("compose: no panels to draw (pass at least one (size, draw) pair)")
+    rows = int(np.ceil(len(panels) / cols))
+    grid = [panels[r * cols:(r + 1) * cols] for r in range(rows)]
+    widths = [max(row[c][0][0] for row in grid if c < len(row)) for c in range(min(cols, len(panels)))]
+    heights = [max(size[1] for size, _ in row) for row in grid]
+    fig = plt.figure(figsize=(sum(widths), sum(heights)), layout="constrained")
+    subs = fig.subfigures(rows, len(widths), squeeze=False, width_ratios=widths, height_ratios=heights)
+    for (_, draw), sub in zip(panels, subs.flat):
+        draw(sub)
+    return fig
+
+
+def _figure(fig, size):
+    """``fig`` (a figure or subfigure to draw into), or a new figure of ``size`` inches."""
+    return fig if fig is not None else plt.figure(figsize=size, layout="constrained")
+
+
+def transfer_heatmap_size(tm) -> tuple:
+    return (0.75 * len(tm) + 3, 0.6 * len(tm) + 2)
+
+
+def transfer_heatmap(tm, title: str, fig=None):
     """Accuracy of model j (columns) on FGSM examples crafted on model i (rows)."""
-    fig, ax = plt.subplots(figsize=(0.75 * len(tm) + 3, 0.6 * len(tm) + 2))
+    ax = _figure(fig, transfer_heatmap_size(tm)).subplots()
+    fig = ax.figure
     sns.heatmap(tm, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax, cbar_kws={"label": "accuracy"},
                 annot_kws={"fontsize": 7})
     ax.set(xlabel="evaluated on (j)", ylabel="FGSM crafted on (i)", title=title)
@@ -92,16 +120,32 @@ def transfer_heatmap(tm, title: str):
     return fig
 
 
+def transfer_heatmaps(matrices: dict):
+    """:func:`transfer_heatmap` of each ``title: matrix``, one under the other, in one figure."""
+    return compose([(transfer_heatmap_size(tm), lambda sub, tm=tm, t=t: transfer_heatmap(tm, t, fig=sub))
+                    for t, tm in matrices.items()])
+
+
+
+
+def _eps_layout(sweeps: list, cols: int | None):
+    panels = [(df, steps) for df in sweeps for steps in dict.fromkeys(df["steps"])]
+    cols = cols or (len(dict.fromkeys(panels[0][0]["steps"])) if panels else 1)
+    return panels, cols, int(np.ceil(len(panels) / cols))
+
+
+def eps_curves_size(sweeps: list, cols: int | None = None, panel: tuple = (4.6, 3.2)) -> tuple:
+    _, cols, rows = _eps_layout(sweeps, cols)
+    return (panel[0] * cols, panel[1] * rows)
 
 
 def eps_curves(sweeps: list, title_of=lambda df, steps: f"{df['target'].iloc[0]}, PGD-{steps}",
-               cols: int | None = None):
-    """R'' against eps, one panel per (setting, PGD budget) (the paper's Figs. 5/6): CE red, the
-    searched loss blue, C&W and DLR as thinner references."""
-    panels = [(df, steps) for df in sweeps for steps in dict.fromkeys(df["steps"])]
-    cols = cols or (len(dict.fromkeys(panels[0][0]["steps"])) if panels else 1)
-    rows = int(np.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False, sharey=True)
+               cols: int | None = None, fig=None, panel: tuple = (4.6, 3.2)):
+    """R'' against eps, one panel of ``panel`` inches per (setting, PGD budget) (the paper's Figs. 5/6):
+    CE red, the searched loss blue, C&W and DLR as thinner references."""
+    panels, cols, rows = _eps_layout(sweeps, cols)
+    fig = _figure(fig, eps_curves_size(sweeps, cols, panel))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
     for ax, (df, steps) in zip(axes.flat, panels):
         d = df[df["steps"] == steps]
         for loss in ("dlr", "cw", "ce", "searched"):
@@ -111,16 +155,22 @@ def eps_curves(sweeps: list, title_of=lambda df, steps: f"{df['target'].iloc[0]}
                     ls="-" if main else ":", label=LOSS_LABELS[loss], zorder=3 if main else 2)
         ax.axvline(d.loc[d["factor"] == 1.0, "eps"].iloc[0], color="0.6", lw=0.8)
         ax.set(title=title_of(df, steps), xlabel="eps", ylabel="R''", ylim=(0, 1.02))
+        ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     return fig
 
 
-def gain_heatmap(matrix, title: str, label: str = "gain over CE (pp)"):
+def gain_heatmap_size(matrix) -> tuple:
+    return (0.9 * matrix.shape[1] + 3.2, 0.55 * matrix.shape[0] + 2.2)
+
+
+def gain_heatmap(matrix, title: str, label: str = "gain over CE (pp)", fig=None):
     """Source x target matrix of gains in pp (Fig. 8) on a diverging scale centred at 0: blue for gains,
     red for losses, white for none, the same range on both sides so that -15 pp looks as large as +15."""
-    fig, ax = plt.subplots(figsize=(0.9 * matrix.shape[1] + 3.2, 0.55 * matrix.shape[0] + 2.2))
+    ax = _figure(fig, gain_heatmap_size(matrix)).subplots()
+    fig = ax.figure
     span = max(1.0, float(matrix.abs().max().max()))
     sns.heatmap(matrix, annot=True, fmt="+.1f", cmap="RdBu", center=0, vmin=-span, vmax=span, ax=ax,
                 cbar_kws={"label": label}, annot_kws={"fontsize": 9})
@@ -128,6 +178,12 @@ def gain_heatmap(matrix, title: str, label: str = "gain over CE (pp)"):
     ax.tick_params(labelsize=9)
     plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
     return fig
+
+
+def gain_heatmaps(heatmaps: list):
+    """:func:`gain_heatmap` of each ``(matrix, title, label)``, stacked in one figure."""
+    return compose([(gain_heatmap_size(m), lambda sub, m=m, t=t, lab=lab: gain_heatmap(m, t, lab, fig=sub))
+                    for m, t, lab in heatmaps])
 
 
 def landscape_panel(ax, item, which: str = "ce", title: str = ""):
@@ -148,10 +204,14 @@ def landscape_panel(ax, item, which: str = "ce", title: str = ""):
     return ax
 
 
-def landscape_pair(item, target: str):
+LANDSCAPE_PAIR_SIZE = (9.6, 4.4)
+
+
+def landscape_pair(item, target: str, fig=None):
     """CE's and the searched loss's local landscapes of one raced image side by side, titled with the
     explanation and CE at both endpoints (Fig. 9)."""
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.4))
+    fig = _figure(fig, LANDSCAPE_PAIR_SIZE)
+    axes = fig.subplots(1, 2)
     landscape_panel(axes[0], item, "ce", "contours of CE")
     landscape_panel(axes[1], item, "searched", "contours of the searched loss")
     axes[1].legend(fontsize=7, loc="lower left")
@@ -161,11 +221,21 @@ def landscape_pair(item, target: str):
     return fig
 
 
-def qualitative(ex, class_names=None, title: str = ""):
+def landscape_pairs(pairs: list):
+    """:func:`landscape_pair` of each ``(item, target)``, one under the other in one figure."""
+    return compose([(LANDSCAPE_PAIR_SIZE, lambda sub, it=it, t=t: landscape_pair(it, t, fig=sub)) for it, t in pairs])
+
+
+def qualitative_size(ex) -> tuple:
+    return (5.4, 1.9 * len(ex.index) + 0.4)
+
+
+def qualitative(ex, class_names=None, title: str = "", fig=None):
     """Clean image, CE adversary and searched-loss adversary per row, with predictions (Fig. 10)."""
     n = len(ex.index)
     name = (lambda c: class_names[c]) if class_names else str
-    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.9 * n + 0.4), squeeze=False)
+    fig = _figure(fig, qualitative_size(ex))
+    axes = fig.subplots(n, 3, squeeze=False)
     for i in range(n):
         for j, (img, pred, head) in enumerate(((ex.clean[i], ex.label[i], "clean"), (ex.adv_ce[i], ex.pred_ce[i], "CE"),
                                                 (ex.adv_searched[i], ex.pred_searched[i], "searched"))):
@@ -181,12 +251,25 @@ def qualitative(ex, class_names=None, title: str = ""):
     return fig
 
 
-def eps_gains(sweeps: list):
+def qualitatives(examples: list):
+    """:func:`qualitative` of each ``(ex, class_names, title)`` side by side, in one figure."""
+    return compose([(qualitative_size(ex), lambda sub, ex=ex, c=c, t=t: qualitative(ex, c, t, fig=sub))
+                    for ex, c, t in examples], cols=len(examples))
+
+
+def eps_gains_size(sweeps: list, cols: int = 2, panel: tuple = (4.6, 3.0)) -> tuple:
+    cols = min(cols, len(sweeps))
+    return (panel[0] * cols, panel[1] * int(np.ceil(len(sweeps) / cols)) + 0.5)
+
+
+def eps_gains(sweeps: list, cols: int = 2, fig=None, panel: tuple = (4.6, 3.0)):
     """The same sweeps as differences to CE in pp (zoomed in where :func:`eps_curves` overlap): one
-    panel per setting, the searched loss solid and C&W/DLR dotted, PGD-10 thin and PGD-100 thick."""
-    cols = min(2, len(sweeps))
+    panel of ``panel`` inches per setting, the searched loss solid and C&W/DLR dotted, PGD-10 thin and
+    PGD-100 thick."""
+    cols = min(cols, len(sweeps))
     rows = int(np.ceil(len(sweeps) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows + 0.5), squeeze=False, layout="constrained")
+    fig = _figure(fig, eps_gains_size(sweeps, cols, panel))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, df in zip(axes.flat, sweeps):
         wide = df.pivot_table(index=["steps", "eps"], columns="loss", values="risk")
         for steps in wide.index.get_level_values(0).unique():
@@ -197,11 +280,27 @@ def eps_gains(sweeps: list):
                         label=f"{LOSS_LABELS[loss]}, PGD-{steps}")
         ax.axhline(0, color=COLORS["ce"], lw=1)
         ax.set(title=df["target"].iloc[0], xlabel="eps", ylabel="R'' minus CE's (pp)")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7)
     for ax in list(axes.flat)[len(sweeps):]:
         ax.set_visible(False)
     return fig
+
+
+#: the smaller panels of :func:`eps_curves_and_gains`: 4 a row (two settings' PGD-10 and PGD-100)
+COMPACT_PANEL = (3.4, 2.5)
+
+
+def eps_curves_and_gains(sweeps: list):
+    """:func:`eps_curves` (two settings a row) above :func:`eps_gains` (three a row) of the same sweeps,
+    in one figure of smaller panels."""
+    curves = min(4, len(_eps_layout(sweeps, None)[0]))
+    gains = min(3, len(sweeps))
+    return compose([(eps_curves_size(sweeps, curves, COMPACT_PANEL),
+                     lambda sub: eps_curves(sweeps, cols=curves, fig=sub, panel=COMPACT_PANEL)),
+                    (eps_gains_size(sweeps, gains, COMPACT_PANEL),
+                     lambda sub: eps_gains(sweeps, gains, fig=sub, panel=COMPACT_PANEL))])
 
 
 def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix: str = "", verdict: str = "verdict"):
