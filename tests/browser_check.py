@@ -2,7 +2,8 @@
 math rendered, nothing cut off or scrolling the page sideways (wide tables and code scroll or wrap in
 their own box), no literal template braces in the prose, hidden code opening when its toggle is
 clicked, every image inside a figure with a numbered caption and alt text, no Python object reprs
-(``<... at 0x...>``), each chapter's notebook offered for download, no page taller than ``MAX_HEIGHT``;
+(``<... at 0x...>``), each chapter's notebook offered for download, no page taller than ``MAX_HEIGHT``,
+every number of a glance row's result shown on the chapter it links to;
 each page's height printed; screenshots of every page at both widths.
 
 Usage: ``python tests/browser_check.py [book/_build/html] [docs/screenshots]`` (``make browser-test``).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import sys
 import tempfile
 import threading
@@ -168,6 +170,33 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
     return problems
 
 
+# the glance page's claim rows: the chapter each links to, and its "ours" cell
+GLANCE_ROWS_JS = """return Array.from(document.querySelectorAll('article table tr')).map(tr => {
+    const td = tr.querySelectorAll('td'), a = td.length >= 6 ? td[1].querySelector('a') : null;
+    return a ? {href: a.getAttribute('href'), ours: td[3].innerText} : null; }).filter(r => r);"""
+NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def check_glance_counts(driver, base: str) -> list[str]:
+    """Every number of a glance row's result (its first clause: the count or gain with its interval)
+    appears on the chapter page the row links to: the two pages show one computation, not two."""
+    driver.get(f"{base}/glance.html")
+    rows, pages, problems = driver.execute_script(GLANCE_ROWS_JS), {}, []
+    for row in rows:
+        page = row["href"].split("#")[0]
+        if page not in pages:
+            driver.get(f"{base}/{page}")
+            pages[page] = set(NUMBER.findall(driver.execute_script("return document.body.innerText;")))
+        lead = row["ours"].split(" (")[0]
+        missing = [n for n in NUMBER.findall(lead) if n not in pages[page]]
+        if missing:
+            problems.append(f"glance.html: '{lead[:70]}' has {missing}, which {page} does not show")
+    print(f"glance.html: {len(rows)} claim rows, their numbers checked against {len(pages)} chapter pages")
+    if not rows:
+        problems.append("glance.html: no claim rows found")
+    return problems
+
+
 def check(html: Path, shots: Path) -> list[str]:
     pages = ["intro.html", "glance.html"] + sorted(p.relative_to(html).as_posix() for p in (html / "chapters").glob("*.html")) \
         + ["notation.html", "teaching.html", "reproducing.html", "references.html"]
@@ -180,6 +209,7 @@ def check(html: Path, shots: Path) -> list[str]:
     problems = []
     shots.mkdir(parents=True, exist_ok=True)
     try:
+        problems += check_glance_counts(driver, base)
         for width in WIDTHS:
             driver.set_window_size(width, 1500)
             for page in pages:

@@ -83,12 +83,15 @@ def test_results_at_a_glance_counts_verdicts_and_says_what_was_not_run(tmp_path,
     assert row["ours"].startswith("+2.5 pp [+1.1, +3.9] (held-out; Holm p 2e-05; paper model, 160 epochs")
     assert row["the paper's number"] == "+1.0 pp" and row["verdict"] == "reproduced" and row["scale"] == "paper arm"
     runs = t[t["claim"].str.startswith("in every setting, every search")].iloc[0]
-    assert runs["ours"].startswith("all unseeded runs beat CE in 1 of 2 judged settings (9 of 10 runs")
+    assert runs["ours"] == "every unseeded run beat CE on its search images in 1 of 2 judged settings (9 of 10 runs; " \
+        "in-sample, descriptive)"
     assert runs["verdict"] == "not reproduced"
     page = glance.markdown("cpu")
+    assert runs["ours"] in paper_arm.answer(paper_arm.load_summary("paper"))  # chapter 03's answer says the same
+    assert "; the paper's gain inside our interval)" in row["ours"] or "; ours " in row["ours"]
     assert f"**reproduced** {(t['verdict'] == 'reproduced').sum()}," in page
     assert f"**{glance.NOT_RUN}** {(t['verdict'] == glance.NOT_RUN).sum()}." in page
-    assert page.count("(chapters/03_gp_search.ipynb)") == 25
+    assert page.count(f"<{paper_arm.ANSWER_TARGET}>`") == 25  # each links to chapter 03's answer section
     assert "FGSM measures" not in page  # not a claim of ATRAS (it names FGSM-only evaluation as a limitation)
 
 

@@ -421,6 +421,10 @@ def check_parameters(v: dict) -> None:
 # ------------------------------------------------------------------------------------------------
 # The glance page's rows (lossbook.publish.glance)
 # ------------------------------------------------------------------------------------------------
+#: the label of chapter 06's section testing the paper's conclusions, where the glance page's rows link
+GLANCE_TARGET = "atras-claims"
+
+
 def glance_rows(scale: str) -> list[dict]:
     """The glance page's rows: each ATRAS claim per dataset, from the saved sweep."""
     rows = []
@@ -433,4 +437,4 @@ def glance_rows(scale: str) -> list[dict]:
             rows.append({"paper": "ATRAS", "claim": f"{c['claim']} ({ds})", "the paper's number": "stated, Tables I-II",
                          "ours": f"{c['evidence']} ({len(df)} MLPs; descriptive, no interval)", "scale": scale,
                          "verdict": "reproduced" if c["supported"] else "not reproduced"})
-    return rows
+    return [{**row, "target": GLANCE_TARGET} for row in rows]

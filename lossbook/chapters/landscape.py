@@ -387,6 +387,10 @@ PARAMETERS: dict[str, Param] = {
 # ------------------------------------------------------------------------------------------------
 # The glance page's rows (lossbook.publish.glance)
 # ------------------------------------------------------------------------------------------------
+#: the label of chapter 05's section on what the landscapes say, where the glance page's rows link
+GLANCE_TARGET = "q3-answer"
+
+
 def glance_rows(scale: str) -> list[dict]:
     """Q3: why the searched loss wins (MNIST: easier to optimize; CIFAR-10: better local consistency)."""
     source = PARAMETERS["source"].default
@@ -406,4 +410,4 @@ def glance_rows(scale: str) -> list[dict]:
         rows.append({**row, "ours": f"of {a['searched_only']} images only the searched loss broke: {a['optimization']} by "
                      f"optimization, {a['consistency']} by local consistency (sign test p = {a['p']:.2g}; {a['images']} "
                      f"raced)", "verdict": a["verdict"]})
-    return rows
+    return [{**row, "target": GLANCE_TARGET} for row in rows]

@@ -540,6 +540,10 @@ PARAMETERS: dict[str, Param] = {
 # ------------------------------------------------------------------------------------------------
 # The glance page's rows (lossbook.publish.glance)
 # ------------------------------------------------------------------------------------------------
+#: the label of chapter 04's section on other models and norms, where the glance page's rows link
+GLANCE_TARGET = "q2-answer"
+
+
 def glance_rows(scale: str) -> list[dict]:
     """Q2: the searched losses keep a gain over CE under other (model, norm) settings (Fig. 8)."""
     rows, cross = [], saved_cross(scale)
@@ -557,4 +561,4 @@ def glance_rows(scale: str) -> list[dict]:
                      f"out (sign test p = {a['p']:.2g}; median {a['median_pp']:+.1f} pp; cells share images, so p is "
                      f"optimistic; {a['losses']} searched losses)",
                      "scale": scale, "verdict": a["verdict"]})
-    return rows
+    return [{**row, "target": GLANCE_TARGET} for row in rows]

@@ -13,7 +13,7 @@ from lossbook.chapters.paper_arm import answer, load_summary
 from lossbook.chapters.registry import BEYOND_PAPERS, CHAPTERS, PAPERS_CLAIMS
 from lossbook.core.stats import NOT_RUN
 
-COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section", "heading"]
+COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section", "heading", "target"]
 
 
 def claims_table(scale: str = "cpu") -> pd.DataFrame:
@@ -36,8 +36,15 @@ def _section(row) -> str:
 
 def _table(rows: pd.DataFrame) -> list[str]:
     out = ["| paper | claim | the paper's number | ours | scale | verdict |", "|---|---|---|---|---|---|"]
-    return out + [f"| {r['paper']} | [{r['claim']}]({r['section']}.ipynb) | {r[COLUMNS[2]]} | {r['ours']} | {r['scale']} | "
-                  f"{r['verdict']} |" for _, r in rows.iterrows()]
+    return out + [f"| {r['paper']} | {_link(r)} | {r[COLUMNS[2]]} | {r['ours']} | {r['scale']} | {r['verdict']} |"
+                  for _, r in rows.iterrows()]
+
+
+def _link(row) -> str:
+    """The claim, linked to the section of its chapter that judges it (its ``target`` label), else to the chapter."""
+    if isinstance(row["target"], str) and row["target"]:
+        return f"{{ref}}`{row['claim']} <{row['target']}>`"
+    return f"[{row['claim']}]({row['section']}.ipynb)"
 
 
 def markdown(scale: str = "cpu", q1_figure: str | None = None) -> str:
