@@ -102,14 +102,16 @@ def test_save_and_load_round_trip(trained_mlp, mnist_small, tmp_path):
 def test_the_conclusion_names_the_dominant_explanation():
     from lossbook.chapters import landscape as LS
 
-    def meta(opt, con, ce_only=1):
-        return (None, None, {"outcomes": {"images": 50, "searched only": opt + con, "CE only": ce_only, "both": 10,
+    def meta(opt, con, ce_only=1, source="paper-arm:mnist-net1-at-linf"):
+        return (None, None, {"request": {"source": source},
+                             "outcomes": {"images": 50, "searched only": opt + con, "CE only": ce_only, "both": 10,
                                           "neither": 5, "searched only, optimization": opt,
                                           "searched only, consistency": con}})
-    text = LS.conclusion({"mnist": meta(3, 1), "cifar10": meta(0, 2)}, "mnist-net1-at-linf")
+    text = LS.conclusion({"mnist": meta(3, 1), "cifar10": meta(0, 2, source="paper-arm:cifar10-net1-at-linf")})
     assert "**optimization** dominates" in text and "**local consistency** dominates" in text
-    assert "neither explanation is needed" in LS.conclusion({"mnist": meta(0, 0)}, "s")
-    assert "no conclusion" in LS.conclusion({}, "s")
+    assert "* **paper-arm:mnist-net1-at-linf on mnist**" in text and "**paper-arm:cifar10-net1-at-linf on cifar10**" in text
+    assert "neither explanation is needed" in LS.conclusion({"mnist": meta(0, 0)})
+    assert "no conclusion" in LS.conclusion({})
 
 
 def test_q3_is_counted_once_for_the_chapter_and_the_glance_page():

@@ -30,7 +30,7 @@ VARIANTS = {
                      "recompute": True},
     "04_transfer": {"seed": 2, "sources": "mnist-net1-at-l2", "cifar_searched": "cifar10-net1-st-l2",
                     "cifar_sources": "none", "mnist_norms": "l1", "cifar_norms": "l2", "n_images": 16, "recompute": True},
-    "05_landscape": {"seed": 4, "source": "mnist-net1-at-l2", "datasets": "mnist", "n_images": 3, "steps": 15,
+    "05_landscape": {"seed": 4, "source": "mnist-net1-at-l2", "losses": "search", "datasets": "mnist", "n_images": 3, "steps": 15,
                      "resolution": 7, "per_kind": 2, "n_examples": 1 + 4, "recompute": True},
     "06_atras_sweep": {"seed": 5, "dataset": "mnist", "eps": 0.05, "epochs": 2, "adv_epochs": 1, "architectures": "0,1",
                        "failure_mode": "none", "recompute": True},
@@ -173,6 +173,8 @@ CHECKS = {
                                                              for r in _transfer(root, nb)),
     ("05_landscape", "seed"): lambda root, nb: {r["seed"] for r in _landscape(root, nb)} == {4},
     ("05_landscape", "source"): lambda root, nb: {r["source"] for r in _landscape(root, nb)} == {"mnist-net1-at-l2"},
+    # "search": the scale's search of the source itself (the default, "arm", studies the smoke arm's loss)
+    ("05_landscape", "losses"): lambda root, nb: not any(r["source"].startswith("smoke-arm:") for r in _landscape(root, nb)),
     ("05_landscape", "datasets"): lambda root, nb: {r["target"].split("-")[0] for r in _landscape(root, nb)} == {"mnist"},
     ("05_landscape", "n_images"): lambda root, nb: {r["n_images"] for r in _landscape(root, nb)} == {3},
     ("05_landscape", "steps"): lambda root, nb: {r["steps"] for r in _landscape(root, nb)} == {15},

@@ -172,7 +172,7 @@ def test_a_source_of_another_preset_is_read_from_that_preset(in_results):
 
 
 def test_the_chapter_lists_the_sources_without_saved_rows(in_results, monkeypatch):
-    monkeypatch.setattr(T, "target_settings", lambda ds, scale, norms, compute: [SS.make_setting(ds, "net1", "st", "linf", 0.1)])
+    monkeypatch.setattr(T, "target_settings", lambda ds, scale, norms, compute, arm: [SS.make_setting(ds, "net1", "st", "linf", 0.1)])
     monkeypatch.setattr(T, "cross_setting", lambda sources, targets, scale, cfg, compute: pd.DataFrame(
         {"source": ["mnist-net1-st-linf"], "target": ["mnist-net1-st-linf"]}))
     cfg = T.transfer_config("cpu")
@@ -250,3 +250,29 @@ def test_q2_is_counted_once_for_the_chapter_and_the_glance_page():
         if ds in saved:
             b = T.q2_answer(saved[ds])
             assert row["ours"].startswith(f"gain over CE > 0 in {b['k']} of {b['n']} cells") and row["verdict"] == b["verdict"]
+
+
+def test_an_arm_source_is_the_arms_selected_loss_on_its_models_and_held_out_images(tmp_path, data_available, monkeypatch):
+    """``smoke-arm:<setting>``: the best of the arm's unseeded runs, at the arm's eps, on the arm's models;
+    evaluated after the arm's search images; never mixed with other sources in one cross table."""
+    from lossbook.chapters import paper_arm as A
+    from lossbook.search.settings import SEARCH_PRESETS
+
+    for module in (SR, SS, A):
+        monkeypatch.setattr(module, "RESULTS_DIR", tmp_path)
+    plan, name = A.ARMS["smoke"], "mnist-net1-st-linf"
+    with pytest.raises(FileNotFoundError, match="the smoke arm has 0 of the 2 runs of mnist-net1-st-linf; run "
+                                                "`python -m lossbook paper-arm --arm smoke --settings mnist-net1-st-linf`"):
+        T.searched_loss(f"smoke-arm:{name}", "smoke")
+    A.judge_setting(name, plan, progress=False, log=lambda *a: None)
+    found = T.searched_loss(f"smoke-arm:{name}", "smoke")
+    best = A.best_run(A.arm_runs(name, plan, compute=False))
+    assert (found.formula, found.fitness, found.model_scale) == (best["best"], best["best_fitness"], "smoke")
+    assert found.setting == A.arm_setting(name, plan)
+    assert T.held_out_skip(found) == SEARCH_PRESETS["smoke-arm"].n_images == 32
+    assert T.arm_sources("smoke", "mnist") == [f"smoke-arm:{name}"]
+    assert "the smoke arm's selected losses (unseeded runs only)" in T.regime([found])
+    store.save(tmp_path / "search" / "smoke" / name / "run-0.json", {"seed": 0, "best": best["best"], "best_fitness": 0.5,
+               "setting": {**vars(found.setting)}}, {"seed": 0})  # the same setting, searched outside the arm
+    with pytest.raises(ValueError, match="the sources' evaluation sets differ"):
+        T.cross_setting([f"smoke-arm:{name}", name], [found.setting], "smoke", root=tmp_path, compute=False)

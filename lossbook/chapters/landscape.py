@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from lossbook import store
-from lossbook.chapters.transfer import prepare_smoke, same_setting_on, searched_loss
+from lossbook.chapters.transfer import (
+    arm_source,
+    evaluation_note,
+    held_out_skip,
+    models_on,
+    prepare_smoke,
+    same_setting_on,
+    searched_loss,
+)
 from lossbook.config import DATASETS, RESULTS_DIR, check_choice
 from lossbook.core.attacks import pgd
 from lossbook.core.losses import cross_entropy, per_sample
@@ -26,6 +34,7 @@ from lossbook.core.models import eval_mode, model_device, predict
 from lossbook.core.stats import NOT_RUN, majority_verdict
 from lossbook.params import (
     Param,
+    choice,
     common,
     is_setting,
     listing,
@@ -257,21 +266,23 @@ def study(source: str, scale: str, dataset: str | None = None, n_images: int = 6
     source's own model, or on the same net/training/norm of another ``dataset`` (a transferred loss,
     at that setting's eps as chosen by :func:`lossbook.search.settings.auto_setting`).
 
-    The race runs on the first ``n_images`` correctly classified test images; ``meta["outcomes"]``
-    counts how each of them came out, and how the searched-only wins split between the explanations.
+    The race runs on the first ``n_images`` correctly classified test images (for an arm's loss: after
+    the arm's search images, so that none of them was selected on); ``meta["outcomes"]`` counts how each
+    of them came out, and how the searched-only wins split between the explanations.
     Returns (landscapes, examples, meta), or None where nothing is saved and ``compute`` is False.
     """
     found = searched_loss(source, scale)
     target = same_setting_on(dataset or found.setting.dataset, found, scale, device)
-    path = landscape_dir(scale, root) / f"{target.name()}--from-{source}.npz"
+    models, skip = models_on(target.dataset, found), held_out_skip(found)
+    path = landscape_dir(scale, root) / f"{target.name()}--from-{source.replace(':', '-')}.npz"
     request = {"scale": scale, "source": source, "formula": found.formula, "target": target.name(), "eps": target.eps,
                "norm": target.norm, "n_images": n_images, "steps": steps, "resolution": resolution,
-               "per_kind": per_kind, "n_examples": n_examples, "seed": seed}
+               "per_kind": per_kind, "n_examples": n_examples, "seed": seed, **evaluation_note(models, scale, skip)}
     if store.matches(path.with_suffix(".json"), request):
         return load(path, request)
     if not compute:
         return None
-    model, x, y, idx = setting_images(target, scale, n_images, device=device)
+    model, x, y, idx = setting_images(target, models, n_images, skip=skip, device=device)
     loss = found.loss()
     r = race(model, x, y, loss, target.norm, target.eps, steps=steps, seed=seed)
     chosen = [n for kind in EXPLANATIONS for n in pick(r, per_kind)[kind]] or [0]  # none: show the first image
@@ -295,24 +306,41 @@ PRESETS = {"smoke": {"n_images": 1, "resolution": 9, "max_steps": 20},
            "paper": {"n_images": 1000, "resolution": 101, "max_steps": None}}
 
 
+def study_source(source: str, dataset: str, losses: str, scale: str) -> str:
+    """The loss chapter 05 studies on ``dataset``: with ``losses="arm"`` the scale's arm's own loss for
+    the same net, training and norm on that dataset; with ``"search"`` the scale's search of ``source``
+    (carried to another dataset where ``dataset`` differs)."""
+    check_choice("losses", losses, LOSSES)
+    if losses == "search":
+        return source
+    _, net, training, norm = parse_setting(source)
+    return arm_source(f"{dataset}-{net}-{training}-{norm}", scale)
+
+
+#: which losses chapter 05 studies: each dataset's own arm loss, or one search carried across datasets
+LOSSES = ("arm", "search")
+
+
 def chapter_studies(source: str, datasets: list[str], scale: str, n_images: int = 0, steps: int = 100,
                     resolution: int = 0, per_kind: int = 1, n_examples: int = 4, seed: int = 0,
-                    recompute: bool = False) -> tuple[dict, list[str], int]:
+                    recompute: bool = False, losses: str = "arm") -> tuple[dict, list[str], int]:
     """Chapter 05's studies, one per dataset ({dataset: study}), what is missing at this scale, and the
     steps actually raced. ``n_images``/``resolution`` 0 take the scale's :data:`PRESETS`; at smoke scale
-    the models and the search are made where missing (seconds) and the race is capped."""
+    the models and the search (or the smoke arm) are made where missing (seconds) and the race is capped."""
     check_choice("scale", scale, PRESETS)
+    check_choice("losses", losses, LOSSES)
     parse_setting(source)
     for d in datasets:
         check_choice("dataset in datasets", d, DATASETS)
     preset = PRESETS[scale]
     steps = min(steps, preset["max_steps"]) if preset["max_steps"] else steps
-    if scale == "smoke":
+    if scale == "smoke" and losses == "search":
         prepare_smoke([source], datasets=datasets)
     studies, missing = {}, []
     for d in datasets:
         try:
-            studies[d] = study(source, scale, dataset=d, n_images=n_images or preset["n_images"], steps=steps,
+            studies[d] = study(study_source(source, d, losses, scale), scale, dataset=d,
+                               n_images=n_images or preset["n_images"], steps=steps,
                                resolution=resolution or preset["resolution"], per_kind=per_kind, n_examples=n_examples,
                                seed=seed, compute=recompute or scale == "smoke")
         except FileNotFoundError:  # no search or no model at this scale
@@ -352,7 +380,7 @@ def takeaway(studies: dict) -> str:
     return "; ".join(parts) + "."
 
 
-def conclusion(studies: dict, source: str) -> str:
+def conclusion(studies: dict) -> str:
     """Chapter 05's closing paragraph from its counts: which explanation dominates, per dataset."""
     if not studies:
         return "No landscape study is available at this scale, so this chapter draws no conclusion."
@@ -366,7 +394,8 @@ def conclusion(studies: dict, source: str) -> str:
             lead = "optimization" if opt > con else "local consistency" if con > opt else "neither (a tie)"
             verdict = (f"of the {only} images only the searched loss broke, {opt} are explained by optimization and "
                        f"{con} by local consistency: **{lead}** dominates")
-        lines.append(f"* **{source} on {d}** ({o['images']} images raced; CE alone broke {o['CE only']}): {verdict}.")
+        lines.append(f"* **{meta['request']['source']} on {d}** ({o['images']} images raced; CE alone broke "
+                     f"{o['CE only']}): {verdict}.")
     return "\n".join(lines)
 
 
@@ -375,6 +404,8 @@ PARAMETERS: dict[str, Param] = {
     **common("smoke | cpu (committed results) | paper"),
     "source": Param("mnist-net1-at-linf", lambda v: None if isinstance(v, str) and is_setting(v) else
                     "a setting such as 'mnist-net1-at-linf'"),
+    "losses": Param("arm", choice(LOSSES), "'arm': each dataset's own paper-arm loss for the source's net, training "
+                    "and norm; 'search': the scale's search of the source, carried to the other datasets"),
     "datasets": Param("mnist,cifar10", listing(lambda s: s in DATASETS, "datasets")),
     "n_images": Param(0, whole(), "raced images; 0: the scale's default"),
     "steps": Param(100, whole(1), "PGD iterations of the race"),

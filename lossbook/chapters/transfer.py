@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from lossbook import store
 from lossbook.chapters.gp_search import PLANS, read_summary, summary_path
-from lossbook.config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet
+from lossbook.chapters.paper_arm import ARMS, ArmPlan, arm_runs, arm_setting, best_run, judge_setting, load_summary
+from lossbook.config import NETS, NORMS, RESULTS_DIR, SCALES, TRAININGS, check_choice, quiet, train_config
 from lossbook.core import data
 from lossbook.core.attacks import evaluate_losses, evaluation_set
 from lossbook.core.losses import HANDCRAFTED, compile_formula, pretty
@@ -79,10 +80,11 @@ def transfer_dir(scale: str, root: Path | None = None) -> Path:
 class SearchedLoss:
     """The best loss found for one setting (over its runs) and the setting it was found under."""
 
-    source: str  # setting name, e.g. "mnist-net1-at-linf"
+    source: str  # setting name, e.g. "mnist-net1-at-linf", or "<preset>:<setting>"
     setting: Setting
     formula: str
     fitness: float  # R'' on the search's own images
+    model_scale: str  # the scale of the models it was searched on (and is evaluated on)
 
     @property
     def pretty(self) -> str:
@@ -106,12 +108,104 @@ def file_safe(source: str) -> str:
     return source.replace(":", "-")
 
 
+#: an arm's search preset -> its plan: a source "paper-arm:<setting>" is the paper arm's loss for it
+ARM_PRESETS = {plan.preset: plan for plan in ARMS.values()}
+
+
+def arm_of(source: str) -> ArmPlan | None:
+    """The arm a source belongs to (``"paper-arm:mnist-net1-st-linf"``: the paper arm), else None."""
+    return ARM_PRESETS.get(split_source(source)[0])
+
+
 def searched_loss(source: str, scale: str, root: Path | None = None) -> SearchedLoss:
     """The best run's loss of a searched setting (``FileNotFoundError`` if it was not searched); a
-    ``"<preset>:"`` prefix reads the runs of that preset (e.g. ``grid:``) instead of the scale's."""
+    ``"<preset>:"`` prefix reads the runs of that preset (e.g. ``grid:``) instead of the scale's. An arm's
+    preset (``paper-arm:``) gives the arm's selected loss (the best of its unseeded runs, as
+    :mod:`~lossbook.chapters.paper_arm` judges it) on the arm's model and at the arm's eps."""
     preset, name = split_source(source)
+    plan = ARM_PRESETS.get(preset)
+    if plan is not None:
+        dataset = parse_setting(name)[0]
+        runs = arm_runs(name, plan, root, compute=False)
+        if len(runs) < len(plan.seeds_of(dataset)):
+            raise FileNotFoundError(f"the {plan.name} arm has {len(runs)} of the {len(plan.seeds_of(dataset))} runs of "
+                                    f"{name}; run `python -m lossbook paper-arm --arm {plan.name} --settings {name}`")
+        best = best_run(runs)
+        return SearchedLoss(source, arm_setting(name, plan, root), best["best"], float(best["best_fitness"]),
+                            plan.scale_of(dataset))
     best = max(load_runs(name, preset or scale, root), key=lambda r: r["best_fitness"])
-    return SearchedLoss(source, Setting(**best["setting"]), best["best"], float(best["best_fitness"]))
+    return SearchedLoss(source, Setting(**best["setting"]), best["best"], float(best["best_fitness"]), scale)
+
+
+def chapter_arm_name(scale: str) -> str:
+    """The arm the chapters read at a scale: the paper arm's committed results, the smoke arm at smoke scale."""
+    return "smoke" if scale == "smoke" else "paper"
+
+
+def arm_source(name: str, scale: str) -> str:
+    """The source of the scale's arm for setting ``name`` (``"paper-arm:<name>"``); at smoke scale the
+    smoke arm judges it first where it has not (seconds)."""
+    arm = chapter_arm_name(scale)
+    if arm == "smoke":
+        done = load_summary(arm)
+        if done is None or name not in set(done.setting):
+            judge_setting(name, ARMS[arm], progress=False, log=lambda *a: None)
+    return f"{ARMS[arm].preset}:{name}"
+
+
+def arm_sources(arm: str, dataset: str) -> list[str]:
+    """The sources of every setting of ``dataset`` that ``arm`` has judged (``"<preset>:<setting>"``). The
+    smoke arm first judges its one setting of the dataset where missing (seconds)."""
+    if arm == "smoke":
+        arm_source(f"{dataset}-net1-st-linf", "smoke")
+    summary = load_summary(arm)
+    names = [] if summary is None else [n for n in summary.setting if n.startswith(dataset + "-")]
+    return [f"{ARMS[arm].preset}:{n}" for n in names]
+
+
+def models_on(dataset: str, found: SearchedLoss) -> str:
+    """The scale of the models a loss is evaluated on for ``dataset``: its arm's models there, else its own."""
+    plan = arm_of(found.source)
+    return plan.scale_of(dataset) if plan is not None else found.model_scale
+
+
+def held_out_skip(found: SearchedLoss) -> int:
+    """Test images skipped before the evaluation set: an arm's losses are evaluated after the first
+    ``n_images`` of its search preset (the images every search of the arm selected on, on every model),
+    so that their results are held out; 0 for other sources (the stated, optimistic evaluation set)."""
+    plan = arm_of(found.source)
+    return SEARCH_PRESETS[plan.preset].n_images if plan is not None else 0
+
+
+def regime(losses) -> str:
+    """One sentence per dataset on what the given searched losses are and where they are evaluated
+    (which search, which models and their epochs, which eps rule, which images): the chapters' "what
+    differs from the paper", computed from the losses shown rather than written by hand."""
+    by_dataset: dict[str, list[SearchedLoss]] = {}
+    for f in losses:
+        by_dataset.setdefault(f.setting.dataset, []).append(f)
+    out = []
+    for ds, fs in by_dataset.items():
+        epochs = sorted({train_config(ds, f.setting.net, f.setting.training, f.model_scale).epochs for f in fs})
+        models = f"{'/'.join(sorted({f.model_scale for f in fs}))} models ({'-'.join(map(str, epochs))} " \
+                 f"epoch{'s' if epochs != [1] else ''})"
+        arms = {arm_of(f.source) for f in fs}
+        if arms == {None}:
+            presets = sorted({split_source(f.source)[0] or f.model_scale for f in fs})
+            out.append(f"{ds}: the best losses of our {', '.join(presets)} searches (seeded runs among them), on the "
+                       f"{models}, at the search's eps, on evaluation images that include the search's own")
+        else:
+            names = ", ".join(sorted(p.name for p in arms if p is not None))
+            out.append(f"{ds}: the {names} arm's selected losses (unseeded runs only), on the {models}, at the eps of "
+                       f"the paper's rule (CE-PGD-10 R'' about 0.7), on test images after the {held_out_skip(fs[0])} "
+                       f"the searches used")
+    return "; ".join(out) + "." if out else "No searched loss is shown at this scale."
+
+
+def evaluation_note(model_scale: str, scale: str, skip: int = 0) -> dict:
+    """A request's model scale and skipped images, named only where they differ from the chapter's
+    defaults (so that records made before arms existed stay valid)."""
+    return {**({} if model_scale == scale else {"model_scale": model_scale}), **({"skip": skip} if skip else {})}
 
 
 def grid_sources(spec: str, scale: str, dataset: str = "cifar10") -> list[str]:
@@ -121,6 +215,8 @@ def grid_sources(spec: str, scale: str, dataset: str = "cifar10") -> list[str]:
     plan = PLANS[scale]
     if spec == "none":
         return []
+    if spec == "arm":
+        return arm_sources(chapter_arm_name(scale), dataset)
     if spec == "grid":
         if scale == "smoke":
             names = [f"{dataset}-net1-st-linf"]
@@ -165,8 +261,8 @@ def saved(path: Path) -> pd.DataFrame | None:
     return store.load(path) if path.exists() else None
 
 
-def _evaluation(setting: Setting, model_scale: str, n_images: int | None, device=None):
-    model, x, y, _ = setting_images(setting, model_scale, n_images, device=device)
+def _evaluation(setting: Setting, model_scale: str, n_images: int | None, device=None, skip: int = 0):
+    model, x, y, _ = setting_images(setting, model_scale, n_images, skip=skip, device=device)
     return model, x, y
 
 
@@ -186,10 +282,14 @@ def _attack_all(model, x, y, named: dict, norm: str, eps: float, steps: int, see
 # ------------------------------------------------------------------------------------------------
 def same_setting_on(dataset: str, found: SearchedLoss, scale: str, device=None) -> Setting:
     """The source's net, training and norm on ``dataset``: the source setting itself, or on another
-    dataset at the eps :func:`~lossbook.search.settings.auto_setting` picks for our model there."""
+    dataset at the eps :func:`~lossbook.search.settings.auto_setting` picks for our model there (for an
+    arm's loss: the eps of the arm's rule on the arm's model there)."""
     s = found.setting
     if dataset == s.dataset:
         return s
+    plan = arm_of(found.source)
+    if plan is not None:
+        return arm_setting(f"{dataset}-{s.net}-{s.training}-{s.norm}", plan)
     return auto_setting(dataset, s.net, s.training, s.norm, scale, n_images=SEARCH_PRESETS[scale].n_images,
                         device=device)
 
@@ -211,11 +311,12 @@ def eps_sweep(source: str, scale: str, cfg: TransferConfig | None = None, datase
     if not compute:
         return saved(path)
     t = same_setting_on(dataset or found.setting.dataset, found, scale, device)
+    models = models_on(t.dataset, found)
     meta = {"what": "eps sweep", "scale": scale, "source": source, "formula": found.formula, "target": t.name(),
-            "eps": t.eps, **asdict(cfg)}
+            "eps": t.eps, **asdict(cfg), **evaluation_note(models, scale, held_out_skip(found))}
 
     def run() -> pd.DataFrame:
-        model, x, y = _evaluation(t, scale, cfg.n_images, device)
+        model, x, y = _evaluation(t, models, cfg.n_images, device, held_out_skip(found))
         named = {"searched": found.loss(), **{k: HANDCRAFTED[k] for k in REFERENCES}}
         rows = []
         grid = [(f, m) for m in cfg.steps for f in cfg.eps_factors]
@@ -244,20 +345,22 @@ def extended_data(source: str, scale: str, cfg: TransferConfig | None = None, ro
     s = found.setting
     if s.dataset != "mnist":
         raise ValueError(f"the extended test set exists for MNIST only; {source!r} is a {s.dataset} setting")
-    path = transfer_dir(scale, root) / f"extended-{source}.csv"
+    path = transfer_dir(scale, root) / f"extended-{file_safe(source)}.csv"
     meta = {"what": "extended data", "scale": scale, "source": source, "formula": found.formula, "eps": s.eps,
-            **asdict(cfg)}
+            **asdict(cfg), **evaluation_note(found.model_scale, scale, held_out_skip(found))}
     if not compute:
         return saved(path)
 
     def run() -> pd.DataFrame:
-        model = load_model(s.dataset, s.net, s.training, scale, device=device)
+        model = load_model(s.dataset, s.net, s.training, found.model_scale, device=device)
         x_ext, y_ext = (loader or data.load_qmnist_extended)()
         sets = {"MNIST test": data.load("mnist", "test"), "QMNIST extended (test50k)": (x_ext, y_ext)}
         named = {"searched": found.loss(), **{k: HANDCRAFTED[k] for k in REFERENCES}}
         rows = []
         for name, (xs, ys) in sets.items():
-            x, y, _ = evaluation_set(model, xs, ys, n=cfg.n_images if cfg.n_images is not None else len(xs))
+            skip = held_out_skip(found) if name == "MNIST test" else 0  # the extended set holds no search image
+            x, y, _ = evaluation_set(model, xs, ys, n=None if cfg.n_images is None else skip + cfg.n_images)
+            x, y = x[skip:], y[skip:]
             for factor in tqdm(cfg.eps_factors, desc=f"{source} on {name}", **quiet(progress)):
                 eps = scaled_eps(s.eps, factor, s.norm)
                 for loss, risk in _attack_all(model, x, y, named, s.norm, eps, cfg.steps[0], cfg.seed).items():
@@ -271,10 +374,15 @@ def extended_data(source: str, scale: str, cfg: TransferConfig | None = None, ro
 # ------------------------------------------------------------------------------------------------
 # Fig. 8: other models and norms
 # ------------------------------------------------------------------------------------------------
-def target_settings(dataset: str, scale: str, norms=NORMS, device=None, compute: bool = True) -> list[Setting] | None:
+def target_settings(dataset: str, scale: str, norms=NORMS, device=None, compute: bool = True,
+                    arm: ArmPlan | None = None) -> list[Setting] | None:
     """Every (net, training, norm) of a dataset at the eps the search chapter would use for it
-    (Table III unless CE-PGD-10 leaves the 0.5-0.9 band on our model, else calibrated to 0.7).
-    With ``compute=False`` the eps are only read (None if one of them is not calibrated yet)."""
+    (Table III unless CE-PGD-10 leaves the 0.5-0.9 band on our model, else calibrated to 0.7), or, for
+    an ``arm``, at the eps of the arm's rule on the arm's models. With ``compute=False`` the eps are only
+    read (None if one of them is not calibrated yet)."""
+    if arm is not None:
+        return [arm_setting(f"{dataset}-{net}-{training}-{norm}", arm)
+                for training in TRAININGS for net in NETS for norm in norms]
     if not compute:
         found = [saved_auto_setting(dataset, net, training, norm, scale)
                  for training in TRAININGS for net in NETS for norm in norms]
@@ -289,9 +397,10 @@ def cross_path(datasets, scale: str, source: str, root: Path | None = None) -> P
     return transfer_dir(scale, root) / f"cross-{'-'.join(sorted(datasets))}--from-{file_safe(source)}.csv"
 
 
-def _cross_request(found: SearchedLoss, targets: list[Setting], scale: str, cfg: TransferConfig) -> dict:
+def _cross_request(found: SearchedLoss, targets: list[Setting], scale: str, cfg: TransferConfig, models: str,
+                   skip: int) -> dict:
     return {"what": "cross setting", "scale": scale, "source": found.source, "formula": found.formula,
-            "targets": [asdict(t) for t in targets], **asdict(cfg)}
+            "targets": [asdict(t) for t in targets], **asdict(cfg), **evaluation_note(models, scale, skip)}
 
 
 def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: TransferConfig | None = None,
@@ -311,12 +420,21 @@ def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: T
         raise ValueError("cross_setting needs at least one source and one target")
     found = {src: searched_loss(src, scale) for src in sources}
     datasets = {t.dataset for t in targets}
+    models = {models_on(d, f) for f in found.values() for d in datasets}
+    if len(models) != 1:
+        raise ValueError(f"cross_setting: the sources' models differ ({', '.join(sorted(models))}); compare sources of "
+                         f"one arm or one scale")
+    models, skips = models.pop(), {held_out_skip(f) for f in found.values()}
+    if len(skips) != 1:
+        raise ValueError("cross_setting: the sources' evaluation sets differ (an arm's losses skip its search "
+                         "images); compare sources of one arm or one scale")
+    skip = skips.pop()
     paths = {src: cross_path(datasets, scale, src, root) for src in found}
-    requests = {src: _cross_request(f, targets, scale, cfg) for src, f in found.items()}
+    requests = {src: _cross_request(f, targets, scale, cfg, models, skip) for src, f in found.items()}
     tables = {src: store.load(paths[src], requests[src]) for src in found if store.matches(paths[src], requests[src])}
     todo = [src for src in found if src not in tables]
     if todo and compute:
-        new = _cross_rows({src: found[src] for src in todo}, targets, scale, cfg, progress, device)
+        new = _cross_rows({src: found[src] for src in todo}, targets, models, cfg, progress, device, skip)
         for src in todo:
             tables[src] = new[new["source"] == src].reset_index(drop=True)
             store.save(paths[src], tables[src], requests[src])
@@ -325,11 +443,11 @@ def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: T
     return pd.concat([tables[src] for src in found if src in tables], ignore_index=True)
 
 
-def _cross_rows(found: dict[str, SearchedLoss], targets: list[Setting], scale: str, cfg: TransferConfig,
-                progress: bool, device) -> pd.DataFrame:
+def _cross_rows(found: dict[str, SearchedLoss], targets: list[Setting], models: str, cfg: TransferConfig,
+                progress: bool, device, skip: int = 0) -> pd.DataFrame:
     rows = []
     for t in tqdm(targets, desc="cross-setting targets", **quiet(progress)):
-        model, x, y = _evaluation(t, scale, cfg.n_images, device)
+        model, x, y = _evaluation(t, models, cfg.n_images, device, skip)
         named = {**{f"src:{k}": v.loss() for k, v in found.items()}, **{k: HANDCRAFTED[k] for k in REFERENCES}}
         risk = _attack_all(model, x, y, named, t.norm, t.eps, cfg.cross_steps, cfg.seed)
         refs = {k: risk[k] for k in REFERENCES}
@@ -414,17 +532,25 @@ def verdicts(sweeps: list[pd.DataFrame], cross: dict[str, pd.DataFrame]) -> list
 
 
 def chapter_sources(sources: str, cifar_sources: str, scale: str) -> tuple[list[str], list[str], dict, list[str]]:
-    """Chapter 04's sources: the MNIST sources ("all": every searched setting at this scale), the sources
-    carried to CIFAR-10 ("none" or names), the searched losses found ({name: SearchedLoss}) and the names
-    without a saved search. At smoke scale one source of each kind, searched here where missing (seconds)."""
-    if sources == "all":
+    """Chapter 04's sources: the MNIST sources ("arm": the settings the scale's arm judged, its selected
+    losses; "all": every searched setting at this scale), the sources carried to CIFAR-10 ("none" or
+    names; the arm's losses for them with "arm"), the searched losses found ({name: SearchedLoss}) and the
+    names without a saved search. At smoke scale one source of each kind, searched here where missing
+    (seconds)."""
+    carried = [] if cifar_sources == "none" else [s.strip() for s in cifar_sources.split(",") if s.strip()]
+    for name in carried:
+        parse_setting(name)
+    if sources == "arm":
+        arm = chapter_arm_name(scale)
+        names = arm_sources(arm, "mnist")
+        carried = [arm_source(n, scale) for n in carried[:1 if scale == "smoke" else None]]
+    elif sources == "all":
         names = ["mnist-net1-st-linf"] if scale == "smoke" else searched_sources(scale, "mnist")
     else:
         names = [s.strip() for s in sources.split(",") if s.strip()]
-    carried = [] if cifar_sources == "none" else [s.strip() for s in cifar_sources.split(",") if s.strip()]
     for name in names + carried:
-        parse_setting(name)  # a malformed name stops here with a clear message
-    if scale == "smoke":
+        split_source(name)  # a malformed name stops here with a clear message
+    if scale == "smoke" and sources != "arm":
         carried = carried[:1]
         prepare_smoke(names + carried, datasets=("mnist", "cifar10") if carried else ("mnist",))
     found = {}
@@ -498,9 +624,10 @@ def chapter_cross(names: list[str], scale: str, cfg: TransferConfig, compute: bo
         # smoke scale: l_inf unless norms were asked for (an asked norm was silently dropped before)
         norms = ["linf"] if scale == "smoke" and specs[ds] == "all" else asked[ds]
         sources = cifar_names if ds == "cifar10" and cifar_names else names
+        arms = {arm_of(s) for s in sources}
         table = None
         try:
-            targets = target_settings(ds, scale, norms=norms, compute=compute)
+            targets = target_settings(ds, scale, norms=norms, compute=compute, arm=arms.pop() if len(arms) == 1 else None)
             if sources and targets:
                 table = cross_setting(sources, targets, scale, cfg, compute=compute)
         except FileNotFoundError:  # a model of this dataset is not trained at this scale
@@ -520,16 +647,17 @@ def saved_cross(scale: str) -> dict[str, pd.DataFrame]:
     scale, where the chapter computes its own and nothing is committed."""
     if scale == "smoke":
         return {}
-    cross, _ = chapter_cross(searched_sources(scale, "mnist"), scale, TRANSFER_PRESETS[scale], compute=False,
-                             cifar_names=grid_sources("grid", scale, "cifar10"))
+    names, _, _, _ = chapter_sources(PARAMETERS["sources"].default, "none", scale)
+    cross, _ = chapter_cross(names, scale, TRANSFER_PRESETS[scale], compute=False,
+                             cifar_names=grid_sources(PARAMETERS["cifar_searched"].default, scale, "cifar10"))
     return cross
 
 
 #: chapter 04's parameters (papermill, ``run -p``; checked before its kernel starts)
 PARAMETERS: dict[str, Param] = {
     **common("smoke | cpu (committed results) | paper"),
-    "sources": Param("all", listing(is_setting, "settings", ("all",))),
-    "cifar_searched": Param("grid", listing(is_setting, "settings", ("grid", "none"))),
+    "sources": Param("arm", listing(is_setting, "settings", ("arm", "all"))),
+    "cifar_searched": Param("grid", listing(is_setting, "settings", ("arm", "grid", "none"))),
     "cifar_sources": Param("mnist-net1-at-linf,mnist-net2-at-linf", listing(is_setting, "settings", ("none",))),
     "mnist_norms": Param("all", listing(lambda s: s in NORMS, "norms", ("all",))),
     "cifar_norms": Param("all", listing(lambda s: s in NORMS, "norms", ("all",))),

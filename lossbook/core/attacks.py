@@ -533,11 +533,12 @@ def evaluate_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lo
 
 
 @torch.no_grad()
-def evaluation_set(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: int = 1000,
+def evaluation_set(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: int | None = 1000,
                    batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first ``n`` images of (x, y) that ``model`` classifies correctly, and their indices."""
+    """The first ``n`` images of (x, y) that ``model`` classifies correctly (all of them when ``n`` is
+    None), and their indices."""
     ok = predict(model, x, batch_size).eq(y).nonzero().squeeze(1)[:n]
-    if len(ok) < n:
+    if n is not None and len(ok) < n:
         raise ValueError(f"only {len(ok)} of {len(x)} images are classified correctly; asked for n={n}")
     return x[ok], y[ok], ok
 
@@ -546,5 +547,5 @@ def evaluation_images(model: torch.nn.Module, dataset: str, n: int | None = None
     """The ``n`` test images of ``dataset`` that ``model`` classifies correctly after the first ``skip``
     such images (all of them when ``n`` is None), and their test indices."""
     xt, yt = data.load(dataset, "test")
-    x, y, idx = evaluation_set(model, xt, yt, n=skip + n if n is not None else len(xt))
+    x, y, idx = evaluation_set(model, xt, yt, n=skip + n if n is not None else None)
     return x[skip:], y[skip:], idx[skip:]
