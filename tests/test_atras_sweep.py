@@ -112,3 +112,17 @@ def test_the_takeaway_names_the_regime_beside_the_papers():
     assert answer.count("of the paper's conclusions supported") == 2 and "(descriptive: no interval)" in answer
     assert "mnist: FGSM eps 0.1" in differs and "under FGSM before adversarial training 10% (paper 93%)" in differs
     assert atras.takeaway(pd.DataFrame(), {}, paper, configs)[0] == "No sweep is available at this scale."
+
+
+def test_the_regime_gap_is_measured_against_the_papers_tables():
+    """A claim is judged only where our clean accuracy and accuracy under FGSM before AT are both within
+    REGIME_TOLERANCE_PP of the paper's medians (else "not comparable")."""
+    import pandas as pd
+
+    from lossbook.chapters import atras_sweep as A
+
+    paper = pd.DataFrame({"dataset": ["mnist"] * 3, "test_acc": [0.96, 0.97, 0.98], "acc_attacked_before_at": [0.9, 0.93, 0.95]})
+    ours = pd.DataFrame({"dataset": ["mnist"] * 2, "test_acc": [0.95, 0.97], "acc_attacked_before_at": [0.1, 0.12]})
+    gaps = A.regime_gaps_pp(ours, paper, "mnist")
+    assert gaps["test_acc"] == pytest.approx(-1.0) and gaps["acc_attacked_before_at"] == pytest.approx(-82.0)
+    assert max(map(abs, gaps.values())) > A.REGIME_TOLERANCE_PP

@@ -123,3 +123,22 @@ def test_table_7_2_names_its_attacks_in_a_column():
         pytest.skip("the committed cpu study is not in this checkout")
     table = exact_risk.error_table(results)
     assert list(table.columns) == ["attack", st.name()] and "FGSM" in set(table["attack"])
+
+
+def test_no_room_counts_the_undecided_images_ce_does_not_break():
+    """"No room to improve" needs fewer than NO_ROOM_IMAGES images CE might miss, undecided ones included;
+    the gain is the protocol's exact comparison (an interval at 0 is inconclusive, not a loss)."""
+    import pandas as pd
+
+    from lossbook.chapters import exact_risk as E
+    from lossbook.core.stats import direction
+
+    t = pd.DataFrame({"status": ["vulnerable"] * 2 + ["unknown"] * 30 + ["robust"] * 18,
+                      "PGD-10 ce": [True, False] + [False] * 30 + [False] * 18})
+    t["PGD-10 searched"] = t["PGD-10 ce"]
+    tight = E.tighter_than_ce(t)
+    assert (tight["ce_missed"], tight["ce_missed_at_most"]) == (1, 31) and not tight["no_room"]
+    assert direction(tight["gain"]) == "inconclusive"
+    decided = t[t["status"] != "unknown"]
+    assert E.tighter_than_ce(decided)["no_room"]
+    assert E.tighter_than_ce(t.drop(columns="PGD-10 searched")) is None

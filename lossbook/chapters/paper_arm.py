@@ -25,7 +25,7 @@ from lossbook.chapters.gp_search import SEEDED, GridPlan, heldout_outcomes, pape
 from lossbook.config import RESULTS_DIR, SETTINGS, check_choice, train_config
 from lossbook.core.attacks import evaluate_losses, pgd
 from lossbook.core.losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula, released_loss
-from lossbook.core.stats import NOT_RUN, direction, exact_gain, holm, pooled_gain, size_verdict
+from lossbook.core.stats import DESCRIPTIVE, NOT_RUN, direction, exact_gain, holm, pooled_gain, size_verdict
 from lossbook.core.train import ensure_trained
 from lossbook.search.runs import run_request, search_dir, search_setting
 from lossbook.search.settings import SEARCH_PRESETS, Setting, auto_setting, parse_setting, setting_images
@@ -542,9 +542,8 @@ def glance_rows(scale: str) -> list[dict]:
                      "the paper's number": f"+{paper_gain(name)} pp", "ours": ours, "scale": where,
                      "verdict": NOT_RUN if r is None else r["direction"], "target": ANSWER_TARGET})
     if judged:
-        rate = success_rate(summary)
+        # the protocol page: "descriptive, in-sample, and has no verdict"
         rows.append({"paper": "AutoLoss-AR", "claim": "in every setting, every search finds a loss beating CE (on the "
                      "search images)", "the paper's number": "100% success rate", "ours": success_sentence(summary),
-                     "scale": where, "target": ANSWER_TARGET,
-                     "verdict": "reproduced" if rate["settings_all_beat"] == rate["judged"] else "not reproduced"})
+                     "scale": where, "target": ANSWER_TARGET, "verdict": DESCRIPTIVE})
     return rows
