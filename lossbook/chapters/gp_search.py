@@ -405,3 +405,20 @@ def check_parameters(v: dict) -> None:
         for setting in v["settings"].split(","):
             dataset, _, _, norm = setting.strip().split("-")
             with_name("eps", v["eps"], lambda: check_dataset_eps(dataset, norm, float(v["eps"])))
+
+
+#: Table 3.6's columns: the grid summary's names, as the chapter shows them
+GRID_TABLE_COLUMNS = {
+    "setting": "setting", "eps": "eps", "runs": "runs", "seeded_runs": "seeded runs", "runs_beating_ce": "runs beating CE",
+    "paper_gain_pp": "paper's gain", "search_gain_pp": "in-sample gain", "heldout_gain_pp": "held-out gain",
+    "ci_low": "95% low", "ci_high": "95% high", "p_value": "p",
+    "gain_over_best_handcrafted_pp": "gain over best handcrafted",
+    "verdict": "verdict", "heldout_gain_pp_pgd100": "held-out gain, PGD-100", "verdict_pgd100": "verdict, PGD-100",
+    "best_pretty": "best loss"}
+
+
+def grid_table(summary: pd.DataFrame):
+    """Table 3.6: the grid's summary with readable column names, gains in pp to one decimal, eps to 3 digits."""
+    table = summary[list(GRID_TABLE_COLUMNS)].rename(columns=GRID_TABLE_COLUMNS)
+    pp = [GRID_TABLE_COLUMNS[c] for c in GRID_TABLE_COLUMNS if "gain" in c or c.startswith("ci_")]
+    return table.style.format({"eps": "{:.3g}", "p": "{:.2g}", **{c: "{:+.1f}" for c in pp}}).hide(axis="index")

@@ -519,6 +519,13 @@ def differences_table(plan: ArmPlan, summary: pd.DataFrame | None) -> pd.DataFra
     return pd.DataFrame(rows, columns=["aspect", "paper", "this arm"])
 
 
+def differences_sentence(plan: ArmPlan, summary: pd.DataFrame | None) -> str:
+    """The takeaway's "not as in the paper": :func:`differences_table`'s budget, models, eps and runs, in one line."""
+    t = differences_table(plan, summary).set_index("aspect")["this arm"]
+    keep = [a for a in t.index if a.split(" (")[0] in ("search budget", "models", "eps", "runs per setting")]
+    return "; ".join(f"{a}: {t[a]}" for a in keep) + ". Table 3.3 sets each beside the paper's."
+
+
 # ------------------------------------------------------------------------------------------------
 # The glance page's rows (lossbook.publish.glance)
 # ------------------------------------------------------------------------------------------------

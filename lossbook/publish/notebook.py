@@ -36,10 +36,11 @@ def banner(chapter: str, params: dict) -> None:
     rows = "".join(f"<tr><td><code>{escape(k)}</code></td><td><code>{escape(repr(v))}</code></td></tr>"
                    for k, v in params.items())
     dev = "CUDA GPU" if torch.cuda.is_available() else "CPU"
-    display(HTML(
-        f"<p><b>{escape(chapter)}</b>, executed at scale <b><code>{escape(str(params.get('scale', '?')))}</code></b> "
-        f"on a {dev} (torch {torch.__version__}, Python {platform.python_version()}).</p>"
-        f"<table><thead><tr><th>parameter</th><th>value</th></tr></thead><tbody>{rows}</tbody></table>"
+    display(HTML(  # one line on the first screen, the parameters one click away (the takeaway comes next)
+        f"<details class=\"banner\"><summary><b>{escape(chapter)}</b>, executed at scale "
+        f"<b><code>{escape(str(params.get('scale', '?')))}</code></b> on a {dev} (torch {torch.__version__}, Python "
+        f"{platform.python_version()}): show its {len(params)} parameters</summary>"
+        f"<table><thead><tr><th>parameter</th><th>value</th></tr></thead><tbody>{rows}</tbody></table></details>"
     ))
 
 
@@ -60,11 +61,13 @@ LONG_TABLE = 15
 
 
 def table(obj, what: str = "rows") -> None:
-    """Show a DataFrame or Styler without its index; longer than :data:`LONG_TABLE` rows, inside a closed
-    <details> box that says how many rows it holds (the page stays short, the numbers one click away)."""
+    """Show a DataFrame (floats to 4 significant digits) or Styler without its index; longer than
+    :data:`LONG_TABLE` rows, inside a closed <details> box that says how many rows it holds (the page stays
+    short, the numbers one click away)."""
     from IPython.display import HTML, display
 
-    styler = obj if hasattr(obj, "to_html") and hasattr(obj, "data") else obj.style.hide(axis="index")
+    styler = obj if hasattr(obj, "to_html") and hasattr(obj, "data") else \
+        obj.style.hide(axis="index").format(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
     rows = len(styler.data)
     html = f'<div style="overflow-x:auto">{styler.to_html()}</div>'
     if rows <= LONG_TABLE:
