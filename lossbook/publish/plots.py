@@ -329,25 +329,35 @@ def grid_verdicts(summary: pd.DataFrame, column: str = "heldout_gain_pp", suffix
     return fig
 
 
-def gap_bars(gaps: dict, exact_risk: dict):
-    """Chapter 07: R'' of every attack as a bar, with the exact risk R as a line (a band where some
-    images stayed unknown) and the 95% interval of E as the whisker below R; one panel per study."""
+def gap_bars(gaps: dict, exact_risk: dict, cols: int = 3):
+    """Chapter 07: each attack's approximation error E = R - R'' in pp as a bar from 0 (lighter where
+    unknown images make it a range), with its 95% interval as a whisker; one panel per study, titled with
+    its exact R, ``cols`` panels a row, attacks in the same order in every panel."""
     names = list(gaps)
-    fig, axes = plt.subplots(len(names), 1, figsize=(9.0, 2.6 + 0.22 * max(len(g) for g in gaps.values()) * len(names)),
-                             squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
+    cols = min(cols, len(names))
+    rows = int(np.ceil(len(names) / cols))
+    n_attacks = max(len(g) for g in gaps.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, (0.9 + 0.24 * n_attacks) * rows), squeeze=False,
+                             layout="constrained")
+    for ax, name in zip(axes.flat, names):
         g, (lo, hi) = gaps[name], exact_risk[name]
         y = np.arange(len(g))
         colors = [COLORS["searched"] if "searched" in a else "#333333" if a == "any attack" else COLORS["cw"]
                   for a in g["attack"]]
-        ax.barh(y, g["R''"], color=colors, height=0.7)
-        ax.axvspan(lo, max(hi, lo + 1e-3), color=COLORS["ce"], alpha=0.25, lw=0)
-        ax.axvline(lo, color=COLORS["ce"], lw=1.5, label=f"exact R = {lo:.3f}" if hi == lo else f"R in [{lo:.3f}, {hi:.3f}]")
-        ax.set_yticks(y, g["attack"], fontsize=8)
+        low, high = 100 * g["E_low"].to_numpy(), 100 * g["E_high"].to_numpy()
+        ax.barh(y, low, color=colors, height=0.7)
+        ax.barh(y, high - low, left=low, color=colors, alpha=0.3, height=0.7)
+        ax.errorbar(low, y, xerr=[low - 100 * g["E_ci_low"].to_numpy(), 100 * g["E_ci_high"].to_numpy() - low],
+                    fmt="none", ecolor="0.4", lw=0.8, capsize=2)
+        ax.set_yticks(y, g["attack"], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlim(max(0.0, min(g["R''"].min(), lo) - 0.05), min(1.0, hi + 0.03))
-        ax.set(xlabel="risk (share of images)", title=name)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlim(0, max(1.0, 100 * g["E_ci_high"].max()) * 1.05)
+        r = f"R = {lo:.3f}" if hi == lo else f"R in [{lo:.3f}, {hi:.3f}]"
+        ax.set_title(f"{name}\n{r}", fontsize=8)
+        ax.set_xlabel("E = R - R'' (pp)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
     return fig
 
 
