@@ -176,9 +176,8 @@ def _run(args) -> None:
     if bad:
         raise ValueError(f"-p {bad[0]!r} is not of the form NAME=VALUE (e.g. -p seed=1)")
     extra = dict(p.split("=", 1) for p in args.param)
-    out = {"out_dir": Path(args.out)} if args.out else {}
     for name in args.chapters:
-        executed = run_chapter(name, args.scale, args.recompute, extra=extra, **out)
+        executed = run_chapter(name, args.scale, args.recompute, extra=extra, out_dir=Path(args.out))
         print(f"executed: {executed}\nto read it, open in a browser: {export_html(executed)}")
 
 
@@ -362,7 +361,8 @@ def _run_command(sub, fmt=DefaultsHelpFormatter) -> None:
     r.add_argument("--recompute", action="store_true")
     r.add_argument("-p", "--param", action="append", default=[],
                    help="NAME=VALUE for the notebook, converted to the parameter's type (lossbook.chapters.registry)")
-    r.add_argument("--out", default=None, help="folder of the executed notebooks (default: book/chapters/)")
+    r.add_argument("--out", default="runs", help="folder of the executed notebooks and their HTML pages (the book's own, "
+                   "book/chapters/, is left alone)")
     r.set_defaults(func=_run)
 
 

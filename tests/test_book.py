@@ -125,7 +125,7 @@ def test_the_lesson_runs_as_written():
     page = teaching.markdown()
     runs = [line for line in page.splitlines() if line.startswith("- **Run:** `")]
     assert runs and all(line.startswith("- **Run:** `.venv/bin/python -m lossbook ") for line in runs)
-    assert "export LOSSBOOK_DATA=" in page and "make setup" in page and "book/chapters/<chapter>.html" in page
+    assert "export LOSSBOOK_DATA=" in page and "make setup" in page and "runs/<chapter>.html" in page
     assert page.count(":class: dropdown") == page.count("- **Ask:** ") == len(teaching.LESSON)
     assert all(len(b.answer) > 100 for b in teaching.LESSON)
     assert ":::{warning}\nSmoke runs can reverse the book's numbers." in page

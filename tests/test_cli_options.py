@@ -166,6 +166,7 @@ CASES = {
     ("run", "param"): (["run", "02_training", "-p", "seed=1", "-p", "net=net2"],
                        lambda s: s["run_chapter"].kwargs["extra"] == {"seed": "1", "net": "net2"}),
     ("run", "out"): (["run", "02_training", "--out", "/tmp/x"], lambda s: str(s["run_chapter"].kwargs["out_dir"]) == "/tmp/x"),
+    # the default: runs/, never the book's own executed chapters (book/chapters/)
     ("reproduce", "scale"): (["reproduce", "--scale", "cpu"], lambda s: s["reproduce"].args == ("cpu",)),
     ("reproduce", "datasets"): (["reproduce", "--datasets", "mnist"], lambda s: s["reproduce"].kwargs["datasets"] == ["mnist"]),
     ("reproduce", "steps"): (["reproduce", "--steps", "grid"], lambda s: s["reproduce"].kwargs["steps"] == ["grid"]),
@@ -269,3 +270,8 @@ def test_paper_arm_no_seeded_runs_no_seeded_search(fresh_results):
     _cli(fresh_results, "paper-arm", "--arm", "smoke", "--settings", setting, "--quiet")  # control: the seeded run
     runs = [rec["request"]["gp"]["seed_losses"] for _, rec in _records(fresh_results, f"search/smoke-arm/{setting}", "run-*.json")]
     assert sum(map(bool, runs)) == 1
+
+
+def test_run_writes_into_runs_and_leaves_the_books_chapters_alone(spies):
+    main(["run", "02_training"])
+    assert str(spies["run_chapter"].kwargs["out_dir"]) == "runs"

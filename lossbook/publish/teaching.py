@@ -161,8 +161,8 @@ def markdown(root: Path | None = None) -> str:
            "", "```bash", *[f"{cmd:<38}# {why}" for cmd, why in SETUP], "```", "",
            "Where the output lands: models and results under `results/` (the `smoke` folders are not committed; "
            "set `LOSSBOOK_RESULTS=/some/folder` to keep them elsewhere), and each `run` writes the executed "
-           "chapter to `book/chapters/<chapter>.ipynb` and a page to open in a browser, "
-           "`book/chapters/<chapter>.html` (the command prints both paths).", "",
+           "chapter to `runs/<chapter>.ipynb` and a page to open in a browser, "
+           "`runs/<chapter>.html` (the command prints both paths; the book's own pages are left alone).", "",
            ":::{warning}",
            "Smoke runs can reverse the book's numbers. With one epoch of training and a few dozen images, the "
            "searched loss of chapter 1's smoke search can come out worse than cross-entropy, and a smoke search can "
