@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -54,12 +55,17 @@ def largest_eps(norm: str, dim: int, side: float = 1.0) -> float:
 
 def check_eps(norm: str, eps: float, dim: int, side: float = 1.0) -> None:
     """One line if ``eps`` is not a radius that means something in a box of the given side (images:
-    [0, 1]^dim)."""
+    [0, 1]^dim); a warning where it is so large that the ball of every input holds the box's centre
+    (half the largest radius): every image can then be moved to that one grey image."""
     top = largest_eps(norm, dim, side)
     if not 0 < eps <= top:
         box = f"[0, 1]^{dim}" if side == 1 else f"a box of side {side:g} in {dim} dimensions"
         raise ValueError(f"eps={eps:g} under {norm} is not allowed for inputs in {box}; allowed: "
                          f"0 < eps <= {top:g} (a larger ball holds every point of the box)")
+    if eps >= top / 2:
+        warnings.warn(f"eps={eps:g} under {norm} reaches the centre of the box (the uniform grey image) from every "
+                      f"input: the attacked risk then says more about that one image than about robustness; eps < "
+                      f"{top / 2:g} avoids it", stacklevel=2)
 
 
 def check_dataset_eps(dataset: str, norm: str, eps: float) -> None:

@@ -194,3 +194,19 @@ def test_a_full_disk_is_one_line(capsys, monkeypatch):
     assert main(["train", "--dataset", "mnist", "--net", "net1", "--training", "st", "--scale", "smoke", "--force"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["python -m lossbook train: error: [Errno 28] No space left on device"]
+
+
+def test_an_eps_that_reaches_the_grey_image_from_every_input_is_warned_about():
+    import warnings
+
+    from lossbook.config import check_dataset_eps
+
+    with pytest.warns(UserWarning, match=r"eps=0.5 under linf reaches the centre of the box \(the uniform grey image\) "
+                                         r"from every input.*eps < 0.5 avoids it"):
+        check_dataset_eps("mnist", "linf", 0.5)
+    with pytest.warns(UserWarning, match="eps < 14 avoids it"):
+        check_dataset_eps("mnist", "l2", 14.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_dataset_eps("mnist", "linf", 0.3)
+        check_dataset_eps("cifar10", "l1", 34.0)
