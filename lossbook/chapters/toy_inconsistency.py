@@ -295,7 +295,7 @@ def plot_fig1(cases: list, res: int = 300):
         ax.contourf(gx, gy, wrong, levels=[0.5, 1.5], colors="none", hatches=["////"])
         ax.contour(gx, gy, wrong, levels=[0.5], colors="white", linewidths=1.5)
         cs = ax.contour(gx, gy, loss, levels=8, colors="k", linewidths=0.5, alpha=0.6)
-        ax.clabel(cs, fontsize=6)
+        ax.clabel(cs, fontsize=8)
         poly = feasible_polygon(c.x0, c.eps, c.norm)
         ax.fill(poly[:, 0], poly[:, 1], facecolor="none", edgecolor="cyan", lw=2)
         ax.plot(*c.x0, "o", color="cyan", ms=6, label="x0")
@@ -303,7 +303,7 @@ def plot_fig1(cases: list, res: int = 300):
         ax.plot(*c.wrong, "X", color="lime", ms=11, mec="k", label=f"misclassified (class {predict(c.wrong)})")
         ax.set(title=f"{c.norm}: label {c.label}, eps={c.eps:g}", xlim=(-1, 1), ylim=(-1, 1), xlabel="$x_0$",
                ylabel="$x_1$")
-        ax.legend(loc="lower left", fontsize=7, framealpha=0.9)
+        ax.legend(loc="lower left", fontsize=9, framealpha=0.9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cross-entropy")
     return fig
 

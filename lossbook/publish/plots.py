@@ -193,7 +193,7 @@ def landscape_panel(ax, item, which: str = "ce", title: str = ""):
                   vmin=0, vmax=1, shading="auto")
     values = item.ce if which == "ce" else item.searched
     cs = ax.contour(item.a, item.b, values, levels=10, colors="k", linewidths=0.6, alpha=0.7)
-    ax.clabel(cs, fontsize=5, fmt="%.2g")
+    ax.clabel(cs, fontsize=7, fmt="%.2g")
     for path, key in ((item.path_ce, "ce"), (item.path_searched, "searched")):
         ax.plot(path[:, 0], path[:, 1], color=COLORS[key], lw=1.2, label=f"PGD path, {LOSS_LABELS[key]}")
         ax.plot(*path[-1], marker="*", ms=9, color=COLORS[key], mec="k", mew=0.5)
