@@ -242,14 +242,20 @@ def test_q2_is_counted_once_for_the_chapter_and_the_glance_page():
                           "gain_over_ce_pp": [9.0, 1.0, -2.0, 0.0, 3.0]})
     a = T.q2_answer(table)  # the source's own setting (+9) is left out, the tie counted apart
     assert (a["k"], a["n"], a["ties"], a["losses"], a["median_pp"]) == (2, 3, 1, 1, 0.5)
-    assert "beat CE in 2 of 3 (model, norm) cells away from their own setting that show a difference (1 ties" in \
+    assert (a["k_losses"], a["n_losses"]) == (1, 1)  # one loss, mean +0.5 away from its setting: the test's unit
+    assert "positive for 1 of 1 searched losses (sign test over losses p = 1, inconclusive); by cell, 2 of 3 cells" in \
         T.takeaway({"mnist": table})
+    two = pd.concat([table, table.assign(source="mnist-net2-st-linf", target=table.target.replace(
+        {"mnist-net2-st-linf": "mnist-net1-st-linf", "mnist-net1-st-linf": "mnist-net2-st-linf"}),
+        gain_over_ce_pp=[9.0, -1.0, -2.0, -3.0, 1.0])])
+    b = T.q2_answer(two)  # the second loss: -1.0, -2.0, -3.0, 1.0 away from its own setting (mean -1.25)
+    assert (b["k_losses"], b["n_losses"], b["k"], b["n"]) == (1, 2, 3, 7)
     saved = T.saved_cross("cpu")
     for row in T.glance_rows("cpu"):
         ds = row["claim"].rsplit("(", 1)[1].rstrip(")")
         if ds in saved:
             b = T.q2_answer(saved[ds])
-            assert row["ours"].startswith(f"gain over CE > 0 in {b['k']} of {b['n']} cells") and row["verdict"] == b["verdict"]
+            assert row["ours"].startswith(f"{b['k_losses']} of {b['n_losses']} searched losses") and row["verdict"] == b["verdict"]
 
 
 def test_an_arm_source_is_the_arms_selected_loss_on_its_models_and_held_out_images(tmp_path, data_available, monkeypatch):
