@@ -199,7 +199,7 @@ def check_glance_counts(driver, base: str) -> list[str]:
 
 def check(html: Path, shots: Path) -> list[str]:
     pages = ["intro.html", "glance.html"] + sorted(p.relative_to(html).as_posix() for p in (html / "chapters").glob("*.html")) \
-        + ["notation.html", "teaching.html", "reproducing.html", "references.html"]
+        + ["protocol_q1.html", "notation.html", "teaching.html", "reproducing.html", "references.html"]
     srv, base = serve(html)
     opts = webdriver.ChromeOptions()
     opts.binary_location = "/usr/bin/chromium"
