@@ -103,6 +103,8 @@ def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 #: the tallest a page may be (px, at either width): a front-matter page is read at once (the glance page
 #: was 11,650 px and the Reproducing page 36,800 before they were cut down); a chapter carries its figures
 MAX_HEIGHT = {"front": 8_000, "chapter": 18_000}
+#: the first screen: the window's height (set in :func:`check`)
+FIRST_SCREEN = 1_500
 
 
 def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[str]:
@@ -122,6 +124,13 @@ def check_page(driver, base: str, page: str, width: int, shots: Path) -> list[st
     print(f"{page} at {width}px: {height:,} px tall, {len(figs)} images, {len(bad)} not loaded; math "
           f"{math['done']}/{math['src']} rendered; {len(overflow['bad'])} cut off"
           f"{', page scrolls sideways' if overflow['sideways'] else ''}")
+    if page.startswith("chapters/"):  # the answer on the first screen: the takeaway box starts within it
+        top = driver.execute_script("const t = document.querySelector('.takeaway'); "
+                                    "return t ? t.getBoundingClientRect().top + window.scrollY : null;")
+        print(f"{page} at {width}px: takeaway at {top if top is None else round(top):,} px")
+        if top is None or top > FIRST_SCREEN:
+            problems.append(f"{page} at {width}px: the takeaway box starts at {top} px, below the first screen "
+                            f"({FIRST_SCREEN:,} px)")
     limit = MAX_HEIGHT["chapter" if page.startswith("chapters/") else "front"]
     if height > limit:
         problems.append(f"{page} at {width}px: {height:,} px tall, more than the {limit:,} px a page of its kind may be")
@@ -211,7 +220,7 @@ def check(html: Path, shots: Path) -> list[str]:
     try:
         problems += check_glance_counts(driver, base)
         for width in WIDTHS:
-            driver.set_window_size(width, 1500)
+            driver.set_window_size(width, FIRST_SCREEN)
             for page in pages:
                 problems += check_page(driver, base, page, width, shots)
     finally:

@@ -451,11 +451,11 @@ def glance_rows(scale: str) -> list[dict]:
             continue
         gaps = regime_gaps_pp(df.assign(dataset=ds), paper, ds)
         comparable = max(map(abs, gaps.values())) <= REGIME_TOLERANCE_PP
-        regime = (f"eps {cfg.eps:.3g}; median clean accuracy {gaps['test_acc']:+.0f} pp and under FGSM before AT "
-                  f"{gaps['acc_attacked_before_at']:+.0f} pp from the paper's")
+        regime = (f"vs the paper's medians: clean {gaps['test_acc']:+.0f} pp, under FGSM before AT "
+                  f"{gaps['acc_attacked_before_at']:+.0f} pp at eps {cfg.eps:.3g}")
         for _, c in claims(df, {ds: tm} if tm is not None else None).iterrows():
             rows.append({"paper": "ATRAS", "claim": f"{c['claim']} ({ds})", "the paper's number": "stated, Tables I-II",
-                         "ours": f"{c['evidence']} ({len(df)} MLPs; descriptive, no interval; {regime})", "scale": scale,
+                         "ours": f"{c['evidence']} ({len(df)} MLPs, descriptive; {regime})", "scale": scale,
                          "verdict": NOT_COMPARABLE if not comparable else
                          "reproduced" if c["supported"] else "not reproduced"})
     return [{**row, "target": GLANCE_TARGET} for row in rows]
