@@ -193,3 +193,20 @@ def test_the_cli_offers_every_arm():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["paper-arm"]
     assert next(a for a in sub._actions if a.dest == "arm").choices == tuple(ARMS)
+
+
+def test_the_sensitivity_columns_do_not_wait_for_the_seeded_run(smoke_arm):
+    """Textbook PGD and the released losses are computed for a judged setting whose seeded run is not done;
+    the seeded columns say so."""
+    import pandas as pd
+
+    from lossbook.core.stats import NOT_RUN
+
+    A, plan, root = smoke_arm["A"], smoke_arm["plan"], smoke_arm["root"]
+    name = "mnist-net1-st-linf"
+    A.judge_setting(name, plan, root, progress=False, log=lambda *a: None)
+    row = A.sensitivity_row(name, plan, root)
+    assert row["seeded_direction"] == NOT_RUN and row["seeded_gain_pp"] is None and row["seeded_formula"] is None
+    assert row["textbook_direction"] in stats.DIRECTIONS and {f"{k}_risk" for k in RELEASED_FORMULAS} <= set(row)
+    table = A.sensitivity_table(pd.DataFrame([row]))
+    assert table["seeded run: gain over CE"].iloc[0] == NOT_RUN
