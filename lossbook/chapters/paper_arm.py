@@ -564,8 +564,8 @@ def glance_rows(scale: str) -> list[dict]:
         r = judged.get(name)
         ours = NOT_RUN if r is None else (
             f"{r['heldout_gain_pp']:+.1f} pp [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] (held-out; Holm p "
-            f"{r['holm_p']:.2g}; {r['model_scale']} model, {r['model_epochs']} epochs; eps {r['eps']:.4g}, "
-            f"Table III {r['table_iii_eps']:.4g}; {SIZE_WORDS[r['size']]})")
+            f"{r['holm_p']:.2g}; {r['model_scale']} model, {r['model_epochs']} epochs; eps {r['eps']:.3g}, "
+            f"Table III {r['table_iii_eps']:.3g}; {SIZE_WORDS[r['size']]})")
         rows.append({"paper": "AutoLoss-AR", "claim": f"Q1: a searched loss beats CE under PGD-10 ({name})",
                      "the paper's number": f"+{paper_gain(name)} pp", "ours": ours, "scale": where,
                      "verdict": NOT_RUN if r is None else r["direction"], "target": ANSWER_TARGET})
