@@ -101,6 +101,9 @@ def test_uses_label():
     from lossbook.chapters.paper_arm import uses_label
 
     assert uses_label("Neg(Sum(Mul(q, Log(Softmax(p)))))") and not uses_label("Inv(Max(p))")
+    # q read, but as a constant: the gradient that PGD follows is the same for every label
+    assert not uses_label("Add(Max(p), q)") and not uses_label("Mul(Sum(q), Max(p))")
+    assert uses_label("Add(Max(p), Neg(Sum(Mul(q, p))))")  # a margin: the label moves the gradient
 
 
 @pytest.fixture(scope="module")
