@@ -115,6 +115,32 @@ def test_a_new_source_adds_its_rows_and_leaves_the_saved_ones(in_results, tmp_pa
     assert T.cross_setting([first, second], other, "smoke", cfg, root=tmp_path, compute=False) is None
 
 
+def test_an_interrupted_cross_table_resumes_at_its_first_unfinished_target(in_results, tmp_path, monkeypatch):
+    cfg = T.transfer_config("smoke", n_images=16)
+    targets = [SS.make_setting("mnist", "net1", "st", "linf", 0.1), SS.make_setting("mnist", "net1", "at", "l2", 1.5),
+               SS.make_setting("mnist", "net1", "st", "l1", 8.0)]
+    attack, norms = T._attack_all, []
+
+    def dies_on_the_second(model, x, y, named, norm, *a):
+        if len(norms) == 1:
+            raise KeyboardInterrupt
+        norms.append(norm)
+        return attack(model, x, y, named, norm, *a)
+
+    monkeypatch.setattr(T, "_attack_all", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, progress=False)
+    partial = tmp_path / "smoke" / "partial"
+    assert len(list(partial.glob("*.csv"))) == 1 and not list((tmp_path / "smoke").glob("cross-*.csv"))
+    monkeypatch.setattr(T, "_attack_all", lambda model, x, y, named, norm, *a: norms.append(norm) or
+                        attack(model, x, y, named, norm, *a))
+    resumed = T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path, progress=False)
+    assert norms == ["linf", "l2", "l1"]  # the first target was not attacked again
+    assert not list(partial.glob("*")) and len(resumed) == len(SOURCES) * len(targets)
+    fresh = T.cross_setting(list(SOURCES), targets, "smoke", cfg, root=tmp_path / "again", progress=False)
+    pd.testing.assert_frame_equal(resumed, fresh)  # the same table as an uninterrupted run
+
+
 def test_eps_sweep_covers_every_eps_budget_and_loss(in_results, tmp_path):
     cfg = T.transfer_config("smoke", n_images=16, steps=(3, 6), eps_factors=(0.5, 1.0))
     df = T.eps_sweep("mnist-net1-st-linf", "smoke", cfg, root=tmp_path, progress=False)

@@ -7,6 +7,8 @@ a saved result is reused only when that JSON matches the request.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -434,30 +436,53 @@ def cross_setting(sources: list[str], targets: list[Setting], scale: str, cfg: T
     tables = {src: store.load(paths[src], requests[src]) for src in found if store.matches(paths[src], requests[src])}
     todo = [src for src in found if src not in tables]
     if todo and compute:
-        new = _cross_rows({src: found[src] for src in todo}, targets, models, cfg, progress, device, skip)
+        partial = transfer_dir(scale, root) / "partial"
+        new = _cross_rows({src: found[src] for src in todo}, targets, models, cfg, progress, device, skip, partial)
         for src in todo:
             tables[src] = new[new["source"] == src].reset_index(drop=True)
             store.save(paths[src], tables[src], requests[src])
+        for done in _partial_paths(partial, {src: found[src] for src in todo}, targets, models, cfg, skip):
+            for path in (done, store.record_path(done)):
+                path.unlink(missing_ok=True)
     if not tables:
         return None
     return pd.concat([tables[src] for src in found if src in tables], ignore_index=True)
 
 
+def _target_request(found: dict[str, SearchedLoss], t: Setting, models: str, cfg: TransferConfig, skip: int) -> dict:
+    return {"what": "cross setting, one target", "sources": {k: v.formula for k, v in found.items()},
+            "target": asdict(t), **asdict(cfg), "model_scale": models, "skip": skip}
+
+
+def _partial_paths(folder: Path, found: dict[str, SearchedLoss], targets: list[Setting], models: str,
+                   cfg: TransferConfig, skip: int) -> list[Path]:
+    """Where each target's rows of an unfinished cross-setting table wait (named by their request's hash)."""
+    def name(t: Setting) -> str:
+        request = json.dumps(_target_request(found, t, models, cfg, skip), sort_keys=True, default=str)
+        return f"{t.name()}--{hashlib.sha256(request.encode()).hexdigest()[:16]}.csv"
+    return [folder / name(t) for t in targets]
+
+
 def _cross_rows(found: dict[str, SearchedLoss], targets: list[Setting], models: str, cfg: TransferConfig,
-                progress: bool, device, skip: int = 0) -> pd.DataFrame:
-    rows = []
-    for t in tqdm(targets, desc="cross-setting targets", **quiet(progress)):
-        model, x, y = _evaluation(t, models, cfg.n_images, device, skip)
-        named = {**{f"src:{k}": v.loss() for k, v in found.items()}, **{k: HANDCRAFTED[k] for k in REFERENCES}}
-        risk = _attack_all(model, x, y, named, t.norm, t.eps, cfg.cross_steps, cfg.seed)
-        refs = {k: risk[k] for k in REFERENCES}
-        for src in found:
-            r = risk[f"src:{src}"]
-            rows.append({"source": src, "target": t.name(), "target_eps": t.eps, "n_images": len(x),
-                         "risk_searched": r, **{f"risk_{k}": v for k, v in refs.items()},
-                         "gain_over_ce_pp": round(100 * (r - refs["ce"]), 2),
-                         "gain_over_best_reference_pp": round(100 * (r - max(refs.values())), 2)})
-    return pd.DataFrame(rows)
+                progress: bool, device, skip: int = 0, partial: Path | None = None) -> pd.DataFrame:
+    """Every source under every target, one batched attack per target. With ``partial`` each target's rows
+    are saved there as they finish, so an interrupted table resumes at its first unfinished target."""
+    paths = _partial_paths(partial, found, targets, models, cfg, skip) if partial is not None else [None] * len(targets)
+    tables = []
+    for t, path in tqdm(list(zip(targets, paths)), desc="cross-setting targets", **quiet(progress)):
+        def one_target(t=t) -> pd.DataFrame:
+            model, x, y = _evaluation(t, models, cfg.n_images, device, skip)
+            named = {**{f"src:{k}": v.loss() for k, v in found.items()}, **{k: HANDCRAFTED[k] for k in REFERENCES}}
+            risk = _attack_all(model, x, y, named, t.norm, t.eps, cfg.cross_steps, cfg.seed)
+            refs = {k: risk[k] for k in REFERENCES}
+            return pd.DataFrame([{"source": src, "target": t.name(), "target_eps": t.eps, "n_images": len(x),
+                                  "risk_searched": risk[f"src:{src}"], **{f"risk_{k}": v for k, v in refs.items()},
+                                  "gain_over_ce_pp": round(100 * (risk[f"src:{src}"] - refs["ce"]), 2),
+                                  "gain_over_best_reference_pp": round(100 * (risk[f"src:{src}"] - max(refs.values())), 2)}
+                                 for src in found])
+        tables.append(one_target() if path is None else
+                      store.cached(path, _target_request(found, t, models, cfg, skip), one_target))
+    return pd.concat(tables, ignore_index=True)
 
 
 def away_from_source(table: pd.DataFrame) -> pd.DataFrame:
