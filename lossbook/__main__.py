@@ -273,8 +273,9 @@ def _paper_arm_command(sub, fmt=DefaultsHelpFormatter) -> None:
                         description="paper: MNIST on the 160-epoch models (5 unseeded runs per setting), CIFAR-10 on "
                         "the cpu models (3; the grid's unseeded runs of the same request count), eps by the paper's "
                         "rule; then one seeded run per setting (a labelled sensitivity arm). smoke: seconds.")
-    pa.add_argument("--arm", choices=("paper", "smoke", "long-at"), default="paper",
-                    help="which plan; long-at: the 6 CIFAR-10 AT settings on the 30-epoch models (train --scale cpu-long)")
+    pa.add_argument("--arm", choices=("paper", "smoke", "long-at", "lexicase"), default="paper",
+                    help="which plan; long-at: the 6 CIFAR-10 AT settings on the 30-epoch models (train --scale cpu-long); "
+                    "lexicase: MNIST's 12 with the released code's lexicase selection and 25-node limit")
     pa.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="only these datasets")
     pa.add_argument("--settings", nargs="+", choices=SETTINGS, default=None, metavar="SETTING",
                     help="only these settings (overrides --datasets)")

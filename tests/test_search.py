@@ -238,3 +238,65 @@ def test_the_auto_eps_is_read_back_without_computing(data_available, tmp_path):
     made = SS.auto_setting("mnist", "net1", "st", "linf", "smoke", n_images=32, root=tmp_path)
     assert SS.saved_auto_setting("mnist", "net1", "st", "linf", "smoke", root=tmp_path) == made
     assert SS.saved_auto_setting("mnist", "net1", "st", "l2", "smoke", root=tmp_path) is None  # another norm: not made
+
+
+def test_lexicase_keeps_the_tree_that_breaks_every_image_any_other_breaks():
+    class Ind(str):
+        pass
+
+    a, b, c = Ind("a"), Ind("b"), Ind("c")
+    outcomes = {"a": torch.tensor([1, 1, 1, 0]).bool().numpy(), "b": torch.tensor([1, 0, 1, 0]).bool().numpy(),
+                "c": torch.tensor([0, 1, 0, 0]).bool().numpy()}
+    random.seed(0)
+    assert set(map(str, S.select_lexicase([a, b, c], 20, outcomes))) == {"a"}
+    outcomes["c"] = torch.tensor([0, 0, 0, 1]).bool().numpy()  # c alone breaks the last image: both survive
+    assert set(map(str, S.select_lexicase([a, b, c], 50, outcomes))) == {"a", "c"}
+
+
+def test_selection_and_size_limit_enter_a_runs_request_only_where_they_are_not_table_ivs():
+    assert "selection" not in S.GPConfig().identity() and "size_limit" not in S.GPConfig().identity()
+    lex = SS.SEARCH_PRESETS["lexicase-arm"].identity()
+    assert (lex["selection"], lex["size_limit"], lex["md"]) == ("lexicase", "nodes", 25)
+    with pytest.raises(ValueError, match="unknown selection 'roulette'; allowed: 'tournament', 'lexicase'"):
+        S.GPConfig(selection="roulette")
+    with pytest.raises(ValueError, match="pass semantic=False"):
+        Fit.Evaluator(*toy_parts(), outcomes=True)
+
+
+def toy_parts():
+    from lossbook.chapters.toy_inconsistency import ToyModel, sample, to_unit
+
+    x, y = sample(50, seed=0)
+    return ToyModel(), to_unit(x), y, SS.Setting("toy", "linear", "st", "linf", 0.1)
+
+
+def test_a_lexicase_run_keeps_its_node_limit_and_resumes_exactly(toy, tmp_path):
+    model, x, y, setting = toy
+    cfg = S.GPConfig(gn=3, ps=16, st=16, hof=3, md=9, semantic_cache=False, selection="lexicase", size_limit="nodes")
+
+    def ev():
+        return Fit.Evaluator(model, x, y, setting, steps=10, seed=0, semantic=False, outcomes=True)
+
+    straight = S.run_search(ev(), cfg, seed=4, progress=False)
+    ckpt = tmp_path / "lex.ckpt.json"
+    assert S.run_search(ev(), cfg, seed=4, checkpoint=ckpt, progress=False, stop_after=2) == {"interrupted_at_generation": 2}
+    random.seed(999)
+    resumed = S.run_search(ev(), cfg, seed=4, checkpoint=ckpt, progress=False)
+    assert (resumed["best"], resumed["hall_of_fame"]) == (straight["best"], straight["hall_of_fame"])
+    with pytest.raises(ValueError, match="lexicase selection needs an Evaluator made with outcomes=True"):
+        S.run_search(Fit.Evaluator(model, x, y, setting, semantic=False), cfg, seed=4, progress=False)
+
+
+def test_node_limit_is_respected():
+    cfg = S.GPConfig(md=25, init_depth=(2, 3), size_limit="nodes")  # initial trees have at most 15 nodes
+    tb = S.toolbox(S.primitive_set(), cfg)
+    random.seed(1)
+    pop = tb.population(n=40)
+    sizes = []
+    for _ in range(60):
+        a, b = random.sample(pop, 2)
+        c1, c2 = tb.mate(tb.clone(a), tb.clone(b))
+        (m,) = tb.mutate(tb.clone(c1))
+        pop += [c1, c2, m]
+        sizes += [len(c1), len(c2), len(m)]
+    assert max(sizes) <= 25 and max(t.height for t in pop) > 3  # nodes are limited, height is not

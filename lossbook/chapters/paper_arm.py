@@ -74,9 +74,13 @@ ARMS = {
     # sensitivity to training length: the paper arm's protocol on the 30-epoch CIFAR-10 AT models
     "long-at": ArmPlan("long-at", "long-at-arm", (("cifar10", "cpu-long"),), (("cifar10", (0, 1, 3)),),
                        (("cifar10", 400),), reuse=(), seeded_seed=None),
+    # the released code's search choices (lexicase selection, 25 nodes) on MNIST's 160-epoch models, one run each
+    "lexicase": ArmPlan("lexicase", "lexicase-arm", (("mnist", "paper"),), (("mnist", (0,)),), (("mnist", 1000),),
+                        reuse=(), seeded_seed=None),
 }
 #: the settings an arm judges (all 24 unless named here)
-ARM_SETTINGS = {"long-at": tuple(s for s in SETTINGS if s.startswith("cifar10-") and "-at-" in s)}
+ARM_SETTINGS = {"long-at": tuple(s for s in SETTINGS if s.startswith("cifar10-") and "-at-" in s),
+                "lexicase": tuple(s for s in SETTINGS if s.startswith("mnist-"))}
 
 
 def arm_settings(arm: str) -> tuple:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from lossbook import store
 from lossbook.config import (
+    check_choice,
     quiet,
 )
 from lossbook.core.losses import (
@@ -66,13 +67,28 @@ class GPConfig:
     hof: int = 10  # hall-of-fame size
     seed_losses: tuple = ()  # handcrafted trees put into the initial population (not in the paper)
     semantic_cache: bool = True  # share one attack among trees of equal behaviour (lossbook.search.fitness)
+    selection: str = "tournament"  # Table IV; "lexicase": over per-image outcomes (the authors' released code)
+    size_limit: str = "height"  # md limits the tree's height (Table IV); "nodes": its node count (released code)
+
+    def __post_init__(self):
+        check_choice("selection", self.selection, SELECTIONS)
+        check_choice("size limit", self.size_limit, SIZE_LIMITS)
 
     def identity(self) -> dict:
         """What defines the search (everything but how its fitness is computed): runs made with equal
-        identities answer the same request."""
+        identities answer the same request. Selection and size limit are named only where they are not
+        Table IV's, so that the runs made before they were options keep their requests."""
         d = json.loads(json.dumps(asdict(self)))
         d.pop("semantic_cache")
+        for key, table_iv in (("selection", "tournament"), ("size_limit", "height")):
+            if d[key] == table_iv:
+                d.pop(key)
         return d
+
+
+#: selection schemes and size limits a run can use (Table IV's first)
+SELECTIONS = ("tournament", "lexicase")
+SIZE_LIMITS = ("height", "nodes")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,14 +119,35 @@ def toolbox(pset: gp.PrimitiveSet, cfg: GPConfig) -> base.Toolbox:
     tb.register("expr", gp.genHalfAndHalf, pset=pset, min_=cfg.init_depth[0], max_=cfg.init_depth[1])
     tb.register("individual", tools.initIterate, creator.LossTree, tb.expr)
     tb.register("population", tools.initRepeat, list, tb.individual)
-    tb.register("select", tools.selTournament, tournsize=cfg.ts)
+    if cfg.selection == "tournament":
+        tb.register("select", tools.selTournament, tournsize=cfg.ts)  # lexicase: registered by run_search
     tb.register("mate", gp.cxOnePoint)
     tb.register("expr_mut", gp.genFull, min_=cfg.mut_depth[0], max_=cfg.mut_depth[1])
     tb.register("mutate", gp.mutUniform, expr=tb.expr_mut, pset=pset)
-    limit = gp.staticLimit(key=operator.attrgetter("height"), max_value=cfg.md)
+    limit = gp.staticLimit(key=operator.attrgetter("height") if cfg.size_limit == "height" else len, max_value=cfg.md)
     tb.decorate("mate", limit)
     tb.decorate("mutate", limit)
     return tb
+
+
+def select_lexicase(population, k: int, outcomes: dict) -> list:
+    """``k`` selections by lexicase over per-image outcomes (the authors' released code): for each, the
+    images in a random order, keeping at every image the candidates that break it if any does, until
+    one candidate is left or the images run out (then a random one of them). Uses the GP's ``random``."""
+    cases = {id(ind): outcomes[str(ind)] for ind in population}
+    n = len(next(iter(cases.values())))
+    chosen = []
+    for _ in range(k):
+        candidates, order = list(population), list(range(n))
+        random.shuffle(order)
+        for i in order:
+            best = [ind for ind in candidates if cases[id(ind)][i]]
+            if best:
+                candidates = best
+            if len(candidates) == 1:
+                break
+        chosen.append(random.choice(candidates))
+    return chosen
 
 
 def tree_from_formula(formula: str, pset: gp.PrimitiveSet | None = None):
@@ -193,6 +230,10 @@ def run_search(evaluator: Evaluator, cfg: GPConfig, seed: int, checkpoint: Path 
     (best formula, hall of fame, logbook with the fitness caches' counters per generation)."""
     pset = primitive_set()
     tb = toolbox(pset, cfg)
+    if cfg.selection == "lexicase":
+        if evaluator.outcomes is None:
+            raise ValueError("lexicase selection needs an Evaluator made with outcomes=True (and semantic=False)")
+        tb.register("select", select_lexicase, outcomes=evaluator.outcomes)
     request = checkpoint_request(evaluator, cfg, seed)
     if checkpoint is not None and checkpoint.exists():
         st = load_checkpoint(checkpoint, request)

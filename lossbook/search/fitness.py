@@ -102,8 +102,12 @@ class Evaluator:
     """
 
     def __init__(self, model, x, y, setting, steps: int = 10, seed: int = 0, group: int | None = None,
-                 semantic: bool = True, spot_share: float = 0.05, probe_rows: int = 256):
+                 semantic: bool = True, spot_share: float = 0.05, probe_rows: int = 256, outcomes: bool = False):
+        if outcomes and semantic:
+            raise ValueError("per-image outcomes (lexicase selection) need every tree's own attack: pass semantic=False")
         self.model, self.x, self.y, self.setting = model, x, y, setting
+        #: per formula, which evaluation images its attack broke (kept with ``outcomes``: lexicase's cases)
+        self.outcomes: dict[str, np.ndarray] | None = {} if outcomes else None
         self.steps, self.seed, self.semantic, self.spot_share = steps, seed, semantic, spot_share
         self.group = group or (200 if model_device(model).type == "cuda" else 64)
         self.cache: dict[str, float] = {}
@@ -127,10 +131,12 @@ class Evaluator:
             part = formulas[i:i + self.group]
             res = evaluate_losses(self.model, self.x, self.y, [compile_formula(f) for f in part],
                                   norm=self.setting.norm, eps=self.setting.eps, steps=self.steps, seed=self.seed)
-            for f, r, bad, err in zip(part, res.risk.tolist(), res.invalid.tolist(), res.errors):
+            for k, (f, r, bad, err) in enumerate(zip(part, res.risk.tolist(), res.invalid.tolist(), res.errors)):
                 out[f] = 0.0 if bad else float(r)
                 if bad:
                     self.errors[f] = err
+                if self.outcomes is not None:
+                    self.outcomes[f] = np.zeros(len(self.x), bool) if bad else res.broken[k].cpu().numpy().copy()
         self.last["attacked"] += len(formulas)
         return out
 
@@ -213,16 +219,23 @@ class Evaluator:
     # ---- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
         """Everything a resumed run needs to continue exactly."""
-        return {"cache": dict(self.cache), "errors": dict(self.errors), "signatures": dict(self.signatures),
-                "split": sorted(self.split), "borrowed": sorted(self.borrowed),
-                "disagreements": list(self.disagreements), "totals": dict(self.totals), "calls": self.calls,
-                "probe": self.probe}
+        out = {"cache": dict(self.cache), "errors": dict(self.errors), "signatures": dict(self.signatures),
+               "split": sorted(self.split), "borrowed": sorted(self.borrowed),
+               "disagreements": list(self.disagreements), "totals": dict(self.totals), "calls": self.calls,
+               "probe": self.probe}
+        if self.outcomes is not None:  # packed bits, as hex: JSON-safe and small
+            out["outcomes"] = {f: np.packbits(v).tobytes().hex() for f, v in self.outcomes.items()}
+        return out
 
     def restore(self, state: dict) -> None:
         """Continue from :meth:`state`. The formula cache is always taken (exact); the signature table
         only if it was made on this probe (another version or machine may give other probe rows)."""
         self.cache.update(state["cache"])
         self.errors.update(state.get("errors", {}))
+        if self.outcomes is not None:
+            n = len(self.x)
+            self.outcomes.update({f: np.unpackbits(np.frombuffer(bytes.fromhex(h), np.uint8))[:n].astype(bool)
+                                  for f, h in state.get("outcomes", {}).items()})
         if state.get("probe") == self.probe:
             self.signatures.update(state.get("signatures", {}))
             self.split.update(state.get("split", ()))

@@ -56,7 +56,8 @@ def search_setting(setting: Setting, scale: str, runs: int | None = None, seed: 
             if store.matches(path, request(run_seed)) or scale != "smoke":  # else: smoke results are redone
                 records.append(store.load(path, request(run_seed)))  # another request: stops, naming what differs
                 continue
-        ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed, semantic=cfg.semantic_cache)
+        ev = Evaluator(model, x, y, setting, steps=cfg.steps, seed=run_seed, semantic=cfg.semantic_cache,
+                       outcomes=cfg.selection == "lexicase")
         baselines = ev.handcrafted()
         if baselines["ce"] >= 1.0:
             print(f"note: {setting.name()} at eps={setting.eps:g}: CE-PGD-{cfg.steps} already breaks every image, so no "

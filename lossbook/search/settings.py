@@ -43,14 +43,18 @@ SEARCH_PRESETS = {
     "smoke-arm": GPConfig(gn=2, ps=8, st=8, n_images=32, hof=3),
     # the paper arm re-run on the 30-epoch CIFAR-10 AT models (model scale cpu-long): training-length sensitivity
     "long-at-arm": GPConfig(gn=GRID_GENERATIONS, ps=GRID_POPULATION, st=GRID_POPULATION, n_images=400),
+    # the paper arm with the released code's search choices: lexicase selection over per-image outcomes (so
+    # every tree is attacked: no semantic cache) and a limit of 25 nodes instead of height 25
+    "lexicase-arm": GPConfig(gn=GRID_GENERATIONS, ps=GRID_POPULATION, st=GRID_POPULATION, n_images=400,
+                             semantic_cache=False, selection="lexicase", size_limit="nodes"),
 }
 
 
-RUNS = {"smoke": 1, "cpu": 2, "paper": 20, "grid": 3, "paper-arm": 3, "smoke-arm": 2, "long-at-arm": 3}
+RUNS = {"smoke": 1, "cpu": 2, "paper": 20, "grid": 3, "paper-arm": 3, "smoke-arm": 2, "long-at-arm": 3, "lexicase-arm": 1}
 
 
 #: the models a preset searches on by default (a preset that is not a scale)
-PRESET_MODEL_SCALE = {"grid": "cpu", "long-at-arm": "cpu-long"}
+PRESET_MODEL_SCALE = {"grid": "cpu", "long-at-arm": "cpu-long", "lexicase-arm": "paper"}
 
 
 @dataclass(frozen=True)
