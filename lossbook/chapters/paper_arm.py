@@ -569,8 +569,24 @@ def differences_table(plan: ArmPlan, summary: pd.DataFrame | None) -> pd.DataFra
                      f"{c['semantic_hits']:,} trees whose logit gradients point as an attacked tree's took its fitness "
                      f"({c['disagreements']} disagreements in {c['spot_checks']:,} spot checks)"))
     rows.append(("the released code's lexicase selection and 25-node limit", "not in the paper's text",
-                 "not run (the protocol's optional arm, left for lack of CPU time)"))
+                 "Table IV's tournament and height limit here; " + arm_status("lexicase")))
     return pd.DataFrame(rows, columns=["aspect", "paper", "this arm"])
+
+
+#: the sensitivity arms that re-run the protocol on other models or with other search choices
+OTHER_ARMS = {"long-at": "the CIFAR-10 AT settings on models trained 30 epochs (training-length sensitivity)",
+              "lexicase": "MNIST with the released code's lexicase selection and 25-node limit"}
+
+
+def arm_status(arm: str) -> str:
+    """How far an arm has got, in words: its judged settings and their direction counts, or the command."""
+    summary = load_summary(arm)
+    todo = len(arm_settings(arm))
+    if summary is None or summary.empty:
+        return f"the {arm} arm is not run yet (`python -m lossbook paper-arm --arm {arm}`)"
+    f = family(summary)
+    return (f"the {arm} arm has judged {f['judged']} of {todo} settings: {f['reproduced']} gains, "
+            f"{f['not reproduced']} losses, {f['inconclusive']} inconclusive")
 
 
 def fitness_counts(plan: ArmPlan, settings: list) -> dict:
