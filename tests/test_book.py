@@ -153,6 +153,10 @@ def test_the_reproducing_inventory_describes_every_committed_summary():
     assert summaries and all(s in rows for s in summaries)
     arm = rows["results/search/paper-arm/summary.csv"]
     assert arm["scale"] == "paper" and "mnist paper models" in arm["settings"] and "of 24 settings" in arm["outcome"]
+    for other in ("lexicase", "long-at"):  # the other arms are listed too, with their own number of settings
+        path = f"results/search/{other}-arm/summary.csv"
+        if path in summaries:
+            assert f"of {12 if other == 'lexicase' else 6} settings" in rows[path]["outcome"]
 
 
 def test_an_executed_chapter_becomes_a_page_without_the_hidden_code(tmp_path):

@@ -225,9 +225,9 @@ def _describe(path: Path, q: dict, rec: dict) -> dict | None:
         models = ", ".join(f"{d} {s} models" for d, s in q["model_scale"])
         what = "sensitivity arms (textbook PGD, seeded run, released losses)" if "sensitivity" in q["what"] else \
             f"held-out PGD-{'/'.join(map(str, q['heldout_steps']))} on {q['heldout_images']} images"
-        scale = "paper" if q["name"] == "paper" else "smoke"
+        scale = "smoke" if q["name"] == "smoke" else "paper"  # every other arm is committed beside the paper arm
         return {"scale": scale, "settings": f"the '{q['name']}' arm of Question 1 on {models}: {what}",
-                "outcome": f"{rec['rows']} of 24 settings"}
+                "outcome": f"{rec['rows']} of {len(paper_arm.arm_settings(q['name']))} settings"}
     if path.name == "summary.csv":
         return {"scale": q["scale"], "settings": f"grid of the '{q['preset']}' preset, held-out PGD-"
                 f"{'/'.join(map(str, q['heldout_steps']))} on {q['heldout_images']} images",
