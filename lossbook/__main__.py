@@ -327,6 +327,35 @@ def _exact_command(sub, fmt=DefaultsHelpFormatter) -> None:
     e.set_defaults(func=_exact)
 
 
+def _audit(args) -> None:
+    from lossbook.chapters.exact_risk import audit_study, select_studies
+
+    chosen = select_studies(",".join(args.studies) if args.studies else "all", args.scale)
+    problems = []
+    for st in chosen:
+        found = audit_study(st, args.scale)
+        print(f"{st.name()}: {'passes' if not found else f'{len(found)} problem(s)'}")
+        problems += found
+    for p in problems:
+        print(f"  {p}")
+    if problems:
+        raise SystemExit(1)
+
+
+def _audit_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``audit`` subcommand."""
+    from lossbook.chapters.exact_risk import STUDIES
+
+    au = sub.add_parser("audit", formatter_class=fmt, help="chapter 07: re-check every stored exact verdict without a "
+                        "solver (witnesses in the ball and the box exactly, certified margins, proofs per class, the "
+                        "record's rule and settings); exit status 1 on any problem",
+                        description="Reads results/exact/<scale>/ and the datasets; seconds per study.")
+    au.add_argument("--scale", choices=SCALES, default="cpu")
+    au.add_argument("--studies", nargs="+", default=None, metavar="STUDY",
+                    choices=sorted({s.name() for v in STUDIES.values() for s in v}), help="default: the scale's studies")
+    au.set_defaults(func=_audit)
+
+
 def _landscape_command(sub, fmt=DefaultsHelpFormatter) -> None:
     """The ``landscape`` subcommand."""
     ls = sub.add_parser("landscape", formatter_class=fmt, help="chapter 05: PGD races, loss planes and the explanation "
@@ -392,7 +421,7 @@ def _teaching_command(sub, fmt=DefaultsHelpFormatter) -> None:
 
 #: the subcommands, in the order ``--help`` lists them
 COMMANDS = (_train_command, _search_command, _grid_command, _paper_arm_command, _atras_command, _exact_command,
-            _landscape_command, _book_command, _run_command, _reproduce_command, _teaching_command)
+            _audit_command, _landscape_command, _book_command, _run_command, _reproduce_command, _teaching_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

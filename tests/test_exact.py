@@ -52,7 +52,7 @@ def test_two_dimensional_relu_net_against_brute_force(norm, eps):
     model = _relu_net()
     layers = X.relu_layers(model)
     rng = np.random.default_rng(0)
-    xs = rng.random((40, 2))
+    xs = rng.random((40, 2)).astype(np.float32).astype(float)  # float32 points, as images are
     with torch.no_grad():
         ys = model(torch.tensor(xs, dtype=torch.float32)).argmax(1).numpy()
     agree = 0
@@ -63,9 +63,9 @@ def test_two_dimensional_relu_net_against_brute_force(norm, eps):
         if grid:
             assert r.status == "vulnerable", f"point {i}: the grid breaks it, the MILP says robust"
         if r.status == "vulnerable":
-            d = r.counterexample - x
-            assert _norm(d, norm) <= eps * (1 + 1e-6)
-            assert r.counterexample.min() >= 0 and r.counterexample.max() <= 1 and r.predicted != y
+            w = r.witness.astype(float)
+            assert _norm(w - x, norm) <= eps and 0 <= w.min() <= w.max() <= 1 and r.predicted != y
+            assert r.witness_margin >= 0
         agree += (r.status == "vulnerable") == grid
     assert agree >= 36  # disagreements only where the breaking region is finer than the grid
     assert 5 <= sum(_grid_breakable(model, x, int(y), norm, eps) for x, y in zip(xs, ys)) <= 35  # not vacuous
@@ -91,7 +91,7 @@ def test_proven_robust_points_are_never_broken_by_an_attack(norm, eps):
     model = _relu_net(seed=0)
     layers = X.relu_layers(model)
     rng = np.random.default_rng(1)
-    xs = rng.random((30, 2))
+    xs = rng.random((30, 2)).astype(np.float32).astype(float)
     with torch.no_grad():
         ys = model(torch.tensor(xs, dtype=torch.float32)).argmax(1)
     res = [X.verify_image(model, layers, x, int(y), norm, eps, (2,)) for x, y in zip(xs, ys)]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from lossbook import runner, store
 from lossbook.chapters import atras_sweep
 from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
-from lossbook.core import data, exact
+from lossbook.core import certify, data, exact
 from lossbook.core.attack_registry import attack_names, run_attacks
 from lossbook.core.attacks import evaluation_images, pgd
 from lossbook.core.losses import compile_formula
@@ -226,7 +226,7 @@ def exact_request(study: Study) -> dict:
     """What a study's verdicts answer: each image's verdict depends on the model, norm, eps and time limit,
     not on how many images are asked (a larger study reuses the images of a smaller one)."""
     return {"study": {k: v for k, v in asdict(study).items() if k != "n_images"},
-            "images": "first correctly classified test images"}
+            "images": "first correctly classified test images", "rule": exact.settings()}
 
 
 def exact_path(study: Study, scale: str, root: Path | None = None) -> Path:
@@ -251,8 +251,8 @@ def run_study(study: Study, scale: str, root: Path | None = None, progress: bool
     path = folder / f"{study.name()}-outcomes.csv"
 
     def compute():
-        table = pd.DataFrame([{k: r[k] for k in ("index", "label", "status", "by", "seconds", "unstable", "stable")}
-                              for r in rows])
+        table = pd.DataFrame([{**{k: r[k] for k in ("index", "label", "status", "by", "seconds", "unstable", "stable")},
+                               "milp_proofs": r["ruled_out"].get("milp", 0)} for r in rows])
         return pd.concat([table, attack_outcomes(model, x, y, study.norm, study.eps, loss)], axis=1)
     table = store.cached(path, {**request, "n_images": study.n_images, "attacks": attack_names(study.norm)}, compute)
     check_soundness(table, study.name())
@@ -265,6 +265,62 @@ def check_soundness(table: pd.DataFrame, what: str = "") -> None:
     bad = table[(table["status"] == "robust") & table[attacks].any(axis=1)]
     if len(bad):
         raise AssertionError(f"{what}: images {bad['index'].tolist()} are proven robust but an attack broke them")
+
+
+def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]:
+    """Everything wrong with a committed study, checked without a solver (empty: it passes): the record was
+    made under today's rule and settings (:func:`exact_request`); every row passes
+    :func:`lossbook.core.exact.audit_rows` on the study's own images (found again from the dataset); the
+    outcomes table carries the same verdicts; no image proven robust was broken by an attack."""
+    path = exact_path(study, scale, root)
+    if not path.exists():
+        return [f"{study.name()}: not run at scale {scale}"]
+    wanted = exact_request(study)
+    saved = store.record(path).get("request")
+    if saved != store.normalize(wanted):
+        keys = [d.split("=")[0] for d in store.differences(saved, store.normalize(wanted))]
+        return [f"{study.name()}: made under other settings (differs in: {', '.join(keys)}); "
+                f"rerun it with `python -m lossbook exact --studies {study.name()}`"]
+    rows = store.load(path, wanted)
+    model = load_verified_model(study.model, scale, train=False, root=root)
+    x, y, idx = evaluation_images(model, MODELS[study.model].dataset, study.n_images)
+    images = {int(i): (xi.reshape(-1).double().numpy(), int(yi)) for i, xi, yi in zip(idx, x, y)}
+    problems = [f"{study.name()}: {p}" for p in exact.audit_rows(exact.relu_layers(model), rows, images, study.norm,
+                                                                  study.eps)]
+    missing = sorted(set(images) - {r["index"] for r in rows})
+    if missing:
+        problems.append(f"{study.name()}: {len(missing)} of the study's images have no verdict (first: {missing[0]})")
+    table = load_study(study, scale, root)
+    if table is not None:
+        by_index = {r["index"]: r["status"] for r in rows}
+        differ = [int(i) for i, s in zip(table["index"], table["status"]) if by_index.get(int(i)) != s]
+        if differ:
+            problems.append(f"{study.name()}: the outcomes table disagrees with the verdicts on images {differ[:5]}")
+        try:
+            check_soundness(table, study.name())
+        except AssertionError as e:
+            problems.append(str(e))
+    return problems
+
+
+def decision_changes(results: dict, scale: str, root: Path | None = None) -> pd.DataFrame | None:
+    """Per study, how many images changed verdict when the auditable rule replaced the earlier one (the
+    earlier verdicts are kept in ``decisions-before-audit-rule.csv``); None where that file is absent."""
+    path = study_dir(scale, root) / "decisions-before-audit-rule.csv"
+    if not path.exists():
+        return None
+    before = store.load(path)
+    rows = []
+    for name, (_, t) in results.items():
+        old = before[before["study"] == name].set_index("index")["status"]
+        new = t.set_index("index")["status"]
+        common_idx = old.index.intersection(new.index)
+        pairs = pd.crosstab(old[common_idx], new[common_idx])
+        changed = {f"{a} -> {b}": int(pairs.loc[a, b]) for a in pairs.index for b in pairs.columns
+                   if a != b and pairs.loc[a, b]}
+        rows.append({"study": name, "images": len(common_idx), "changed": sum(changed.values()),
+                     "which": ", ".join(f"{k}: {v}" for k, v in changed.items()) or "none"})
+    return pd.DataFrame(rows)
 
 
 def load_study(study: Study, scale: str, root: Path | None = None) -> pd.DataFrame | None:
@@ -473,10 +529,10 @@ def unfound(results: dict, scale: str, root: Path | None = None, max_shown: int 
         x, _ = data.load(spec.dataset, "test")
         for i in only_exact(t, st.norm)["index"]:
             r = rows[int(i)]
-            if len(out["images"]) >= max_shown or r["counterexample"] is None:
+            if len(out["images"]) >= max_shown or r["witness"] is None:
                 continue
             out["images"].append(x[int(i)].numpy())
-            out["counterexamples"].append(np.asarray(r["counterexample"], np.float32).reshape(x.shape[1:]))
+            out["counterexamples"].append(certify.decode_point(r["witness"]).astype(np.float32).reshape(x.shape[1:]))
             name_of = (lambda c: data.CIFAR10_CLASSES[c]) if spec.dataset == "cifar10" else str
             out["labels"].append(name_of(r["label"]))
             out["predictions"].append(name_of(r["predicted"]))

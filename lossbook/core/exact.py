@@ -1,67 +1,82 @@
-"""Exact adversarial risk of small ReLU networks by mixed-integer linear programming (HiGHS).
+"""Exact adversarial risk of small ReLU networks by mixed-integer linear programming (HiGHS), with
+decisions a skeptic can audit (:mod:`lossbook.core.certify`).
 
-For an image x with label y, a ReLU network f and the feasible set ``{x' : ||x' - x||_p <= eps,
-0 <= x' <= 1}`` (p = inf or 1: both linear), x is *vulnerable* iff for some wrong class c
+For an image x with label y, a ReLU network f (its float32 weights read as real numbers) and the feasible
+set ``{x' : ||x' - x||_p <= eps, 0 <= x' <= 1}``, x is *vulnerable* iff some wrong class c reaches
+``f_c(x') - f_y(x') >= 0`` (ties count as adversarial). The decision rule (:func:`settings` records it):
 
-    max_{x'} f_c(x') - f_y(x') > 0,
+* **vulnerable**: a stored *witness* -- a float32 point that lies in the ball and the box exactly (rational
+  check) and whose certified float64 margin ``f_c - f_y`` (rounding errors bounded) is >= 0 for some c.
+  Every vulnerable image keeps its witness, whether an attack or the solver found it.
+* **robust**: every wrong class proven to satisfy ``f_c - f_y <= -delta`` on the whole set, with
+  ``delta = DELTA_REL * max(1, max |f(x)|)``. A class is ruled out by (in order) the output bounds, the LP
+  relaxation's bound re-derived from its dual (both certified in float64), or an infeasible MILP asking
+  for ``f_c - f_y >= -delta`` (HiGHS's branch and bound, with the tolerances of :data:`SOLVER_OPTIONS`;
+  the worst logit error those tolerances admit, :func:`tolerance_slack`, must stay below delta/10).
+* **unknown**: anything else -- the time limit, a maximum that lies in ``[-delta, 0)``, or tolerances too
+  loose for delta. Unknown images widen R to an interval.
 
-a MILP with the standard exact encoding of each ReLU a = max(z, 0) whose pre-activation bounds
-[l, u] straddle 0 (a binary d per such *unstable* neuron):
+Each ReLU a = max(z, 0) whose pre-activation bounds [l, u] straddle 0 gets the standard encoding (a binary d
+per *unstable* neuron): ``a >= 0, a >= z, a <= z - l (1 - d), a <= u d``. The bounds are certified
+(outward-rounded interval arithmetic; the first layer exactly over the box, by a greedy knapsack for l_1,
+and by ``||W_j||_2`` for l_2; then one LP per unstable neuron of later layers, its bound taken from the
+dual). Binaries of the last hidden layer whose weight in f_c - f_y is <= 0 are relaxed (lowering such an
+activation only raises f_c - f_y, and the triangle's lowest point is the ReLU). A solver point whose
+certified pre-activations leave the bounds stops the study (:class:`UnsoundBounds`).
 
-    a >= 0,  a >= z,  a <= z - l (1 - d),  a <= u d.
-
-Neurons with u <= 0 are 0 and those with l >= 0 are the identity: they need no binary, so the
-bounds are tightened first -- exactly for the first layer (a linear function over the feasible set:
-the box for l_inf, a greedy knapsack for l_1), by interval arithmetic, then by one LP per
-unstable neuron of the later layers (the triangle relaxation of the layers before).
-
-:func:`verify_image` first tries the attacks' counterexamples (an image any attack breaks needs no
-solver). Then, per wrong class c (in the order given, e.g. by the attack's margins):
-
-1. classes that the output bounds or the **LP relaxation** (binaries relaxed: milliseconds) cannot let
-   win by ``MARGIN`` are ruled out, since the relaxation's optimum bounds the exact one from above;
-2. for the others, one MILP asks whether some feasible point gives class c a logit at least ``MARGIN``
-   above y's, with f_c - f_y as the objective (it guides the branching; the first feasible point
-   ends the search). Binaries of the last hidden layer whose weight in f_c - f_y is <= 0 are relaxed
-   (lowering such an activation only raises f_c - f_y, and the triangle's lowest point is the ReLU).
-
-A feasible point is a counterexample once a float32 forward pass of the model itself confirms it;
-an infeasible problem is HiGHS's proof that c cannot win. Each image ends *robust* (every class
-proven unable to win by ``MARGIN``), *vulnerable* or *unknown* (time limit).
-
-**l_2** is not linear. The ball is replaced by a polytope that contains it -- the box of the l_inf
-ball of the same radius, cut by tangent half-spaces ``<g, x' - x> <= eps`` (``||g|| = 1``) -- so that
-*infeasible* stays a proof. A solver point outside the ball adds the tangent cut through its direction
-and the problem is solved again (outer approximation: the cuts are kept for every later class), until a
-point inside the ball is confirmed by the model, the problem is infeasible, or time runs out. First-layer
-bounds take the tighter of the box's and ``W x + b +- eps ||W_j||_2``. This decides l_2 images exactly
-where it converges; where it does not, the image is *unknown* and R an interval, as for the other norms.
-Measured on the FGSM-AT [64] MLP at eps 0.1 (12 images, 30 s limit, 1 core): 6 unknown with the plain feasibility MILP,
-1 with the LP filter, the relaxed last layer and the guiding objective.
+**l_2** is not linear. The ball is replaced by a polytope that contains it -- the box of the l_inf ball of
+the same radius, cut by tangent half-spaces ``<g, x' - x> <= eps`` (``||g|| = 1``, right-hand side rounded
+up) -- so that *infeasible* stays a proof. A solver point outside the ball adds the tangent cut through its
+direction and the problem is solved again (outer approximation), until a point inside the ball is a
+witness, the problem is infeasible, or time runs out.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from dataclasses import dataclass, field
 
 import highspy
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from lossbook import store
 from lossbook.config import check_choice, quiet
-from lossbook.core.attacks import pgd, project
+from lossbook.core import certify
+from lossbook.core.attacks import pgd
 from lossbook.core.losses import cross_entropy, dlr_loss, margin_loss
 from lossbook.core.models import eval_mode
 
 NORMS_EXACT = ("linf", "l1", "l2")
+STATUSES = ("robust", "vulnerable", "unknown")
 #: l_2: at most this many tangent cuts per LP relaxation of a class (the MILP adds more as it needs them)
 LP_CUTS = 200
-#: a counterexample must beat the true class's logit by this much (float64 solver, float32 model)
-MARGIN = 1e-5
-STATUSES = ("robust", "vulnerable", "unknown")
+#: robust means every wrong class is proven to stay ``delta = DELTA_REL * max(1, max |f(x)|)`` below y
+DELTA_REL = 1e-4
+#: HiGHS's tolerances (tighter than its defaults of 1e-6 / 1e-7, so that their worst effect on a logit stays
+#: far below delta: :func:`tolerance_slack`)
+SOLVER_OPTIONS = {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9,
+                  "dual_feasibility_tolerance": 1e-9}
+#: an infeasible MILP counts only where the tolerances' worst effect is below delta / SLACK_FACTOR
+SLACK_FACTOR = 10.0
+#: how a wrong class was ruled out (the kinds an audit accepts)
+RULED_OUT_BY = ("bounds", "lp-dual", "milp")
+
+
+def settings() -> dict:
+    """Everything a verdict depends on besides the model, images, norm, eps and time limit: part of every
+    study's request, so a study made under other settings is never reused."""
+    return {"rule": "witness margin >= 0 (ties adversarial); robust: every class <= -delta",
+            "delta_rel": DELTA_REL, "slack_factor": SLACK_FACTOR, "solver": f"HiGHS {importlib.metadata.version('highspy')}",
+            "solver_options": dict(SOLVER_OPTIONS), "lp_cuts": LP_CUTS, "bounds": "outward-rounded, LP from the dual",
+            "witness": "float32 point, exact ball/box check, float64 margin with rounding bound"}
+
+
+class UnsoundBounds(RuntimeError):
+    """A point of the feasible set whose certified pre-activations leave the bounds the MILP was built on."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,7 +110,7 @@ def input_box(x: np.ndarray, norm: str, eps: float) -> tuple[np.ndarray, np.ndar
     return np.maximum(x - eps, 0.0), np.minimum(x + eps, 1.0)
 
 
-def first_layer_bounds(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, eps: float):
+def _first_layer_raw(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, eps: float):
     """Bounds of W x' + b over the feasible set: exact for l_inf (the box) and l_1 (a greedy knapsack:
     move the coordinates with the largest |w| first, each as far as the box lets it); for l_2 the
     tighter of the box's bounds and the ball's ``W x + b +- eps ||W_j||_2`` (each contains the set)."""
@@ -122,6 +137,15 @@ def first_layer_bounds(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, e
     return base - best(-W), base + best(W)
 
 
+def first_layer_bounds(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, eps: float):
+    """Certified bounds of the first layer's pre-activations (:func:`_first_layer_raw`, widened by a bound on
+    its rounding errors: the sums of products, the knapsack's running sums and the l_2 term)."""
+    lo, hi = _first_layer_raw(W, b, x, norm, eps)
+    n = W.shape[1]
+    extra = 0.0 if norm == "linf" else (n + eps) * np.abs(W).sum(1)
+    return certify.outward(lo, hi, certify.rounding_error(W, b, np.ones(n), extra))
+
+
 # ------------------------------------------------------------------------------------------------
 # The MILP
 # ------------------------------------------------------------------------------------------------
@@ -133,9 +157,12 @@ class _Model:
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(time_limit))
         h.setOptionValue("threads", 1)
-        h.setOptionValue("mip_max_improving_sols", 1)  # one counterexample is enough
+        for k, v in SOLVER_OPTIONS.items():
+            h.setOptionValue(k, v)
+        h.setOptionValue("mip_max_improving_sols", 1)  # one point past the threshold is enough
         self.inf = highspy.kHighsInf
         self.x0, self.norm, self.eps = x, norm, eps
+        self.bounds = bounds
         lo, hi = input_box(x, norm, eps)
         self.n = 0
         self.x_cols = self._cols(lo, hi)
@@ -176,10 +203,12 @@ class _Model:
         self.integer = integer
         if integer and self.binaries:
             self._integrality(self.binaries, True)
+        self._matrix_key, self._matrix = None, None
 
     def cut(self, point: np.ndarray) -> bool:
         """l_2: if ``point`` lies outside the ball, add the tangent half-space that separates it
-        (``<g, x' - x> <= eps`` with g its unit direction, valid for the whole ball). Returns whether it did."""
+        (``<g, x' - x> <= eps`` with g its unit direction, valid for the whole ball; the right-hand side is
+        rounded up by a bound on its errors). Returns whether it did."""
         if self.norm != "l2" or point is None:
             return False
         d = point - self.x0
@@ -188,7 +217,10 @@ class _Model:
             return False
         g = d / r
         nz = np.nonzero(g)[0]
-        self._row(-self.inf, self.eps + float(g[nz] @ self.x0[nz]), [self.x_cols[i] for i in nz], list(g[nz]))
+        # <g, x'> <= eps ||g|| + <g, x0> for the whole ball; ||g|| and the sum are computed with small errors
+        rhs = self.eps * float(np.linalg.norm(g)) + float(g[nz] @ self.x0[nz])
+        rhs += 1e-9 * (self.eps + float(np.abs(g[nz]) @ np.abs(self.x0[nz])))
+        self._row(-self.inf, rhs, [self.x_cols[i] for i in nz], list(g[nz]))
         return True
 
     def point(self) -> np.ndarray | None:
@@ -202,25 +234,48 @@ class _Model:
         if len(cols):
             self.h.changeColsIntegrality(len(cols), np.array(cols, dtype=np.int32), np.array([kind] * len(cols)))
 
-    def lp_candidates(self, classes: list[int], y: int) -> list[int]:
-        """The classes whose LP relaxation (binaries relaxed) still lets them beat y by ``MARGIN``: for the
-        others the relaxation's optimum, an upper bound on the exact one, proves they cannot win."""
+    def safe_bound(self, coefs: dict) -> float:
+        """A certified upper bound on the maximum of ``sum coefs[c] * v_c`` over the LP relaxation, from the
+        dual of the LP just solved (:func:`lossbook.core.certify.safe_lp_bound`; either sign convention of
+        the duals gives a valid bound, the smaller is kept)."""
+        lp = self.h.getLp()
+        key = (lp.num_row_, lp.num_col_)
+        if key != self._matrix_key:
+            a = lp.a_matrix_
+            self._matrix = (sp.csc_matrix((np.asarray(a.value_), np.asarray(a.index_), np.asarray(a.start_)),
+                                          shape=(lp.num_row_, lp.num_col_)).tocsr(),
+                            np.asarray(lp.row_lower_), np.asarray(lp.row_upper_),
+                            np.asarray(lp.col_lower_), np.asarray(lp.col_upper_))
+            self._matrix_key = key
+        A, rl, ru, cl, cu = self._matrix
+        cost = np.zeros(self.n)
+        for c, v in coefs.items():
+            cost[c] += v
+        y = np.asarray(self.h.getSolution().row_dual, float)
+        if len(y) != A.shape[0] or not np.all(np.isfinite(y)):
+            y = np.zeros(A.shape[0])
+        return min(certify.safe_lp_bound(A, rl, ru, cl, cu, cost, y), certify.safe_lp_bound(A, rl, ru, cl, cu, cost, -y))
+
+    def lp_ruled_out(self, classes: list[int], y: int, delta: float) -> list[int]:
+        """The classes whose LP relaxation (binaries relaxed) proves ``f_c - f_y <= -delta``: the bound comes
+        from the dual (certified); for l_2 the optimum is first cut off while it lies outside the ball."""
         self._integrality(self.binaries, False)
-        keep = []
+        out = []
         for c in classes:
-            self.objective({self.logits[c]: 1.0, self.logits[y]: -1.0})
-            for _ in range(LP_CUTS + 1):  # l_2: cut the optimum off while it lies outside the ball
+            coefs = {self.logits[c]: 1.0, self.logits[y]: -1.0}
+            self.objective(coefs)
+            for _ in range(LP_CUTS + 1):
                 self.h.run()
                 ok = self.h.getModelStatus().name == "kOptimal"
-                if (not ok or self.h.getInfo().objective_function_value < MARGIN or self.norm != "l2"
+                if (not ok or self.h.getInfo().objective_function_value <= -delta or self.norm != "l2"
                         or not self.cut(self.point())):
                     break
-            if not ok or self.h.getInfo().objective_function_value >= MARGIN:
-                keep.append(c)
+            if self.safe_bound(coefs) <= -delta:
+                out.append(c)
         self.objective({})
         if self.integer:
             self._integrality(self.binaries, True)
-        return keep
+        return out
 
     def for_class(self, w_out: np.ndarray) -> int:
         """Keep binaries only where they matter for "class c beats y": a neuron of the last hidden layer
@@ -255,26 +310,46 @@ class _Model:
 
 def tightened_bounds(layers, x: np.ndarray, norm: str, eps: float, lp: bool = True,
                      time_limit: float = 10.0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pre-activation bounds of every layer: exact for the first, then interval arithmetic, then
-    (``lp``) one LP per unstable neuron over the relaxation of the layers before."""
+    """Certified pre-activation bounds of every layer: exact for the first (up to rounding, bounded), then
+    outward-rounded interval arithmetic, then (``lp``) one LP per unstable neuron over the relaxation of the
+    layers before, its bound re-derived from the LP's dual."""
     bounds = [first_layer_bounds(*layers[0], x, norm, eps)]
     for k in range(1, len(layers)):
         W, b = layers[k]
         l, u = bounds[-1]
-        al, au = np.maximum(l, 0), np.maximum(u, 0)
-        Wp, Wn = np.clip(W, 0, None), np.clip(W, None, 0)
-        lo, hi = Wp @ al + Wn @ au + b, Wp @ au + Wn @ al + b
+        lo, hi = certify.affine_bounds(W, b, np.maximum(l, 0), np.maximum(u, 0))
         if lp:
             relax = _Model(layers[:k + 1], x, norm, eps, bounds + [(lo, hi)], integer=False, time_limit=time_limit)
             for j in np.nonzero((lo < 0) & (hi > 0))[0]:
-                for sense, arr in ((False, lo), (True, hi)):
-                    relax.objective({relax.logits[j]: 1.0}, maximize=sense)
+                for sense in (True, False):
+                    sign = 1.0 if sense else -1.0
+                    relax.objective({relax.logits[j]: sign})
                     relax.h.run()
-                    if relax.h.getModelStatus().name == "kOptimal":
-                        v = relax.h.getInfo().objective_function_value
-                        arr[j] = min(arr[j], v) if sense else max(arr[j], v)
+                    bound = relax.safe_bound({relax.logits[j]: sign})  # max of sign * z_j
+                    if sense:
+                        hi[j] = min(hi[j], bound)
+                    else:
+                        lo[j] = max(lo[j], -bound)
         bounds.append((lo, hi))
     return bounds
+
+
+def tolerance_slack(layers, bounds, norm: str, eps: float) -> float:
+    """The largest error in f_c - f_y that a MILP point meeting HiGHS's tolerances (not exactly feasible)
+    could carry, for any pair of classes: integrality slack tau_i lets an unstable activation be off by
+    ``tau_i max(|l|, u)``, row and bound slack tau_f off by ``tau_f`` per row; the errors are carried to the
+    logits through ``|W|``. An infeasible MILP counts as a proof only where this is below delta / SLACK_FACTOR."""
+    tau_i = SOLVER_OPTIONS["mip_feasibility_tolerance"]
+    tau_f = max(SOLVER_OPTIONS["primal_feasibility_tolerance"], tau_i)
+    n_in = layers[0][0].shape[1]
+    err = np.full(n_in, tau_f * (2 * n_in + 2 if norm == "l1" else 2))  # input columns (and the l_1 budget row)
+    for k, (W, _) in enumerate(layers):
+        err = np.abs(W) @ err + 2 * tau_f  # the row z = W a + b, and z's bounds
+        if k == len(layers) - 1:
+            return float(2 * err.max() + tau_f)  # two logits, and the threshold row
+        l, u = bounds[k]
+        err = err + 3 * tau_f + tau_i * np.maximum(np.abs(l), np.abs(u))
+    return float("inf")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,79 +360,116 @@ class ImageResult:
     index: int
     label: int
     status: str  # robust | vulnerable | unknown
-    by: str  # "attack", "milp" or "time limit"
+    by: str  # "attack" or "milp" (a decision), "time limit" or "margin" (unknown: a maximum in [-delta, 0))
     seconds: float
     unstable: int = 0
     stable: int = 0
-    counterexample: np.ndarray | None = field(default=None, repr=False)
-    predicted: int | None = None
+    witness: np.ndarray | None = field(default=None, repr=False)
+    predicted: int | None = None  # the witness's class with the largest certified margin
+    witness_margin: float | None = None  # its certified lower bound (>= 0)
+    delta: float = 0.0
+    ruled_out: dict = field(default_factory=dict)  # how many wrong classes each kind of proof ruled out
+    slack: float = 0.0
 
 
-def _misclassified(model, x_adv: np.ndarray, y: int, shape) -> tuple[bool, int]:
-    with torch.no_grad():
-        p = int(model(torch.tensor(x_adv, dtype=torch.float32).view(1, *shape)).argmax(1))
-    return p != y, p
+class _Witnesses:
+    """Turns candidate points into witnesses (:mod:`lossbook.core.certify`) for one image."""
+
+    def __init__(self, layers, x, y, norm, eps):
+        self.layers, self.x, self.y, self.norm, self.eps = layers, x, y, norm, eps
+
+    def check(self, candidate) -> tuple[np.ndarray, int, float] | None:
+        """(point, class, certified margin) when the candidate, moved into the set, is adversarial."""
+        p = certify.make_witness(candidate, self.x, self.norm, self.eps)
+        if p is None:
+            return None
+        c, low = certify.witness_margin(self.layers, p.astype(float), self.y)
+        return (p, c, low) if low >= 0 else None
 
 
-def _inside(x_adv: np.ndarray, x: np.ndarray, norm: str, eps: float) -> np.ndarray:
-    """The solver's point moved into the feasible set in float32 (solver tolerances are ~1e-9)."""
-    xt, dt = torch.tensor(x, dtype=torch.float32), torch.tensor(x_adv - x, dtype=torch.float32)
-    return (xt + project(dt[None], xt[None], norm, eps)[0]).clamp(0, 1).numpy()
+def _check_point(layers, bounds, point: np.ndarray) -> None:
+    """A point of the feasible set must have its certified pre-activations inside the bounds."""
+    for k, ((zl, zh), (l, u)) in enumerate(zip(certify.preactivations_enclosure(layers, point), bounds)):
+        if np.any(zh < l) or np.any(zl > u):
+            j = int(np.argmax(np.maximum(l - zh, zl - u)))
+            raise UnsoundBounds(f"layer {k} neuron {j}: a feasible point's pre-activation [{zl[j]:.6g}, {zh[j]:.6g}] "
+                                f"leaves the bounds [{l[j]:.6g}, {u[j]:.6g}] the MILP was built on")
 
 
-def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, shape, index: int = 0,
+def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, shape=None, index: int = 0,
                  class_order=None, candidates=(), time_limit: float = 60.0, lp_bounds: bool = True) -> ImageResult:
-    """Decide one image (see the module docstring); ``candidates`` are attack points tried first."""
+    """Decide one image by the rule of the module docstring; ``candidates`` are attack points tried first.
+    (``model`` and ``shape`` are unused: every check is made on ``layers`` in float64.)"""
     t0 = time.perf_counter()
+    wit = _Witnesses(layers, x, y, norm, eps)
+    logits_x, _ = certify.logits_enclosure(layers, x)
+    delta = DELTA_REL * max(1.0, float(np.abs(logits_x).max()))
     for cand in candidates:
-        wrong, pred = _misclassified(model, cand, y, shape)
-        if wrong:
-            return ImageResult(index, y, "vulnerable", "attack", time.perf_counter() - t0, counterexample=cand,
-                               predicted=pred)
+        found = wit.check(cand)
+        if found is not None:
+            p, c, low = found
+            return ImageResult(index, y, "vulnerable", "attack", time.perf_counter() - t0, witness=p, predicted=c,
+                               witness_margin=low, delta=delta)
     bounds = tightened_bounds(layers, x, norm, eps, lp=lp_bounds)
     n_classes = layers[-1][0].shape[0]
     classes = [c for c in (class_order if class_order is not None else range(n_classes)) if c != y]
     l_out, u_out = bounds[-1]
-    classes = [c for c in classes if u_out[c] - l_out[y] > 0]  # the others are ruled out by the bounds alone
+    ruled = {k: 0 for k in RULED_OUT_BY}
+    # u_c - l_y bounds f_c - f_y from above (rounded up before the comparison)
+    by_bounds = [c for c in classes if (u_out[c] - l_out[y]) * (1 + 4 * certify.UNIT) + certify.TINY <= -delta]
+    ruled["bounds"] = len(by_bounds)
+    classes = [c for c in classes if c not in by_bounds]
+    slack = tolerance_slack(layers, bounds, norm, eps)
     m = _Model(layers, x, norm, eps, bounds, integer=True, time_limit=time_limit) if classes else None
-    if m is not None:  # the LP relaxation rules out, in milliseconds, every class it cannot let win
-        classes = m.lp_candidates(classes, y)
-    unknown = False
+    if m is not None:
+        lp_out = m.lp_ruled_out(classes, y, delta)
+        ruled["lp-dual"] = len(lp_out)
+        classes = [c for c in classes if c not in lp_out]
+    unknown = None
+
+    def result(status, by, **kw):
+        unstable, stable = (m.unstable, m.stable) if m is not None else _count_unstable(bounds)
+        return ImageResult(index, y, status, by, time.perf_counter() - t0, unstable, stable, delta=delta,
+                           ruled_out=ruled, slack=slack, **kw)
+
     for c in classes:
         left = time_limit - (time.perf_counter() - t0)
         if left <= 0:
-            unknown = True
+            unknown = "time limit"
             break
-        # feasibility: is there a point whose class c scores at least MARGIN above y? (a feasible point
-        # ends the search; an infeasible problem proves class c cannot win)
-        m.h.setOptionValue("time_limit", float(left))
         m.for_class(layers[-1][0][c] - layers[-1][0][y])
-        # the objective f_c - f_y guides the branching (nodes whose bound falls below MARGIN are infeasible);
-        # the first feasible point ends the search (mip_max_improving_sols = 1)
-        m.objective({m.logits[c]: 1.0, m.logits[y]: -1.0})
-        while True:  # once for l_inf and l_1; for l_2 until no point outside the ball is left
-            row = m.h.getNumRow()
-            m._row(MARGIN, m.inf, [m.logits[c], m.logits[y]], [1.0, -1.0])
-            m.h.run()
-            status, raw = m.h.getModelStatus().name, m.point()
-            m.h.deleteRows(1, np.array([row], dtype=np.int32))
-            point = None if raw is None else _inside(raw, x, norm, eps)
-            if point is not None:
-                wrong, pred = _misclassified(model, point, y, shape)
-                if wrong:  # (for l_2 a point outside the ball, pulled into it, may already do)
-                    return ImageResult(index, y, "vulnerable", "milp", time.perf_counter() - t0, m.unstable,
-                                       m.stable, point, pred)
-            left = time_limit - (time.perf_counter() - t0)
-            if raw is None or left <= 0 or not m.cut(raw):
+        m.objective({m.logits[c]: 1.0, m.logits[y]: -1.0})  # guides the branching
+        for first_only in (True, False):  # the first point past -delta; then, if it is no witness, the maximum
+            m.h.setOptionValue("mip_max_improving_sols", 1 if first_only else 2147483647)
+            status, raw = None, None
+            while True:  # once for l_inf and l_1; for l_2 until no point outside the ball is left
+                left = time_limit - (time.perf_counter() - t0)
+                if left <= 0:
+                    break
+                m.h.setOptionValue("time_limit", float(left))
+                row = m.h.getNumRow()
+                m._row(-delta, m.inf, [m.logits[c], m.logits[y]], [1.0, -1.0])
+                m.h.run()
+                status, raw = m.h.getModelStatus().name, m.point()
+                m.h.deleteRows(1, np.array([row], dtype=np.int32))
+                if raw is not None:
+                    found = wit.check(raw)
+                    if found is not None:
+                        _check_point(layers, bounds, found[0].astype(float))
+                        p, cw, low = found
+                        return result("vulnerable", "milp", witness=p, predicted=cw, witness_margin=low)
+                if raw is None or not m.cut(raw):
+                    break
+            if status == "kInfeasible" or raw is None:
                 break
-            m.h.setOptionValue("time_limit", float(left))
-        if status == "kInfeasible":
+        if status == "kInfeasible" and slack * SLACK_FACTOR <= delta:
+            ruled["milp"] += 1
             continue
-        unknown = True  # time limit, or a point that float32 does not confirm
+        unknown = "margin" if status in ("kOptimal", "kInfeasible") else "time limit"
         break
-    unstable, stable = (m.unstable, m.stable) if m is not None else _count_unstable(bounds)
-    return ImageResult(index, y, "unknown" if unknown else "robust", "time limit" if unknown else "milp",
-                       time.perf_counter() - t0, unstable, stable)
+    if unknown:
+        return result("unknown", unknown)
+    return result("robust", "milp")
 
 
 def _count_unstable(bounds) -> tuple[int, int]:
@@ -383,15 +495,15 @@ def check_norm(norm: str) -> None:
 # ------------------------------------------------------------------------------------------------
 def _row(r: ImageResult) -> dict:
     return {"index": r.index, "label": r.label, "status": r.status, "by": r.by, "seconds": round(r.seconds, 3),
-            "unstable": r.unstable, "stable": r.stable, "predicted": r.predicted,
-            # the solver's points are kept (an attack's point is found again by the same attack)
-            "counterexample": None if r.counterexample is None or r.by != "milp" else
-            np.asarray(r.counterexample, np.float32).tolist()}
+            "unstable": r.unstable, "stable": r.stable, "predicted": r.predicted, "delta": r.delta,
+            "ruled_out": dict(r.ruled_out), "slack": r.slack, "witness_margin": r.witness_margin,
+            "witness": None if r.witness is None else certify.encode_point(r.witness)}
 
 
 def attack_candidates(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int = 100, seed: int = 0):
-    """PGD-``steps`` with CE, margin and DLR on every image: per image the points that break it, and the
-    wrong classes ordered by the largest margin any of the attacks reached (most threatening first)."""
+    """PGD-``steps`` with CE, margin and DLR on every image: per image the final points of the three attacks
+    (each may be a witness), and the wrong classes ordered by the largest margin any of them reached (most
+    threatening first)."""
     res = pgd(model, x, y, [cross_entropy, margin_loss, dlr_loss], norm=norm, eps=eps, steps=steps, seed=seed)
     with torch.no_grad():
         logits = torch.stack([model(res.x_adv[k]) for k in range(3)])  # (3, N, C)
@@ -416,11 +528,57 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
         with eval_mode(model):
             layers = relu_layers(model)
             cands, order = attack_candidates(model, x, y, norm, eps)  # all images: the same starts on a resume
-            shape = tuple(x.shape[1:])
             for k in tqdm(todo, desc=f"exact {norm} eps={eps}", **quiet(progress)):
-                r = verify_image(model, layers, x[k].reshape(-1).double().numpy(), int(y[k]), norm, eps, shape,
+                r = verify_image(model, layers, x[k].reshape(-1).double().numpy(), int(y[k]), norm, eps,
                                  index=indices[k], class_order=order[k], candidates=cands[k], time_limit=time_limit)
                 rows.append(_row(r))
                 store.save(path, rows, request)
     by_index = {r["index"]: r for r in rows}
     return [by_index[i] for i in indices]
+
+
+# ------------------------------------------------------------------------------------------------
+# The audit: every stored decision re-checked without a solver
+# ------------------------------------------------------------------------------------------------
+def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float) -> list[str]:
+    """What is wrong with a study's stored rows (empty: nothing), checked in float64 and rationals only:
+    each vulnerable image's witness lies in the ball and the box exactly and has certified margin >= 0; each
+    robust image ruled out every wrong class by a known kind of proof with a delta of the rule; every unknown
+    image says why. ``images`` maps each row's index to its (float64 image, label)."""
+    problems = []
+    n_classes = layers[-1][0].shape[0]
+    for r in rows:
+        i = r["index"]
+        if i not in images:
+            problems.append(f"image {i}: not among the study's images")
+            continue
+        x, label = images[i]
+        where = f"image {i}"
+        if r["label"] != label:
+            problems.append(f"{where}: label {r['label']} stored, the dataset says {label}")
+        logits_x, _ = certify.logits_enclosure(layers, x)
+        delta = DELTA_REL * max(1.0, float(np.abs(logits_x).max()))
+        if r["status"] == "vulnerable":
+            if not r.get("witness"):
+                problems.append(f"{where}: vulnerable without a witness")
+                continue
+            p = certify.decode_point(r["witness"])
+            if not certify.in_feasible_set(p, x, norm, eps):
+                problems.append(f"{where}: the witness lies outside the {norm} ball of radius {eps} or the box")
+            c, low = certify.witness_margin(layers, p, label)
+            if low < 0:
+                problems.append(f"{where}: the witness's certified margin is {low:.3g} < 0 (class {c})")
+        elif r["status"] == "robust":
+            ruled = r.get("ruled_out") or {}
+            if set(ruled) - set(RULED_OUT_BY) or sum(ruled.values()) != n_classes - 1:
+                problems.append(f"{where}: robust, but the proofs {ruled} do not cover the {n_classes - 1} wrong classes")
+            if abs(r.get("delta", 0.0) - delta) > 1e-12 * delta:
+                problems.append(f"{where}: delta {r.get('delta')} stored, the rule gives {delta:.6g}")
+            if ruled.get("milp") and not r.get("slack", float("inf")) * SLACK_FACTOR <= delta:
+                problems.append(f"{where}: a MILP proof with tolerance slack {r.get('slack')} too large for delta")
+        elif r["status"] == "unknown":
+            if r["by"] not in ("time limit", "margin"):
+                problems.append(f"{where}: unknown for no stated reason ({r['by']!r})")
+        else:
+            problems.append(f"{where}: status {r['status']!r}; allowed: {', '.join(map(repr, STATUSES))}")
+    return problems
