@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import zlib
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -59,37 +60,74 @@ def rounding_error(W: np.ndarray, b: np.ndarray, magnitude: np.ndarray, extra=0.
     return gamma(W.shape[1] + 2) * (np.abs(W) @ magnitude + np.abs(b) + extra)
 
 
-def logits_enclosure(layers, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """``z = W a + b`` (dense float64: a Linear layer, or a convolution with its BatchNorm folded in)."""
+
+    W: np.ndarray
+    b: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Relu:
+    """``a = max(z, 0)`` elementwise."""
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool:
+    """``m_g = max_{i in groups[g]} a_i`` (``groups``: one row of input indices per output)."""
+
+    groups: np.ndarray
+
+
+def as_ops(net) -> list:
+    """A network as a list of :class:`Affine` / :class:`Relu` / :class:`MaxPool`; an MLP's ``[(W, b), ...]``
+    (ReLU between the layers) is converted."""
+    if net and isinstance(net[0], tuple):
+        ops = []
+        for k, (W, b) in enumerate(net):
+            ops.append(Affine(np.asarray(W, float), np.asarray(b, float)))
+            if k < len(net) - 1:
+                ops.append(Relu())
+        return ops
+    return list(net)
+
+
+def enclosures(net, point: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A float64 forward pass at ``point``: per op, its output and a bound on the accumulated rounding
+    error (ReLU and max are 1-Lipschitz in the max norm, so they pass the error on unchanged)."""
+    a, err, out = np.asarray(point, float), np.zeros(len(point)), []
+    for op in as_ops(net):
+        if isinstance(op, Affine):
+            z = op.W @ a + op.b
+            err = SAFETY * (rounding_error(op.W, op.b, np.abs(a)) + np.abs(op.W) @ err) + TINY
+            a = z
+        elif isinstance(op, Relu):
+            a = np.maximum(a, 0.0)
+        else:
+            a, err = a[op.groups].max(1), err[op.groups].max(1)
+        out.append((a, err))
+    return out
+
+
+def logits_enclosure(net, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A float64 forward pass at ``point`` and a bound on its total rounding error: the exact logits lie
-    within ``logits +- err`` (ReLU is 1-Lipschitz, so an activation's error is at most its input's)."""
-    a, err = np.asarray(point, float), np.zeros(len(point))
-    for k, (W, b) in enumerate(layers):
-        z = W @ a + b
-        err = SAFETY * (rounding_error(W, b, np.abs(a)) + np.abs(W) @ err) + TINY
-        if k == len(layers) - 1:
-            return z, err
-        a = np.maximum(z, 0.0)
-    raise ValueError("no layers")
+    within ``logits +- err``."""
+    return enclosures(net, point)[-1]
 
 
-def margin_lower_bounds(layers, point: np.ndarray, y: int) -> np.ndarray:
+def margin_lower_bounds(net, point: np.ndarray, y: int) -> np.ndarray:
     """Per class c, a certified lower bound of ``f_c(point) - f_y(point)`` (``-inf`` at c = y)."""
-    z, err = logits_enclosure(layers, point)
+    z, err = logits_enclosure(net, point)
     diff = z - z[y]
     low = diff - SAFETY * (err + err[y] + 2 * UNIT * np.abs(diff)) - TINY
     low[y] = -np.inf
     return low
 
 
-def preactivations_enclosure(layers, point: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per layer, an enclosure ``(z - err, z + err)`` of the exact pre-activations at ``point``."""
-    a, err, out = np.asarray(point, float), np.zeros(len(point)), []
-    for W, b in layers:
-        z = W @ a + b
-        err = SAFETY * (rounding_error(W, b, np.abs(a)) + np.abs(W) @ err) + TINY
-        out.append((z - err, z + err))
-        a = np.maximum(z, 0.0)
-    return out
+def preactivations_enclosure(net, point: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per op, an enclosure ``(v - err, v + err)`` of the exact values of its output at ``point``."""
+    return [(v - e, v + e) for v, e in enclosures(net, point)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,33 +189,35 @@ def make_witness(candidate: np.ndarray, x: np.ndarray, norm: str, eps: float) ->
     return None
 
 
-def exact_logits(layers, point: np.ndarray) -> list[Fraction]:
+def exact_logits(net, point: np.ndarray) -> list[Fraction]:
     """The network's logits at ``point`` in rational arithmetic (slow: used only where float64 cannot
     decide a sign, e.g. at a tie)."""
     a = [Fraction(float(v)) for v in point]
-    for k, (W, b) in enumerate(layers):
-        z = [sum((Fraction(float(w)) * v for w, v in zip(row, a) if w != 0 and v != 0), Fraction(float(bj)))
-             for row, bj in zip(W, b)]
-        if k == len(layers) - 1:
-            return z
-        a = [max(v, Fraction(0)) for v in z]
-    raise ValueError("no layers")
+    for op in as_ops(net):
+        if isinstance(op, Affine):
+            a = [sum((Fraction(float(row[i])) * a[i] for i in np.nonzero(row)[0] if a[i] != 0), Fraction(float(bj)))
+                 for row, bj in zip(op.W, op.b)]
+        elif isinstance(op, Relu):
+            a = [max(v, Fraction(0)) for v in a]
+        else:
+            a = [max(a[i] for i in g) for g in op.groups]
+    return a
 
 
-def witness_margin(layers, point: np.ndarray, y: int) -> tuple[int, float]:
+def witness_margin(net, point: np.ndarray, y: int) -> tuple[int, float]:
     """The wrong class with the largest certified margin lower bound at ``point``, and that bound. Where the
     float64 enclosure straddles 0 for some class, the margins are computed exactly instead (so that a tie,
     margin 0, counts as adversarial)."""
-    low = margin_lower_bounds(layers, point, y)
+    low = margin_lower_bounds(net, point, y)
     c = int(np.argmax(low))
     if low[c] >= 0:
         return c, float(low[c])
-    z, err = logits_enclosure(layers, point)
+    z, err = logits_enclosure(net, point)
     high = z - z[y] + SAFETY * (err + err[y] + 2 * UNIT * np.abs(z - z[y])) + TINY
     high[y] = -np.inf
     if high.max() < 0:
         return c, float(low[c])
-    exact = exact_logits(layers, point)
+    exact = exact_logits(net, point)
     margins = [exact[k] - exact[y] if k != y else None for k in range(len(exact))]
     best = max((k for k in range(len(exact)) if k != y), key=lambda k: margins[k])
     return best, float(margins[best]) if margins[best] >= 0 else float(low[c])

@@ -62,6 +62,9 @@ SOLVER_OPTIONS = {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_toleran
                   "dual_feasibility_tolerance": 1e-9}
 #: an infeasible MILP counts only where the tolerances' worst effect is below delta / SLACK_FACTOR
 SLACK_FACTOR = 10.0
+#: LP relaxations with more columns than this are solved by HiGHS's interior-point method (the paper's CNN:
+#: ~14,000 columns, 2-4x faster than dual simplex there); smaller ones by simplex
+IPM_ABOVE_COLUMNS = 5000
 #: how a wrong class was ruled out (the kinds an audit accepts)
 RULED_OUT_BY = ("bounds", "lp-dual", "milp")
 
@@ -70,8 +73,9 @@ def settings() -> dict:
     """Everything a verdict depends on besides the model, images, norm, eps and time limit: part of every
     study's request, so a study made under other settings is never reused."""
     return {"rule": "witness margin >= 0 (ties adversarial); robust: every class <= -delta",
-            "delta_rel": DELTA_REL, "slack_factor": SLACK_FACTOR, "solver": f"HiGHS {importlib.metadata.version('highspy')}",
-            "solver_options": dict(SOLVER_OPTIONS), "lp_cuts": LP_CUTS, "bounds": "outward-rounded, LP from the dual",
+            "delta_rel": DELTA_REL, "slack_factor": SLACK_FACTOR,
+            "solver": f"HiGHS {importlib.metadata.version('highspy')}", "solver_options": dict(SOLVER_OPTIONS),
+            "lp_cuts": LP_CUTS, "ipm_above_columns": IPM_ABOVE_COLUMNS, "bounds": "outward-rounded, LP from the dual",
             "witness": "float32 point, exact ball/box check, float64 margin with rounding bound"}
 
 
@@ -103,6 +107,86 @@ def relu_layers(model: nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
     if not layers or expect_linear:
         raise ValueError("exact verification needs a ReLU MLP ending in a Linear layer")
     return layers
+
+
+def network_ops(model: nn.Module, shape: tuple) -> list:
+    """A ReLU network (an MLP or a Table-II CNN) as :mod:`lossbook.core.certify` ops in float64, for inputs of
+    ``shape``. A Linear layer keeps its weights exactly; any other run of linear modules (a convolution and
+    the BatchNorm after it, or convolution, global average pooling, flatten and the last Linear) is
+    composed into one affine map in float64 (BatchNorm folded: the verified function differs from the float32
+    PyTorch model by rounding only); ReLU stays; 2x2 max-pooling becomes index groups."""
+    mods = [m for m in model.modules() if not isinstance(m, nn.Sequential)] if isinstance(model, nn.Sequential) \
+        else list(model.children())
+    ops, pending, cur = [], [], tuple(shape)
+
+    def flush():
+        nonlocal pending, cur
+        if not pending:
+            return
+        kinds = [type(m) for m in pending]
+        n = int(np.prod(cur))
+        if kinds in ([nn.Linear], [nn.Flatten, nn.Linear]):
+            lin = pending[-1]
+            W = lin.weight.detach().double().cpu().numpy()
+            b = lin.bias.detach().double().cpu().numpy() if lin.bias is not None else np.zeros(lin.out_features)
+        else:
+            with torch.no_grad():
+                b_t = _apply_linear(pending, torch.zeros(1, *cur, dtype=torch.float64), bias=True)
+                W_t = _apply_linear(pending, torch.eye(n, dtype=torch.float64).view(n, *cur), bias=False)
+            b, W = b_t.reshape(-1).numpy(), W_t.reshape(n, -1).T.numpy().copy()
+        ops.append(certify.Affine(W, b))
+        with torch.no_grad():
+            cur = tuple(_apply_linear(pending, torch.zeros(1, *cur, dtype=torch.float64), bias=True).shape[1:])
+        pending = []
+
+    for m in mods:
+        if isinstance(m, LINEAR_MODULES):
+            if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1)):
+                raise ValueError(f"exact verification handles global average pooling only, found {m}")
+            pending.append(m)
+        elif isinstance(m, nn.ReLU):
+            flush()
+            if not ops:
+                raise ValueError("exact verification needs a linear layer before the first ReLU")
+            ops.append(certify.Relu())
+        elif isinstance(m, nn.MaxPool2d):
+            flush()
+            if m.kernel_size not in (2, (2, 2)) or m.stride not in (2, (2, 2)) or m.padding not in (0, (0, 0)):
+                raise ValueError(f"exact verification handles 2x2 max-pooling with stride 2 only, found {m}")
+            c, h, w = cur
+            idx = np.arange(c * h * w).reshape(c, h, w)[:, :h // 2 * 2, :w // 2 * 2]
+            groups = idx.reshape(c, h // 2, 2, w // 2, 2).transpose(0, 1, 3, 2, 4).reshape(-1, 4)
+            ops.append(certify.MaxPool(groups))
+            cur = (c, h // 2, w // 2)
+        else:
+            raise ValueError(f"exact verification handles Linear, Conv2d, BatchNorm, ReLU, 2x2 MaxPool, global average "
+                             f"pooling and Flatten; found {type(m).__name__}")
+    flush()
+    if not ops or not isinstance(ops[-1], certify.Affine):
+        raise ValueError("exact verification needs a network ending in a linear layer")
+    return ops
+
+
+LINEAR_MODULES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout)
+
+
+def _apply_linear(mods, t: torch.Tensor, bias: bool) -> torch.Tensor:
+    """A run of linear modules in float64 (eval mode), with or without their constant terms."""
+    for m in mods:
+        if isinstance(m, nn.Conv2d):
+            t = nn.functional.conv2d(t, m.weight.double(), m.bias.double() if bias and m.bias is not None else None,
+                                     m.stride, m.padding, m.dilation, m.groups)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            s = m.weight.double() / torch.sqrt(m.running_var.double() + m.eps)
+            view = (1, -1) + (1,) * (t.dim() - 2)
+            t = t * s.view(view) + ((m.bias.double() - m.running_mean.double() * s).view(view) if bias else 0.0)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            t = t.mean((2, 3), keepdim=True)
+        elif isinstance(m, nn.Flatten):
+            t = t.flatten(1)
+        elif isinstance(m, nn.Linear):
+            t = nn.functional.linear(t, m.weight.double(), m.bias.double() if bias and m.bias is not None else None)
+    return t
 
 
 def input_box(x: np.ndarray, norm: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -150,9 +234,10 @@ def first_layer_bounds(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, e
 # The MILP
 # ------------------------------------------------------------------------------------------------
 class _Model:
-    """Columns and rows of one image's problem in HiGHS (inputs, then per layer z and a, then binaries)."""
+    """Columns and rows of one image's problem in HiGHS: the inputs, then each op's outputs (a stable ReLU, or
+    a max-pool that one input decides, reuses its input's column), then the binaries."""
 
-    def __init__(self, layers, x, norm, eps, bounds, integer: bool, time_limit: float):
+    def __init__(self, net, x, norm, eps, bounds, integer: bool, time_limit: float):
         self.h = h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", float(time_limit))
@@ -162,7 +247,7 @@ class _Model:
         h.setOptionValue("mip_max_improving_sols", 1)  # one point past the threshold is enough
         self.inf = highspy.kHighsInf
         self.x0, self.norm, self.eps = x, norm, eps
-        self.bounds = bounds
+        ops = certify.as_ops(net)
         lo, hi = input_box(x, norm, eps)
         self.n = 0
         self.x_cols = self._cols(lo, hi)
@@ -171,39 +256,70 @@ class _Model:
             for i in range(len(x)):
                 self._row(x[i], x[i], [self.x_cols[i], dp[i], dm[i]], [1.0, -1.0, 1.0])
             self._row(-self.inf, eps, list(dp) + list(dm), [1.0] * (2 * len(x)))
-        prev = self.x_cols
+        prev, prev_bounds = self.x_cols, (lo, hi)
         self.unstable = self.stable = 0
         self.binaries = []
-        self.last_binaries: dict[int, int] = {}  # neuron of the last hidden layer -> its binary's column
-        for k, (W, b) in enumerate(layers):
+        self.last_binaries: dict[int, int] = {}  # neuron of a ReLU just before the last op -> its binary's column
+        for k, op in enumerate(ops):
             l, u = bounds[k]
-            z = self._cols(l, u)
-            for j in range(W.shape[0]):  # z_j - W_j a = b_j
-                nz = np.nonzero(W[j])[0]
-                self._row(b[j], b[j], [z[j]] + [prev[i] for i in nz], [1.0] + list(-W[j, nz]))
-            if k == len(layers) - 1:
-                self.logits = z
-                break
-            a = self._cols(np.maximum(l, 0), np.maximum(u, 0))
-            for j in range(W.shape[0]):
-                if u[j] <= 0 or l[j] >= 0:  # stable: a = 0 (bounds) or a = z
-                    self.stable += 1
-                    if l[j] >= 0:
-                        self._row(0.0, 0.0, [a[j], z[j]], [1.0, -1.0])
-                    continue
-                self.unstable += 1
-                d = self._cols(np.zeros(1), np.ones(1))[0]
-                self.binaries.append(d)
-                if k == len(layers) - 2:
-                    self.last_binaries[j] = d
-                self._row(0.0, self.inf, [a[j], z[j]], [1.0, -1.0])  # a >= z
-                self._row(-self.inf, -l[j], [a[j], z[j], d], [1.0, -1.0, -l[j]])  # a <= z - l (1 - d)
-                self._row(-self.inf, 0.0, [a[j], d], [1.0, -u[j]])  # a <= u d
-            prev = a
+            if isinstance(op, certify.Affine):
+                z = self._cols(l, u)
+                for j in range(op.W.shape[0]):  # z_j - W_j a = b_j
+                    nz = np.nonzero(op.W[j])[0]
+                    self._row(op.b[j], op.b[j], [z[j]] + [prev[i] for i in nz], [1.0] + list(-op.W[j, nz]))
+                prev = z
+            elif isinstance(op, certify.Relu):
+                prev = self._relu(prev, *prev_bounds, last=k == len(ops) - 2)
+            else:
+                prev = self._maxpool(prev, *prev_bounds, op.groups, l, u)
+            prev_bounds = (l, u)
+        self.logits = prev
         self.integer = integer
         if integer and self.binaries:
             self._integrality(self.binaries, True)
         self._matrix_key, self._matrix = None, None
+
+    def _relu(self, z, l, u, last: bool) -> np.ndarray:
+        a = z.copy()
+        for j in range(len(z)):
+            if l[j] >= 0:  # stable: a = z (the same column)
+                self.stable += 1
+                continue
+            if u[j] <= 0:  # stable: a = 0
+                self.stable += 1
+                a[j] = self._cols(np.zeros(1), np.zeros(1))[0]
+                continue
+            self.unstable += 1
+            a[j] = self._cols(np.zeros(1), np.array([u[j]]))[0]
+            d = self._cols(np.zeros(1), np.ones(1))[0]
+            self.binaries.append(d)
+            if last:
+                self.last_binaries[j] = d
+            self._row(0.0, self.inf, [a[j], z[j]], [1.0, -1.0])  # a >= z
+            self._row(-self.inf, -l[j], [a[j], z[j], d], [1.0, -1.0, -l[j]])  # a <= z - l (1 - d)
+            self._row(-self.inf, 0.0, [a[j], d], [1.0, -u[j]])  # a <= u d
+        return a
+
+    def _maxpool(self, a, l, u, groups, out_l, out_u) -> np.ndarray:
+        """m = max of each group: inputs whose upper bound is below another's lower bound cannot be the max;
+        one candidate left is the max (its column); else m >= a_i and m <= a_i + (U - l_i)(1 - s_i) with one
+        binary s_i per candidate, sum s_i = 1."""
+        m = np.empty(len(groups), dtype=int)
+        for g, idx in enumerate(groups):
+            floor = l[idx].max()
+            cand = [i for i in idx if u[i] > floor or l[i] == floor]
+            if len(cand) == 1:
+                m[g] = a[cand[0]]
+                continue
+            top = u[idx].max()
+            m[g] = self._cols(np.array([out_l[g]]), np.array([out_u[g]]))[0]
+            s = self._cols(np.zeros(len(cand)), np.ones(len(cand)))
+            self.binaries += list(s)
+            for i, si in zip(cand, s):
+                self._row(0.0, self.inf, [m[g], a[i]], [1.0, -1.0])  # m >= a_i
+                self._row(-self.inf, top - l[i], [m[g], a[i], si], [1.0, -1.0, top - l[i]])  # m <= a_i + (U - l_i)(1 - s_i)
+            self._row(1.0, 1.0, list(s), [1.0] * len(s))
+        return m
 
     def cut(self, point: np.ndarray) -> bool:
         """l_2: if ``point`` lies outside the ball, add the tangent half-space that separates it
@@ -260,6 +376,7 @@ class _Model:
         """The classes whose LP relaxation (binaries relaxed) proves ``f_c - f_y <= -delta``: the bound comes
         from the dual (certified); for l_2 the optimum is first cut off while it lies outside the ball."""
         self._integrality(self.binaries, False)
+        self.lp_solver(True)
         out = []
         for c in classes:
             coefs = {self.logits[c]: 1.0, self.logits[y]: -1.0}
@@ -273,9 +390,15 @@ class _Model:
             if self.safe_bound(coefs) <= -delta:
                 out.append(c)
         self.objective({})
+        self.lp_solver(False)
         if self.integer:
             self._integrality(self.binaries, True)
         return out
+
+    def lp_solver(self, relaxed: bool) -> None:
+        """Interior point for the LP relaxation of a large problem (:data:`IPM_ABOVE_COLUMNS`), HiGHS's own
+        choice otherwise (and always for the MILP)."""
+        self.h.setOptionValue("solver", "ipm" if relaxed and self.n > IPM_ABOVE_COLUMNS else "choose")
 
     def for_class(self, w_out: np.ndarray) -> int:
         """Keep binaries only where they matter for "class c beats y": a neuron of the last hidden layer
@@ -308,25 +431,34 @@ class _Model:
         self.h.changeObjectiveSense(highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize)
 
 
-def tightened_bounds(layers, x: np.ndarray, norm: str, eps: float, lp: bool = True,
+def tightened_bounds(net, x: np.ndarray, norm: str, eps: float, lp: bool = True,
                      time_limit: float = 10.0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Certified pre-activation bounds of every layer: exact for the first (up to rounding, bounded), then
-    outward-rounded interval arithmetic, then (``lp``) one LP per unstable neuron over the relaxation of the
-    layers before, its bound re-derived from the LP's dual."""
-    bounds = [first_layer_bounds(*layers[0], x, norm, eps)]
-    for k in range(1, len(layers)):
-        W, b = layers[k]
-        l, u = bounds[-1]
-        lo, hi = certify.affine_bounds(W, b, np.maximum(l, 0), np.maximum(u, 0))
-        if lp:
-            relax = _Model(layers[:k + 1], x, norm, eps, bounds + [(lo, hi)], integer=False, time_limit=time_limit)
+    """Certified bounds of every op's output: the first (affine) op exactly over the set (up to rounding, bounded),
+    then outward-rounded interval arithmetic, and (``lp``) for each later affine op one LP per unstable
+    neuron over the relaxation of the ops before, its bound re-derived from the LP's dual."""
+    ops = certify.as_ops(net)
+    if not isinstance(ops[0], certify.Affine):
+        raise ValueError(f"exact verification needs a network that starts with a linear layer, found "
+                         f"{type(ops[0]).__name__}")
+    bounds = [first_layer_bounds(ops[0].W, ops[0].b, x, norm, eps)]
+    for k in range(1, len(ops)):
+        op, (l, u) = ops[k], bounds[-1]
+        if isinstance(op, certify.Relu):
+            bounds.append((np.maximum(l, 0.0), np.maximum(u, 0.0)))
+            continue
+        if isinstance(op, certify.MaxPool):
+            bounds.append((l[op.groups].max(1), u[op.groups].max(1)))
+            continue
+        lo, hi = certify.affine_bounds(op.W, op.b, l, u)
+        if lp and k < len(ops) - 1:  # the logits' bounds come from the per-class LPs instead
+            relax = _Model(ops[:k + 1], x, norm, eps, bounds + [(lo, hi)], integer=False, time_limit=time_limit)
+            relax.lp_solver(True)
             for j in np.nonzero((lo < 0) & (hi > 0))[0]:
-                for sense in (True, False):
-                    sign = 1.0 if sense else -1.0
+                for sign in (1.0, -1.0):
                     relax.objective({relax.logits[j]: sign})
                     relax.h.run()
                     bound = relax.safe_bound({relax.logits[j]: sign})  # max of sign * z_j
-                    if sense:
+                    if sign > 0:
                         hi[j] = min(hi[j], bound)
                     else:
                         lo[j] = max(lo[j], -bound)
@@ -334,22 +466,29 @@ def tightened_bounds(layers, x: np.ndarray, norm: str, eps: float, lp: bool = Tr
     return bounds
 
 
-def tolerance_slack(layers, bounds, norm: str, eps: float) -> float:
+def tolerance_slack(net, bounds, norm: str, eps: float) -> float:
     """The largest error in f_c - f_y that a MILP point meeting HiGHS's tolerances (not exactly feasible)
-    could carry, for any pair of classes: integrality slack tau_i lets an unstable activation be off by
-    ``tau_i max(|l|, u)``, row and bound slack tau_f off by ``tau_f`` per row; the errors are carried to the
-    logits through ``|W|``. An infeasible MILP counts as a proof only where this is below delta / SLACK_FACTOR."""
+    could carry, for any pair of classes: integrality slack tau_i lets an unstable activation (or a max) be off
+    by ``tau_i`` times its big-M, row and bound slack ``tau_f`` per row; the errors are carried to the logits
+    through ``|W|``. An infeasible MILP counts as a proof only where this is below delta / SLACK_FACTOR."""
     tau_i = SOLVER_OPTIONS["mip_feasibility_tolerance"]
     tau_f = max(SOLVER_OPTIONS["primal_feasibility_tolerance"], tau_i)
-    n_in = layers[0][0].shape[1]
+    ops = certify.as_ops(net)
+    n_in = ops[0].W.shape[1]
     err = np.full(n_in, tau_f * (2 * n_in + 2 if norm == "l1" else 2))  # input columns (and the l_1 budget row)
-    for k, (W, _) in enumerate(layers):
-        err = np.abs(W) @ err + 2 * tau_f  # the row z = W a + b, and z's bounds
-        if k == len(layers) - 1:
-            return float(2 * err.max() + tau_f)  # two logits, and the threshold row
-        l, u = bounds[k]
-        err = err + 3 * tau_f + tau_i * np.maximum(np.abs(l), np.abs(u))
-    return float("inf")
+    prev = None
+    for k, op in enumerate(ops):
+        if isinstance(op, certify.Affine):
+            err = np.abs(op.W) @ err + 2 * tau_f  # the row z = W a + b, and z's bounds
+        elif isinstance(op, certify.Relu):
+            l, u = prev
+            err = err + 3 * tau_f + tau_i * np.maximum(np.abs(l), np.abs(u))
+        else:
+            l, u = prev
+            big_m = u[op.groups].max(1, keepdims=True) - l[op.groups]
+            err = err[op.groups].max(1) + 3 * tau_f + tau_i * big_m.max(1) * op.groups.shape[1]
+        prev = bounds[k]
+    return float(2 * err.max() + tau_f)  # two logits, and the threshold row
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,11 +527,11 @@ class _Witnesses:
 
 
 def _check_point(layers, bounds, point: np.ndarray) -> None:
-    """A point of the feasible set must have its certified pre-activations inside the bounds."""
+    """A point of the feasible set must have every op's certified output inside the bounds."""
     for k, ((zl, zh), (l, u)) in enumerate(zip(certify.preactivations_enclosure(layers, point), bounds)):
         if np.any(zh < l) or np.any(zl > u):
             j = int(np.argmax(np.maximum(l - zh, zl - u)))
-            raise UnsoundBounds(f"layer {k} neuron {j}: a feasible point's pre-activation [{zl[j]:.6g}, {zh[j]:.6g}] "
+            raise UnsoundBounds(f"op {k} unit {j}: a feasible point's value [{zl[j]:.6g}, {zh[j]:.6g}] "
                                 f"leaves the bounds [{l[j]:.6g}, {u[j]:.6g}] the MILP was built on")
 
 
@@ -401,8 +540,9 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     """Decide one image by the rule of the module docstring; ``candidates`` are attack points tried first.
     (``model`` and ``shape`` are unused: every check is made on ``layers`` in float64.)"""
     t0 = time.perf_counter()
-    wit = _Witnesses(layers, x, y, norm, eps)
-    logits_x, _ = certify.logits_enclosure(layers, x)
+    ops = certify.as_ops(layers)
+    wit = _Witnesses(ops, x, y, norm, eps)
+    logits_x, _ = certify.logits_enclosure(ops, x)
     delta = DELTA_REL * max(1.0, float(np.abs(logits_x).max()))
     for cand in candidates:
         found = wit.check(cand)
@@ -410,8 +550,8 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
             p, c, low = found
             return ImageResult(index, y, "vulnerable", "attack", time.perf_counter() - t0, witness=p, predicted=c,
                                witness_margin=low, delta=delta)
-    bounds = tightened_bounds(layers, x, norm, eps, lp=lp_bounds)
-    n_classes = layers[-1][0].shape[0]
+    bounds = tightened_bounds(ops, x, norm, eps, lp=lp_bounds)
+    n_classes = ops[-1].W.shape[0]
     classes = [c for c in (class_order if class_order is not None else range(n_classes)) if c != y]
     l_out, u_out = bounds[-1]
     ruled = {k: 0 for k in RULED_OUT_BY}
@@ -419,8 +559,8 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     by_bounds = [c for c in classes if (u_out[c] - l_out[y]) * (1 + 4 * certify.UNIT) + certify.TINY <= -delta]
     ruled["bounds"] = len(by_bounds)
     classes = [c for c in classes if c not in by_bounds]
-    slack = tolerance_slack(layers, bounds, norm, eps)
-    m = _Model(layers, x, norm, eps, bounds, integer=True, time_limit=time_limit) if classes else None
+    slack = tolerance_slack(ops, bounds, norm, eps)
+    m = _Model(ops, x, norm, eps, bounds, integer=True, time_limit=time_limit) if classes else None
     if m is not None:
         lp_out = m.lp_ruled_out(classes, y, delta)
         ruled["lp-dual"] = len(lp_out)
@@ -428,7 +568,7 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     unknown = None
 
     def result(status, by, **kw):
-        unstable, stable = (m.unstable, m.stable) if m is not None else _count_unstable(bounds)
+        unstable, stable = (m.unstable, m.stable) if m is not None else _count_unstable(ops, bounds)
         return ImageResult(index, y, status, by, time.perf_counter() - t0, unstable, stable, delta=delta,
                            ruled_out=ruled, slack=slack, **kw)
 
@@ -437,7 +577,7 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
         if left <= 0:
             unknown = "time limit"
             break
-        m.for_class(layers[-1][0][c] - layers[-1][0][y])
+        m.for_class(ops[-1].W[c] - ops[-1].W[y])
         m.objective({m.logits[c]: 1.0, m.logits[y]: -1.0})  # guides the branching
         for first_only in (True, False):  # the first point past -delta; then, if it is no witness, the maximum
             m.h.setOptionValue("mip_max_improving_sols", 1 if first_only else 2147483647)
@@ -455,7 +595,7 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
                 if raw is not None:
                     found = wit.check(raw)
                     if found is not None:
-                        _check_point(layers, bounds, found[0].astype(float))
+                        _check_point(ops, bounds, found[0].astype(float))
                         p, cw, low = found
                         return result("vulnerable", "milp", witness=p, predicted=cw, witness_margin=low)
                 if raw is None or not m.cut(raw):
@@ -472,10 +612,11 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     return result("robust", "milp")
 
 
-def _count_unstable(bounds) -> tuple[int, int]:
-    hidden = bounds[:-1]
-    unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in hidden)
-    return unstable, sum(len(l) for l, _ in hidden) - unstable
+def _count_unstable(ops, bounds) -> tuple[int, int]:
+    """(unstable, stable) ReLUs: those whose input bounds straddle 0, and the others."""
+    inputs = [bounds[k - 1] for k, op in enumerate(ops) if isinstance(op, certify.Relu)]
+    unstable = sum(int(((l < 0) & (u > 0)).sum()) for l, u in inputs)
+    return unstable, sum(len(l) for l, _ in inputs) - unstable
 
 
 def exact_risk(results: list[ImageResult]) -> tuple[float, float]:
@@ -526,7 +667,7 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
     todo = [k for k, i in enumerate(indices) if i not in done]
     if todo:
         with eval_mode(model):
-            layers = relu_layers(model)
+            layers = network_ops(model, tuple(x.shape[1:]))
             cands, order = attack_candidates(model, x, y, norm, eps)  # all images: the same starts on a resume
             for k in tqdm(todo, desc=f"exact {norm} eps={eps}", **quiet(progress)):
                 r = verify_image(model, layers, x[k].reshape(-1).double().numpy(), int(y[k]), norm, eps,
@@ -546,7 +687,8 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float) ->
     robust image ruled out every wrong class by a known kind of proof with a delta of the rule; every unknown
     image says why. ``images`` maps each row's index to its (float64 image, label)."""
     problems = []
-    n_classes = layers[-1][0].shape[0]
+    layers = certify.as_ops(layers)
+    n_classes = layers[-1].W.shape[0]
     for r in rows:
         i = r["index"]
         if i not in images:
