@@ -138,8 +138,16 @@ def _atras(args) -> None:
 def _exact(args) -> None:
     from dataclasses import replace
 
-    from lossbook.chapters.exact_risk import exact_summary, run_study, select_studies
+    from lossbook.chapters.exact_risk import eps_curve, exact_summary, run_paper_net, run_study, select_studies
 
+    if args.paper_net:  # the paper's networks: the decided-share curve, then every attack at the chosen eps
+        for name in args.paper_net:
+            table = run_paper_net(name, args.scale, progress=not args.quiet)
+            print(eps_curve(name, args.scale).to_string(index=False))
+            if table is not None:
+                s = exact_summary(table)
+                print(f"{name}: R in [{s['R_low']:.3f}, {s['R_high']:.3f}] on {s['images']} images")
+        return
     chosen = select_studies(",".join(args.studies) if args.studies else "all", args.scale, args.images or 0,
                             args.time_limit or 0.0)
     if args.eps is not None:  # every study checked (its norm's bound) before any solver runs
@@ -305,7 +313,7 @@ def _atras_command(sub, fmt=DefaultsHelpFormatter) -> None:
 
 def _exact_command(sub, fmt=DefaultsHelpFormatter) -> None:
     """The ``exact`` subcommand."""
-    from lossbook.chapters.exact_risk import STUDIES
+    from lossbook.chapters.exact_risk import PAPER_NETS, STUDIES
 
     e = sub.add_parser("exact", formatter_class=fmt, help="chapter 07: exact risk of small ReLU MLPs (MILP) and every "
                        "attack's error E = R - R'' (resumes: each image is saved as it ends)",
@@ -324,6 +332,10 @@ def _exact_command(sub, fmt=DefaultsHelpFormatter) -> None:
     e.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="ray: the verification as Ray tasks over shards of 50 images (results shared as for grid)")
     e.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else 'auto')")
+    e.add_argument("--paper-net", nargs="+", default=None, choices=PAPER_NETS, metavar="NET",
+                   help=f"instead of the studies: the paper's 160-epoch network(s) ({', '.join(PAPER_NETS)}): the "
+                   "share of images decided against eps, then every attack at the largest eps with 90%% decided "
+                   "(hours on one core)")
     e.set_defaults(func=_exact)
 
 

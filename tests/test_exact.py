@@ -144,3 +144,58 @@ def test_a_set_resumes_where_it_stopped_and_equals_an_uninterrupted_run(tmp_path
 
     s = exact_summary(pd.DataFrame(resumed))
     assert s["images"] == 12 and s["robust"] + s["vulnerable"] + s["unknown"] == 12 and s["R_low"] <= s["R_high"]
+
+
+def _tiny_cnn(seed=0):
+    """Conv(1->3, 3x3 'same') + BatchNorm + ReLU + MaxPool(2) + global average pooling + Linear, on 2x2 images:
+    every layer kind of the paper's NET-1, in 4 input dimensions (small enough for a grid)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.2, 0.2)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def test_a_cnn_becomes_ops_that_compute_the_same_logits():
+    model = _tiny_cnn()
+    ops = X.network_ops(model, (1, 2, 2))
+    assert [type(o).__name__ for o in ops] == ["Affine", "Relu", "MaxPool", "Affine"]
+    x = torch.rand(20, 1, 2, 2)
+    with torch.no_grad():
+        f32 = model(x).double().numpy()
+    from lossbook.core import certify
+
+    f64 = np.stack([certify.logits_enclosure(ops, xi.reshape(-1).double().numpy())[0] for xi in x])
+    assert np.abs(f64 - f32).max() < 1e-5
+    with pytest.raises(ValueError, match="handles 2x2 max-pooling with stride 2 only"):
+        X.network_ops(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3), nn.Flatten(),
+                                    nn.Linear(2, 3)), (1, 6, 6))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l1", 0.2)])
+def test_a_cnn_with_batchnorm_and_max_pooling_against_brute_force(norm, eps):
+    model = _tiny_cnn(seed=2)  # a seed whose boundary crosses the unit box (27 images of class 0, 3 of class 2)
+    ops = X.network_ops(model, (1, 2, 2))
+    rng = np.random.default_rng(3)
+    xs = rng.random((30, 4)).astype(np.float32).astype(float)
+    with torch.no_grad():
+        ys = model(torch.tensor(xs, dtype=torch.float32).view(-1, 1, 2, 2)).argmax(1).numpy()
+    grid = np.linspace(-1, 1, 17)
+    offsets = np.stack(np.meshgrid(grid, grid, grid, grid), -1).reshape(-1, 4)
+    agree, broken = 0, 0
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        r = X.verify_image(model, ops, x, int(y), norm, eps, index=i, time_limit=30)
+        pts = np.clip(x + eps * offsets, 0, 1)
+        pts = pts[_norm(pts - x, norm) <= eps]
+        with torch.no_grad():
+            found = bool((model(torch.tensor(pts, dtype=torch.float32).view(-1, 1, 2, 2)).argmax(1).numpy() != y).any())
+        assert r.status in ("robust", "vulnerable")
+        if found:
+            assert r.status == "vulnerable", f"point {i}: the grid breaks it, the verifier says robust"
+        agree += (r.status == "vulnerable") == found
+        broken += found
+    assert agree >= 27 and 3 <= broken <= 27  # disagreements only where the region is finer than the grid

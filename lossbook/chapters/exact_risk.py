@@ -27,15 +27,15 @@ import torch
 from tqdm.auto import tqdm
 
 from lossbook import runner, store
-from lossbook.chapters import atras_sweep
+from lossbook.chapters import atras_sweep, transfer
 from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
 from lossbook.core import certify, data, exact
 from lossbook.core.attack_registry import attack_names, run_attacks
 from lossbook.core.attacks import evaluation_images, pgd
-from lossbook.core.losses import compile_formula
+from lossbook.core.losses import RELEASED_FORMULAS, compile_formula, released_loss
 from lossbook.core.models import build_model
 from lossbook.core.stats import direction, exact_gain, risk_interval
-from lossbook.core.train import adversarial_loss, fit
+from lossbook.core.train import adversarial_loss, fit, load_model
 from lossbook.params import (
     Param,
     common,
@@ -47,17 +47,19 @@ from lossbook.search.engine import CHECKPOINT_SUFFIX, run_search
 from lossbook.search.fitness import Evaluator
 from lossbook.search.settings import SEARCH_PRESETS
 
-TRAININGS_EXACT = ("st", "fgsm", "pgd")
+TRAININGS_EXACT = ("st", "fgsm", "pgd", "at")
 
 
 @dataclass(frozen=True)
 class ExactModel:
-    """A network small enough to verify: an MLP on ``dataset`` with ``hidden`` widths and ``training``."""
+    """A network small enough to verify: an MLP on ``dataset`` with ``hidden`` widths and ``training``, trained
+    here; or (``net`` "net1") AutoLoss-AR's NET-1 as trained by ``python -m lossbook train --scale paper``."""
 
     name: str
     dataset: str
     hidden: tuple
-    training: str  # st | fgsm (ATRAS: continues from ST) | pgd (PGD-AT from scratch)
+    training: str  # st | fgsm (ATRAS: continues from ST) | pgd (PGD-AT from scratch) | at (the paper's PGD-AT)
+    net: str = "mlp"
 
     def __post_init__(self):
         check_choice("training of a verified model", self.training, TRAININGS_EXACT)
@@ -70,7 +72,15 @@ MODELS = {m.name: m for m in (
     ExactModel("mnist-mlp8x128-fgsm", "mnist", (8, 128), "fgsm"),
     ExactModel("mnist-mlp32x32-pgd", "mnist", (32, 32), "pgd"),
     ExactModel("cifar10-mlp64-fgsm", "cifar10", (64,), "fgsm"),
+    # the paper's own MNIST network at its schedule (160 epochs), standard and PGD adversarial training
+    ExactModel("mnist-net1-at", "mnist", (), "at", net="net1"),
+    ExactModel("mnist-net1-st", "mnist", (), "st", net="net1"),
 )}
+#: the paper's networks: verified on the first ``PAPER_NET_IMAGES`` images at the largest eps of ``CURVE_EPS``
+#: where at least ``DECIDED_SHARE`` of the first ``CURVE_IMAGES`` images are decided within the time limit
+PAPER_NETS = ("mnist-net1-at", "mnist-net1-st")
+CURVE_EPS = {"mnist-net1-at": (0.005, 0.01, 0.02, 0.03, 0.04, 0.05), "mnist-net1-st": (0.001, 0.002, 0.003, 0.005)}
+CURVE_IMAGES, PAPER_NET_IMAGES, PAPER_NET_TIME_LIMIT, DECIDED_SHARE = 40, 200, 60.0, 0.9
 #: PGD-AT of the verified MLP (Madry et al.: adversarial examples only, l_inf, from scratch)
 PGD_AT = {"mnist": dict(eps=0.1, steps=10, step_size=0.025), "cifar10": dict(eps=8 / 255, steps=10, step_size=2 / 255)}
 
@@ -163,6 +173,8 @@ def load_verified_model(name: str, scale: str, train: bool = True, progress: boo
     """A verified model (trained as :data:`MODELS` says at ``scale``, saved as arrays with its record)."""
     check_choice("verified model", name, MODELS)
     spec = MODELS[name]
+    if spec.net != "mlp":  # trained by the train command at the paper's schedule, never here
+        return load_model(spec.dataset, spec.net, spec.training, "paper", device=torch.device("cpu")).eval()
     cfg = atras_sweep.atras_config(spec.dataset, "smoke" if scale == "smoke" else "cpu")
     path = study_dir(scale, root) / "models" / f"{name}.npz"
     request = _model_request(spec, cfg)
@@ -181,17 +193,38 @@ def load_verified_model(name: str, scale: str, train: bool = True, progress: boo
 # Every attack, per image
 # ------------------------------------------------------------------------------------------------
 def attack_outcomes(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, searched_loss=None,
-                    seed: int = 0, progress: bool = False) -> pd.DataFrame:
+                    seed: int = 0, progress: bool = False, released: bool = False) -> pd.DataFrame:
     """One boolean column per attack of the registry under ``norm`` (True: that attack broke the image), one
-    row per image; the searched PGD loss only where ``searched_loss`` is given."""
+    row per image; the searched PGD loss only where ``searched_loss`` is given; with ``released``, PGD-10
+    with each of the AutoLoss-AR authors' released losses too (:func:`released_names`)."""
     names = attack_names(norm, searched=searched_loss is not None)
-    return run_attacks(names, model, x, y, norm, eps, searched_loss, seed=seed, progress=progress)
+    table = run_attacks(names, model, x, y, norm, eps, searched_loss, seed=seed, progress=progress)
+    if released:
+        res = pgd(model, x, y, [released_loss(k) for k in RELEASED_FORMULAS], norm=norm, eps=eps, steps=10, seed=seed)
+        for k, name in enumerate(released_names()):
+            table[name] = res.broken[k].numpy()
+    return table
+
+
+def released_names() -> list[str]:
+    """The columns of PGD-10 with the authors' released losses (their repository's ``losses.py``)."""
+    return [f"PGD-10 released {k}" for k in RELEASED_FORMULAS]
+
+
+def attack_columns(table: pd.DataFrame, norm: str) -> list[str]:
+    """The attack columns of a study's table, in the registry's order, the released losses after them."""
+    return [a for a in attack_names(norm) + released_names() if a in table.columns]
 
 
 def searched_loss_for(model, study: Study, scale: str, root: Path | None = None, progress: bool = False):
-    """A loss searched by GP on this model (on the test images after the verified ones), saved as a run."""
+    """A loss searched by GP on this model (on the test images after the verified ones), saved as a run. For
+    the paper's networks: the paper arm's selected loss of the same setting (searched on that very model, at the
+    arm's eps)."""
     cfg = SEARCH_PRESETS["smoke" if scale == "smoke" else "cpu"]
     spec = MODELS[study.model]
+    if spec.net != "mlp":
+        found = transfer.searched_loss(f"paper-arm:{spec.dataset}-{spec.net}-{spec.training}-{study.norm}", "cpu")
+        return found.loss(), {"best": found.formula, "source": found.source, "eps": found.setting.eps}
     xs, ys, _ = evaluation_images(model, spec.dataset, cfg.n_images, skip=study.n_images)
     target = _Target(study.name(), study.norm, study.eps)
     path = study_dir(scale, root) / f"{study.name()}-search.json"
@@ -253,18 +286,82 @@ def run_study(study: Study, scale: str, root: Path | None = None, progress: bool
     def compute():
         table = pd.DataFrame([{**{k: r[k] for k in ("index", "label", "status", "by", "seconds", "unstable", "stable")},
                                "milp_proofs": r["ruled_out"].get("milp", 0)} for r in rows])
-        return pd.concat([table, attack_outcomes(model, x, y, study.norm, study.eps, loss)], axis=1)
-    table = store.cached(path, {**request, "n_images": study.n_images, "attacks": attack_names(study.norm)}, compute)
+        return pd.concat([table, attack_outcomes(model, x, y, study.norm, study.eps, loss, released=released)], axis=1)
+    released = spec.net != "mlp"
+    attacks = attack_names(study.norm) + (released_names() if released else [])
+    table = store.cached(path, {**request, "n_images": study.n_images, "attacks": attacks}, compute)
     check_soundness(table, study.name())
     return table
 
 
 def check_soundness(table: pd.DataFrame, what: str = "") -> None:
     """An image proven robust that some attack broke would be a bug in the verifier or the attack."""
-    attacks = [c for c in table.columns if c in set().union(*(attack_names(n) for n in exact.NORMS_EXACT))]
+    attacks = [c for c in table.columns if c in set().union(*(attack_names(n) for n in exact.NORMS_EXACT), released_names())]
     bad = table[(table["status"] == "robust") & table[attacks].any(axis=1)]
     if len(bad):
         raise AssertionError(f"{what}: images {bad['index'].tolist()} are proven robust but an attack broke them")
+
+
+# ------------------------------------------------------------------------------------------------
+# The paper's own network: how far exact verification reaches, then every attack at that eps
+# ------------------------------------------------------------------------------------------------
+def curve_studies(name: str) -> list[Study]:
+    """The studies of the decided-share curve of a paper network: its first ``CURVE_IMAGES`` images at each
+    eps of :data:`CURVE_EPS` (the main study at the chosen eps resumes from the same files)."""
+    check_choice("paper network", name, PAPER_NETS)
+    return [Study(name, "linf", e, CURVE_IMAGES, PAPER_NET_TIME_LIMIT) for e in CURVE_EPS[name]]
+
+
+def eps_curve(name: str, scale: str = "cpu", compute: bool = False, progress: bool = False,
+              root: Path | None = None) -> pd.DataFrame:
+    """Per eps of the curve: robust, vulnerable and unknown images, the decided share with its 95% interval,
+    and the solver's median time; verified where missing with ``compute`` (resumable), else only the eps
+    whose images are all saved."""
+    rows = []
+    model = load_verified_model(name, scale, train=False, root=root)
+    spec = MODELS[name]
+    x, y, idx = evaluation_images(model, spec.dataset, CURVE_IMAGES)
+    for st in curve_studies(name):
+        path, request = exact_path(st, scale, root), exact_request(st)
+        saved = store.load(path, request) if store.matches(path, request) else []
+        if compute:
+            saved = exact.verify_set(model, x, y, st.norm, st.eps, path, request, indices=idx.tolist(),
+                                     time_limit=st.time_limit, progress=progress)
+        mine = [r for r in saved if r["index"] in set(idx.tolist())]
+        if len(mine) < CURVE_IMAGES:
+            continue
+        count = {k: sum(r["status"] == k for r in mine) for k in exact.STATUSES}
+        decided = np.array([r["status"] != "unknown" for r in mine])
+        lo, hi = risk_interval(decided)
+        rows.append({"eps": st.eps, "images": len(mine), **count, "decided share": decided.mean(),
+                     "decided 95% low": lo, "decided 95% high": hi,
+                     "solver median s": float(np.median([r["seconds"] for r in mine if r["by"] != "attack"] or [0.0])),
+                     "unstable ReLUs (median)": float(np.median([r["unstable"] for r in mine if r["by"] != "attack"]
+                                                                or [0.0]))})
+    return pd.DataFrame(rows)
+
+
+def chosen_eps(curve: pd.DataFrame) -> float | None:
+    """The largest eps of the curve with at least ``DECIDED_SHARE`` of its images decided (None if none)."""
+    ok = curve[curve["decided share"] >= DECIDED_SHARE] if len(curve) else curve
+    return float(ok["eps"].max()) if len(ok) else None
+
+
+def paper_net_study(name: str, scale: str = "cpu", root: Path | None = None) -> Study | None:
+    """The main study of a paper network: ``PAPER_NET_IMAGES`` images at the curve's chosen eps (None until
+    the whole curve is saved)."""
+    curve = eps_curve(name, scale, root=root)
+    if len(curve) < len(CURVE_EPS[name]):
+        return None
+    e = chosen_eps(curve)
+    return None if e is None else Study(name, "linf", e, PAPER_NET_IMAGES, PAPER_NET_TIME_LIMIT)
+
+
+def run_paper_net(name: str, scale: str = "cpu", progress: bool = True, root: Path | None = None) -> pd.DataFrame | None:
+    """The curve (verified where missing), then the main study with every attack at the chosen eps."""
+    eps_curve(name, scale, compute=True, progress=progress, root=root)
+    st = paper_net_study(name, scale, root)
+    return None if st is None else run_study(st, scale, root=root, progress=progress)
 
 
 def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]:
@@ -285,8 +382,8 @@ def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]
     model = load_verified_model(study.model, scale, train=False, root=root)
     x, y, idx = evaluation_images(model, MODELS[study.model].dataset, study.n_images)
     images = {int(i): (xi.reshape(-1).double().numpy(), int(yi)) for i, xi, yi in zip(idx, x, y)}
-    problems = [f"{study.name()}: {p}" for p in exact.audit_rows(exact.relu_layers(model), rows, images, study.norm,
-                                                                  study.eps)]
+    net = exact.network_ops(model, tuple(x.shape[1:]))
+    problems = [f"{study.name()}: {p}" for p in exact.audit_rows(net, rows, images, study.norm, study.eps)]
     missing = sorted(set(images) - {r["index"] for r in rows})
     if missing:
         problems.append(f"{study.name()}: {len(missing)} of the study's images have no verdict (first: {missing[0]})")
@@ -341,7 +438,7 @@ def gap_table(table: pd.DataFrame, norm: str) -> pd.DataFrame:
     n = len(table)
     vuln = (table["status"] == "vulnerable").to_numpy()
     unknown = (table["status"] == "unknown").to_numpy()
-    names = [a for a in attack_names(norm) if a in table.columns]
+    names = attack_columns(table, norm)
     any_attack = table[names].any(axis=1).to_numpy()
     rows = []
     for name, broken in [(a, table[a].to_numpy()) for a in names] + [("any attack", any_attack)]:
@@ -374,7 +471,7 @@ def exact_summary(table: pd.DataFrame) -> dict:
 
 def only_exact(table: pd.DataFrame, norm: str) -> pd.DataFrame:
     """The images that are vulnerable but that no attack broke (found by the solver only)."""
-    names = [a for a in attack_names(norm) if a in table.columns]
+    names = attack_columns(table, norm)
     return table[(table["status"] == "vulnerable") & ~table[names].any(axis=1)]
 
 
@@ -461,6 +558,38 @@ def risk_table(results: dict) -> pd.DataFrame:
                      "solver max s": round(s["milp_max_s"], 1), "unstable neurons (median share)":
                      round(s["unstable_share"], 3), "time limit s": st.time_limit})
     return pd.DataFrame(rows)
+
+
+def proof_table(results: dict) -> pd.DataFrame:
+    """Table 7.3: per study, how each verdict was reached -- vulnerable by an attack's witness or the solver's;
+    robust with every wrong class ruled out in float64 arithmetic alone (interval bounds, LP bounds from the
+    dual) or with at least one class needing the MILP's infeasibility; unknown at the time limit or because
+    the maximum margin lies within delta of 0."""
+    rows = []
+    for name, (_, t) in results.items():
+        st, by = t["status"], t["by"]
+        milp = t["milp_proofs"] if "milp_proofs" in t.columns else pd.Series(0, index=t.index)
+        rows.append({"study": name, "vulnerable: attack's witness": int(((st == "vulnerable") & (by == "attack")).sum()),
+                     "vulnerable: solver's witness": int(((st == "vulnerable") & (by == "milp")).sum()),
+                     "robust: float64 proofs only": int(((st == "robust") & (milp == 0)).sum()),
+                     "robust: some class by MILP": int(((st == "robust") & (milp > 0)).sum()),
+                     "unknown: time limit": int(((st == "unknown") & (by == "time limit")).sum()),
+                     "unknown: within delta": int(((st == "unknown") & (by == "margin")).sum())})
+    return pd.DataFrame(rows)
+
+
+def audit_sentence(results: dict, scale: str, root: Path | None = None) -> str:
+    """What ``python -m lossbook audit`` finds on the chapter's studies, as one Markdown sentence."""
+    if not results:
+        return ""
+    problems = [p for st, _ in results.values() for p in audit_study(st, scale, root)]
+    witnesses = sum(int((t["status"] == "vulnerable").sum()) for _, t in results.values())
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        return f"**The audit fails** on {len(problems)} point(s): {shown}."
+    return (f"`python -m lossbook audit --scale {scale}` re-checks all {len(results)} studies without a solver: "
+            f"{witnesses} witnesses (each in the ball and the box exactly, each with a certified margin >= 0), a proof "
+            f"for every wrong class of every robust image, the rule recorded with each study. It passes.")
 
 
 def error_table(results: dict) -> pd.DataFrame:
