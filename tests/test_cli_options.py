@@ -58,6 +58,8 @@ def spies(monkeypatch):
         "atras_config": Recorder(lambda ds, scale, **kw: (ds, scale, kw)),
         "dataset_results": Recorder((pd.DataFrame(), None)),
         "run_study": Recorder(pd.DataFrame()),
+        "run_paper_net": Recorder(None),
+        "audit_study": Recorder([]),
         "chapter_studies": Recorder(({}, [], 100)),
         "build": Recorder(),
         "run_chapter": Recorder("out.ipynb"),
@@ -73,6 +75,9 @@ def spies(monkeypatch):
         monkeypatch.setattr(atras, name, s[name])
     monkeypatch.setattr(atras, "depth_summary", Recorder(pd.DataFrame()))
     monkeypatch.setattr(exact_risk, "run_study", s["run_study"])
+    monkeypatch.setattr(exact_risk, "run_paper_net", s["run_paper_net"])
+    monkeypatch.setattr(exact_risk, "eps_curve", Recorder(pd.DataFrame()))
+    monkeypatch.setattr(exact_risk, "audit_study", s["audit_study"])
     monkeypatch.setattr(exact_risk, "exact_summary", Recorder({"R_low": 0.0, "R_high": 0.0, "unknown": 0, "robust": 0,
                                                          "vulnerable": 0, "images": 0, "milp_median_s": 0.0}))
     monkeypatch.setattr(landscape, "chapter_studies", s["chapter_studies"])
@@ -147,6 +152,10 @@ CASES = {
     ("exact", "quiet"): (["exact", "--studies", STUDY, "--quiet"], lambda s: s["run_study"].kwargs["progress"] is False),
     ("exact", "backend"): (["exact", "--studies", STUDY, "--backend", "ray"], lambda s: s["run_study"].kwargs["backend"] == "ray"),
     ("exact", "address"): (["exact", "--studies", STUDY, "--address", "h:1"], lambda s: s["run_study"].kwargs["address"] == "h:1"),
+    ("exact", "paper_net"): (["exact", "--paper-net", "mnist-net1-st"],
+                             lambda s: s["run_paper_net"].args[0] == "mnist-net1-st" and not s["run_study"].calls),
+    ("audit", "scale"): (["audit", "--scale", "smoke"], lambda s: s["audit_study"].args[1] == "smoke"),
+    ("audit", "studies"): (["audit", "--studies", STUDY], lambda s: [c[0][0].name() for c in s["audit_study"].calls] == [STUDY]),
     ("landscape", "source"): (["landscape", "--source", "mnist-net2-st-l2"],
                               lambda s: s["chapter_studies"].args[0] == "mnist-net2-st-l2"),
     ("landscape", "datasets"): (["landscape", "--datasets", "cifar10"], lambda s: s["chapter_studies"].args[1] == ["cifar10"]),

@@ -148,3 +148,31 @@ def test_no_room_counts_the_undecided_images_ce_does_not_break():
     decided = t[t["status"] != "unknown"]
     assert E.tighter_than_ce(decided)["no_room"]
     assert E.tighter_than_ce(t.drop(columns="PGD-10 searched")) is None
+
+
+def test_the_paper_networks_eps_is_the_largest_with_90_percent_decided():
+    curve = pd.DataFrame({"eps": [0.01, 0.02, 0.03, 0.05], "images": 40, "robust": [30, 25, 20, 5],
+                          "vulnerable": [10, 12, 12, 15], "unknown": [0, 3, 8, 20],
+                          "decided share": [1.0, 0.925, 0.8, 0.5], "decided 95% low": 0.0, "decided 95% high": 1.0,
+                          "solver median s": 1.0, "unstable ReLUs (median)": 100.0})
+    assert exact_risk.chosen_eps(curve) == 0.02  # not 0.03: 80% decided there
+    assert exact_risk.chosen_eps(curve.assign(**{"decided share": 0.5})) is None
+    name = "mnist-net1-at"
+    radii = exact_risk.CURVE_EPS[name]
+    full = pd.concat([curve] * 2, ignore_index=True)[:len(radii)].assign(eps=radii)  # the whole curve, 90% decided early
+    assert "the curve has 2 of its" in exact_risk.paper_net_sentence(name, curve[:2], None, None)
+    assert "up to eps" in exact_risk.paper_net_sentence(name, full, None, None)
+    assert list(exact_risk.curve_table(curve)["decided (95% interval)"])[1] == "0.93 [0.00, 1.00]"
+
+
+def test_a_study_made_under_another_rule_fails_the_audit_with_what_differs(data_available, tmp_path):
+    from lossbook import store
+
+    st = replace(exact_risk.select_studies("all", "smoke", n_images=2, time_limit=5.0)[0], eps=0.05)
+    exact_risk.run_study(st, "smoke", root=tmp_path, progress=False)
+    path = exact_risk.exact_path(st, "smoke", tmp_path)
+    request = store.record(path)["request"]
+    store.save(path, store.load(path), {**request, "rule": {**request["rule"], "delta_rel": 1e-5}})
+    (problem,) = exact_risk.audit_study(st, "smoke", tmp_path)
+    assert problem == (f"{st.name()}: made under other settings (differs in: rule.delta_rel); rerun it with "
+                       f"`python -m lossbook exact --studies {st.name()}`")

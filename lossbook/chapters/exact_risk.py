@@ -364,6 +364,56 @@ def run_paper_net(name: str, scale: str = "cpu", progress: bool = True, root: Pa
     return None if st is None else run_study(st, scale, root=root, progress=progress)
 
 
+def paper_net_results(scale: str, root: Path | None = None) -> dict:
+    """{paper network: (its decided-share curve, its main study or None, that study's table or None)} for the
+    networks whose curve has at least one saved eps (read only: the paper networks take hours)."""
+    out = {}
+    for name in PAPER_NETS:
+        try:
+            curve = eps_curve(name, scale, root=root)
+        except FileNotFoundError:  # the paper's model is not trained in this checkout
+            continue
+        if not len(curve):
+            continue
+        st = paper_net_study(name, scale, root)
+        table = load_study(st, scale, root) if st is not None else None
+        out[name] = (curve, st, table if table is not None and len(table) == st.n_images else None)
+    return out
+
+
+def curve_table(curve: pd.DataFrame) -> pd.DataFrame:
+    """A decided-share curve as the chapter shows it."""
+    return pd.DataFrame({"eps": curve["eps"], "images": curve["images"], "robust": curve["robust"],
+                         "vulnerable": curve["vulnerable"], "unknown": curve["unknown"],
+                         "decided (95% interval)": [f"{d:.2f} [{lo:.2f}, {hi:.2f}]" for d, lo, hi in
+                                                    zip(curve["decided share"], curve["decided 95% low"],
+                                                        curve["decided 95% high"])],
+                         "solver median s": curve["solver median s"].round(1),
+                         "unstable ReLUs (median)": curve["unstable ReLUs (median)"].round(0).astype(int)})
+
+
+def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: pd.DataFrame | None) -> str:
+    """What the study of a paper network found, in one paragraph (Markdown)."""
+    e = chosen_eps(curve) if len(curve) == len(CURVE_EPS[name]) else None
+    head = f"**{name}** (the paper's NET-1, 160 epochs): "
+    if len(curve) < len(CURVE_EPS[name]):
+        return head + (f"the curve has {len(curve)} of its {len(CURVE_EPS[name])} radii so far; "
+                       f"`python -m lossbook exact --paper-net {name}` continues it.")
+    if e is None:
+        return head + f"fewer than {DECIDED_SHARE:.0%} of the images are decided even at eps {min(CURVE_EPS[name])}."
+    if table is None:
+        return head + (f"{DECIDED_SHARE:.0%} of the curve's images are decided up to eps {e:g}; the study of "
+                       f"{PAPER_NET_IMAGES} images at that eps is not complete yet.")
+    g = gap_table(table, st.norm).set_index("attack")
+    s = exact_summary(table)
+    r = f"R = {s['R_low']:.3f}" if s["unknown"] == 0 else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
+    best = g.drop(index="any attack")["E_high"].idxmin()
+    return head + (f"at eps {e:g}, the largest radius of the curve with {DECIDED_SHARE:.0%} of its images decided, "
+                   f"{r} on {s['images']} images; PGD-10 with CE misses {e_text(g.loc['PGD-10 ce'])} pp, the arm's "
+                   f"searched loss {e_text(g.loc['PGD-10 searched'])} pp, the best single attack ({best}) "
+                   f"{e_text(g.loc[best])} pp.")
+
+
 def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]:
     """Everything wrong with a committed study, checked without a solver (empty: it passes): the record was
     made under today's rule and settings (:func:`exact_request`); every row passes
@@ -561,7 +611,7 @@ def risk_table(results: dict) -> pd.DataFrame:
 
 
 def proof_table(results: dict) -> pd.DataFrame:
-    """Table 7.3: per study, how each verdict was reached -- vulnerable by an attack's witness or the solver's;
+    """Table 7.5: per study, how each verdict was reached -- vulnerable by an attack's witness or the solver's;
     robust with every wrong class ruled out in float64 arithmetic alone (interval bounds, LP bounds from the
     dual) or with at least one class needing the MILP's infeasibility; unknown at the time limit or because
     the maximum margin lies within delta of 0."""
@@ -728,8 +778,8 @@ def tighter_than_ce(t: pd.DataFrame) -> dict | None:
 def glance_rows(scale: str) -> list[dict]:
     """The glance page's rows: per verified study, whether the searched loss makes PGD-10 tighter than CE."""
     rows = []
-    for st in studies(scale):
-        t = load_study(st, scale)
+    nets = [(st, t) for _, st, t in paper_net_results(scale).values() if t is not None]
+    for st, t in [(st, load_study(st, scale)) for st in studies(scale)] + nets:
         if t is None:
             continue
         tight = tighter_than_ce(t)
