@@ -199,3 +199,32 @@ def test_a_cnn_with_batchnorm_and_max_pooling_against_brute_force(norm, eps):
         agree += (r.status == "vulnerable") == found
         broken += found
     assert agree >= 27 and 3 <= broken <= 27  # disagreements only where the region is finer than the grid
+
+
+def test_the_l2_first_layer_bound_over_ball_and_box_is_valid_and_tight():
+    rng = np.random.default_rng(7)
+    W = rng.normal(size=(6, 20))
+    x = rng.random(20).astype(np.float32).astype(float)
+    x[:8] = 0.0  # pixels at 0 can only go up: the box cuts the ball
+    eps = 0.8
+    from lossbook.core.certify import ball_box_max
+
+    bound, _ = ball_box_max(W, x, eps)
+    for _ in range(2000):  # random points of the ball and the box never exceed it
+        d = rng.normal(size=20)
+        d *= eps * rng.random() ** (1 / 20) / np.linalg.norm(d)
+        d = np.clip(d, -x, 1 - x)
+        assert np.all(W @ d <= bound + 1e-12)
+    # tight: the box maximiser at the bisection's multiplier, pulled into the ball, comes within 1e-6
+    t = np.ones(6)
+    for j in range(6):
+        lo_t, hi_t = 0.0, 100.0
+        for _ in range(200):
+            mid = (lo_t + hi_t) / 2
+            lo_t, hi_t = (mid, hi_t) if np.linalg.norm(np.clip(mid * W[j], -x, 1 - x)) < eps else (lo_t, mid)
+        t[j] = lo_t
+    reached = np.array([W[j] @ np.clip(t[j] * W[j], -x, 1 - x) for j in range(6)])
+    assert np.all(bound - reached < 1e-6)
+    lo, hi = X.first_layer_bounds(W, np.zeros(6), x, "l2", eps)
+    ball_only = W @ x + eps * np.linalg.norm(W, axis=1)
+    assert np.all(hi <= ball_only + 1e-9) and np.any(hi < ball_only - 0.1)  # tighter than the ball's bound

@@ -236,10 +236,38 @@ def decode_point(text: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # LP bounds from the dual
 # ------------------------------------------------------------------------------------------------
-def safe_lp_bound(A, row_lo, row_hi, col_lo, col_hi, cost, y) -> float:
+def ball_box_max(W: np.ndarray, x: np.ndarray, eps: float, iterations: int = 60):
+    """Upper bounds of ``W_j d`` over ``||d||_2 <= eps`` and the box ``-x <= d <= 1 - x``, per row, from the
+    Lagrangian dual: for any ``t > 0``, ``max_box W_j d - (||d||^2 - eps^2) / (2 t)`` bounds the maximum, and the
+    box maximiser is ``d = clip(t W_j, -x, 1 - x)``. ``t`` is found by bisection on ``||d(t)|| = eps`` (any
+    ``t`` gives a valid bound: the bisection only makes it tight). Returns (bound, magnitude of its terms)."""
+    lo, hi = -x, 1.0 - x
+    t_lo, t_hi = np.zeros(len(W)), np.ones(len(W))
+
+    def norm_at(t):
+        return np.linalg.norm(np.clip(t[:, None] * W, lo, hi), axis=1)
+
+    for _ in range(60):  # grow until the box point leaves the ball (or the box is inside it)
+        grow = norm_at(t_hi) < eps
+        if not grow.any():
+            break
+        t_hi = np.where(grow, t_hi * 4, t_hi)
+    for _ in range(iterations):
+        mid = (t_lo + t_hi) / 2
+        inside = norm_at(mid) < eps
+        t_lo, t_hi = np.where(inside, mid, t_lo), np.where(inside, t_hi, mid)
+    d = np.clip(t_hi[:, None] * W, lo, hi)
+    sq = (d * d).sum(1)
+    penalty = np.maximum(sq - eps * eps, 0.0) / (2 * t_hi)  # 0 where the box lies inside the ball
+    return (W * d).sum(1) - penalty + 0.0, np.abs(W * d).sum(1) + (sq + eps * eps) / (2 * t_hi)
+
+
+def safe_lp_bound(A, row_lo, row_hi, col_lo, col_hi, cost, y, ball=None) -> float:
     """An upper bound on ``max cost'v`` over ``row_lo <= A v <= row_hi``, ``col_lo <= v <= col_hi`` from the
     dual vector ``y`` (any ``y`` gives one; a good one gives a tight one). ``A`` is a scipy sparse matrix;
-    columns must be bounded. Rounding errors of the computation are bounded and added."""
+    columns must be bounded. With ``ball = (cols, x0, eps)`` those columns also lie in the l_2 ball of radius
+    eps around x0 and in [0, 1] (:func:`ball_box_max` bounds their term). Rounding errors of the computation
+    are bounded and added."""
     y = np.asarray(y, float).copy()
     y[(y > 0) & ~np.isfinite(row_hi)] = 0.0  # a term that would be +inf: that row's multiplier may be dropped
     y[(y < 0) & ~np.isfinite(row_lo)] = 0.0
@@ -248,6 +276,16 @@ def safe_lp_bound(A, row_lo, row_hi, col_lo, col_hi, cost, y) -> float:
     r_err = SAFETY * gamma(int(np.diff(At.indptr).max(initial=0)) + 1) * (abs(At) @ np.abs(y) + np.abs(cost)) + TINY
     r_lo, r_hi = r - r_err, r + r_err
     col_terms = np.maximum.reduce([r_lo * col_lo, r_lo * col_hi, r_hi * col_lo, r_hi * col_hi])
+    if ball is not None:  # sup of r_x . x over the ball and [0, 1]: r_x . x0 + sup_d r_x . d, plus r's error (|x| <= 1)
+        cols, x0, eps = ball
+        rx = r[cols]
+        up, mag = ball_box_max(rx[None, :], np.asarray(x0, float), eps)
+        dot = float(rx @ x0)
+        ball_term = dot + float(up[0]) + float(r_err[cols].sum()) + 2 * gamma(len(cols) + 4) * (
+            float(np.abs(rx) @ np.abs(x0)) + float(mag[0]) * (len(cols) + 4))
+        keep = np.ones(len(col_terms), bool)
+        keep[cols] = False
+        col_terms = np.concatenate([col_terms[keep], [ball_term]])
     row_terms = np.where(y > 0, y * np.where(np.isfinite(row_hi), row_hi, 0.0),
                          np.where(y < 0, y * np.where(np.isfinite(row_lo), row_lo, 0.0), 0.0))
     terms = np.concatenate([col_terms, row_terms])

@@ -9,12 +9,14 @@ set ``{x' : ||x' - x||_p <= eps, 0 <= x' <= 1}``, x is *vulnerable* iff some wro
   check) and whose certified float64 margin ``f_c - f_y`` (rounding errors bounded) is >= 0 for some c.
   Every vulnerable image keeps its witness, whether an attack or the solver found it.
 * **robust**: every wrong class proven to satisfy ``f_c - f_y <= -delta`` on the whole set, with
-  ``delta = DELTA_REL * max(1, max |f(x)|)``. A class is ruled out by (in order) the output bounds, the LP
-  relaxation's bound re-derived from its dual (both certified in float64), or an infeasible MILP asking
-  for ``f_c - f_y >= -delta`` (HiGHS's branch and bound, with the tolerances of :data:`SOLVER_OPTIONS`;
-  the worst logit error those tolerances admit, :func:`tolerance_slack`, must stay below delta/10).
-* **unknown**: anything else -- the time limit, a maximum that lies in ``[-delta, 0)``, or tolerances too
-  loose for delta. Unknown images widen R to an interval.
+  ``delta = max(DELTA_REL * max(1, max |f(x)|), SLACK_FACTOR * slack)``, where ``slack``
+  (:func:`tolerance_slack`) is the worst logit error that HiGHS's tolerances (:data:`SOLVER_OPTIONS`) admit on
+  this image's problem. A class is ruled out by (in order) the output bounds, the LP relaxation's bound
+  re-derived from its dual (both certified in float64), or an infeasible MILP asking for
+  ``f_c - f_y >= -delta`` (HiGHS's branch and bound: a point of margin >= 0 meets that row with room delta,
+  ten times what the tolerances can hide).
+* **unknown**: anything else -- the time limit, or a maximum that lies in ``[-delta, 0)``. Unknown images
+  widen R to an interval.
 
 Each ReLU a = max(z, 0) whose pre-activation bounds [l, u] straddle 0 gets the standard encoding (a binary d
 per *unstable* neuron): ``a >= 0, a >= z, a <= z - l (1 - d), a <= u d``. The bounds are certified
@@ -54,13 +56,13 @@ NORMS_EXACT = ("linf", "l1", "l2")
 STATUSES = ("robust", "vulnerable", "unknown")
 #: l_2: at most this many tangent cuts per LP relaxation of a class (the MILP adds more as it needs them)
 LP_CUTS = 200
-#: robust means every wrong class is proven to stay ``delta = DELTA_REL * max(1, max |f(x)|)`` below y
+#: robust means every wrong class is proven to stay delta below y, ``delta >= DELTA_REL * max(1, max |f(x)|)``
 DELTA_REL = 1e-4
 #: HiGHS's tolerances (tighter than its defaults of 1e-6 / 1e-7, so that their worst effect on a logit stays
 #: far below delta: :func:`tolerance_slack`)
 SOLVER_OPTIONS = {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9,
                   "dual_feasibility_tolerance": 1e-9}
-#: an infeasible MILP counts only where the tolerances' worst effect is below delta / SLACK_FACTOR
+#: and ``delta >= SLACK_FACTOR * tolerance_slack`` (the tolerances' worst effect on a logit difference)
 SLACK_FACTOR = 10.0
 #: LP relaxations with more columns than this are solved by HiGHS's interior-point method (the paper's CNN:
 #: ~14,000 columns, 2-4x faster than dual simplex there); smaller ones by simplex
@@ -72,7 +74,8 @@ RULED_OUT_BY = ("bounds", "lp-dual", "milp")
 def settings() -> dict:
     """Everything a verdict depends on besides the model, images, norm, eps and time limit: part of every
     study's request, so a study made under other settings is never reused."""
-    return {"rule": "witness margin >= 0 (ties adversarial); robust: every class <= -delta",
+    return {"rule": "witness margin >= 0 (ties adversarial); robust: every class <= -delta, delta = "
+                    "max(delta_rel * max(1, max|f(x)|), slack_factor * tolerance slack)",
             "delta_rel": DELTA_REL, "slack_factor": SLACK_FACTOR,
             "solver": f"HiGHS {importlib.metadata.version('highspy')}", "solver_options": dict(SOLVER_OPTIONS),
             "lp_cuts": LP_CUTS, "ipm_above_columns": IPM_ABOVE_COLUMNS, "bounds": "outward-rounded, LP from the dual",
@@ -223,11 +226,18 @@ def _first_layer_raw(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, eps
 
 
 def first_layer_bounds(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, eps: float):
-    """Certified bounds of the first layer's pre-activations (:func:`_first_layer_raw`, widened by a bound on
-    its rounding errors: the sums of products, the knapsack's running sums and the l_2 term)."""
+    """Certified bounds of the first layer's pre-activations (:func:`_first_layer_raw`; for l_2 also the dual
+    bound over the ball and the box together, :func:`lossbook.core.certify.ball_box_max`), widened by a bound on its rounding
+    errors: the sums of products, the knapsack's running sums and the l_2 terms."""
     lo, hi = _first_layer_raw(W, b, x, norm, eps)
     n = W.shape[1]
     extra = 0.0 if norm == "linf" else (n + eps) * np.abs(W).sum(1)
+    if norm == "l2":
+        base = W @ x + b
+        up, up_mag = certify.ball_box_max(W, x, eps)
+        down, down_mag = certify.ball_box_max(-W, x, eps)
+        hi, lo = np.minimum(hi, base + up), np.maximum(lo, base - down)
+        extra = extra + np.maximum(up_mag, down_mag) * (n + 4)
     return certify.outward(lo, hi, certify.rounding_error(W, b, np.ones(n), extra))
 
 
@@ -302,13 +312,13 @@ class _Model:
         return a
 
     def _maxpool(self, a, l, u, groups, out_l, out_u) -> np.ndarray:
-        """m = max of each group: inputs whose upper bound is below another's lower bound cannot be the max;
+        """m = max of each group: inputs whose upper bound is at most another's lower bound cannot exceed it;
         one candidate left is the max (its column); else m >= a_i and m <= a_i + (U - l_i)(1 - s_i) with one
         binary s_i per candidate, sum s_i = 1."""
         m = np.empty(len(groups), dtype=int)
         for g, idx in enumerate(groups):
-            floor = l[idx].max()
-            cand = [i for i in idx if u[i] > floor or l[i] == floor]
+            lead = idx[int(np.argmax(l[idx]))]  # the input with the highest lower bound: the max is at least l[lead]
+            cand = [lead] + [i for i in idx if i != lead and u[i] > l[lead]]
             if len(cand) == 1:
                 m[g] = a[cand[0]]
                 continue
@@ -371,11 +381,15 @@ class _Model:
         y = np.asarray(self.h.getSolution().row_dual, float)
         if len(y) != A.shape[0] or not np.all(np.isfinite(y)):
             y = np.zeros(A.shape[0])
-        return min(certify.safe_lp_bound(A, rl, ru, cl, cu, cost, y), certify.safe_lp_bound(A, rl, ru, cl, cu, cost, -y))
+        ball = (self.x_cols, self.x0, self.eps) if self.norm == "l2" else None  # the inputs range over the ball itself
+        return min(certify.safe_lp_bound(A, rl, ru, cl, cu, cost, y, ball),
+                   certify.safe_lp_bound(A, rl, ru, cl, cu, cost, -y, ball))
 
-    def lp_ruled_out(self, classes: list[int], y: int, delta: float) -> list[int]:
+    def lp_ruled_out(self, classes: list[int], y: int, delta: float, deadline: float = float("inf")) -> list[int]:
         """The classes whose LP relaxation (binaries relaxed) proves ``f_c - f_y <= -delta``: the bound comes
-        from the dual (certified); for l_2 the optimum is first cut off while it lies outside the ball."""
+        from the dual (certified; for l_2 with the inputs ranging over the ball and the box exactly). For l_2,
+        while the bound is not enough, the LP's optimum is cut off where it lies outside the ball (at most
+        ``LP_CUTS`` cuts per class, and not past ``deadline``, a ``time.perf_counter()`` value)."""
         self._integrality(self.binaries, False)
         self.lp_solver(True)
         out = []
@@ -384,12 +398,13 @@ class _Model:
             self.objective(coefs)
             for _ in range(LP_CUTS + 1):
                 self.h.run()
+                if self.safe_bound(coefs) <= -delta:
+                    out.append(c)
+                    break
                 ok = self.h.getModelStatus().name == "kOptimal"
                 if (not ok or self.h.getInfo().objective_function_value <= -delta or self.norm != "l2"
-                        or not self.cut(self.point())):
+                        or time.perf_counter() > deadline or not self.cut(self.point())):
                     break
-            if self.safe_bound(coefs) <= -delta:
-                out.append(c)
         self.objective({})
         self.lp_solver(False)
         if self.integer:
@@ -544,7 +559,7 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     ops = certify.as_ops(layers)
     wit = _Witnesses(ops, x, y, norm, eps)
     logits_x, _ = certify.logits_enclosure(ops, x)
-    delta = DELTA_REL * max(1.0, float(np.abs(logits_x).max()))
+    delta = rule_delta(logits_x)  # raised below where the solver's tolerances need more room
     for cand in candidates:
         found = wit.check(cand)
         if found is not None:
@@ -561,14 +576,15 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     bounds = tightened_bounds(ops, x, norm, eps, lp=False)  # interval bounds first: milliseconds
     if lp_bounds and len(ruled_out_by(bounds)) < len(classes):  # LP-tightened bounds only where they are needed
         bounds = tightened_bounds(ops, x, norm, eps, lp=True)
+    slack = tolerance_slack(ops, bounds, norm, eps)
+    delta = max(delta, SLACK_FACTOR * slack)
     ruled = {k: 0 for k in RULED_OUT_BY}
     by_bounds = ruled_out_by(bounds)
     ruled["bounds"] = len(by_bounds)
     classes = [c for c in classes if c not in by_bounds]
-    slack = tolerance_slack(ops, bounds, norm, eps)
     m = _Model(ops, x, norm, eps, bounds, integer=True, time_limit=time_limit) if classes else None
     if m is not None:
-        lp_out = m.lp_ruled_out(classes, y, delta)
+        lp_out = m.lp_ruled_out(classes, y, delta, deadline=t0 + time_limit)
         ruled["lp-dual"] = len(lp_out)
         classes = [c for c in classes if c not in lp_out]
     unknown = None
@@ -608,7 +624,7 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
                     break
             if status == "kInfeasible" or raw is None:
                 break
-        if status == "kInfeasible" and slack * SLACK_FACTOR <= delta:
+        if status == "kInfeasible":
             ruled["milp"] += 1
             continue
         unknown = "margin" if status in ("kOptimal", "kInfeasible") else "time limit"
@@ -616,6 +632,11 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     if unknown:
         return result("unknown", unknown)
     return result("robust", "milp")
+
+
+def rule_delta(logits: np.ndarray) -> float:
+    """The smallest delta the rule allows at an image with these logits: ``DELTA_REL * max(1, max |f(x)|)``."""
+    return DELTA_REL * max(1.0, float(np.abs(logits).max()))
 
 
 def _count_unstable(ops, bounds) -> tuple[int, int]:
@@ -707,8 +728,7 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float) ->
         where = f"image {i}"
         if r["label"] != label:
             problems.append(f"{where}: label {r['label']} stored, the dataset says {label}")
-        logits_x, _ = certify.logits_enclosure(layers, x)
-        delta = DELTA_REL * max(1.0, float(np.abs(logits_x).max()))
+        least = rule_delta(certify.logits_enclosure(layers, x)[0])
         if r["status"] == "vulnerable":
             if not r.get("witness"):
                 problems.append(f"{where}: vulnerable without a witness")
@@ -723,10 +743,12 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float) ->
             ruled = r.get("ruled_out") or {}
             if set(ruled) - set(RULED_OUT_BY) or sum(ruled.values()) != n_classes - 1:
                 problems.append(f"{where}: robust, but the proofs {ruled} do not cover the {n_classes - 1} wrong classes")
-            if abs(r.get("delta", 0.0) - delta) > 1e-12 * delta:
-                problems.append(f"{where}: delta {r.get('delta')} stored, the rule gives {delta:.6g}")
-            if ruled.get("milp") and not r.get("slack", float("inf")) * SLACK_FACTOR <= delta:
-                problems.append(f"{where}: a MILP proof with tolerance slack {r.get('slack')} too large for delta")
+            delta, slack = r.get("delta", 0.0), r.get("slack", float("inf"))
+            if delta < least * (1 - 1e-12):
+                problems.append(f"{where}: delta {delta:.6g} stored, the rule asks at least {least:.6g}")
+            if delta < SLACK_FACTOR * slack * (1 - 1e-12):
+                problems.append(f"{where}: delta {delta:.6g} is less than {SLACK_FACTOR:g} times the tolerance slack "
+                                f"{slack:.3g}")
         elif r["status"] == "unknown":
             if r["by"] not in ("time limit", "margin"):
                 problems.append(f"{where}: unknown for no stated reason ({r['by']!r})")
