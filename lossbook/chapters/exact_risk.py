@@ -260,7 +260,7 @@ def exact_request(study: Study) -> dict:
     """What a study's verdicts answer: each image's verdict depends on the model, norm, eps and time limit,
     not on how many images are asked (a larger study reuses the images of a smaller one)."""
     return {"study": {k: v for k, v in asdict(study).items() if k != "n_images"},
-            "images": "first correctly classified test images", "rule": exact.settings()}
+            "images": "first correctly classified test images", "rule": exact.settings(study.norm)}
 
 
 def exact_path(study: Study, scale: str, root: Path | None = None) -> Path:

@@ -71,10 +71,12 @@ IPM_ABOVE_COLUMNS = 5000
 RULED_OUT_BY = ("bounds", "lp-dual", "milp")
 
 
-def settings() -> dict:
-    """Everything a verdict depends on besides the model, images, norm, eps and time limit: part of every
-    study's request, so a study made under other settings is never reused."""
-    return {"rule": "witness margin >= 0 (ties adversarial); robust: every class <= -delta, delta = "
+def settings(norm: str = "linf") -> dict:
+    """Everything a verdict under ``norm`` depends on besides the model, images, eps and time limit: part of
+    every study's request, so a study made under other settings is never reused."""
+    extra = {"l2_solver": _scip_version(), "l2_solver_options": dict(SCIP_OPTIONS), "l2_lp_share": L2_LP_SHARE} \
+        if norm == "l2" else {}
+    return {**extra, "rule": "witness margin >= 0 (ties adversarial); robust: every class <= -delta, delta = "
                     "max(delta_rel * max(1, max|f(x)|), slack_factor * tolerance slack)",
             "delta_rel": DELTA_REL, "slack_factor": SLACK_FACTOR,
             "solver": f"HiGHS {importlib.metadata.version('highspy')}", "solver_options": dict(SOLVER_OPTIONS),
@@ -508,6 +510,81 @@ def tolerance_slack(net, bounds, norm: str, eps: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
+# l_2: the ball as a convex quadratic constraint (SCIP)
+# ------------------------------------------------------------------------------------------------
+#: SCIP's tolerances for the l_2 problems (its feasibility tolerance, as HiGHS's above)
+SCIP_OPTIONS = {"numerics/feastol": 1e-9}
+#: l_2: the share of the time limit the LP relaxation's cutting planes may use before SCIP takes over
+L2_LP_SHARE = 0.25
+
+
+def _scip_version() -> str:
+    try:
+        return f"SCIP via PySCIPOpt {importlib.metadata.version('pyscipopt')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "SCIP (PySCIPOpt not installed)"
+
+
+def _scip_class(ops, x, eps, bounds, c, y, delta, time_limit, first_only: bool):
+    """One class of an l_2 image: does a point of the ball ``sum (x'_i - x_i)^2 <= eps^2`` (exactly, a convex
+    quadratic constraint) and the box reach ``f_c - f_y >= -delta``? The network is encoded as for HiGHS
+    (:class:`_Model`). Returns (status, the point's inputs or None); with ``first_only`` the search stops at
+    the first such point, else it maximises ``f_c - f_y``."""
+    try:
+        from pyscipopt import Model, quicksum
+    except ImportError as exc:  # pragma: no cover - installed by `make setup`
+        raise ImportError("exact l_2 verification needs PySCIPOpt: pip install pyscipopt") from exc
+    m = Model()
+    m.hideOutput()
+    m.setParam("limits/time", max(float(time_limit), 0.1))
+    m.setParam("parallel/maxnthreads", 1)
+    for k, v in SCIP_OPTIONS.items():
+        m.setParam(k, v)
+    if first_only:
+        m.setParam("limits/solutions", 1)
+    lo, hi = input_box(x, "l2", eps)
+    xs = [m.addVar(lb=float(lo[i]), ub=float(hi[i])) for i in range(len(x))]
+    m.addCons(quicksum((xs[i] - float(x[i])) * (xs[i] - float(x[i])) for i in range(len(x))) <= eps * eps)
+    prev, prev_b = xs, (lo, hi)
+    for k, op in enumerate(ops):
+        l, u = bounds[k]
+        if isinstance(op, certify.Affine):
+            z = [m.addVar(lb=float(l[j]), ub=float(u[j])) for j in range(op.W.shape[0])]
+            for j in range(op.W.shape[0]):
+                nz = np.nonzero(op.W[j])[0]
+                m.addCons(z[j] - quicksum(float(op.W[j, i]) * prev[i] for i in nz) == float(op.b[j]))
+            prev = z
+        elif isinstance(op, certify.Relu):
+            pl, pu = prev_b
+            out = []
+            for j, zj in enumerate(prev):
+                if pl[j] >= 0:
+                    out.append(zj)
+                elif pu[j] <= 0:
+                    out.append(0.0)
+                else:
+                    a, d = m.addVar(lb=0.0, ub=float(pu[j])), m.addVar(vtype="B")
+                    m.addCons(a >= zj)
+                    m.addCons(a <= zj - float(pl[j]) * (1 - d))
+                    m.addCons(a <= float(pu[j]) * d)
+                    out.append(a)
+            prev = out
+        else:
+            raise ValueError("exact l_2 verification handles MLPs (no max-pooling)")
+        prev_b = (l, u)
+    diff = prev[c] - prev[y]
+    m.addCons(diff >= -delta)
+    m.setObjective(diff, "maximize")
+    m.optimize()
+    status = m.getStatus()
+    point = None
+    if m.getNSols() > 0:
+        sol = m.getBestSol()
+        point = np.array([m.getSolVal(sol, v) for v in xs])
+    return status, point
+
+
+# ------------------------------------------------------------------------------------------------
 # One image, many images
 # ------------------------------------------------------------------------------------------------
 @dataclass
@@ -584,7 +661,7 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     classes = [c for c in classes if c not in by_bounds]
     m = _Model(ops, x, norm, eps, bounds, integer=True, time_limit=time_limit) if classes else None
     if m is not None:
-        lp_out = m.lp_ruled_out(classes, y, delta, deadline=t0 + time_limit)
+        lp_out = m.lp_ruled_out(classes, y, delta, deadline=t0 + time_limit * (L2_LP_SHARE if norm == "l2" else 1))
         ruled["lp-dual"] = len(lp_out)
         classes = [c for c in classes if c not in lp_out]
     unknown = None
@@ -594,7 +671,26 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
         return ImageResult(index, y, status, by, time.perf_counter() - t0, unstable, stable, delta=delta,
                            ruled_out=ruled, slack=slack, **kw)
 
-    for c in classes:
+    for c in classes if norm == "l2" else ():  # the ball exactly, as a quadratic constraint (SCIP)
+        status = None
+        for first_only in (True, False):  # the first point past -delta; then, if it is no witness, the maximum
+            left = time_limit - (time.perf_counter() - t0)
+            if left <= 0:
+                break
+            status, raw = _scip_class(ops, x, eps, bounds, c, y, delta, left, first_only)
+            found = wit.check(raw) if raw is not None else None
+            if found is not None:
+                _check_point(ops, bounds, found[0].astype(float))
+                p, cw, low = found
+                return result("vulnerable", "milp", witness=p, predicted=cw, witness_margin=low)
+            if raw is None:
+                break
+        if status == "infeasible":
+            ruled["milp"] += 1
+            continue
+        unknown = "margin" if status == "optimal" else "time limit"
+        break
+    for c in classes if norm != "l2" and not unknown else ():
         left = time_limit - (time.perf_counter() - t0)
         if left <= 0:
             unknown = "time limit"
