@@ -317,7 +317,9 @@ def eps_curve(name: str, scale: str = "cpu", compute: bool = False, progress: bo
               root: Path | None = None) -> pd.DataFrame:
     """Per eps of the curve: robust, vulnerable and unknown images, the decided share with its 95% interval,
     and the solver's median time; verified where missing with ``compute`` (resumable), else only the eps
-    whose images are all saved."""
+    whose images are all saved. The radii are taken in increasing order and the curve stops after the first
+    one with less than ``DECIDED_SHARE`` decided (a larger radius cannot be chosen, and its unknown images
+    cost the whole time limit each)."""
     rows = []
     model = load_verified_model(name, scale, train=False, root=root)
     spec = MODELS[name]
@@ -339,7 +341,14 @@ def eps_curve(name: str, scale: str = "cpu", compute: bool = False, progress: bo
                      "solver median s": float(np.median([r["seconds"] for r in mine if r["by"] != "attack"] or [0.0])),
                      "unstable ReLUs (median)": float(np.median([r["unstable"] for r in mine if r["by"] != "attack"]
                                                                 or [0.0]))})
+        if decided.mean() < DECIDED_SHARE:
+            break
     return pd.DataFrame(rows)
+
+
+def curve_complete(name: str, curve: pd.DataFrame) -> bool:
+    """Whether a curve has every radius it needs: all of them, or up to the first below ``DECIDED_SHARE``."""
+    return len(curve) == len(CURVE_EPS[name]) or (len(curve) > 0 and curve["decided share"].iloc[-1] < DECIDED_SHARE)
 
 
 def chosen_eps(curve: pd.DataFrame) -> float | None:
@@ -352,7 +361,7 @@ def paper_net_study(name: str, scale: str = "cpu", root: Path | None = None) -> 
     """The main study of a paper network: ``PAPER_NET_IMAGES`` images at the curve's chosen eps (None until
     the whole curve is saved)."""
     curve = eps_curve(name, scale, root=root)
-    if len(curve) < len(CURVE_EPS[name]):
+    if not curve_complete(name, curve):
         return None
     e = chosen_eps(curve)
     return None if e is None else Study(name, "linf", e, PAPER_NET_IMAGES, PAPER_NET_TIME_LIMIT)
@@ -395,9 +404,9 @@ def curve_table(curve: pd.DataFrame) -> pd.DataFrame:
 
 def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: pd.DataFrame | None) -> str:
     """What the study of a paper network found, in one paragraph (Markdown)."""
-    e = chosen_eps(curve) if len(curve) == len(CURVE_EPS[name]) else None
+    e = chosen_eps(curve) if curve_complete(name, curve) else None
     head = f"**{name}** (the paper's NET-1, 160 epochs): "
-    if len(curve) < len(CURVE_EPS[name]):
+    if not curve_complete(name, curve):
         return head + (f"the curve has {len(curve)} of its {len(CURVE_EPS[name])} radii so far; "
                        f"`python -m lossbook exact --paper-net {name}` continues it.")
     if e is None:
