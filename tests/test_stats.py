@@ -68,3 +68,14 @@ def test_count_interval_equals_the_interval_of_the_outcomes():
     assert stats.count_interval(14, 1000) == stats.risk_interval(outcomes)
     lo, hi = stats.count_interval(0, 200)
     assert lo == 0.0 and 0.0 < hi < 0.02
+
+
+def test_the_power_of_the_direction_test_grows_with_the_gain_and_is_nan_where_the_gain_cannot_occur():
+    from lossbook.core.stats import power_of_direction
+
+    small, large = power_of_direction(60, 1000, 1.0), power_of_direction(60, 1000, 3.0)
+    assert 0 < small < large < 1
+    assert power_of_direction(60, 1000, 0.0) == 0.0
+    assert power_of_direction(10, 1000, 2.0) != power_of_direction(10, 1000, 2.0)  # NaN: 2 pp needs 20 discordant
+    # the exact test needs 6 of 6 wins at 95%: with 6 discordant images and a 0.5 pp gain (pi = 11/12)
+    assert power_of_direction(6, 1000, 0.5) == pytest.approx((11 / 12) ** 6)

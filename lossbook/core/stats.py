@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
@@ -141,6 +141,22 @@ def direction(g) -> str:
     if g.ci_high < 0:
         return "not reproduced"
     return "inconclusive"
+
+
+def power_of_direction(discordant: int, n: int, gain_pp: float, level: float = 0.95) -> float:
+    """The chance that the protocol's direction verdict says "reproduced" (exact interval above 0) when the
+    true gain is ``gain_pp``, given ``discordant`` discordant images of ``n`` (conditional on that count, as
+    the exact test is): the searched loss wins each discordant image with probability
+    ``(1 + gain * n / discordant) / 2``. NaN where that count cannot hold such a gain (gain > discordant / n)."""
+    if gain_pp <= 0:
+        return 0.0
+    if discordant <= 0 or gain_pp / 100 * n > discordant:
+        return float("nan")
+    pi = (1 + gain_pp / 100 * n / discordant) / 2
+    k_min = next((k for k in range(discordant + 1)
+                  if binomtest(k, discordant, 0.5).proportion_ci(confidence_level=level, method="exact").low > 0.5),
+                 None)
+    return 0.0 if k_min is None else float(binom.sf(k_min - 1, discordant, pi))
 
 
 def size_verdict(g, paper_gain_pp: float) -> str:
