@@ -174,5 +174,5 @@ def test_a_study_made_under_another_rule_fails_the_audit_with_what_differs(data_
     request = store.record(path)["request"]
     store.save(path, store.load(path), {**request, "rule": {**request["rule"], "delta_rel": 1e-5}})
     (problem,) = exact_risk.audit_study(st, "smoke", tmp_path)
-    assert problem == (f"{st.name()}: made under other settings (differs in: rule.delta_rel); rerun it with "
+    assert problem == (f"{st.name()}: made under other settings or weights (differs in: rule.delta_rel); rerun it with "
                        f"`python -m lossbook exact --studies {st.name()}`")

@@ -256,10 +256,11 @@ class _Target:
 # ------------------------------------------------------------------------------------------------
 # One study: exact verdicts + attacks, then E per attack
 # ------------------------------------------------------------------------------------------------
-def exact_request(study: Study) -> dict:
-    """What a study's verdicts answer: each image's verdict depends on the model, norm, eps and time limit,
-    not on how many images are asked (a larger study reuses the images of a smaller one)."""
-    return {"study": {k: v for k, v in asdict(study).items() if k != "n_images"},
+def exact_request(study: Study, model) -> dict:
+    """What a study's verdicts answer: each image's verdict depends on the model (its weights' hash), norm, eps,
+    time limit and the rule's settings, not on how many images are asked (a larger study reuses the images of a
+    smaller one)."""
+    return {"study": {k: v for k, v in asdict(study).items() if k != "n_images"}, "weights": exact.network_hash(model),
             "images": "first correctly classified test images", "rule": exact.settings(study.norm)}
 
 
@@ -276,7 +277,7 @@ def run_study(study: Study, scale: str, root: Path | None = None, progress: bool
     model = load_verified_model(study.model, scale, progress=progress, root=root)
     x, y, idx = evaluation_images(model, spec.dataset, study.n_images)
     folder = study_dir(scale, root)
-    request = exact_request(study)
+    request = exact_request(study, model)
     if backend == "ray":
         verify_study_ray(study, scale, root, address, shard=shard, progress=progress)
     rows = exact.verify_set(model, x, y, study.norm, study.eps, exact_path(study, scale, root), request,
@@ -286,7 +287,9 @@ def run_study(study: Study, scale: str, root: Path | None = None, progress: bool
 
     def compute():
         table = pd.DataFrame([{**{k: r[k] for k in ("index", "label", "status", "by", "seconds", "unstable", "stable")},
-                               "milp_proofs": r["ruled_out"].get("milp", 0)} for r in rows])
+                               "milp_proofs": r["ruled_out"].get("milp", 0),
+                               "float32_fooled": FOOLED[r.get("float32_fooled")]}
+                              for r in rows])
         return pd.concat([table, attack_outcomes(model, x, y, study.norm, study.eps, loss, released=released)], axis=1)
     released = spec.net != "mlp"
     attacks = attack_names(study.norm) + (released_names() if released else [])
@@ -325,7 +328,7 @@ def eps_curve(name: str, scale: str = "cpu", compute: bool = False, progress: bo
     spec = MODELS[name]
     x, y, idx = evaluation_images(model, spec.dataset, CURVE_IMAGES)
     for st in curve_studies(name):
-        path, request = exact_path(st, scale, root), exact_request(st)
+        path, request = exact_path(st, scale, root), exact_request(st, model)
         saved = store.load(path, request) if store.matches(path, request) else []
         if compute:
             saved = exact.verify_set(model, x, y, st.norm, st.eps, path, request, indices=idx.tolist(),
@@ -426,20 +429,20 @@ def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: 
 
 def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]:
     """Everything wrong with a committed study, checked without a solver (empty: it passes): the record was
-    made under today's rule and settings (:func:`exact_request`); every row passes
+    made for these weights under today's rule and settings (:func:`exact_request`); every row passes
     :func:`lossbook.core.exact.audit_rows` on the study's own images (found again from the dataset); the
     outcomes table carries the same verdicts; no image proven robust was broken by an attack."""
     path = exact_path(study, scale, root)
     if not path.exists():
         return [f"{study.name()}: not run at scale {scale}"]
-    wanted = exact_request(study)
+    model = load_verified_model(study.model, scale, train=False, root=root)
+    wanted = exact_request(study, model)
     saved = store.record(path).get("request")
     if saved != store.normalize(wanted):
         keys = [d.split("=")[0] for d in store.differences(saved, store.normalize(wanted))]
-        return [f"{study.name()}: made under other settings (differs in: {', '.join(keys)}); "
+        return [f"{study.name()}: made under other settings or weights (differs in: {', '.join(keys)}); "
                 f"rerun it with `python -m lossbook exact --studies {study.name()}`"]
     rows = store.load(path, wanted)
-    model = load_verified_model(study.model, scale, train=False, root=root)
     x, y, idx = evaluation_images(model, MODELS[study.model].dataset, study.n_images)
     images = {int(i): (xi.reshape(-1).double().numpy(), int(yi)) for i, xi, yi in zip(idx, x, y)}
     net = exact.network_ops(model, tuple(x.shape[1:]))
@@ -551,7 +554,7 @@ def _exact_task(study, scale: str, first: int, last: int, root: str | None) -> l
     path = shard_path(study, scale, first, root_p)
     events = path.parent
     runner.log_event(events, "", study=study.name(), first=first, event="resume" if path.exists() else "start")
-    rows = exact.verify_set(model, x[first:last], y[first:last], study.norm, study.eps, path, exact_request(study),
+    rows = exact.verify_set(model, x[first:last], y[first:last], study.norm, study.eps, path, exact_request(study, model),
                             indices=idx[first:last].tolist(), time_limit=study.time_limit, progress=False)
     runner.log_event(events, "", study=study.name(), first=first, event="done")
     return rows
@@ -561,7 +564,7 @@ def verify_study_ray(study, scale: str, root: Path | None = None, address: str |
                      progress: bool = True, max_retries: int = 3) -> list[dict]:
     """The exact verification of a study as Ray tasks over shards of ``shard`` images; the rows, merged in
     image order, are saved where the local path keeps them (so ``run_study`` then only runs the attacks)."""
-    load_verified_model(study.model, scale, root=root)  # trained once, here, before the tasks read it
+    model = load_verified_model(study.model, scale, root=root)  # trained once, here, before the tasks read it
     with runner.cluster(address) as ray:
         task = runner.remote(ray, _exact_task, max_retries, gpu=False)
         refs = [task.remote(study, scale, a, min(a + shard, study.n_images), str(root) if root else None)
@@ -570,7 +573,7 @@ def verify_study_ray(study, scale: str, root: Path | None = None, address: str |
         for _ in tqdm(range(len(refs)), desc=f"{study.name()} on Ray ({len(ray.nodes())} nodes)", **quiet(progress)):
             ready, refs = ray.wait(refs, num_returns=1)
             rows += ray.get(ready[0])
-    path, request = exact_path(study, scale, root), exact_request(study)
+    path, request = exact_path(study, scale, root), exact_request(study, model)
     saved = store.load(path, request) if store.matches(path, request) else []
     merged = {r["index"]: r for r in saved + rows}
     store.save(path, list(merged.values()), request)
@@ -620,6 +623,10 @@ def risk_table(results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: how the outcomes table writes whether the float32 model misclassifies an image's witness (CSV-safe)
+FOOLED = {True: "yes", False: "no", None: "-"}
+
+
 def proof_table(results: dict) -> pd.DataFrame:
     """Table 7.5: per study, how each verdict was reached -- vulnerable by an attack's witness or the solver's;
     robust with every wrong class ruled out in float64 arithmetic alone (interval bounds, LP bounds from the
@@ -634,7 +641,10 @@ def proof_table(results: dict) -> pd.DataFrame:
                      "robust: float64 proofs only": int(((st == "robust") & (milp == 0)).sum()),
                      "robust: some class by MILP": int(((st == "robust") & (milp > 0)).sum()),
                      "unknown: time limit": int(((st == "unknown") & (by == "time limit")).sum()),
-                     "unknown: within delta": int(((st == "unknown") & (by == "margin")).sum())})
+                     "unknown: within delta": int(((st == "unknown") & (by == "margin")).sum()),
+                     "witnesses the float32 model also misclassifies": (
+                         f"{int((t['float32_fooled'] == 'yes').sum())} of {int((st == 'vulnerable').sum())}"
+                         if "float32_fooled" in t.columns else "not recorded")})
     return pd.DataFrame(rows)
 
 

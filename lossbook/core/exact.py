@@ -13,8 +13,10 @@ set ``{x' : ||x' - x||_p <= eps, 0 <= x' <= 1}``, x is *vulnerable* iff some wro
   (:func:`tolerance_slack`) is the worst logit error that HiGHS's tolerances (:data:`SOLVER_OPTIONS`) admit on
   this image's problem. A class is ruled out by (in order) the output bounds, the LP relaxation's bound
   re-derived from its dual (both certified in float64), or an infeasible MILP asking for
-  ``f_c - f_y >= -delta`` (HiGHS's branch and bound: a point of margin >= 0 meets that row with room delta,
-  ten times what the tolerances can hide).
+  ``f_c - f_y >= -delta``. That last kind is the solver's word (HiGHS's branch and bound, SCIP's for l_2):
+  nothing checkable is stored, and ``delta`` only keeps the threshold row clear of the tolerances, not a
+  wrong pruning. Each image records how many classes each kind ruled out, so a reader sees which verdicts
+  rest on the solver.
 * **unknown**: anything else -- the time limit, or a maximum that lies in ``[-delta, 0)``. Unknown images
   widen R to an interval.
 
@@ -26,11 +28,16 @@ dual). Binaries of the last hidden layer whose weight in f_c - f_y is <= 0 are r
 activation only raises f_c - f_y, and the triangle's lowest point is the ReLU). A solver point whose
 certified pre-activations leave the bounds stops the study (:class:`UnsoundBounds`).
 
-**l_2** is not linear. The ball is replaced by a polytope that contains it -- the box of the l_inf ball of
-the same radius, cut by tangent half-spaces ``<g, x' - x> <= eps`` (``||g|| = 1``, right-hand side rounded
-up) -- so that *infeasible* stays a proof. A solver point outside the ball adds the tangent cut through its
-direction and the problem is solved again (outer approximation), until a point inside the ball is a
-witness, the problem is infeasible, or time runs out.
+**l_2** is not linear. For the LP filter the ball is replaced by a polytope that contains it -- the box of
+the l_inf ball of the same radius, cut by tangent half-spaces ``<g, x' - x> <= eps`` (``||g|| = 1``,
+right-hand side rounded up), one more cut through each LP optimum outside the ball, for at most
+``L2_LP_SHARE`` of the time limit -- and the LP's dual bound lets the inputs range over the ball and the box
+exactly. The classes left go to SCIP with the ball as a convex quadratic constraint.
+
+The verified function is the network as float64 affine maps: an MLP's float32 weights exactly; for a CNN
+each convolution with its BatchNorm (and the last convolution with the average pooling and the Linear layer)
+composed in float64, so it differs from the float32 PyTorch model by rounding only. Each witness also
+records whether the float32 model misclassifies it.
 """
 from __future__ import annotations
 
@@ -67,6 +74,8 @@ SLACK_FACTOR = 10.0
 #: LP relaxations with more columns than this are solved by HiGHS's interior-point method (the paper's CNN:
 #: ~14,000 columns, 2-4x faster than dual simplex there); smaller ones by simplex
 IPM_ABOVE_COLUMNS = 5000
+#: bumped whenever the decision logic changes (part of every study's request, with :func:`settings`)
+VERIFIER_VERSION = 2
 #: how a wrong class was ruled out (the kinds an audit accepts)
 RULED_OUT_BY = ("bounds", "lp-dual", "milp")
 
@@ -76,7 +85,8 @@ def settings(norm: str = "linf") -> dict:
     every study's request, so a study made under other settings is never reused."""
     extra = {"l2_solver": _scip_version(), "l2_solver_options": dict(SCIP_OPTIONS), "l2_lp_share": L2_LP_SHARE} \
         if norm == "l2" else {}
-    return {**extra, "rule": "witness margin >= 0 (ties adversarial); robust: every class <= -delta, delta = "
+    return {**extra, "verifier": VERIFIER_VERSION,
+            "rule": "witness margin >= 0 (ties adversarial); robust: every class <= -delta, delta = "
                     "max(delta_rel * max(1, max|f(x)|), slack_factor * tolerance slack)",
             "delta_rel": DELTA_REL, "slack_factor": SLACK_FACTOR,
             "solver": f"HiGHS {importlib.metadata.version('highspy')}", "solver_options": dict(SOLVER_OPTIONS),
@@ -147,6 +157,8 @@ def network_ops(model: nn.Module, shape: tuple) -> list:
 
     for m in mods:
         if isinstance(m, LINEAR_MODULES):
+            if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+                raise ValueError(f"exact verification handles zero padding only, found {m}")
             if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1)):
                 raise ValueError(f"exact verification handles global average pooling only, found {m}")
             pending.append(m)
@@ -157,7 +169,8 @@ def network_ops(model: nn.Module, shape: tuple) -> list:
             ops.append(certify.Relu())
         elif isinstance(m, nn.MaxPool2d):
             flush()
-            if m.kernel_size not in (2, (2, 2)) or m.stride not in (2, (2, 2)) or m.padding not in (0, (0, 0)):
+            if m.kernel_size not in (2, (2, 2)) or m.stride not in (2, (2, 2)) or m.padding not in (0, (0, 0)) \
+                    or m.dilation not in (1, (1, 1)) or m.ceil_mode:
                 raise ValueError(f"exact verification handles 2x2 max-pooling with stride 2 only, found {m}")
             c, h, w = cur
             idx = np.arange(c * h * w).reshape(c, h, w)[:, :h // 2 * 2, :w // 2 * 2]
@@ -196,8 +209,9 @@ def _apply_linear(mods, t: torch.Tensor, bias: bool) -> torch.Tensor:
 
 
 def input_box(x: np.ndarray, norm: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Coordinate bounds of the feasible set (exact for l_inf; the l_inf hull for l_1 and l_2)."""
-    return np.maximum(x - eps, 0.0), np.minimum(x + eps, 1.0)
+    """Coordinate bounds of the feasible set (for l_inf the set itself; the l_inf hull for l_1 and l_2), rounded
+    outward so that they contain every feasible point."""
+    return np.maximum(np.nextafter(x - eps, -np.inf), 0.0), np.minimum(np.nextafter(x + eps, np.inf), 1.0)
 
 
 def _first_layer_raw(W: np.ndarray, b: np.ndarray, x: np.ndarray, norm: str, eps: float):
@@ -265,7 +279,8 @@ class _Model:
         self.n = 0
         self.x_cols = self._cols(lo, hi)
         if norm == "l1":  # x' = x + d+ - d-, d+, d- >= 0, sum(d+ + d-) <= eps
-            dp, dm = self._cols(np.zeros_like(x), hi - x), self._cols(np.zeros_like(x), x - lo)
+            dp = self._cols(np.zeros_like(x), np.nextafter(hi - x, np.inf))
+            dm = self._cols(np.zeros_like(x), np.nextafter(x - lo, np.inf))
             for i in range(len(x)):
                 self._row(x[i], x[i], [self.x_cols[i], dp[i], dm[i]], [1.0, -1.0, 1.0])
             self._row(-self.inf, eps, list(dp) + list(dm), [1.0] * (2 * len(x)))
@@ -371,6 +386,8 @@ class _Model:
         key = (lp.num_row_, lp.num_col_)
         if key != self._matrix_key:
             a = lp.a_matrix_
+            if a.format_ != highspy.MatrixFormat.kColwise:  # the arrays below are read as columns
+                raise RuntimeError(f"HiGHS returned its matrix as {a.format_}, not column-wise")
             self._matrix = (sp.csc_matrix((np.asarray(a.value_), np.asarray(a.index_), np.asarray(a.start_)),
                                           shape=(lp.num_row_, lp.num_col_)).tocsr(),
                             np.asarray(lp.row_lower_), np.asarray(lp.row_upper_),
@@ -544,7 +561,8 @@ def _scip_class(ops, x, eps, bounds, c, y, delta, time_limit, first_only: bool):
         m.setParam("limits/solutions", 1)
     lo, hi = input_box(x, "l2", eps)
     xs = [m.addVar(lb=float(lo[i]), ub=float(hi[i])) for i in range(len(x))]
-    m.addCons(quicksum((xs[i] - float(x[i])) * (xs[i] - float(x[i])) for i in range(len(x))) <= eps * eps)
+    m.addCons(quicksum((xs[i] - float(x[i])) * (xs[i] - float(x[i])) for i in range(len(x)))
+              <= float(np.nextafter(eps * eps, np.inf)))
     prev, prev_b = xs, (lo, hi)
     for k, op in enumerate(ops):
         l, u = bounds[k]
@@ -598,6 +616,7 @@ class ImageResult:
     stable: int = 0
     witness: np.ndarray | None = field(default=None, repr=False)
     predicted: int | None = None  # the witness's class with the largest certified margin
+    float32_fooled: bool | None = None  # whether the float32 PyTorch model misclassifies the witness too
     witness_margin: float | None = None  # its certified lower bound (>= 0)
     delta: float = 0.0
     ruled_out: dict = field(default_factory=dict)  # how many wrong classes each kind of proof ruled out
@@ -610,13 +629,21 @@ class _Witnesses:
     def __init__(self, layers, x, y, norm, eps):
         self.layers, self.x, self.y, self.norm, self.eps = layers, x, y, norm, eps
 
-    def check(self, candidate) -> tuple[np.ndarray, int, float] | None:
-        """(point, class, certified margin) when the candidate, moved into the set, is adversarial."""
+    def check(self, candidate, bounds=None) -> tuple[np.ndarray, int, float] | None:
+        """(point, class, certified margin) when the candidate, moved into the set, is adversarial. With
+        ``bounds`` (a solver's point), the point moved into the set must also respect them: one that does
+        not stops the study (:class:`UnsoundBounds`)."""
         p = certify.make_witness(candidate, self.x, self.norm, self.eps)
         if p is None:
             return None
+        if bounds is not None:
+            _check_point(self.layers, bounds, p.astype(float))
         c, low = certify.witness_margin(self.layers, p.astype(float), self.y)
         return (p, c, low) if low >= 0 else None
+
+
+class SolverContradiction(RuntimeError):
+    """The solver found a point past the threshold, then called the same problem infeasible."""
 
 
 def _check_point(layers, bounds, point: np.ndarray) -> None:
@@ -648,7 +675,8 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
 
     def ruled_out_by(bounds):  # u_c - l_y bounds f_c - f_y from above (rounded up before the comparison)
         l_out, u_out = bounds[-1]
-        return [c for c in classes if (u_out[c] - l_out[y]) * (1 + 4 * certify.UNIT) + certify.TINY <= -delta]
+        gap = u_out - l_out[y]
+        return [c for c in classes if gap[c] + 4 * certify.UNIT * abs(gap[c]) + certify.TINY <= -delta]
 
     bounds = tightened_bounds(ops, x, norm, eps, lp=False)  # interval bounds first: milliseconds
     if lp_bounds and len(ruled_out_by(bounds)) < len(classes):  # LP-tightened bounds only where they are needed
@@ -678,12 +706,13 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
             if left <= 0:
                 break
             status, raw = _scip_class(ops, x, eps, bounds, c, y, delta, left, first_only)
-            found = wit.check(raw) if raw is not None else None
+            found = wit.check(raw, bounds) if raw is not None else None
             if found is not None:
-                _check_point(ops, bounds, found[0].astype(float))
                 p, cw, low = found
                 return result("vulnerable", "milp", witness=p, predicted=cw, witness_margin=low)
             if raw is None:
+                if not first_only and status == "infeasible":
+                    raise SolverContradiction(f"image {index}, class {c}: SCIP found a point, then infeasibility")
                 break
         if status == "infeasible":
             ruled["milp"] += 1
@@ -711,13 +740,14 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
                 status, raw = m.h.getModelStatus().name, m.point()
                 m.h.deleteRows(1, np.array([row], dtype=np.int32))
                 if raw is not None:
-                    found = wit.check(raw)
+                    found = wit.check(raw, bounds)
                     if found is not None:
-                        _check_point(ops, bounds, found[0].astype(float))
                         p, cw, low = found
                         return result("vulnerable", "milp", witness=p, predicted=cw, witness_margin=low)
                 if raw is None or not m.cut(raw):
                     break
+            if not first_only and status == "kInfeasible":
+                raise SolverContradiction(f"image {index}, class {c}: HiGHS found a point, then infeasibility")
             if status == "kInfeasible" or raw is None:
                 break
         if status == "kInfeasible":
@@ -728,6 +758,24 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     if unknown:
         return result("unknown", unknown)
     return result("robust", "milp")
+
+
+def float32_fooled(model, witness: np.ndarray, y: int, shape) -> bool:
+    """Whether the float32 PyTorch model misclassifies a witness (the verified function is its float64 form)."""
+    with torch.no_grad():
+        return bool(int(model(torch.tensor(witness, dtype=torch.float32).view(1, *shape)).argmax(1)) != y)
+
+
+def network_hash(model: nn.Module) -> str:
+    """A hash of a model's parameters and buffers: part of a study's request, so that verdicts made for other
+    weights are never reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def rule_delta(logits: np.ndarray) -> float:
@@ -761,7 +809,8 @@ def _row(r: ImageResult) -> dict:
     return {"index": r.index, "label": r.label, "status": r.status, "by": r.by, "seconds": round(r.seconds, 3),
             "unstable": r.unstable, "stable": r.stable, "predicted": r.predicted, "delta": r.delta,
             "ruled_out": dict(r.ruled_out), "slack": r.slack, "witness_margin": r.witness_margin,
-            "witness": None if r.witness is None else certify.encode_point(r.witness)}
+            "witness": None if r.witness is None else certify.encode_point(r.witness),
+            "float32_fooled": r.float32_fooled}
 
 
 def attack_candidates(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int = 100, seed: int = 0):
@@ -798,6 +847,8 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
                 r = verify_image(model, layers, x[k].reshape(-1).double().numpy(), int(y[k]), norm, eps,
                                  index=indices[k], class_order=order[k], candidates=cands[k], time_limit=time_limit,
                                  lp_bounds=lp)
+                if r.witness is not None:
+                    r.float32_fooled = float32_fooled(model, r.witness, int(y[k]), tuple(x.shape[1:]))
                 rows.append(_row(r))
                 store.save(path, rows, request)
     by_index = {r["index"]: r for r in rows}
@@ -808,11 +859,16 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
 # The audit: every stored decision re-checked without a solver
 # ------------------------------------------------------------------------------------------------
 def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float) -> list[str]:
-    """What is wrong with a study's stored rows (empty: nothing), checked in float64 and rationals only:
-    each vulnerable image's witness lies in the ball and the box exactly and has certified margin >= 0; each
-    robust image ruled out every wrong class by a known kind of proof with a delta of the rule; every unknown
-    image says why. ``images`` maps each row's index to its (float64 image, label)."""
+    """What is wrong with a study's stored rows (empty: nothing), checked in float64 and rationals only. Fully
+    re-checked: each vulnerable image's witness lies in the ball and the box exactly and has certified margin
+    >= 0 under the verified function. Checked for form only (their proofs are not stored): each robust image
+    names a known kind of proof for every wrong class, with a delta of the rule; every unknown image says
+    why; no image appears twice. ``images`` maps each row's index to its (float64 image, label)."""
     problems = []
+    seen = [r["index"] for r in rows]
+    twice = sorted({i for i in seen if seen.count(i) > 1})
+    if twice:
+        problems.append(f"images {twice[:5]} appear more than once")
     layers = certify.as_ops(layers)
     n_classes = layers[-1].W.shape[0]
     for r in rows:
@@ -837,7 +893,7 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float) ->
                 problems.append(f"{where}: the witness's certified margin is {low:.3g} < 0 (class {c})")
         elif r["status"] == "robust":
             ruled = r.get("ruled_out") or {}
-            if set(ruled) - set(RULED_OUT_BY) or sum(ruled.values()) != n_classes - 1:
+            if set(ruled) - set(RULED_OUT_BY) or sum(ruled.values()) != n_classes - 1 or min(ruled.values()) < 0:
                 problems.append(f"{where}: robust, but the proofs {ruled} do not cover the {n_classes - 1} wrong classes")
             delta, slack = r.get("delta", 0.0), r.get("slack", float("inf"))
             if delta < least * (1 - 1e-12):
