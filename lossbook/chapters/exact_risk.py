@@ -662,6 +662,32 @@ def audit_sentence(results: dict, scale: str, root: Path | None = None) -> str:
             f"for every wrong class of every robust image, the rule recorded with each study. It passes.")
 
 
+def l2_sentence(results: dict, scale: str, root: Path | None = None) -> str:
+    """How much of each l_2 study is decided, and, below ``DECIDED_SHARE``, what the undecided images look
+    like (their unstable ReLUs and the classes still open at the time limit), from the stored rows."""
+    parts = []
+    for name, (st, t) in results.items():
+        if st.norm != "l2":
+            continue
+        rows = load_exact_rows(st, scale, root)
+        undecided = [r for r in rows if r["status"] == "unknown"]
+        share = 1 - len(undecided) / len(rows)
+        text = (f"The l_2 study {name} decides {len(rows) - len(undecided)} of its {len(rows)} images ({share:.0%}) "
+                f"within {st.time_limit:g} s each")
+        if share < DECIDED_SHARE and undecided:
+            solved = [r for r in rows if r["status"] != "unknown" and r["by"] != "attack"]
+            open_classes = [9 - sum((r.get("ruled_out") or {}).values()) for r in undecided]
+            text += (f", short of {DECIDED_SHARE:.0%}. Its undecided images keep a median of "
+                     f"{np.median([r['unstable'] for r in undecided]):.0f} unstable ReLUs (the decided ones "
+                     f"{np.median([r['unstable'] for r in solved] or [0]):.0f}) and a median of "
+                     f"{np.median(open_classes):.0f} of 9 classes still open at the time limit: the LP with tangent cuts "
+                     f"rules out few classes, since a polytope fits the 784-dimensional ball poorly, and SCIP, which "
+                     f"handles the ball exactly, branches over those ReLUs with the quadratic constraint at every node. "
+                     f"For l_2 the chapter therefore reports bounds on R")
+        parts.append(text + ".")
+    return " ".join(parts)
+
+
 def error_table(results: dict) -> pd.DataFrame:
     """Table 7.2: E = R - R'' (pp) of every attack in every study, as 'E (95% interval)', or 'low to high
     (interval)' where some images are unknown."""
