@@ -418,6 +418,10 @@ class _Model:
             self.objective(coefs)
             for _ in range(LP_CUTS + 1):
                 self.h.run()
+                if self.h.getModelStatus().name != "kOptimal" and self.n > IPM_ABOVE_COLUMNS:  # interior point stalled:
+                    self.h.setOptionValue("solver", "simplex")  # dual simplex for this class
+                    self.h.run()
+                    self.lp_solver(True)
                 if self.safe_bound(coefs) <= -delta:
                     out.append(c)
                     break
