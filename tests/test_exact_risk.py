@@ -176,3 +176,27 @@ def test_a_study_made_under_another_rule_fails_the_audit_with_what_differs(data_
     (problem,) = exact_risk.audit_study(st, "smoke", tmp_path)
     assert problem == (f"{st.name()}: made under other settings or weights (differs in: rule.delta_rel); rerun it with "
                        f"`python -m lossbook exact --studies {st.name()}`")
+
+
+def test_table_7_5_counts_how_each_verdict_was_reached():
+    t = _table(["vulnerable", "vulnerable", "robust", "robust", "unknown", "unknown"])
+    t["by"] = ["attack", "milp", "milp", "milp", "time limit", "margin"]
+    t["milp_proofs"] = [0, 0, 0, 2, 0, 0]
+    t["float32_fooled"] = ["yes", "no", "-", "-", "-", "-"]
+    row = exact_risk.proof_table({"s": (None, t)}).iloc[0]
+    assert (row["vulnerable: attack's witness"], row["vulnerable: solver's witness"]) == (1, 1)
+    assert (row["robust: float64 proofs only"], row["robust: some class by MILP"]) == (1, 1)
+    assert (row["unknown: time limit"], row["unknown: within delta"]) == (1, 1)
+    assert row["witnesses the float32 model also misclassifies"] == "1 of 2"
+
+
+def test_table_7_6_counts_the_verdicts_that_changed_under_the_new_rule(tmp_path):
+    from lossbook import store
+
+    store.save(tmp_path / "smoke" / "decisions-before-audit-rule.csv",
+               pd.DataFrame({"study": "s", "index": [0, 1, 2], "status": ["robust", "robust", "vulnerable"], "by": "milp"}),
+               {"what": "test"})
+    t = _table(["robust", "unknown", "vulnerable"])
+    row = exact_risk.decision_changes({"s": (None, t)}, "smoke", tmp_path).iloc[0]
+    assert (row["images"], row["changed"], row["which"]) == (3, 1, "robust -> unknown: 1")
+    assert exact_risk.decision_changes({"s": (None, t)}, "smoke", tmp_path / "nowhere") is None
