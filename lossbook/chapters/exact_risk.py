@@ -669,7 +669,8 @@ def l2_sentence(results: dict, scale: str, root: Path | None = None) -> str:
     for name, (st, t) in results.items():
         if st.norm != "l2":
             continue
-        rows = load_exact_rows(st, scale, root)
+        mine = set(t["index"].astype(int))
+        rows = [r for r in load_exact_rows(st, scale, root) if r["index"] in mine]
         undecided = [r for r in rows if r["status"] == "unknown"]
         share = 1 - len(undecided) / len(rows)
         text = (f"The l_2 study {name} decides {len(rows) - len(undecided)} of its {len(rows)} images ({share:.0%}) "
@@ -754,7 +755,7 @@ def unfound(results: dict, scale: str, root: Path | None = None, max_shown: int 
         x, _ = data.load(spec.dataset, "test")
         for i in only_exact(t, st.norm)["index"]:
             r = rows[int(i)]
-            if len(out["images"]) >= max_shown or r["witness"] is None:
+            if len(out["images"]) >= max_shown or r.get("witness") is None:
                 continue
             out["images"].append(x[int(i)].numpy())
             out["counterexamples"].append(certify.decode_point(r["witness"]).astype(np.float32).reshape(x.shape[1:]))
