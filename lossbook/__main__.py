@@ -323,7 +323,8 @@ def _exact_command(sub, fmt=DefaultsHelpFormatter) -> None:
                        "(the solver's time per image is in Table 7.1).")
     e.add_argument("--scale", choices=SCALES, default="cpu")
     e.add_argument("--studies", nargs="+", default=None, metavar="STUDY",
-                   choices=sorted({s.name() for v in STUDIES.values() for s in v}), help="default: the scale's studies")
+                   choices=sorted({s.name() for v in STUDIES.values() for s in v}),
+                    help="default: the scale's studies and every saved study of the paper networks")
     e.add_argument("--images", type=positive_int, default=None, help="images per study (default: the study's)")
     e.add_argument("--time-limit", type=checked(float, "number"), default=None,
                    help="solver seconds per image (default: the study's)")
@@ -340,9 +341,11 @@ def _exact_command(sub, fmt=DefaultsHelpFormatter) -> None:
 
 
 def _audit(args) -> None:
-    from lossbook.chapters.exact_risk import audit_study, select_studies
+    from lossbook.chapters.exact_risk import audit_study, paper_net_saved_studies, select_studies
 
     chosen = select_studies(",".join(args.studies) if args.studies else "all", args.scale)
+    if not args.studies:
+        chosen += paper_net_saved_studies(args.scale)
     problems = []
     for st in chosen:
         found = audit_study(st, args.scale)
@@ -364,7 +367,8 @@ def _audit_command(sub, fmt=DefaultsHelpFormatter) -> None:
                         description="Reads results/exact/<scale>/ and the datasets; seconds per study.")
     au.add_argument("--scale", choices=SCALES, default="cpu")
     au.add_argument("--studies", nargs="+", default=None, metavar="STUDY",
-                    choices=sorted({s.name() for v in STUDIES.values() for s in v}), help="default: the scale's studies")
+                    choices=sorted({s.name() for v in STUDIES.values() for s in v}),
+                    help="default: the scale's studies and every saved study of the paper networks")
     au.set_defaults(func=_audit)
 
 

@@ -97,6 +97,7 @@ def test_the_committed_studies_pass_the_audit(data_available):
     witness in the ball and the box exactly with a certified margin >= 0, every robust image with a proof
     per wrong class, the outcomes table agreeing, no robust image broken by an attack."""
     found = [st for st in exact_risk.studies("cpu") if exact_risk.exact_path(st, "cpu").exists()]
+    found += exact_risk.paper_net_saved_studies("cpu")  # the paper's NET-1: each curve radius and the main studies
     if not found:
         pytest.skip("no committed cpu study")
     problems = [p for st in found for p in exact_risk.audit_study(st, "cpu")]
@@ -200,3 +201,22 @@ def test_table_7_6_counts_the_verdicts_that_changed_under_the_new_rule(tmp_path)
     row = exact_risk.decision_changes({"s": (None, t)}, "smoke", tmp_path).iloc[0]
     assert (row["images"], row["changed"], row["which"]) == (3, 1, "robust -> unknown: 1")
     assert exact_risk.decision_changes({"s": (None, t)}, "smoke", tmp_path / "nowhere") is None
+
+
+def test_the_paper_network_sentence_says_when_every_attack_ties_and_names_the_best_when_not():
+    name = "mnist-net1-at"
+    radii = exact_risk.CURVE_EPS[name]
+    curve = pd.DataFrame({"eps": radii[:2], "images": 40, "robust": [40, 30], "vulnerable": 0, "unknown": [0, 10],
+                          "decided share": [1.0, 0.75], "decided 95% low": 0.0, "decided 95% high": 1.0,
+                          "solver median s": 1.0, "unstable ReLUs (median)": 100.0})
+    st = exact_risk.Study(name, "linf", radii[0], 4, 60.0)
+    table = pd.DataFrame({"status": ["vulnerable", "vulnerable", "unknown", "robust"], "by": "milp",
+                          "seconds": 1.0, "unstable": 1, "stable": 9,
+                          "FGSM": [True, False, False, False], "PGD-10 ce": [True, False, False, False],
+                          "PGD-10 searched": [True, False, False, False]})
+    tied = exact_risk.paper_net_sentence(name, curve, st, table)
+    assert "All 3 attacks find the same R'' = 0.250" in tied and "E = 25.0 to 50.0 pp for every one" in tied
+    assert "R in [0.500, 0.750] on 4 images (75.0% of them decided)" in tied
+    table.loc[1, "PGD-10 searched"] = True  # the searched loss breaks the second vulnerable image
+    text = exact_risk.paper_net_sentence(name, curve, st, table)
+    assert "All 3" not in text and "the best single attack (PGD-10 searched) 0.0 to 25.0 pp" in text

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lossbook import runner, store
-from lossbook.chapters import atras_sweep, transfer
+from lossbook.chapters import atras_sweep, paper_arm, transfer
 from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
 from lossbook.core import certify, data, exact
 from lossbook.core.attack_registry import attack_names, run_attacks
@@ -420,11 +420,45 @@ def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: 
     g = gap_table(table, st.norm).set_index("attack")
     s = exact_summary(table)
     r = f"R = {s['R_low']:.3f}" if s["unknown"] == 0 else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
-    best = g.drop(index="any attack")["E_high"].idxmin()
+    decided = f"{1 - s['unknown'] / s['images']:.1%} of them decided"
+    attacks = g.drop(index="any attack")
+    arm = arm_eps(name)
+    scale_note = (f" The paper arm judges this setting at eps {arm:g}, {arm / e:.0f} times larger: exact risk does not "
+                  f"reach the paper's regime on this network." if arm else "")
+    if (attacks[["E_low", "E_high"]] == g.loc["any attack", ["E_low", "E_high"]]).all(axis=None):
+        return head + (f"at eps {e:g}, the largest radius of the curve with {DECIDED_SHARE:.0%} of its images decided, "
+                       f"{r} on {s['images']} images ({decided}). All {len(attacks)} attacks find the same "
+                       f"R'' = {g.loc['any attack', 'R' + chr(39) * 2]:.3f}, so E = {e_text(g.loc['any attack'])} pp for "
+                       f"every one of them: at this radius no attack, searched, released or AutoAttack, can be told "
+                       f"apart from CE, and what E could still be is set by the unknown images alone.{scale_note}")
+    best = attacks["E_high"].idxmin()
     return head + (f"at eps {e:g}, the largest radius of the curve with {DECIDED_SHARE:.0%} of its images decided, "
-                   f"{r} on {s['images']} images; PGD-10 with CE misses {e_text(g.loc['PGD-10 ce'])} pp, the arm's "
-                   f"searched loss {e_text(g.loc['PGD-10 searched'])} pp, the best single attack ({best}) "
-                   f"{e_text(g.loc[best])} pp.")
+                   f"{r} on {s['images']} images ({decided}); PGD-10 with CE misses {e_text(g.loc['PGD-10 ce'])} pp, "
+                   f"the arm's searched loss {e_text(g.loc['PGD-10 searched'])} pp, the best single attack ({best}) "
+                   f"{e_text(g.loc[best])} pp.{scale_note}")
+
+
+def arm_eps(name: str) -> float | None:
+    """The eps at which chapter 3's paper arm judged the l_inf setting of a paper network (None if not judged)."""
+    summary = paper_arm.load_summary("paper")
+    setting = f"{name}-linf"
+    if summary is None or setting not in set(summary.setting):
+        return None
+    return float(summary.set_index("setting").loc[setting, "eps"])
+
+
+def paper_net_saved_studies(scale: str = "cpu", root: Path | None = None) -> list[Study]:
+    """Every saved study of the paper networks, one per file: a curve radius (its first ``CURVE_IMAGES``
+    images) or, at the chosen eps, the main study (which resumed from that radius's file)."""
+    out = []
+    for name in PAPER_NETS:
+        main = None
+        if all(exact_path(st, scale, root).exists() for st in curve_studies(name)[:1]):
+            main = paper_net_study(name, scale, root)
+        for st in curve_studies(name):
+            if exact_path(st, scale, root).exists():
+                out.append(main if main is not None and main.eps == st.eps else st)
+    return out
 
 
 def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]:
@@ -649,15 +683,19 @@ def proof_table(results: dict) -> pd.DataFrame:
 
 
 def audit_sentence(results: dict, scale: str, root: Path | None = None) -> str:
-    """What ``python -m lossbook audit`` finds on the chapter's studies, as one Markdown sentence."""
+    """What ``python -m lossbook audit`` finds on the chapter's studies and the paper networks' saved studies,
+    as one Markdown sentence."""
     if not results:
         return ""
-    problems = [p for st, _ in results.values() for p in audit_study(st, scale, root)]
-    witnesses = sum(int((t["status"] == "vulnerable").sum()) for _, t in results.values())
+    nets = paper_net_saved_studies(scale, root)
+    problems = [p for st in [st for st, _ in results.values()] + nets for p in audit_study(st, scale, root)]
+    witnesses = (sum(int((t["status"] == "vulnerable").sum()) for _, t in results.values())
+                 + sum(r["status"] == "vulnerable" for st in nets for r in load_exact_rows(st, scale, root)))
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         return f"**The audit fails** on {len(problems)} point(s): {shown}."
-    return (f"`python -m lossbook audit --scale {scale}` re-checks all {len(results)} studies without a solver: "
+    return (f"`python -m lossbook audit --scale {scale}` re-checks all {len(results) + len(nets)} studies "
+            f"({len(nets)} of them on the paper's NET-1) without a solver: "
             f"{witnesses} witnesses (each in the ball and the box exactly, each with a certified margin >= 0), a proof "
             f"for every wrong class of every robust image, the rule recorded with each study. It passes.")
 

@@ -367,16 +367,19 @@ def all_settings_sentence(summary: pd.DataFrame) -> str:
              zip(summary.only_searched, summary.only_ce, summary.heldout_images, summary.paper_gain_pp)]
     holds = f["reproduced"] == f["judged"] == len(SETTINGS)
     known = [p for p in power if p == p]
+    impossible = (f"in {len(power) - len(known)} settings fewer images were discordant than the paper's gain needs, "
+                  f"so a gain that large was impossible on these images")
+    if known:
+        power_text = (f"Given the discordant images we saw, our per-setting test had a median power of "
+                      f"{np.median(known):.2f} (from {min(known):.2f} to {max(known):.2f}) to detect a gain as large "
+                      f"as the paper's; {impossible}.")
+    else:
+        power_text = f"No setting had enough discordant images for a power to be computed: {impossible}."
     return (f"Read as one claim about every setting (an intersection-union test: each setting must reproduce on its "
             f"own), the paper's statement {'holds' if holds else 'is not supported'}: {f['reproduced']} of "
-            f"{len(SETTINGS)} settings reproduce. Given the discordant images we saw, our per-setting test had a median "
-            f"power of {np.median(known):.2f} (from {min(known):.2f} to {max(known):.2f}) to detect a gain as large as "
-            f"the paper's; in {len(power) - len(known)} settings fewer images were discordant than the paper's gain "
-            f"needs, so a gain that large was impossible on these images. Where the power is low, an inconclusive "
-            f"row is weak "
-            f"evidence either way. The "
-            f"size verdict is read only beside the direction: a 'consistent' size on an inconclusive row says the "
-            f"paper's gain is inside a wide interval, not that it was confirmed.")
+            f"{len(SETTINGS)} settings reproduce. {power_text} Where the power is low, an inconclusive row is weak "
+            f"evidence either way. The size verdict is read only beside the direction: a 'consistent' size on an "
+            f"inconclusive row says the paper's gain is inside a wide interval, not that it was confirmed.")
 
 
 def group_means(summary: pd.DataFrame) -> str:
