@@ -219,4 +219,7 @@ def test_the_paper_network_sentence_says_when_every_attack_ties_and_names_the_be
     assert "R in [0.500, 0.750] on 4 images (75.0% of them decided)" in tied
     table.loc[1, "PGD-10 searched"] = True  # the searched loss breaks the second vulnerable image
     text = exact_risk.paper_net_sentence(name, curve, st, table)
-    assert "All 3" not in text and "the best single attack (PGD-10 searched) 0.0 to 25.0 pp" in text
+    assert "All 3" not in text and "the best single attack, PGD-10 searched, misses 0.0 to 25.0 pp" in text
+    by_study = exact_risk.conclusions({"tied": (st, table.assign(**{"PGD-10 searched": table["FGSM"]})), "not": (st, table)})
+    assert "all 3 attacks tie at E = 25.0 to 50.0 pp" in by_study
+    assert "the best single attack, PGD-10 searched, misses 0.0 to 25.0 pp; FGSM (ATRAS's evaluation) misses 25.0 to 50.0 pp" in by_study

@@ -421,21 +421,18 @@ def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: 
     s = exact_summary(table)
     r = f"R = {s['R_low']:.3f}" if s["unknown"] == 0 else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
     decided = f"{1 - s['unknown'] / s['images']:.1%} of them decided"
-    attacks = g.drop(index="any attack")
     arm = arm_eps(name)
     scale_note = (f" The paper arm judges this setting at eps {arm:g}, {arm / e:.0f} times larger: exact risk does not "
                   f"reach the paper's regime on this network." if arm else "")
-    if (attacks[["E_low", "E_high"]] == g.loc["any attack", ["E_low", "E_high"]]).all(axis=None):
+    if all_attacks_tie(g):
         return head + (f"at eps {e:g}, the largest radius of the curve with {DECIDED_SHARE:.0%} of its images decided, "
-                       f"{r} on {s['images']} images ({decided}). All {len(attacks)} attacks find the same "
+                       f"{r} on {s['images']} images ({decided}). All {len(g) - 1} attacks find the same "
                        f"R'' = {g.loc['any attack', 'R' + chr(39) * 2]:.3f}, so E = {e_text(g.loc['any attack'])} pp for "
                        f"every one of them: at this radius no attack, searched, released or AutoAttack, can be told "
                        f"apart from CE, and what E could still be is set by the unknown images alone.{scale_note}")
-    best = attacks["E_high"].idxmin()
     return head + (f"at eps {e:g}, the largest radius of the curve with {DECIDED_SHARE:.0%} of its images decided, "
                    f"{r} on {s['images']} images ({decided}); PGD-10 with CE misses {e_text(g.loc['PGD-10 ce'])} pp, "
-                   f"the arm's searched loss {e_text(g.loc['PGD-10 searched'])} pp, the best single attack ({best}) "
-                   f"{e_text(g.loc[best])} pp.{scale_note}")
+                   f"the arm's searched loss {e_text(g.loc['PGD-10 searched'])} pp; {best_attack_text(g)}.{scale_note}")
 
 
 def arm_eps(name: str) -> float | None:
@@ -551,6 +548,20 @@ def e_text(row) -> str:
     """E of one row of :func:`gap_table` in pp: a number, or "low to high" where images are unknown."""
     low, high = 100 * row["E_low"], 100 * row["E_high"]
     return f"{low:.1f}" if row["E_low"] == row["E_high"] else f"{low:.1f} to {high:.1f}"
+
+
+def all_attacks_tie(g: pd.DataFrame) -> bool:
+    """Whether every attack of a :func:`gap_table` (indexed by attack) has the same E bounds as any attack."""
+    attacks = g.drop(index="any attack")
+    return bool((attacks[["E_low", "E_high"]] == g.loc["any attack", ["E_low", "E_high"]]).all(axis=None))
+
+
+def best_attack_text(g: pd.DataFrame) -> str:
+    """The best single attack and its E (a range where images are unknown), or that all of them tie."""
+    if all_attacks_tie(g):
+        return f"all {len(g) - 1} attacks tie at E = {e_text(g.loc['any attack'])} pp"
+    best = g.drop(index="any attack")["E_high"].idxmin()
+    return f"the best single attack, {best}, misses {e_text(g.loc[best])} pp"
 
 
 def exact_summary(table: pd.DataFrame) -> dict:
@@ -746,11 +757,9 @@ def conclusions(results: dict) -> str:
         g = gap_table(t, st.norm).set_index("attack")
         s = exact_summary(t)
         r = f"R = {s['R_low']:.3f}" if s["unknown"] == 0 else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
-        best = g.drop(index="any attack")["E_high"].idxmin()
-        line = f"* **{name}** ({s['images']} images): {r}; the best single attack, {best}, misses " \
-               f"{100 * g.loc[best, 'E_low']:.1f} pp"
-        if "FGSM" in g.index:
-            line += f"; FGSM (ATRAS's evaluation) misses {100 * g.loc['FGSM', 'E_low']:.1f} pp"
+        line = f"* **{name}** ({s['images']} images): {r}; {best_attack_text(g)}"
+        if "FGSM" in g.index and not all_attacks_tie(g):
+            line += f"; FGSM (ATRAS's evaluation) misses {e_text(g.loc['FGSM'])} pp"
         tight = tighter_than_ce(t)
         if tight is not None:
             pg = tight["gain"]
