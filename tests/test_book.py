@@ -1,3 +1,5 @@
+import pytest
+
 from lossbook.chapters.registry import CHAPTERS
 from lossbook.publish.build import available_chapters, check_links, write_toc
 
@@ -31,6 +33,30 @@ def test_chapters_are_in_reading_order_and_the_toc_lists_them(monkeypatch, tmp_p
     write_toc(["02_training", "03_gp_search"])  # Question 1's protocol comes just before its chapter
     toc = (tmp_path / "_toc.yml").read_text().splitlines()
     assert toc[6:9] == ["- file: chapters/02_training", "- file: protocol_q1", "- file: chapters/03_gp_search"]
+    write_toc(["06_atras_sweep"])
+    assert (tmp_path / "_toc.yml").read_text().splitlines()[6:8] == ["- file: protocol_atras", "- file: chapters/06_atras_sweep"]
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if CHAPTERS[c].protocol])
+def test_each_protocol_page_is_older_than_every_result_it_rules(chapter):
+    """A protocol page was committed before the first result it judges (each page says so)."""
+    import subprocess
+
+    from lossbook.config import REPO_ROOT
+
+    def first_commit(path: str) -> int | None:
+        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%ct", "--", path], cwd=REPO_ROOT,
+                             capture_output=True, text=True)
+        times = [int(t) for t in out.stdout.split()]
+        return min(times) if out.returncode == 0 and times else None
+
+    c = CHAPTERS[chapter]
+    assert (REPO_ROOT / "book" / f"{c.protocol}.md").exists()
+    protocol = first_commit(f"book/{c.protocol}.md")
+    if protocol is None:
+        pytest.skip("no git history here (or the page is not committed yet)")
+    results = first_commit(c.protocol_results)
+    assert results is None or protocol < results
 
 
 def _arm_rows():
@@ -136,6 +162,7 @@ def test_glance_exact_rows_from_the_committed_studies():
 
     rows = exact_risk.glance_rows("cpu")
     saved = [st for st in exact_risk.studies("cpu") if exact_risk.load_study(st, "cpu") is not None]
+    saved += [st for _, st, t in exact_risk.paper_net_results("cpu").values() if t is not None]  # the paper's NET-1
     assert not [r for r in rows if r["paper"] == "ATRAS"]  # ATRAS makes no claim about FGSM's error
     tighter = [r for r in rows if r["paper"] == "AutoLoss-AR"]
     assert len(tighter) == len(saved) and all("McNemar p = " in r["ours"] for r in tighter)

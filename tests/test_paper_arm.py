@@ -2,7 +2,6 @@
 end to end at smoke scale (runs found by request, held-out files per arm, the sensitivity arms)."""
 from __future__ import annotations
 
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -160,21 +159,6 @@ def test_sensitivity_arms(smoke_arm):
     assert 0 <= row["released_beating_ce"] + row["released_losing_to_ce"] <= len(RELEASED_FORMULAS)
     folder = root / plan.preset / smoke_arm["name"]
     assert {"heldout-smoke-arm.json", "heldout-seeded.json", "heldout-sensitivity.npz"} <= {p.name for p in folder.iterdir()}
-
-
-def test_the_protocol_page_is_older_than_every_paper_arm_result():
-    """The protocol was committed before the first paper-arm result (book/protocol_q1.md says so)."""
-    def first_commit(path: str) -> int | None:
-        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%ct", "--", path], cwd=REPO,
-                             capture_output=True, text=True)
-        times = [int(t) for t in out.stdout.split()]
-        return min(times) if out.returncode == 0 and times else None
-
-    protocol = first_commit("book/protocol_q1.md")
-    if protocol is None:
-        pytest.skip("no git history here")
-    results = first_commit("results/search/paper-arm")
-    assert results is None or protocol < results
 
 
 def test_the_long_at_arm_judges_only_the_cifar10_at_settings_on_the_30_epoch_models():

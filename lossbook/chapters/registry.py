@@ -36,7 +36,9 @@ class Chapter:
     papermill parameters, ``check_parameters`` the check of those that depend on each other;
     ``glance_rows(scale)`` its claims for the glance page, listed under ``glance_heading`` and linked to
     the chapter; ``computes``: whether it computes results of its own (the ``chapters`` step of
-    ``reproduce``) rather than showing what earlier steps made."""
+    ``reproduce``) rather than showing what earlier steps made; ``protocol``: the page (``book/<protocol>.md``)
+    that fixed the chapter's verdict rule before its results, placed just before it, and ``protocol_results``
+    the folder of those results (the protocol's first commit is older than anything in it)."""
 
     name: str
     parameters: dict[str, Param]
@@ -44,17 +46,20 @@ class Chapter:
     glance_rows: Callable[[str], list[dict]] | None = None
     computes: bool = False
     glance_heading: str = PAPERS_CLAIMS
+    protocol: str | None = None
+    protocol_results: str | None = None
 
 
 #: The chapters in reading order.
 CHAPTERS: dict[str, Chapter] = {c.name: c for c in (
     Chapter("01_toy_inconsistency", toy_inconsistency.PARAMETERS, toy_inconsistency.check_parameters),
     Chapter("02_training", training.PARAMETERS),
-    Chapter("03_gp_search", gp_search.PARAMETERS, gp_search.check_parameters, paper_arm.glance_rows),
+    Chapter("03_gp_search", gp_search.PARAMETERS, gp_search.check_parameters, paper_arm.glance_rows,
+            protocol="protocol_q1", protocol_results="results/search/paper-arm"),
     Chapter("04_transfer", transfer.PARAMETERS, glance_rows=transfer.glance_rows, computes=True),
     Chapter("05_landscape", landscape.PARAMETERS, glance_rows=landscape.glance_rows, computes=True),
     Chapter("06_atras_sweep", atras_sweep.PARAMETERS, atras_sweep.check_parameters, atras_sweep.glance_rows,
-            computes=True),
+            computes=True, protocol="protocol_atras", protocol_results="results/atras/regime"),
     Chapter("07_exact_risk", exact_risk.PARAMETERS, exact_risk.check_parameters, exact_risk.glance_rows,
             computes=True, glance_heading=BEYOND_PAPERS),
 )}
