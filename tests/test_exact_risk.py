@@ -83,6 +83,14 @@ def test_a_smoke_study_end_to_end(data_available, tmp_path):
                store.record(path)["request"])
     assert exact_risk.audit_study(st, "smoke", tmp_path) == [
         f"{st.name()}: image {bad['index']}: the witness lies outside the linf ball of radius {st.eps} or the box"]
+    # a vulnerable image passed off as robust, every class "ruled out by bounds", is caught: the bounds are
+    # derived again and rule out fewer classes
+    forged = [{**r, "status": "robust", "by": "milp", "witness": None, "ruled_out": {"bounds": 9, "lp-dual": 0, "milp": 0},
+               "delta": bad["delta"], "slack": 0.0} if r is bad else r for r in rows]
+    store.save(path, forged, store.record(path)["request"])
+    problems = exact_risk.audit_study(st, "smoke", tmp_path)
+    assert any(p.startswith(f"{st.name()}: image {bad['index']}: robust with 9 classes ruled out by bounds, but bounds "
+                            "derived afresh rule out ") for p in problems)
     store.save(path, rows, store.record(path)["request"])
     # a second call reuses every saved result (nothing is solved again)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
@@ -216,7 +224,11 @@ def test_the_paper_network_sentence_says_when_every_attack_ties_and_names_the_be
                           "PGD-10 searched": [True, False, False, False]})
     tied = exact_risk.paper_net_sentence(name, curve, st, table)
     assert "All 3 attacks find the same R'' = 0.250" in tied and "E = 25.0 to 50.0 pp for every one" in tied
-    assert "R in [0.500, 0.750] on 4 images (75.0% of them decided)" in tied
+    assert ("R in [0.500, 0.750] on 4 images (75.0% of them decided, below the 90% that the 40-image curve met: on "
+            "200 images the criterion does not hold)") in tied
+    assert "half a grey level" not in tied  # eps 0.005 is more than 0.5/255
+    low = exact_risk.paper_net_sentence(name, curve.assign(eps=[0.001, 0.002]), replace(st, eps=0.001), table)
+    assert "eps 0.001 is less than half a grey level (0.5/255)" in low
     table.loc[1, "PGD-10 searched"] = True  # the searched loss breaks the second vulnerable image
     text = exact_risk.paper_net_sentence(name, curve, st, table)
     assert "All 3" not in text and "the best single attack, PGD-10 searched, misses 0.0 to 25.0 pp" in text

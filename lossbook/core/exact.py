@@ -660,6 +660,14 @@ def _check_point(layers, bounds, point: np.ndarray) -> None:
                                 f"leaves the bounds [{l[j]:.6g}, {u[j]:.6g}] the MILP was built on")
 
 
+def ruled_out_by_bounds(bounds, classes, y: int, delta: float) -> list[int]:
+    """The classes of ``classes`` whose f_c - f_y is at most -delta by the logits' bounds (``bounds[-1]``):
+    u_c - l_y, rounded up before the comparison."""
+    l_out, u_out = bounds[-1]
+    gap = u_out - l_out[y]
+    return [c for c in classes if gap[c] + 4 * certify.UNIT * abs(gap[c]) + certify.TINY <= -delta]
+
+
 def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, shape=None, index: int = 0,
                  class_order=None, candidates=(), time_limit: float = 60.0, lp_bounds: bool = True) -> ImageResult:
     """Decide one image by the rule of the module docstring; ``candidates`` are attack points tried first.
@@ -678,18 +686,13 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     n_classes = ops[-1].W.shape[0]
     classes = [c for c in (class_order if class_order is not None else range(n_classes)) if c != y]
 
-    def ruled_out_by(bounds):  # u_c - l_y bounds f_c - f_y from above (rounded up before the comparison)
-        l_out, u_out = bounds[-1]
-        gap = u_out - l_out[y]
-        return [c for c in classes if gap[c] + 4 * certify.UNIT * abs(gap[c]) + certify.TINY <= -delta]
-
     bounds = tightened_bounds(ops, x, norm, eps, lp=False)  # interval bounds first: milliseconds
-    if lp_bounds and len(ruled_out_by(bounds)) < len(classes):  # LP-tightened bounds only where they are needed
+    if lp_bounds and len(ruled_out_by_bounds(bounds, classes, y, delta)) < len(classes):  # LP only where needed
         bounds = tightened_bounds(ops, x, norm, eps, lp=True)
     slack = tolerance_slack(ops, bounds, norm, eps)
     delta = max(delta, SLACK_FACTOR * slack)
     ruled = {k: 0 for k in RULED_OUT_BY}
-    by_bounds = ruled_out_by(bounds)
+    by_bounds = ruled_out_by_bounds(bounds, classes, y, delta)
     ruled["bounds"] = len(by_bounds)
     classes = [c for c in classes if c not in by_bounds]
     m = _Model(ops, x, norm, eps, bounds, integer=True, time_limit=time_limit) if classes else None
@@ -866,9 +869,12 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
 def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float) -> list[str]:
     """What is wrong with a study's stored rows (empty: nothing), checked in float64 and rationals only. Fully
     re-checked: each vulnerable image's witness lies in the ball and the box exactly and has certified margin
-    >= 0 under the verified function. Checked for form only (their proofs are not stored): each robust image
-    names a known kind of proof for every wrong class, with a delta of the rule; every unknown image says
-    why; no image appears twice. ``images`` maps each row's index to its (float64 image, label)."""
+    >= 0 under the verified function; each robust image's classes ruled out by bounds are ruled out again by
+    bounds derived afresh (interval arithmetic, then, where that is not enough, LP bounds re-derived from the
+    dual: an LP solver runs, but its answer is checked, not trusted). Checked for form only: each robust image
+    names a known kind of proof for every wrong class, with a delta of the rule (the LP-dual and MILP proofs
+    of single classes are not stored); every unknown image says why; no image appears twice. ``images`` maps
+    each row's index to its (float64 image, label)."""
     problems = []
     seen = [r["index"] for r in rows]
     twice = sorted({i for i in seen if seen.count(i) > 1})
@@ -906,6 +912,15 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float) ->
             if delta < SLACK_FACTOR * slack * (1 - 1e-12):
                 problems.append(f"{where}: delta {delta:.6g} is less than {SLACK_FACTOR:g} times the tolerance slack "
                                 f"{slack:.3g}")
+            claimed = ruled.get("bounds", 0)
+            if claimed:
+                wrong = [c for c in range(n_classes) if c != label]
+                found = ruled_out_by_bounds(tightened_bounds(layers, x, norm, eps, lp=False), wrong, label, delta)
+                if len(found) < claimed and not any(isinstance(op, certify.MaxPool) for op in layers):
+                    found = ruled_out_by_bounds(tightened_bounds(layers, x, norm, eps, lp=True), wrong, label, delta)
+                if len(found) < claimed:
+                    problems.append(f"{where}: robust with {claimed} classes ruled out by bounds, but bounds derived "
+                                    f"afresh rule out {len(found)}")
         elif r["status"] == "unknown":
             if r["by"] not in ("time limit", "margin"):
                 problems.append(f"{where}: unknown for no stated reason ({r['by']!r})")
