@@ -311,6 +311,36 @@ def _atras_command(sub, fmt=DefaultsHelpFormatter) -> None:
     a.set_defaults(func=_atras)
 
 
+def _atras_regime(args) -> None:
+    from lossbook.chapters.atras_regime import REGIMES, claim_rows, plan_for, run_sweep, run_transfer
+
+    plan = plan_for(args.scale)
+    for ds in args.dataset:
+        sweep = run_sweep(ds, plan, progress=not args.quiet)
+        transfer = run_transfer(ds, plan, progress=not args.quiet) if not args.no_transfer else None
+        for regime in REGIMES:
+            for r in claim_rows(ds, regime, sweep, transfer, plan.bootstrap):
+                print(f"{ds} {regime} {r['claim']}: {r['statistic']} = {r['value']:+.2f} "
+                      f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]: {r['verdict']}")
+
+
+def _atras_regime_command(sub, fmt=DefaultsHelpFormatter) -> None:
+    """The ``atras-regime`` subcommand."""
+    from lossbook.chapters.atras_regime import PLANS
+
+    a = sub.add_parser("atras-regime", formatter_class=fmt,
+                       help="ATRAS's claims in ATRAS's regime (book/protocol_atras.md): calibrated FGSM eps, "
+                       "early-stopped training, 3 seeds, bootstrap intervals (resumes)",
+                       description="Into results/atras/regime/<scale>/: the calibration, one sweep row per "
+                       "(architecture, seed, regime) as each model finishes, then the transfer rows per seed. "
+                       "cpu: 40 MLPs x 3 seeds per dataset, about 12 CPU-hours for both; smoke: seconds.")
+    a.add_argument("--dataset", nargs="+", choices=DATASETS, default=list(DATASETS))
+    a.add_argument("--scale", choices=tuple(PLANS), default="cpu")
+    a.add_argument("--no-transfer", action="store_true", help="the sweep only")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.set_defaults(func=_atras_regime)
+
+
 def _exact_command(sub, fmt=DefaultsHelpFormatter) -> None:
     """The ``exact`` subcommand."""
     from lossbook.chapters.exact_risk import PAPER_NETS, STUDIES
@@ -436,7 +466,8 @@ def _teaching_command(sub, fmt=DefaultsHelpFormatter) -> None:
 
 
 #: the subcommands, in the order ``--help`` lists them
-COMMANDS = (_train_command, _search_command, _grid_command, _paper_arm_command, _atras_command, _exact_command,
+COMMANDS = (_train_command, _search_command, _grid_command, _paper_arm_command, _atras_command,
+            _atras_regime_command, _exact_command,
             _audit_command, _landscape_command, _book_command, _run_command, _reproduce_command, _teaching_command)
 
 

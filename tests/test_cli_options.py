@@ -37,6 +37,7 @@ class Recorder:
 @pytest.fixture
 def spies(monkeypatch):
     """Recorders in place of every function a CLI command hands its work to."""
+    import lossbook.chapters.atras_regime as atras_regime
     import lossbook.chapters.atras_sweep as atras
     import lossbook.chapters.exact_risk as exact_risk
     import lossbook.chapters.gp_search as grid
@@ -64,6 +65,9 @@ def spies(monkeypatch):
         "build": Recorder(),
         "run_chapter": Recorder("out.ipynb"),
         "reproduce": Recorder(),
+        "run_sweep": Recorder(pd.DataFrame()),
+        "run_transfer": Recorder(pd.DataFrame()),
+        "claim_rows": Recorder([]),
     }
     monkeypatch.setattr(train, "train", s["train"])
     monkeypatch.setattr(train, "write_accuracies", Recorder("accuracies.csv"))
@@ -74,6 +78,8 @@ def spies(monkeypatch):
     for name in ("atras_config", "dataset_results"):
         monkeypatch.setattr(atras, name, s[name])
     monkeypatch.setattr(atras, "depth_summary", Recorder(pd.DataFrame()))
+    for name in ("run_sweep", "run_transfer", "claim_rows"):
+        monkeypatch.setattr(atras_regime, name, s[name])
     monkeypatch.setattr(exact_risk, "run_study", s["run_study"])
     monkeypatch.setattr(exact_risk, "run_paper_net", s["run_paper_net"])
     monkeypatch.setattr(exact_risk, "eps_curve", Recorder(pd.DataFrame()))
@@ -125,6 +131,13 @@ CASES = {
     ("grid", "backend"): (["grid", "--backend", "ray"], lambda s: s["run_grid"].kwargs["backend"] == "ray"),
     ("grid", "address"): (["grid", "--address", "10.0.0.1:6379"],
                           lambda s: s["run_grid"].kwargs["address"] == "10.0.0.1:6379"),
+    ("atras-regime", "dataset"): (["atras-regime", "--dataset", "cifar10"],
+                                  lambda s: [a[0] for a, _ in s["run_sweep"].calls] == ["cifar10"]),
+    ("atras-regime", "scale"): (["atras-regime", "--scale", "smoke"], lambda s: s["run_sweep"].args[1].scale == "smoke"),
+    ("atras-regime", "no_transfer"): (["atras-regime", "--no-transfer"],
+                                      lambda s: not s["run_transfer"].calls and len(s["run_sweep"].calls) == 2),
+    ("atras-regime", "quiet"): (["atras-regime", "--quiet"], lambda s: s["run_sweep"].kwargs["progress"] is False
+                                and s["run_transfer"].kwargs["progress"] is False),
     ("paper-arm", "arm"): (["paper-arm", "--arm", "smoke"], lambda s: s["run_arm"].args == ("smoke",)),
     ("paper-arm", "datasets"): (["paper-arm", "--datasets", "cifar10"],
                                 lambda s: {x.split("-")[0] for x in s["run_arm"].kwargs["settings"]} == {"cifar10"}

@@ -1,0 +1,506 @@
+"""ATRAS's claims in ATRAS's regime, by the protocol of ``book/protocol_atras.md``.
+
+Every MLP is trained to convergence by early stopping on a validation split, with several seeds; FGSM's
+eps is calibrated so that the median drop from clean to FGSM accuracy before adversarial training matches
+the paper's tables (the *calibrated* regime), and the earlier radii are kept as a second, *fixed* regime.
+Each claim is read from a statistic with a two-stage bootstrap interval, beside the same statistic on the
+paper's own tables.
+
+Files, under ``results/atras/regime/<scale>/``:
+
+* ``calibration-<dataset>.json`` -- the bisection's steps and the eps found;
+* ``sweep-<dataset>.csv`` -- one row per (architecture, seed, regime), appended as each model finishes;
+* ``transfer-<dataset>.csv`` -- per (seed, regime, source, target): accuracy clean, on the source's FGSM
+  examples and under a random-sign perturbation of the same eps;
+* ``cache/`` (not committed) -- the standard-trained weights, so that calibration, the sweep and the
+  transfer share them within a machine; lost, they are trained again (the same weights: one thread, the
+  same seed).
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from lossbook import store
+from lossbook.chapters import atras_sweep
+from lossbook.chapters.atras_sweep import ARCHITECTURES, TRANSFER_SUBSET, depth_group, param_count
+from lossbook.config import DATASETS, RESULTS_DIR, check_choice, quiet
+from lossbook.core import data
+from lossbook.core.attacks import fgsm, pgd
+from lossbook.core.models import accuracy, build_model, n_params
+from lossbook.core.stats import VERDICTS
+from lossbook.core.train import fit
+
+#: the regimes: the calibrated eps (the book's answer) and the earlier sweep's radii
+REGIMES = ("calibrated", "fixed")
+FIXED_EPS = {"mnist": 0.1, "cifar10": 8 / 255}
+#: where the calibration's bisection searches, and when it stops
+EPS_BRACKET = {"mnist": (0.0, 0.1), "cifar10": (0.0, 16 / 255)}
+CALIBRATION_TOLERANCE_PP = 0.5
+CALIBRATION_HALVINGS = 12
+#: a network of the paper's tables with less test accuracy than this is dead (it predicts one class)
+LIVE_ACCURACY = 0.2
+#: the regime is comparable with the paper's where both medians are within this many points
+COMPARABLE_PP = atras_sweep.REGIME_TOLERANCE_PP
+DEPTH_GROUPS = ("1", "2", "3", ">3")
+CLAIMS = {
+    "C1": "adversarial training recovers most on smaller architectures",
+    "C2": "accuracy under attack after adversarial training is highest on smaller architectures",
+    "C3": "FGSM examples crafted on a smaller network fool larger ones",
+}
+
+
+@dataclass(frozen=True)
+class RegimePlan:
+    """What a scale runs: seeds, early-stopping caps, the data, the architectures (indices into
+    :data:`ARCHITECTURES`; None: all 40), the transfer images and the bootstrap's resamples."""
+
+    scale: str
+    seeds: tuple[int, ...]
+    max_st_epochs: int
+    max_at_epochs: int
+    patience: int
+    n_validation: int
+    n_train: int | None  # training images before the validation split is taken off (None: all)
+    n_test: int | None
+    architectures: tuple[int, ...] | None
+    transfer_images: int
+    bootstrap: int
+    batch_size: int = 128
+    lr: float = 1e-3
+    at_mix: float = 0.5
+
+    def archs(self) -> list[list[int]]:
+        return [list(a) for a in ARCHITECTURES] if self.architectures is None else \
+            [list(ARCHITECTURES[i]) for i in self.architectures]
+
+    def transfer_archs(self) -> list[list[int]]:
+        """The transfer matrix's architectures: :data:`TRANSFER_SUBSET` among the plan's (all at smoke scale)."""
+        archs = self.archs()
+        return archs if self.scale == "smoke" else [a for a in TRANSFER_SUBSET if a in archs]
+
+
+PLANS = {
+    "smoke": RegimePlan("smoke", (0, 1), 2, 2, 1, 500, 2500, 500, atras_sweep.SMOKE_ARCHITECTURES, 200, 200),
+    "cpu": RegimePlan("cpu", (0, 1, 2), 20, 10, 3, 5000, None, None, None, 2000, 2000),
+}
+
+
+def plan_for(scale: str) -> RegimePlan:
+    check_choice("scale of the regime sweep", scale, tuple(PLANS))
+    return PLANS[scale]
+
+
+def regime_dir(scale: str, root: Path | None = None) -> Path:
+    return (root or RESULTS_DIR / "atras" / "regime") / scale
+
+
+# ------------------------------------------------------------------------------------------------
+# The paper's tables: the calibration target and the paper's own statistics
+# ------------------------------------------------------------------------------------------------
+def paper_target_pp(dataset: str) -> float:
+    """The paper's median drop (pp) from test accuracy to accuracy under FGSM before adversarial training,
+    over its live networks (test accuracy at least :data:`LIVE_ACCURACY`)."""
+    p = atras_sweep.paper_tables()
+    live = p[(p["dataset"] == dataset) & (p["test_acc"] >= LIVE_ACCURACY)]
+    return round(float(100 * (live["test_acc"] - live["acc_attacked_before_at"]).median()), 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training to convergence
+# ------------------------------------------------------------------------------------------------
+def splits(dataset: str, plan: RegimePlan):
+    """(x_train, y_train, x_val, y_val, x_test, y_test): the last ``n_validation`` training images are the
+    validation set and are never trained on."""
+    x, y = data.load(dataset, "train", plan.n_train)
+    xt, yt = data.load(dataset, "test", plan.n_test)
+    k = len(x) - plan.n_validation
+    return x[:k], y[:k], x[k:], y[k:], xt, yt
+
+
+def train_early_stopped(model, x, y, score, max_epochs: int, patience: int, generator: torch.Generator,
+                        batch_size: int, lr: float, batch_loss=None) -> dict:
+    """Adam on (x, y) one epoch at a time, ``score(model)`` after each; stops after ``patience`` epochs
+    without a new best and keeps the best epoch's weights. Returns the epochs run, the best epoch and its
+    score."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    best, best_epoch, best_state, waited, epoch = -np.inf, 0, None, 0, 0
+    extra = {} if batch_loss is None else {"batch_loss": batch_loss}
+    for epoch in range(1, max_epochs + 1):
+        fit(model, opt, x, y, max_epochs, batch_size, generator, progress=False, first_epoch=epoch - 1,
+            last_epoch=epoch, **extra)
+        s = score(model)
+        if s > best:
+            best, best_epoch, best_state, waited = s, epoch, {k: v.clone() for k, v in model.state_dict().items()}, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs": epoch, "best_epoch": best_epoch, "best_score": float(best)}
+
+
+def _cache_path(dataset: str, hidden, seed: int, plan: RegimePlan, root: Path | None) -> Path:
+    name = "x".join(map(str, hidden))
+    return regime_dir(plan.scale, root) / "cache" / f"{dataset}-{name}-seed{seed}.pt"
+
+
+def _st_request(dataset: str, hidden, seed: int, plan: RegimePlan) -> dict:
+    keep = ("max_st_epochs", "patience", "n_validation", "n_train", "batch_size", "lr")
+    return {"what": "ATRAS ST model", "dataset": dataset, "hidden": list(hidden), "seed": seed,
+            **{k: getattr(plan, k) for k in keep}}
+
+
+def standard_model(dataset: str, hidden, seed: int, plan: RegimePlan, data_splits, root: Path | None = None):
+    """The standard-trained MLP (early-stopped on validation accuracy) and its training record: from the
+    cache when it holds one made for the same request, else trained (and cached)."""
+    path, request = _cache_path(dataset, hidden, seed, plan, root), _st_request(dataset, hidden, seed, plan)
+    torch.manual_seed(seed)
+    model = build_model(dataset, "mlp", hidden=list(hidden), activation="relu")
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("request") == request:
+            model.load_state_dict(saved["state"])
+            return model.eval(), saved["info"]
+    x, y, xv, yv, _, _ = data_splits
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    info = train_early_stopped(model, x, y, lambda m: accuracy(m, xv, yv), plan.max_st_epochs, plan.patience, gen,
+                               plan.batch_size, plan.lr)
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"request": request, "state": model.state_dict(), "info": info}, tmp)
+    tmp.replace(path)
+    return model, info
+
+
+def adversarially_trained(model, eps: float, seed: int, plan: RegimePlan, data_splits) -> tuple[torch.nn.Module, dict]:
+    """FGSM adversarial training continuing from a copy of ``model`` (a fresh Adam, the 50/50 mix of clean
+    and FGSM examples), early-stopped on validation accuracy under FGSM at ``eps``."""
+    x, y, xv, yv, _, _ = data_splits
+    at = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    t0 = time.perf_counter()
+    info = train_early_stopped(at, x, y, lambda m: atras_sweep.fgsm_accuracy(m, xv, yv, eps), plan.max_at_epochs,
+                               plan.patience, gen, plan.batch_size, plan.lr, atras_sweep.fgsm_loss(eps, plan.at_mix))
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    return at, info
+
+
+def pgd_accuracy(model, x, y, eps: float) -> float:
+    """Accuracy under PGD-10 (l_inf, CE, the book's defaults) at ``eps``."""
+    if eps == 0:
+        return accuracy(model, x, y)
+    return 1.0 - float(pgd(model, x, y, norm="linf", eps=eps, steps=10, return_x=False).broken[0].float().mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration
+# ------------------------------------------------------------------------------------------------
+def calibration_request(dataset: str, plan: RegimePlan) -> dict:
+    return {"what": "ATRAS eps calibration", "dataset": dataset, "scale": plan.scale,
+            "architectures": [str(a) for a in plan.archs()], "target_pp": paper_target_pp(dataset),
+            "bracket": list(EPS_BRACKET[dataset]), "tolerance_pp": CALIBRATION_TOLERANCE_PP,
+            "halvings": CALIBRATION_HALVINGS, "st": _st_request(dataset, [], 0, plan)}
+
+
+def calibrate(dataset: str, plan: RegimePlan, root: Path | None = None, compute: bool = True,
+              progress: bool = True) -> dict | None:
+    """The calibrated eps of ``dataset`` (saved; None where it is not and ``compute`` is off): bisection
+    on the median, over the seed-0 standard models of the plan's architectures, of the validation drop
+    from clean accuracy to accuracy under FGSM, towards the paper's median drop."""
+    check_choice("dataset", dataset, DATASETS)
+    path, request = regime_dir(plan.scale, root) / f"calibration-{dataset}.json", calibration_request(dataset, plan)
+    if store.matches(path, request):
+        return store.load(path, request)
+    if not compute:
+        return None
+    ds = splits(dataset, plan)
+    _, _, xv, yv, _, _ = ds
+    models = [standard_model(dataset, h, 0, plan, ds, root)[0]
+              for h in tqdm(plan.archs(), desc=f"calibration {dataset}: ST models", **quiet(progress))]
+    clean = np.array([accuracy(m, xv, yv) for m in models])
+    target = request["target_pp"]
+    lo, hi = EPS_BRACKET[dataset]
+    steps, met = [], False
+    for _ in range(CALIBRATION_HALVINGS):
+        mid = (lo + hi) / 2
+        drop = float(np.median(100 * (clean - np.array([atras_sweep.fgsm_accuracy(m, xv, yv, mid) for m in models]))))
+        steps.append({"eps": mid, "median_drop_pp": drop})
+        if abs(drop - target) <= CALIBRATION_TOLERANCE_PP:
+            met = True
+            break
+        lo, hi = (mid, hi) if drop < target else (lo, mid)
+    result = {"dataset": dataset, "eps": round(steps[-1]["eps"], 4), "target_pp": target,
+              "median_drop_pp": steps[-1]["median_drop_pp"], "tolerance_met": met, "steps": steps,
+              "median_clean_validation": float(np.median(clean))}
+    store.save(path, result, request)
+    return result
+
+
+def regime_eps(dataset: str, regime: str, calibration: dict) -> float:
+    check_choice("regime", regime, REGIMES)
+    return calibration["eps"] if regime == "calibrated" else FIXED_EPS[dataset]
+
+
+# ------------------------------------------------------------------------------------------------
+# The sweep: one row per (architecture, seed, regime)
+# ------------------------------------------------------------------------------------------------
+def sweep_request(dataset: str, plan: RegimePlan, calibration: dict) -> dict:
+    return {"what": "ATRAS regime sweep", "dataset": dataset, **{k: v for k, v in asdict(plan).items()
+                                                                  if k not in ("bootstrap", "transfer_images")},
+            "eps": {r: regime_eps(dataset, r, calibration) for r in REGIMES}}
+
+
+def model_rows(dataset: str, hidden, seed: int, plan: RegimePlan, calibration: dict, data_splits,
+               root: Path | None = None) -> list[dict]:
+    """Both regimes' rows of one (architecture, seed): the standard model's accuracies, then for each
+    regime its FGSM and PGD-10 accuracy before adversarial training, the adversarially trained model's
+    clean, FGSM and PGD-10 accuracy, and the epochs early stopping chose."""
+    _, _, _, _, xt, yt = data_splits
+    st, st_info = standard_model(dataset, hidden, seed, plan, data_splits, root)
+    base = {"dataset": dataset, "hidden": str(list(hidden)), "depth": len(hidden), "depth_group": depth_group(hidden),
+            "params": n_params(st), "seed": seed, "st_epochs": st_info["epochs"], "st_best_epoch": st_info["best_epoch"],
+            "val_acc": st_info["best_score"], "test_acc": accuracy(st, xt, yt)}
+    rows = []
+    for regime in REGIMES:
+        eps = regime_eps(dataset, regime, calibration)
+        at, at_info = adversarially_trained(st, eps, seed, plan, data_splits)
+        rows.append({**base, "regime": regime, "eps": eps,
+                     "acc_fgsm_before_at": atras_sweep.fgsm_accuracy(st, xt, yt, eps),
+                     "acc_pgd_before_at": pgd_accuracy(st, xt, yt, eps),
+                     "adv_test_acc": accuracy(at, xt, yt),
+                     "acc_fgsm_after_at": atras_sweep.fgsm_accuracy(at, xt, yt, eps),
+                     "acc_pgd_after_at": pgd_accuracy(at, xt, yt, eps),
+                     "at_epochs": at_info["epochs"], "at_best_epoch": at_info["best_epoch"],
+                     "seconds": st_info.get("seconds", 0.0) + at_info["seconds"]})
+    return rows
+
+
+def sweep_path(dataset: str, plan: RegimePlan, root: Path | None = None) -> Path:
+    return regime_dir(plan.scale, root) / f"sweep-{dataset}.csv"
+
+
+def run_sweep(dataset: str, plan: RegimePlan, root: Path | None = None, progress: bool = True,
+              seeds: tuple[int, ...] | None = None) -> pd.DataFrame:
+    """Calibrate (if not saved), then every (seed, architecture) not yet saved, seed by seed; the table
+    is rewritten (atomically) after each model, so an interrupted sweep resumes where it stopped."""
+    calibration = calibrate(dataset, plan, root, progress=progress)
+    path, request = sweep_path(dataset, plan, root), sweep_request(dataset, plan, calibration)
+    done = store.load(path, request) if path.exists() else pd.DataFrame()
+    finished = set(zip(done["hidden"], done["seed"])) if len(done) else set()
+    ds = splits(dataset, plan)
+    todo = [(s, h) for s in (seeds or plan.seeds) for h in plan.archs() if (str(h), s) not in finished]
+    for seed, hidden in tqdm(todo, desc=f"ATRAS regime sweep {dataset}", **quiet(progress)):
+        done = pd.concat([done, pd.DataFrame(model_rows(dataset, hidden, seed, plan, calibration, ds, root))],
+                         ignore_index=True)
+        store.save(path, done, request)
+    return done
+
+
+def load_sweep(dataset: str, plan: RegimePlan, root: Path | None = None) -> pd.DataFrame | None:
+    """The saved sweep of ``dataset`` (validated against its calibration), or None."""
+    calibration = calibrate(dataset, plan, root, compute=False)
+    path = sweep_path(dataset, plan, root)
+    if calibration is None or not path.exists():
+        return None
+    return store.load(path, sweep_request(dataset, plan, calibration))
+
+
+# ------------------------------------------------------------------------------------------------
+# Transfer (C3), with a random-sign control
+# ------------------------------------------------------------------------------------------------
+def random_sign(x: torch.Tensor, eps: float, seed: int = 0) -> torch.Tensor:
+    """``x + eps * sign(u)``, u uniform in [-1, 1] (seeded), clipped to [0, 1]: FGSM's size, no gradient."""
+    g = torch.Generator().manual_seed(seed)
+    return (x + eps * torch.sign(torch.rand(x.shape, generator=g) * 2 - 1)).clamp(0, 1)
+
+
+def transfer_rows(dataset: str, seed: int, plan: RegimePlan, calibration: dict, data_splits,
+                  root: Path | None = None) -> list[dict]:
+    """For one seed and each regime's eps: every target's accuracy clean, on each source's FGSM examples
+    (the source itself included: the white-box reference) and under the random-sign control."""
+    _, _, _, _, xt, yt = data_splits
+    x, y = xt[:plan.transfer_images], yt[:plan.transfer_images]
+    models = {str(h): standard_model(dataset, h, seed, plan, data_splits, root)[0] for h in plan.transfer_archs()}
+    rows = []
+    for regime in REGIMES:
+        eps = regime_eps(dataset, regime, calibration)
+        noisy = random_sign(x, eps)
+        adv = {s: fgsm(m, x, y, eps) for s, m in models.items()}
+        for t, target in models.items():
+            clean, noise = accuracy(target, x, y), accuracy(target, noisy, y)
+            for s in models:
+                rows.append({"dataset": dataset, "seed": seed, "regime": regime, "eps": eps, "source": s, "target": t,
+                             "source_params": param_count(dataset, ast.literal_eval(s)),
+                             "target_params": param_count(dataset, ast.literal_eval(t)),
+                             "clean_acc": clean, "transfer_acc": accuracy(target, adv[s], y), "noise_acc": noise})
+    return rows
+
+
+def transfer_path(dataset: str, plan: RegimePlan, root: Path | None = None) -> Path:
+    return regime_dir(plan.scale, root) / f"transfer-{dataset}.csv"
+
+
+def run_transfer(dataset: str, plan: RegimePlan, root: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """The transfer rows of every seed not yet saved (resumable per seed)."""
+    calibration = calibrate(dataset, plan, root, progress=progress)
+    path = transfer_path(dataset, plan, root)
+    request = {**sweep_request(dataset, plan, calibration), "what": "ATRAS regime transfer",
+               "architectures": [str(a) for a in plan.transfer_archs()], "images": plan.transfer_images}
+    done = store.load(path, request) if path.exists() else pd.DataFrame()
+    ds = splits(dataset, plan)
+    for seed in [s for s in plan.seeds if not len(done) or s not in set(done["seed"])]:
+        done = pd.concat([done, pd.DataFrame(transfer_rows(dataset, seed, plan, calibration, ds, root))],
+                         ignore_index=True)
+        store.save(path, done, request)
+    return done
+
+
+def load_transfer(dataset: str, plan: RegimePlan, root: Path | None = None) -> pd.DataFrame | None:
+    path = transfer_path(dataset, plan, root)
+    return store.load(path) if path.exists() else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Statistics (book/protocol_atras.md): D_1, Spearman, T, with two-stage bootstrap intervals
+# ------------------------------------------------------------------------------------------------
+def depth_gap(values_by_arch: pd.DataFrame) -> float:
+    """D_1: the mean of the one-hidden-layer group minus the largest mean among the other depth groups
+    (``values_by_arch``: one value per architecture, columns ``depth_group`` and ``value``)."""
+    means = values_by_arch.groupby("depth_group")["value"].mean()
+    others = means.drop(index="1", errors="ignore")
+    return float(means.get("1", np.nan) - others.max()) if len(others) else float("nan")
+
+
+def params_rho(values_by_arch: pd.DataFrame) -> float:
+    """Spearman's rho between parameter count and the value, over architectures."""
+    return float(spearmanr(values_by_arch["params"], values_by_arch["value"]).statistic)
+
+
+def _arch_means(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    return (df.groupby("hidden", sort=False).agg(depth_group=("depth_group", "first"), params=("params", "first"),
+                                                 value=(column, "mean")).reset_index())
+
+
+def bootstrap_statistics(df: pd.DataFrame, column: str, n_boot: int, seed: int = 0) -> dict:
+    """D_1 and rho of ``column`` (per architecture: the mean over its seeds) with 95% percentile intervals
+    from a two-stage bootstrap: architectures resampled within their depth group, then seeds within each
+    architecture."""
+    rng = np.random.default_rng(seed)
+    per_arch = {h: g[column].to_numpy(float) for h, g in df.groupby("hidden", sort=False)}
+    info = _arch_means(df, column).set_index("hidden")
+    groups = {k: list(g.index) for k, g in info.groupby("depth_group")}
+    d1, rho = [], []
+    for _ in range(n_boot):
+        picked = [h for hs in groups.values() for h in rng.choice(hs, size=len(hs), replace=True)]
+        vals = [per_arch[h][rng.integers(0, len(per_arch[h]), len(per_arch[h]))].mean() for h in picked]
+        sample = pd.DataFrame({"depth_group": info.loc[picked, "depth_group"].to_numpy(),
+                               "params": info.loc[picked, "params"].to_numpy(), "value": vals})
+        d1.append(depth_gap(sample))
+        rho.append(params_rho(sample))
+    point = info.reset_index()
+    ci = lambda v: tuple(float(q) for q in np.nanpercentile(v, [2.5, 97.5]))  # noqa: E731
+    return {"D1": depth_gap(point), "D1_ci": ci(d1), "rho": params_rho(point), "rho_ci": ci(rho),
+            "group_means": point.groupby("depth_group")["value"].mean().reindex(list(DEPTH_GROUPS)).to_dict()}
+
+
+def transfer_statistic(tr: pd.DataFrame, n_boot: int, direction: str = "smaller to larger", seed: int = 0) -> dict:
+    """T: the mean over (source, target) pairs with the source smaller (or, reversed, larger) and over seeds
+    of the transfer drop minus the control's drop (= noise accuracy - transfer accuracy, in pp), with a
+    95% interval from resampling architectures and then seeds; and the white-box drop for scale."""
+    check_choice("direction", direction, ("smaller to larger", "larger to smaller"))
+    archs = sorted(set(tr["source"]))
+    size = dict(zip(tr["source"], tr["source_params"]))
+    seeds = sorted(set(tr["seed"]))
+    gain = {(r.source, r.target, r.seed): 100 * (r.noise_acc - r.transfer_acc) for r in tr.itertuples()}
+    white = 100 * (tr.loc[tr["source"] == tr["target"], "clean_acc"]
+                   - tr.loc[tr["source"] == tr["target"], "transfer_acc"]).mean()
+    wanted = (lambda s, t: size[s] < size[t]) if direction == "smaller to larger" else (lambda s, t: size[s] > size[t])
+
+    def mean_t(arch_sample, seed_sample) -> float:
+        v = [gain[(s, t, k)] for s in arch_sample for t in arch_sample if wanted(s, t) for k in seed_sample]
+        return float(np.mean(v)) if v else float("nan")
+
+    rng = np.random.default_rng(seed)
+    boots = [mean_t(list(rng.choice(archs, len(archs))), list(rng.choice(seeds, len(seeds)))) for _ in range(n_boot)]
+    return {"T": mean_t(archs, seeds), "T_ci": tuple(float(q) for q in np.nanpercentile(boots, [2.5, 97.5])),
+            "white_box_drop_pp": float(white),
+            "pairs": sum(wanted(s, t) for s in archs for t in archs)}
+
+
+def verdict(ci: tuple[float, float], claim_sign: int, comparable: bool) -> str:
+    """The protocol's rule: the interval on the claim's side of 0, on the other side, or across it; "not
+    comparable" (with the rule's reading) where the regime is not the paper's."""
+    lo, hi = ci
+    reproduced, not_reproduced, inconclusive = VERDICTS
+    side = reproduced if claim_sign * lo > 0 and claim_sign * hi > 0 else \
+        not_reproduced if claim_sign * lo < 0 and claim_sign * hi < 0 else inconclusive
+    return side if comparable else f"not comparable ({side})"
+
+
+def comparability(sweep: pd.DataFrame, dataset: str) -> dict:
+    """The regime's medians against the paper's tables (clean test accuracy; accuracy under FGSM before
+    adversarial training), in pp, and whether both are within :data:`COMPARABLE_PP`."""
+    ours = sweep.rename(columns={"acc_fgsm_before_at": "acc_attacked_before_at"})
+    gaps = atras_sweep.regime_gaps_pp(ours.assign(dataset=dataset), atras_sweep.paper_tables(), dataset)
+    return {**gaps, "comparable": max(map(abs, gaps.values())) <= COMPARABLE_PP}
+
+
+def paper_statistics(dataset: str, n_boot: int, seed: int = 0) -> dict:
+    """D_1 and rho of recovery (C1) and of accuracy under FGSM after AT (C2) on the paper's tables as
+    printed (dead networks included), bootstrapped over architectures within depth groups."""
+    p = atras_sweep.paper_tables()
+    p = p[p["dataset"] == dataset].assign(
+        depth_group=lambda d: d["depth"].map(lambda n: str(n) if n <= 3 else ">3"), seed=0,
+        recovery_pp=lambda d: 100 * (d["acc_attacked_after_at"] - d["acc_attacked_before_at"]),
+        after_pp=lambda d: 100 * d["acc_attacked_after_at"])
+    return {"C1": bootstrap_statistics(p, "recovery_pp", n_boot, seed),
+            "C2": bootstrap_statistics(p, "after_pp", n_boot, seed)}
+
+
+def with_derived(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The sweep with recovery and accuracy after AT in pp, under FGSM and under PGD-10."""
+    return sweep.assign(recovery_pp=100 * (sweep["acc_fgsm_after_at"] - sweep["acc_fgsm_before_at"]),
+                        after_pp=100 * sweep["acc_fgsm_after_at"],
+                        pgd_recovery_pp=100 * (sweep["acc_pgd_after_at"] - sweep["acc_pgd_before_at"]),
+                        pgd_after_pp=100 * sweep["acc_pgd_after_at"])
+
+
+def claim_rows(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.DataFrame | None, n_boot: int) -> list[dict]:
+    """The protocol's three claims on one dataset and regime: the primary statistic with its interval and
+    verdict, the secondary one, the same on the paper's tables, and the PGD-10 sensitivity."""
+    s = with_derived(sweep[sweep["regime"] == regime])
+    comp = comparability(s, dataset)
+    paper = paper_statistics(dataset, n_boot)
+    rows = []
+    for claim, column, pgd_column in (("C1", "recovery_pp", "pgd_recovery_pp"), ("C2", "after_pp", "pgd_after_pp")):
+        ours, under_pgd = bootstrap_statistics(s, column, n_boot), bootstrap_statistics(s, pgd_column, n_boot)
+        rows.append({"dataset": dataset, "regime": regime, "claim": claim, "statement": CLAIMS[claim],
+                     "statistic": "D1 (pp)", "value": ours["D1"], "ci_low": ours["D1_ci"][0], "ci_high": ours["D1_ci"][1],
+                     "verdict": verdict(ours["D1_ci"], +1, comp["comparable"]),
+                     "rho": ours["rho"], "rho_ci": ours["rho_ci"], "paper_D1": paper[claim]["D1"],
+                     "paper_D1_ci": paper[claim]["D1_ci"], "paper_rho": paper[claim]["rho"],
+                     "paper_rho_ci": paper[claim]["rho_ci"], "pgd_D1": under_pgd["D1"], "pgd_D1_ci": under_pgd["D1_ci"],
+                     "group_means": ours["group_means"], "paper_group_means": paper[claim]["group_means"],
+                     "models": len(s), "clean_gap_pp": comp["test_acc"], "fgsm_gap_pp": comp["acc_attacked_before_at"]})
+    if transfer is not None and len(transfer[transfer["regime"] == regime]):
+        tr = transfer[transfer["regime"] == regime]
+        fwd, back = transfer_statistic(tr, n_boot), transfer_statistic(tr, n_boot, "larger to smaller")
+        rows.append({"dataset": dataset, "regime": regime, "claim": "C3", "statement": CLAIMS["C3"],
+                     "statistic": "T (pp)", "value": fwd["T"], "ci_low": fwd["T_ci"][0], "ci_high": fwd["T_ci"][1],
+                     "verdict": verdict(fwd["T_ci"], +1, comp["comparable"]), "reverse_T": back["T"],
+                     "reverse_T_ci": back["T_ci"], "white_box_drop_pp": fwd["white_box_drop_pp"], "pairs": fwd["pairs"],
+                     "models": len(tr), "clean_gap_pp": comp["test_acc"], "fgsm_gap_pp": comp["acc_attacked_before_at"]})
+    return rows
