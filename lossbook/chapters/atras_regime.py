@@ -386,6 +386,8 @@ def depth_gap(values_by_arch: pd.DataFrame) -> float:
 
 def params_rho(values_by_arch: pd.DataFrame) -> float:
     """Spearman's rho between parameter count and the value, over architectures."""
+    if values_by_arch["value"].nunique() < 2 or values_by_arch["params"].nunique() < 2:
+        return float("nan")  # undefined for a constant input
     return float(spearmanr(values_by_arch["params"], values_by_arch["value"]).statistic)
 
 
@@ -411,7 +413,8 @@ def bootstrap_statistics(df: pd.DataFrame, column: str, n_boot: int, seed: int =
         d1.append(depth_gap(sample))
         rho.append(params_rho(sample))
     point = info.reset_index()
-    ci = lambda v: tuple(float(q) for q in np.nanpercentile(v, [2.5, 97.5]))  # noqa: E731
+    ci = lambda v: tuple(float(q) for q in np.nanpercentile(v, [2.5, 97.5])) if np.isfinite(v).any() \
+        else (float("nan"), float("nan"))  # noqa: E731
     return {"D1": depth_gap(point), "D1_ci": ci(d1), "rho": params_rho(point), "rho_ci": ci(rho),
             "group_means": point.groupby("depth_group")["value"].mean().reindex(list(DEPTH_GROUPS)).to_dict()}
 
