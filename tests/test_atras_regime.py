@@ -120,3 +120,27 @@ def test_a_smoke_sweep_end_to_end_resumes_and_judges(tmp_path, data_available):
     other = R.RegimePlan(**{**plan.__dict__, "max_at_epochs": 3})
     with pytest.raises(ValueError, match="max_at_epochs"):
         R.run_sweep("mnist", other, tmp_path, progress=False)
+
+
+def test_the_chapter_tables_read_a_complete_smoke_sweep(tmp_path, data_available):
+    results = R.chapter_results(["mnist"], "smoke", compute=True, root=tmp_path)
+    assert results["mnist"]["complete"] and results["mnist"]["done"] == R.planned_models(R.PLANS["smoke"])
+    table = R.claims_table(results, "smoke")
+    assert len(table) == 2 * 3 and list(table["regime"]) == ["calibrated"] * 3 + ["fixed"] * 3
+    assert table["paper's tables"].iloc[0].startswith("-1.84 [")  # the paper's own D1 on MNIST recovery
+    assert table.loc[table["claim"].str.startswith("C3"), "paper's tables"].eq("no number in the paper").all()
+    depth = R.depth_table(results)
+    assert list(depth["depth"]) == list(R.DEPTH_GROUPS) and depth["recovery, paper stated (pp)"].tolist() == [4.58, -2.5, 4.06, 0.99]
+    assert R.answer(results, "smoke").startswith("mnist: C1 ")
+    assert "complete" in R.progress_sentence(results, "smoke")
+
+
+def test_glance_rows_fall_back_to_the_earlier_sweep_until_a_dataset_is_complete():
+    """No committed cpu regime sweep is complete yet (or one is): each dataset appears once, either way."""
+    rows = R.glance_rows("cpu")
+    datasets = [r["claim"].rsplit("(", 1)[-1].rstrip(")") for r in rows]
+    assert sorted(set(datasets)) == ["cifar10", "mnist"] and len(rows) == 6
+    for ds in ("mnist", "cifar10"):
+        complete = R.chapter_results([ds], "cpu")[ds]["complete"]
+        mine = [r for r in rows if r["claim"].endswith(f"({ds})")]
+        assert all(("calibrated regime" in r["ours"]) == complete for r in mine)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from lossbook import store
@@ -376,19 +376,27 @@ def load_transfer(dataset: str, plan: RegimePlan, root: Path | None = None) -> p
 # ------------------------------------------------------------------------------------------------
 # Statistics (book/protocol_atras.md): D_1, Spearman, T, with two-stage bootstrap intervals
 # ------------------------------------------------------------------------------------------------
+def _depth_gap(groups: np.ndarray, values: np.ndarray) -> float:
+    if not (groups == "1").any() or (groups == "1").all():
+        return float("nan")
+    return float(values[groups == "1"].mean() - max(values[groups == g].mean() for g in set(groups) - {"1"}))
+
+
+def _rho(params: np.ndarray, values: np.ndarray) -> float:
+    if len(set(values)) < 2 or len(set(params)) < 2:
+        return float("nan")  # undefined for a constant input
+    return float(np.corrcoef(rankdata(params), rankdata(values))[0, 1])  # Spearman's rho: Pearson's on ranks
+
+
 def depth_gap(values_by_arch: pd.DataFrame) -> float:
     """D_1: the mean of the one-hidden-layer group minus the largest mean among the other depth groups
     (``values_by_arch``: one value per architecture, columns ``depth_group`` and ``value``)."""
-    means = values_by_arch.groupby("depth_group")["value"].mean()
-    others = means.drop(index="1", errors="ignore")
-    return float(means.get("1", np.nan) - others.max()) if len(others) else float("nan")
+    return _depth_gap(values_by_arch["depth_group"].to_numpy(), values_by_arch["value"].to_numpy(float))
 
 
 def params_rho(values_by_arch: pd.DataFrame) -> float:
-    """Spearman's rho between parameter count and the value, over architectures."""
-    if values_by_arch["value"].nunique() < 2 or values_by_arch["params"].nunique() < 2:
-        return float("nan")  # undefined for a constant input
-    return float(spearmanr(values_by_arch["params"], values_by_arch["value"]).statistic)
+    """Spearman's rho between parameter count and the value, over architectures (NaN if either is constant)."""
+    return _rho(values_by_arch["params"].to_numpy(float), values_by_arch["value"].to_numpy(float))
 
 
 def _arch_means(df: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -401,22 +409,28 @@ def bootstrap_statistics(df: pd.DataFrame, column: str, n_boot: int, seed: int =
     from a two-stage bootstrap: architectures resampled within their depth group, then seeds within each
     architecture."""
     rng = np.random.default_rng(seed)
-    per_arch = {h: g[column].to_numpy(float) for h, g in df.groupby("hidden", sort=False)}
-    info = _arch_means(df, column).set_index("hidden")
-    groups = {k: list(g.index) for k, g in info.groupby("depth_group")}
+    info = _arch_means(df, column)
+    per_arch = [df.loc[df["hidden"] == h, column].to_numpy(float) for h in info["hidden"]]
+    counts = np.array([len(v) for v in per_arch])
+    padded = np.zeros((len(per_arch), counts.max()))
+    for i, v in enumerate(per_arch):
+        padded[i, :len(v)] = v
+    group = info["depth_group"].to_numpy()
+    params = info["params"].to_numpy(float)
+    members = [np.flatnonzero(group == g) for g in DEPTH_GROUPS if (group == g).any()]
     d1, rho = [], []
     for _ in range(n_boot):
-        picked = [h for hs in groups.values() for h in rng.choice(hs, size=len(hs), replace=True)]
-        vals = [per_arch[h][rng.integers(0, len(per_arch[h]), len(per_arch[h]))].mean() for h in picked]
-        sample = pd.DataFrame({"depth_group": info.loc[picked, "depth_group"].to_numpy(),
-                               "params": info.loc[picked, "params"].to_numpy(), "value": vals})
-        d1.append(depth_gap(sample))
-        rho.append(params_rho(sample))
-    point = info.reset_index()
-    ci = lambda v: tuple(float(q) for q in np.nanpercentile(v, [2.5, 97.5])) if np.isfinite(v).any() \
-        else (float("nan"), float("nan"))  # noqa: E731
-    return {"D1": depth_gap(point), "D1_ci": ci(d1), "rho": params_rho(point), "rho_ci": ci(rho),
-            "group_means": point.groupby("depth_group")["value"].mean().reindex(list(DEPTH_GROUPS)).to_dict()}
+        picked = np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
+        k = counts[picked][:, None]  # each picked architecture's seeds, drawn with replacement
+        draws = (rng.random((len(picked), padded.shape[1])) * k).astype(int)
+        used = np.arange(padded.shape[1])[None, :] < k
+        vals = (np.take_along_axis(padded[picked], draws, axis=1) * used).sum(axis=1) / k[:, 0]
+        d1.append(_depth_gap(group[picked], vals))
+        rho.append(_rho(params[picked], vals))
+    ci = lambda v: (tuple(float(q) for q in np.nanpercentile(v, [2.5, 97.5])) if np.isfinite(v).any()  # noqa: E731
+                    else (float("nan"), float("nan")))
+    return {"D1": depth_gap(info), "D1_ci": ci(d1), "rho": params_rho(info), "rho_ci": ci(rho),
+            "group_means": info.groupby("depth_group")["value"].mean().reindex(list(DEPTH_GROUPS)).to_dict()}
 
 
 def transfer_statistic(tr: pd.DataFrame, n_boot: int, direction: str = "smaller to larger", seed: int = 0) -> dict:
@@ -507,3 +521,129 @@ def claim_rows(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.Data
                      "reverse_T_ci": back["T_ci"], "white_box_drop_pp": fwd["white_box_drop_pp"], "pairs": fwd["pairs"],
                      "models": len(tr), "clean_gap_pp": comp["test_acc"], "fgsm_gap_pp": comp["acc_attacked_before_at"]})
     return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Chapter 06: what the regime sweep shows, read from the saved files
+# ------------------------------------------------------------------------------------------------
+def planned_models(plan: RegimePlan) -> int:
+    """Models of one dataset's sweep (each gives one row per regime)."""
+    return len(plan.archs()) * len(plan.seeds)
+
+
+def chapter_results(datasets, scale: str, compute: bool = False, progress: bool = False,
+                    root: Path | None = None) -> dict:
+    """{dataset: {"calibration", "sweep", "transfer", "done", "complete"}}: computed where ``compute``
+    (resumable), else read; ``done`` counts finished models, ``complete`` says whether the sweep and the
+    transfer have every model the plan asks for (verdicts are read only then)."""
+    plan, out = plan_for(scale), {}
+    for ds in datasets:
+        if compute:
+            run_sweep(ds, plan, root, progress)
+            run_transfer(ds, plan, root, progress)
+        calibration = calibrate(ds, plan, root, compute=False)
+        sweep = load_sweep(ds, plan, root)
+        transfer = load_transfer(ds, plan, root)
+        done = 0 if sweep is None else len(sweep) // len(REGIMES)
+        seeds_done = set() if transfer is None else set(transfer["seed"])
+        out[ds] = {"calibration": calibration, "sweep": sweep, "transfer": transfer, "done": done,
+                   "complete": done == planned_models(plan) and seeds_done == set(plan.seeds)}
+    return out
+
+
+def progress_sentence(results: dict, scale: str) -> str:
+    """Where each dataset's sweep stands, and the calibrated eps where it is known (Markdown)."""
+    plan, parts = plan_for(scale), []
+    for ds, r in results.items():
+        cal = r["calibration"]
+        eps = (f"calibrated eps {cal['eps']:g} (median drop {cal['median_drop_pp']:.1f} pp against the paper's "
+               f"{cal['target_pp']:.1f} pp, {len(cal['steps'])} bisection steps"
+               + ("" if cal["tolerance_met"] else ", tolerance not met") + ")") if cal else "not calibrated yet"
+        state = "complete" if r["complete"] else (f"{r['done']} of {planned_models(plan)} models, "
+                                                  f"transfer {'done' if r['transfer'] is not None else 'not run'}")
+        parts.append(f"**{ds}**: {eps}; {state}.")
+    return " ".join(parts) + ("" if all(r["complete"] for r in results.values()) else
+                              f" Verdicts are read only from a complete sweep: `python -m lossbook atras-regime "
+                              f"--scale {scale}` continues it.")
+
+
+def _interval(value: float, ci) -> str:
+    return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def _display_row(c: dict) -> dict:
+    """One row of :func:`claim_rows` as Table 6.1 shows it."""
+    transfer = c["claim"] == "C3"
+    if transfer:
+        paper = "no number in the paper"
+        secondary = (f"reverse T {_interval(c['reverse_T'], c['reverse_T_ci'])}; "
+                     f"white-box drop {c['white_box_drop_pp']:.1f} pp")
+    else:
+        paper = _interval(c["paper_D1"], c["paper_D1_ci"])
+        secondary = f"rho {_interval(c['rho'], c['rho_ci'])} (paper {_interval(c['paper_rho'], c['paper_rho_ci'])})"
+    return {"dataset": c["dataset"], "regime": c["regime"], "claim": f"{c['claim']}: {c['statement']}",
+            "statistic": c["statistic"], "ours [95%]": _interval(c["value"], (c["ci_low"], c["ci_high"])),
+            "verdict": c["verdict"], "paper's tables": paper, "secondary": secondary,
+            "under PGD-10": "" if transfer else _interval(c["pgd_D1"], c["pgd_D1_ci"]),
+            "regime vs paper (clean, FGSM before AT)": f"{c['clean_gap_pp']:+.0f} pp, {c['fgsm_gap_pp']:+.0f} pp"}
+
+
+def claims_table(results: dict, scale: str) -> pd.DataFrame:
+    """Table 6.1: every claim, dataset and regime of the complete sweeps: the primary statistic with its
+    interval and verdict, the paper's statistic beside it, the secondary statistic and the PGD-10 check."""
+    plan = plan_for(scale)
+    return pd.DataFrame([_display_row(c) for ds, r in results.items() if r["complete"] for regime in REGIMES
+                         for c in claim_rows(ds, regime, r["sweep"], r["transfer"], plan.bootstrap)])
+
+
+def depth_table(results: dict, regime: str = "calibrated") -> pd.DataFrame:
+    """Table 6.2: mean recovery and accuracy under FGSM after AT per depth group, ours (the regime's
+    complete sweep, mean over seeds) beside the paper's stated figures and its tables."""
+    rows = []
+    paper = atras_sweep.paper_tables()
+    for ds, r in results.items():
+        if not r["complete"]:
+            continue
+        s = with_derived(r["sweep"][r["sweep"]["regime"] == regime])
+        p = paper[paper["dataset"] == ds].assign(depth_group=lambda d: d["depth"].map(lambda n: str(n) if n <= 3 else ">3"))
+        for g in DEPTH_GROUPS:
+            mine, theirs = s[s["depth_group"] == g], p[p["depth_group"] == g]
+            rows.append({"dataset": ds, "depth": g, "architectures": mine["hidden"].nunique(),
+                         "recovery, ours (pp)": mine["recovery_pp"].mean(),
+                         "recovery, paper stated (pp)": atras_sweep.PAPER_DEPTH_SUMMARY[ds][g],
+                         "recovery, paper's tables (pp)": 100 * (theirs["acc_attacked_after_at"]
+                                                                 - theirs["acc_attacked_before_at"]).mean(),
+                         "FGSM acc after AT, ours (%)": mine["after_pp"].mean(),
+                         "FGSM acc after AT, paper's tables (%)": 100 * theirs["acc_attacked_after_at"].mean(),
+                         "PGD-10 acc after AT, ours (%)": mine["pgd_after_pp"].mean()})
+    return pd.DataFrame(rows)
+
+
+def answer(results: dict, scale: str) -> str:
+    """The chapter's answer from the calibrated regime's verdicts (or where the sweep stands)."""
+    table = claims_table(results, scale)
+    if table.empty:
+        return "The regime sweep is not complete at this scale; " + progress_sentence(results, scale)
+    cal = table[table["regime"] == "calibrated"]
+    return "; ".join(f"{ds}: " + ", ".join(f"{c.split(':')[0]} {v}" for c, v in zip(d["claim"], d["verdict"]))
+                     for ds, d in cal.groupby("dataset", sort=False)) + " (calibrated regime, 95% bootstrap intervals)."
+
+
+GLANCE_TARGET = "atras-claims"
+
+
+def glance_rows(scale: str) -> list[dict]:
+    """The glance page's rows: each claim of the calibrated regime per dataset whose sweep is complete;
+    for the others, the earlier one-seed sweep's rows (:func:`atras_sweep.glance_rows`)."""
+    if scale not in PLANS:
+        return atras_sweep.glance_rows(scale)
+    plan, results = plan_for(scale), chapter_results(DATASETS, scale)
+    table = claims_table(results, scale)
+    rows = [] if table.empty else [
+        {"paper": "ATRAS", "claim": f"{r['claim'].split(': ', 1)[1]} ({r['dataset']})",
+         "the paper's number": r["paper's tables"], "scale": scale, "verdict": r["verdict"], "target": GLANCE_TARGET,
+         "ours": f"{r['statistic']} {r['ours [95%]']} (calibrated regime, {len(plan.seeds)} seeds x 40 MLPs)"}
+        for r in table[table["regime"] == "calibrated"].to_dict("records")]
+    earlier = [r for ds, res in results.items() if not res["complete"]
+               for r in atras_sweep.glance_rows(scale) if r["claim"].endswith(f"({ds})")]
+    return rows + earlier

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lossbook.chapters import (
+    atras_regime,
     atras_sweep,
     exact_risk,
     gp_search,
@@ -58,7 +59,7 @@ CHAPTERS: dict[str, Chapter] = {c.name: c for c in (
             protocol="protocol_q1", protocol_results="results/search/paper-arm"),
     Chapter("04_transfer", transfer.PARAMETERS, glance_rows=transfer.glance_rows, computes=True),
     Chapter("05_landscape", landscape.PARAMETERS, glance_rows=landscape.glance_rows, computes=True),
-    Chapter("06_atras_sweep", atras_sweep.PARAMETERS, atras_sweep.check_parameters, atras_sweep.glance_rows,
+    Chapter("06_atras_sweep", atras_sweep.PARAMETERS, atras_sweep.check_parameters, atras_regime.glance_rows,
             computes=True, protocol="protocol_atras", protocol_results="results/atras/regime"),
     Chapter("07_exact_risk", exact_risk.PARAMETERS, exact_risk.check_parameters, exact_risk.glance_rows,
             computes=True, glance_heading=BEYOND_PAPERS),
