@@ -465,9 +465,14 @@ def paper_net_saved_studies(scale: str = "cpu", root: Path | None = None) -> lis
     return out
 
 
+#: the parts of a study's rule that name solver versions: recorded, but not compared by the audit
+SOLVER_VERSION_KEYS = ("solver", "l2_solver")
+
+
 def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]:
-    """Everything wrong with a committed study, checked without a solver (empty: it passes): the record was
-    made for these weights under today's rule and settings (:func:`exact_request`); every row passes
+    """Everything wrong with a committed study, checked without trusting a solver (empty: it passes): the
+    record was made for these weights under today's rule and settings (:func:`exact_request`; the solvers'
+    versions are recorded but not compared); every row passes
     :func:`lossbook.core.exact.audit_rows` on the study's own images (found again from the dataset); the
     outcomes table carries the same verdicts; no image proven robust was broken by an attack."""
     path = exact_path(study, scale, root)
@@ -476,6 +481,10 @@ def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]
     model = load_verified_model(study.model, scale, train=False, root=root)
     wanted = exact_request(study, model)
     saved = store.record(path).get("request")
+    if isinstance(saved, dict) and isinstance(saved.get("rule"), dict):
+        # the solvers' versions made the verdicts but do not enter the audit (it trusts no solver): an auditor
+        # with other versions installed checks the same study
+        wanted["rule"].update({k: saved["rule"][k] for k in SOLVER_VERSION_KEYS if k in saved["rule"]})
     if saved != store.normalize(wanted):
         keys = [d.split("=")[0] for d in store.differences(saved, store.normalize(wanted))]
         return [f"{study.name()}: made under other settings or weights (differs in: {', '.join(keys)}); "
