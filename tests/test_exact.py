@@ -228,3 +228,37 @@ def test_the_l2_first_layer_bound_over_ball_and_box_is_valid_and_tight():
     lo, hi = X.first_layer_bounds(W, np.zeros(6), x, "l2", eps)
     ball_only = W @ x + eps * np.linalg.norm(W, axis=1)
     assert np.all(hi <= ball_only + 1e-9) and np.any(hi < ball_only - 0.1)  # tighter than the ball's bound
+
+
+def test_a_solver_point_outside_the_bounds_stops_the_study():
+    """Any point the solver returns is checked against the bounds the MILP was built on: a feasible point whose
+    certified value leaves them means the bounds were unsound, and the study stops (UnsoundBounds)."""
+    from lossbook.core import certify
+
+    ops = certify.as_ops(X.relu_layers(_relu_net()))
+    x = np.array([0.4, 0.6])
+    bounds = X.tightened_bounds(ops, x, "linf", 0.05, lp=False)
+    X._check_point(ops, bounds, x)  # the image itself lies inside its own bounds: nothing raised
+    (l0, u0) = bounds[0]
+    z = ops[0].W @ x + ops[0].b
+    j = int(np.argmax(z - l0))
+    shrunk = [(np.where(np.arange(len(l0)) == j, z[j] + 1e-3, l0), u0)] + bounds[1:]  # excludes the image's value
+    with pytest.raises(X.UnsoundBounds, match=f"op 0 unit {j}: a feasible point's value"):
+        X._check_point(ops, shrunk, x)
+
+
+def test_the_tolerance_slack_of_a_linear_net_is_its_closed_form():
+    """One affine op under l_inf: each input column may be off by 2 tau_f (bounds and the ball row), each
+    output row by |W| times that plus 2 tau_f; two logits and the threshold row give 2 * max + tau_f."""
+    from lossbook.core import certify
+
+    W, b = np.array([[1.0, -2.0], [0.5, 0.25]]), np.zeros(2)
+    ops = [certify.Affine(W, b)]
+    tau = max(X.SOLVER_OPTIONS["primal_feasibility_tolerance"], X.SOLVER_OPTIONS["mip_feasibility_tolerance"])
+    expected = 2 * (np.abs(W) @ np.full(2, 2 * tau) + 2 * tau).max() + tau
+    assert X.tolerance_slack(ops, [None], "linf", 0.1) == pytest.approx(expected, rel=1e-12)
+    # a ReLU adds the integrality slack times its big-M: a wider bound, a larger slack
+    net = certify.as_ops(X.relu_layers(_relu_net()))
+    narrow = X.tightened_bounds(net, np.array([0.4, 0.6]), "linf", 0.01, lp=False)
+    wide = X.tightened_bounds(net, np.array([0.4, 0.6]), "linf", 0.2, lp=False)
+    assert 0 < X.tolerance_slack(net, narrow, "linf", 0.01) < X.tolerance_slack(net, wide, "linf", 0.2)
