@@ -25,6 +25,8 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
+from lossbook.chapters.registry import CHAPTERS
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1280,1500", "--hide-scrollbars"]
@@ -208,7 +210,8 @@ def check_glance_counts(driver, base: str) -> list[str]:
 
 def check(html: Path, shots: Path) -> list[str]:
     pages = ["intro.html", "glance.html"] + sorted(p.relative_to(html).as_posix() for p in (html / "chapters").glob("*.html")) \
-        + ["protocol_q1.html", "notation.html", "teaching.html", "reproducing.html", "references.html"]
+        + [f"{c.protocol}.html" for c in CHAPTERS.values() if c.protocol] \
+        + ["notation.html", "teaching.html", "reproducing.html", "references.html"]
     srv, base = serve(html)
     opts = webdriver.ChromeOptions()
     opts.binary_location = "/usr/bin/chromium"
