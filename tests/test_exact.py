@@ -176,8 +176,9 @@ def test_a_cnn_becomes_ops_that_compute_the_same_logits():
                                     nn.Linear(2, 3)), (1, 6, 6))
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l1", 0.2)])
-def test_a_cnn_with_batchnorm_and_max_pooling_against_brute_force(norm, eps):
+@pytest.mark.parametrize("norm,eps,backward", [("linf", 0.1, False), ("l1", 0.2, False), ("linf", 0.1, True)])
+def test_a_cnn_with_batchnorm_and_max_pooling_against_brute_force(norm, eps, backward, monkeypatch):
+    monkeypatch.setattr(X, "BACKWARD_FOR_MAXPOOL", backward)  # with back-substituted bounds, the same verdicts
     model = _tiny_cnn(seed=2)  # a seed whose boundary crosses the unit box (27 images of class 0, 3 of class 2)
     ops = X.network_ops(model, (1, 2, 2))
     rng = np.random.default_rng(3)
@@ -262,3 +263,51 @@ def test_the_tolerance_slack_of_a_linear_net_is_its_closed_form():
     narrow = X.tightened_bounds(net, np.array([0.4, 0.6]), "linf", 0.01, lp=False)
     wide = X.tightened_bounds(net, np.array([0.4, 0.6]), "linf", 0.2, lp=False)
     assert 0 < X.tolerance_slack(net, narrow, "linf", 0.01) < X.tolerance_slack(net, wide, "linf", 0.2)
+
+
+def _two_block_cnn(seed=0):
+    """NET-1's shape in miniature on 8x8 images: two conv + BatchNorm + ReLU + 2x2 max-pool blocks, a last conv,
+    global average pooling and a linear layer."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    with torch.no_grad():
+        for bn in (model[1], model[5]):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.1])
+def test_back_substituted_bounds_contain_every_sampled_point_and_are_tighter(eps):
+    from lossbook.core import certify
+
+    ops = X.network_ops(_two_block_cnn(), (1, 8, 8))
+    rng = np.random.default_rng(0)
+    x = rng.random(64)
+    interval = X.tightened_bounds(ops, x, "linf", eps, lp=False)
+    crown = X.tightened_bounds(ops, x, "linf", eps, lp=False, backward=True)
+    lo_in, hi_in = X.input_box(x, "linf", eps)
+    pts = np.concatenate([lo_in + (hi_in - lo_in) * rng.random((1500, 64)),  # inside, and at random vertices
+                          np.where(rng.random((500, 64)) < 0.5, lo_in, hi_in)])
+    for p in pts:
+        for k, (value, _) in enumerate(certify.enclosures(ops, p)):
+            lo, hi = crown[k]
+            assert np.all(lo <= value) and np.all(value <= hi), f"op {k}: a feasible point leaves the bounds"
+    affine = [k for k, op in enumerate(ops) if isinstance(op, certify.Affine)]
+    widths = {k: (float((interval[k][1] - interval[k][0]).sum()), float((crown[k][1] - crown[k][0]).sum()))
+              for k in affine}
+    assert all(after <= before for before, after in widths.values())
+    assert widths[affine[-1]][1] < 0.9 * widths[affine[-1]][0]  # the logits: much tighter than intervals
+
+
+def test_back_substitution_is_part_of_the_settings_only_where_it_is_used(monkeypatch):
+    from lossbook.core import certify
+
+    cnn, mlp = X.network_ops(_tiny_cnn(), (1, 2, 2)), certify.as_ops(X.relu_layers(_relu_net()))
+    assert not X.uses_backward(cnn) and "backward_bounds" not in X.settings("linf", X.uses_backward(cnn))
+    monkeypatch.setattr(X, "BACKWARD_FOR_MAXPOOL", True)
+    assert X.uses_backward(cnn) and not X.uses_backward(mlp)  # MLPs keep their LP-tightened bounds
+    assert "backward_bounds" in X.settings("linf", X.uses_backward(cnn))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lossbook import runner, store
 from lossbook.chapters import atras_sweep, paper_arm, transfer
-from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
+from lossbook.config import RESULTS_DIR, SCALES, SHAPES, check_choice, check_dataset_eps, quiet
 from lossbook.core import certify, data, exact
 from lossbook.core.attack_registry import attack_names, run_attacks
 from lossbook.core.attacks import evaluation_images, pgd
@@ -261,7 +261,9 @@ def exact_request(study: Study, model) -> dict:
     time limit and the rule's settings, not on how many images are asked (a larger study reuses the images of a
     smaller one)."""
     return {"study": {k: v for k, v in asdict(study).items() if k != "n_images"}, "weights": exact.network_hash(model),
-            "images": "first correctly classified test images", "rule": exact.settings(study.norm)}
+            "images": "first correctly classified test images",
+            "rule": exact.settings(study.norm, backward=exact.uses_backward(
+                exact.network_ops(model, SHAPES[MODELS[study.model].dataset])))}
 
 
 def exact_path(study: Study, scale: str, root: Path | None = None) -> Path:
@@ -493,7 +495,8 @@ def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]
     x, y, idx = evaluation_images(model, MODELS[study.model].dataset, study.n_images)
     images = {int(i): (xi.reshape(-1).double().numpy(), int(yi)) for i, xi, yi in zip(idx, x, y)}
     net = exact.network_ops(model, tuple(x.shape[1:]))
-    problems = [f"{study.name()}: {p}" for p in exact.audit_rows(net, rows, images, study.norm, study.eps)]
+    backward = "backward_bounds" in (saved.get("rule") or {})
+    problems = [f"{study.name()}: {p}" for p in exact.audit_rows(net, rows, images, study.norm, study.eps, backward)]
     missing = sorted(set(images) - {r["index"] for r in rows})
     if missing:
         problems.append(f"{study.name()}: {len(missing)} of the study's images have no verdict (first: {missing[0]})")

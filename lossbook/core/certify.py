@@ -293,3 +293,82 @@ def safe_lp_bound(A, row_lo, row_hi, col_lo, col_hi, cost, y, ball=None) -> floa
         return float("inf")
     total = float(terms.sum())
     return total + SAFETY * gamma(len(terms) + 2) * float(np.abs(terms).sum()) * 2 + TINY
+
+
+# ------------------------------------------------------------------------------------------------
+# Back-substituted linear bounds (CROWN / DeepPoly style), with every rounding error bounded
+# ------------------------------------------------------------------------------------------------
+def _magnitude(bounds_k) -> np.ndarray:
+    lo, hi = bounds_k
+    return np.maximum(np.abs(lo), np.abs(hi))
+
+
+def backward_upper(ops, bounds, k: int, rows: np.ndarray, box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """A sound upper bound of ``rows @ v_k`` over the feasible points, where ``v_k`` is the output of op ``k``
+    (an :class:`Affine`) and ``bounds[i]`` encloses every op i's output for i < k. The rows are carried back
+    through the ops to the input (Affine exactly; a ReLU by CROWN's relaxations: the chord above an unstable
+    one, the lower line 0 or identity below it; a max-pool by its lead input below and its largest upper bound
+    above), then maximised over ``box``, which contains the inputs. Every float64 rounding is bounded
+    (Higham's gamma, as in :func:`affine_bounds`) and added, so the result holds for the exact network."""
+    lam = np.asarray(rows, float)
+    const = np.zeros(lam.shape[0])
+    err = np.zeros(lam.shape[0])  # the exact rows@v_k is at most lam @ v + const + err (v: current op's input)
+    for i in range(k, -1, -1):
+        op = ops[i]
+        prev = bounds[i - 1] if i > 0 else box
+        mag = _magnitude(prev)
+        if isinstance(op, Affine):
+            n = op.W.shape[1]
+            new = lam @ op.W
+            err += SAFETY * gamma(n + 2) * (np.abs(lam) @ (np.abs(op.W) @ mag + np.abs(op.b)) + np.abs(const)) + TINY
+            const = const + lam @ op.b
+            lam = new
+        elif isinstance(op, Relu):
+            lo, hi = prev
+            active, unstable = lo >= 0, (lo < 0) & (hi > 0)
+            slope = np.where(unstable, hi / np.where(unstable, hi - lo, 1.0), 0.0)
+            # |slope - hi / (hi - lo)| <= 3 UNIT slope, so the chord through (lo, 0) is off by at most that
+            # times (hi - lo) <= 3 UNIT hi at hi: widen it by 4 UNIT hi
+            chord_gap = np.where(unstable, 4 * UNIT * hi, 0.0)
+            below = np.where(unstable & (hi > -lo), 1.0, 0.0)  # CROWN's lower line: identity or 0
+            pos = lam > 0
+            up_coef = np.where(active, 1.0, slope)
+            coef = np.where(pos, up_coef[None, :], np.where(active, 1.0, below)[None, :])
+            shift = np.where(pos & unstable[None, :], -slope * lo + chord_gap, 0.0)  # the chord's offset
+            new = lam * coef
+            add = (lam * shift).sum(1)
+            err += SAFETY * (2 * UNIT * (np.abs(new) @ mag) + gamma(lam.shape[1] + 2) * (np.abs(lam) @ np.abs(
+                np.where(unstable, slope * np.abs(lo) + chord_gap, 0.0)))) + TINY
+            const = const + add
+            lam = new
+        else:  # MaxPool: m_g = max over groups[g] of v
+            lo, hi = prev
+            g = op.groups
+            lead = g[np.arange(len(g)), lo[g].argmax(1)]  # the input with the largest lower bound
+            decided = lo[lead] >= np.where(g == lead[:, None], -np.inf, hi[g]).max(1)
+            top = hi[g].max(1)
+            new = np.zeros((lam.shape[0], len(lo)))
+            pos = lam > 0
+            take = np.where(pos, decided[None, :], True)  # below: m >= v_lead always; above: only if decided
+            np.add.at(new.T, lead, (lam * take).T)
+            add = (lam * np.where(pos & ~decided[None, :], top[None, :], 0.0)).sum(1)
+            err += SAFETY * gamma(lam.shape[1] + 2) * (np.abs(lam) @ np.abs(top)) + TINY
+            const = const + add
+            lam = new
+    lo_in, hi_in = box
+    value = np.clip(lam, 0, None) @ hi_in + np.clip(lam, None, 0) @ lo_in + const
+    err += SAFETY * gamma(lam.shape[1] + 2) * (np.abs(lam) @ _magnitude(box) + np.abs(const)) + TINY
+    return np.nextafter(value + SAFETY * err + TINY, np.inf)
+
+
+def backward_bounds(ops, bounds, k: int, box, neurons=None) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds of op ``k``'s output (an :class:`Affine`) by :func:`backward_upper`, for ``neurons`` (default:
+    all), intersected with ``bounds[k]`` where that is given; the others keep ``bounds[k]``."""
+    lo, hi = (np.array(b, float) for b in bounds[k])
+    idx = np.arange(len(lo)) if neurons is None else np.asarray(neurons, int)
+    if len(idx):
+        eye = np.zeros((len(idx), len(lo)))
+        eye[np.arange(len(idx)), idx] = 1.0
+        hi[idx] = np.minimum(hi[idx], backward_upper(ops, bounds, k, eye, box))
+        lo[idx] = np.maximum(lo[idx], -backward_upper(ops, bounds, k, -eye, box))
+    return lo, hi
