@@ -152,13 +152,17 @@ def test_a_run_for_another_eps_or_a_seeded_run_is_never_taken(smoke_arm):
 def test_sensitivity_arms(smoke_arm):
     A, plan, root = smoke_arm["A"], smoke_arm["plan"], smoke_arm["root"]
     row = A.sensitivity_row(smoke_arm["name"], plan, root)
-    for label in ("textbook", "seeded"):
+    # every run's tree scored again with one set of starts: one gain per run, the pick among the arm's seeds
+    assert len(row["shared_starts_gains_pp"].split()) == 2 and row["shared_starts_seed"] in (0, 1)
+    assert row["best_run_seed"] == A.best_run(A.arm_runs(smoke_arm["name"], plan, root, compute=False))["seed"]
+    for label in ("textbook", "seeded", "shared"):
         assert row[f"{label}_ci_low"] <= row[f"{label}_gain_pp"] <= row[f"{label}_ci_high"]
         assert row[f"{label}_direction"] in stats.DIRECTIONS
     assert {f"{k}_risk" for k in RELEASED_FORMULAS} <= set(row)
     assert 0 <= row["released_beating_ce"] + row["released_losing_to_ce"] <= len(RELEASED_FORMULAS)
     folder = root / plan.preset / smoke_arm["name"]
-    assert {"heldout-smoke-arm.json", "heldout-seeded.json", "heldout-sensitivity.npz"} <= {p.name for p in folder.iterdir()}
+    assert {"heldout-smoke-arm.json", "heldout-seeded.json", "heldout-sensitivity.npz",
+            "selection-shared-starts.json"} <= {p.name for p in folder.iterdir()}
 
 
 def test_the_long_at_arm_judges_only_the_cifar10_at_settings_on_the_30_epoch_models():

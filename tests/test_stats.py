@@ -79,3 +79,16 @@ def test_the_power_of_the_direction_test_grows_with_the_gain_and_is_nan_where_th
     assert power_of_direction(10, 1000, 2.0) != power_of_direction(10, 1000, 2.0)  # NaN: 2 pp needs 20 discordant
     # the exact test needs 6 of 6 wins at 95%: with 6 discordant images and a 0.5 pp gain (pi = 11/12)
     assert power_of_direction(6, 1000, 0.5) == pytest.approx((11 / 12) ** 6)
+
+
+def test_the_agresti_min_interval_is_unconditional_and_brackets_the_gain():
+    from lossbook.core.stats import agresti_min_interval, exact_gain
+
+    ci = agresti_min_interval(35, 4, 1000)
+    assert ci.ci_low == pytest.approx(1.87, abs=0.01) and ci.ci_high == pytest.approx(4.32, abs=0.01)
+    broken_a = np.r_[np.ones(35, bool), np.zeros(4, bool), np.zeros(961, bool)]
+    broken_b = np.r_[np.zeros(35, bool), np.ones(4, bool), np.zeros(961, bool)]
+    exact = exact_gain(broken_a, broken_b)
+    assert exact.ci_high < ci.ci_high  # the conditional interval cannot pass the discordant share
+    none = agresti_min_interval(0, 0, 1000)
+    assert none.ci_low < 0 < none.ci_high  # no discordant image: not a zero-width interval

@@ -30,6 +30,7 @@ from lossbook.core.losses import HANDCRAFTED, RELEASED_FORMULAS, compile_formula
 from lossbook.core.stats import (
     DESCRIPTIVE,
     NOT_RUN,
+    agresti_min_interval,
     direction,
     exact_gain,
     holm,
@@ -428,6 +429,34 @@ def _sensitivity_outcomes(name: str, plan: ArmPlan, best: dict, root: Path | Non
     return store.cached(path, request, compute)
 
 
+#: the random starts every run's best tree is scored with again on the search images (selection sensitivity)
+SHARED_STARTS_SEED = 2000
+
+
+def shared_starts_selection(name: str, plan: ArmPlan, runs: list[dict], root: Path | None = None) -> dict:
+    """Every run's best tree and CE scored again on the search images with one set of random starts (each run
+    searched with its own, so CE's R'' there differs from run to run), and the run whose tree then gains most
+    over CE (ties to the lowest seed); cached beside the runs for this exact request."""
+    setting = arm_setting(name, plan, root)
+    ordered = sorted(runs, key=lambda r: r["seed"])
+    n_search = ordered[0]["gp"]["n_images"]
+    request = {"setting": asdict(setting), "formulas": [r["best"] for r in ordered], "seeds": [r["seed"] for r in ordered],
+               "n_search": n_search, "steps": plan.heldout_steps[0], "seed": SHARED_STARTS_SEED,
+               "model_scale": plan.scale_of(setting.dataset)}
+    path = search_dir(setting, plan.preset, root) / "selection-shared-starts.json"
+
+    def compute() -> dict:
+        model, x, y, _ = setting_images(setting, plan.scale_of(setting.dataset), n_search)
+        res = evaluate_losses(model, x, y, [compile_formula(r["best"]) for r in ordered] + [HANDCRAFTED["ce"]],
+                              norm=setting.norm, eps=setting.eps, steps=plan.heldout_steps[0], seed=SHARED_STARTS_SEED)
+        return {"risk": [round(float(v), 5) for v in res.risk], "invalid": [bool(v) for v in res.invalid]}
+
+    scores = store.cached(path, request, compute)
+    risks = scores["risk"][:-1]
+    pick = max(range(len(ordered)), key=lambda k: (risks[k], -ordered[k]["seed"]))
+    return {"run": ordered[pick], "gains_pp": [round(100 * (r - scores["risk"][-1]), 2) for r in risks]}
+
+
 def sensitivity_row(name: str, plan: ArmPlan, root: Path | None = None) -> dict | None:
     """The sensitivity columns of a judged setting (None where the setting is not judged); the seeded
     run's columns say "not run at this scale" until that run is done, the others do not wait for it."""
@@ -441,8 +470,15 @@ def sensitivity_row(name: str, plan: ArmPlan, root: Path | None = None) -> dict 
     held = heldout_outcomes(setting, hp, best, root, tag=plan.preset)
     sens = _sensitivity_outcomes(name, plan, best, root)
     ce = held["broken"][plan.heldout_steps[0]][1]
-    row = {"setting": name, "paper_gain_pp": paper_gain(name)}
+    row = {"setting": name, "paper_gain_pp": paper_gain(name), "best_run_seed": best["seed"]}
     pairs = {"textbook": sens["textbook"]}
+    shared = shared_starts_selection(name, plan, runs, root)
+    row["shared_starts_seed"] = shared["run"]["seed"]
+    row["shared_starts_gains_pp"] = " ".join(f"{g:+.2f}" for g in shared["gains_pp"])
+    row["shared_starts_formula"] = shared["run"]["best_pretty"]
+    held_shared = held if shared["run"]["seed"] == best["seed"] else \
+        heldout_outcomes(setting, hp, shared["run"], root, tag="shared-starts")
+    pairs["shared"] = (held_shared["broken"][plan.heldout_steps[0]][0], held_shared["broken"][plan.heldout_steps[0]][1])
     if seeded:
         held_seeded = heldout_outcomes(setting, hp, seeded[0], root, tag="seeded")
         pairs["seeded"] = (held_seeded["broken"][plan.heldout_steps[0]][0], held_seeded["broken"][plan.heldout_steps[0]][1])
@@ -545,7 +581,11 @@ def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
         "power at the paper's gain": [_power_text(power_of_direction(int(a + b), int(n), g)) for a, b, n, g in
                                       zip(s.only_searched, s.only_ce, s.heldout_images, s.paper_gain_pp)],
         "paper": s.paper_gain_pp.map("{:+.1f}".format),
-        "size": s["size"], f"PGD-{steps} gain [95%]": [_interval(r, sfx) for _, r in s.iterrows()],
+        "size": s["size"],
+        "size by an unconditional interval [Agresti-Min]": [
+            size_verdict(agresti_min_interval(int(a), int(b), int(n)), g) for a, b, n, g in
+            zip(s.only_searched, s.only_ce, s.heldout_images, s.paper_gain_pp)],
+        f"PGD-{steps} gain [95%]": [_interval(r, sfx) for _, r in s.iterrows()],
         f"PGD-{steps} direction": s[f"direction{sfx}"], "best loss": s.best_pretty,
         "label moves the gradient": s.best_formula.map(uses_label).map({True: "yes", False: "no"})})
 
@@ -561,9 +601,16 @@ def sensitivity_table(sens: pd.DataFrame) -> pd.DataFrame:
             return r[f"{k}_direction"]
         return f"{r[f'{k}_gain_pp']:+.1f} [{r[f'{k}_ci_low']:+.1f}, {r[f'{k}_ci_high']:+.1f}] {r[f'{k}_direction']}"
 
+    def shared(r):
+        if "shared_gain_pp" not in r or r["shared_gain_pp"] != r["shared_gain_pp"]:
+            return NOT_RUN
+        run = "the same run" if r["shared_starts_seed"] == r["best_run_seed"] else f"seed {int(r['shared_starts_seed'])}"
+        return f"{run}: {iv(r, 'shared')}"
+
     return pd.DataFrame({
         "setting": sens.setting,
         "textbook PGD-10: gain over CE": [iv(r, "textbook") for _, r in sens.iterrows()],
+        "selected with shared starts: gain over CE": [shared(r) for _, r in sens.iterrows()],
         "seeded run: gain over CE": [iv(r, "seeded") for _, r in sens.iterrows()],
         "CE R''": sens.ce_risk.map("{:.3f}".format),
         "released losses beating / losing to CE": [f"{a} / {b} of {len(RELEASED_FORMULAS)}" for a, b in

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import binom, binomtest
+from scipy.stats import binom, binomtest, norm
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
@@ -132,6 +132,24 @@ def exact_gain(broken_a, broken_b, level: float = 0.95) -> ExactGain:
     to_gain = lambda pi: 100.0 * m / n * (2 * pi - 1)  # noqa: E731
     return ExactGain(100.0 * (only_a - only_b) / n, to_gain(ci.low), to_gain(ci.high), float(test.pvalue),
                      only_a, only_b, n)
+
+
+@dataclass(frozen=True)
+class Interval:
+    ci_low: float
+    ci_high: float
+
+
+def agresti_min_interval(only_a: int, only_b: int, n: int, level: float = 0.95) -> Interval:
+    """An unconditional interval (pp) for the paired difference of two proportions (Agresti and Min 2005:
+    Wald's interval after adding 1/2 to each cell of the 2x2 table). Unlike the exact conditional interval,
+    its ends are not held within the discordant share, so it can judge the size of a gain; the protocol's
+    size verdict keeps the conditional one, and this one is shown beside it."""
+    a, b, m = only_a + 0.5, only_b + 0.5, n + 2
+    diff = (a - b) / m
+    se = np.sqrt(max((a + b) - (a - b) ** 2 / m, 0.0)) / m
+    z = norm.ppf(0.5 + level / 2)
+    return Interval(100 * (diff - z * se), 100 * (diff + z * se))
 
 
 def direction(g) -> str:
