@@ -216,3 +216,12 @@ def test_the_all_settings_sentence_reads_the_committed_arm_and_a_summary_without
     few = summary.head(2).assign(only_searched=0, only_ce=0)  # no discordant image: no gain possible
     text = all_settings_sentence(few)
     assert "No setting had enough discordant images" in text and "in 2 settings" in text and "is not supported" in text
+
+
+def test_rows_whose_selected_run_predates_the_protocol_are_marked():
+    import pandas as pd
+
+    from lossbook.chapters.paper_arm import made_before_protocol
+
+    s = pd.DataFrame({"runs_from_grid": [2, 2, 0, 2], "best_run_seed": [0, 3, 0, 1]})
+    assert made_before_protocol(s).tolist() == [True, False, False, True]
