@@ -197,16 +197,19 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
-def pooled_gain(pairs, n_boot: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def pooled_gain(pairs, n_boot: int = 10_000, level: float = 0.95, seed: int = 0,
+                resample_settings: bool = True) -> tuple[float, float, float]:
     """Mean gain (pp) over settings, each given as (only_a, only_b, n), with a two-stage percentile
     bootstrap interval: settings drawn with replacement, then each drawn setting's images (as
-    multinomial counts of the discordant kinds)."""
+    multinomial counts of the discordant kinds). Without ``resample_settings`` the settings stay as
+    they are and only their images are drawn: an interval about these settings, not settings like them."""
     pairs = np.asarray(pairs, float)
     if pairs.ndim != 2 or pairs.shape[1] != 3 or len(pairs) == 0:
         raise ValueError(f"pooled_gain needs rows (only_a, only_b, n), got shape {pairs.shape}")
     gains = 100.0 * (pairs[:, 0] - pairs[:, 1]) / pairs[:, 2]
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+    picks = rng.integers(0, len(pairs), size=(n_boot, len(pairs))) if resample_settings else \
+        np.tile(np.arange(len(pairs)), (n_boot, 1))
     boot = np.empty(n_boot)
     for i, row in enumerate(picks):
         a, b, n = pairs[row, 0], pairs[row, 1], pairs[row, 2].astype(int)

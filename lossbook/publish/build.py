@@ -263,8 +263,10 @@ QUESTION_1_MARKER = "<!-- QUESTION-1"
 def write_intro(grid_scale: str = "cpu") -> None:
     """``intro.md``: the hand-written ``intro_head.md`` with the answer to Question 1 from the paper arm
     (``results/search/paper-arm/summary.csv``, by the protocol page's rule), and the earlier grid's beside it."""
-    arm = paper_arm.load_summary("smoke" if grid_scale == "smoke" else "paper")
-    text = paper_arm.answer(arm) + " The rule was fixed before the results on the page *Protocol: Question 1 in the " \
+    arm_name = "smoke" if grid_scale == "smoke" else "paper"
+    arm = paper_arm.load_summary(arm_name)
+    text = paper_arm.answer(arm, paper_arm.load_sensitivity(arm_name)) + \
+        " The rule was fixed before the results on the page *Protocol: Question 1 in the " \
         "paper's own terms*; the chapter *Searching a surrogate* has every setting with its interval, the " \
         "sensitivity arms and what differs from the paper."
     earlier = gp_search.load_summary(grid_scale)
