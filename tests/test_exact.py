@@ -311,3 +311,20 @@ def test_back_substitution_is_part_of_the_settings_only_where_it_is_used(monkeyp
     monkeypatch.setattr(X, "BACKWARD_FOR_MAXPOOL", True)
     assert X.uses_backward(cnn) and not X.uses_backward(mlp)  # MLPs keep their LP-tightened bounds
     assert "backward_bounds" in X.settings("linf", X.uses_backward(cnn))
+
+
+def test_back_substituted_margins_bound_every_sampled_margin_and_beat_the_logit_bounds():
+    from lossbook.core import certify
+
+    ops = X.network_ops(_two_block_cnn(seed=1), (1, 8, 8))
+    rng = np.random.default_rng(2)
+    x, eps = rng.random(64), 0.05
+    y = int(np.argmax(certify.logits_enclosure(ops, x)[0]))
+    bounds, margins = X.bounds_and_margins(ops, x, y, "linf", eps, lp=False, backward=True)
+    lo_in, hi_in = X.input_box(x, "linf", eps)
+    for p in np.concatenate([lo_in + (hi_in - lo_in) * rng.random((1000, 64)),
+                             np.where(rng.random((300, 64)) < 0.5, lo_in, hi_in)]):
+        f = certify.logits_enclosure(ops, p)[0]
+        assert np.all(np.delete(f - f[y] <= margins, y))
+    l_out, u_out = bounds[-1]
+    assert np.all(np.delete(margins < u_out - l_out[y], y))  # both ends move together: a tighter bound

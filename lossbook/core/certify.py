@@ -372,3 +372,16 @@ def backward_bounds(ops, bounds, k: int, box, neurons=None) -> tuple[np.ndarray,
         hi[idx] = np.minimum(hi[idx], backward_upper(ops, bounds, k, eye, box))
         lo[idx] = np.maximum(lo[idx], -backward_upper(ops, bounds, k, -eye, box))
     return lo, hi
+
+
+def margin_upper_bounds(ops, bounds, y: int, box) -> np.ndarray:
+    """Per class c, a sound upper bound of ``f_c - f_y`` over the feasible points, by back-substituting the
+    rows ``e_c - e_y`` from the logits (op ``len(ops) - 1``) to the input (:func:`backward_upper`); ``-inf`` at
+    c = y. Tighter than ``u_c - l_y`` from the logits' own bounds, which ignores that both move together."""
+    k = len(ops) - 1
+    n = len(bounds[k][0])
+    rows = np.eye(n)
+    rows[:, y] -= 1.0
+    out = backward_upper(ops, bounds, k, rows, box)
+    out[y] = -np.inf
+    return out

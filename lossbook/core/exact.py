@@ -681,12 +681,24 @@ def _check_point(layers, bounds, point: np.ndarray) -> None:
                                 f"leaves the bounds [{l[j]:.6g}, {u[j]:.6g}] the MILP was built on")
 
 
-def ruled_out_by_bounds(bounds, classes, y: int, delta: float) -> list[int]:
+def ruled_out_by_bounds(bounds, classes, y: int, delta: float, margins=None) -> list[int]:
     """The classes of ``classes`` whose f_c - f_y is at most -delta by the logits' bounds (``bounds[-1]``):
-    u_c - l_y, rounded up before the comparison."""
+    u_c - l_y, rounded up before the comparison; or by ``margins`` (sound upper bounds of f_c - f_y per class,
+    :func:`certify.margin_upper_bounds`) where given."""
     l_out, u_out = bounds[-1]
     gap = u_out - l_out[y]
-    return [c for c in classes if gap[c] + 4 * certify.UNIT * abs(gap[c]) + certify.TINY <= -delta]
+    gap = gap + 4 * certify.UNIT * np.abs(gap) + certify.TINY
+    if margins is not None:
+        gap = np.minimum(gap, margins)
+    return [c for c in classes if gap[c] <= -delta]
+
+
+def bounds_and_margins(ops, x: np.ndarray, y: int, norm: str, eps: float, lp: bool, backward: bool):
+    """The ops' certified bounds (:func:`tightened_bounds`) and, with ``backward``, the back-substituted upper
+    bounds of every margin f_c - f_y (None without)."""
+    bounds = tightened_bounds(ops, x, norm, eps, lp=lp, backward=backward)
+    margins = certify.margin_upper_bounds(ops, bounds, y, input_box(x, norm, eps)) if backward else None
+    return bounds, margins
 
 
 def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, shape=None, index: int = 0,
@@ -708,13 +720,13 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
     classes = [c for c in (class_order if class_order is not None else range(n_classes)) if c != y]
 
     backward = uses_backward(ops)
-    bounds = tightened_bounds(ops, x, norm, eps, lp=False, backward=backward)  # interval (and back-substituted)
-    if lp_bounds and len(ruled_out_by_bounds(bounds, classes, y, delta)) < len(classes):  # LP only where needed
-        bounds = tightened_bounds(ops, x, norm, eps, lp=True, backward=backward)
+    bounds, margins = bounds_and_margins(ops, x, y, norm, eps, False, backward)  # interval (and back-substituted)
+    if lp_bounds and len(ruled_out_by_bounds(bounds, classes, y, delta, margins)) < len(classes):  # LP where needed
+        bounds, margins = bounds_and_margins(ops, x, y, norm, eps, True, backward)
     slack = tolerance_slack(ops, bounds, norm, eps)
     delta = max(delta, SLACK_FACTOR * slack)
     ruled = {k: 0 for k in RULED_OUT_BY}
-    by_bounds = ruled_out_by_bounds(bounds, classes, y, delta)
+    by_bounds = ruled_out_by_bounds(bounds, classes, y, delta, margins)
     ruled["bounds"] = len(by_bounds)
     classes = [c for c in classes if c not in by_bounds]
     m = _Model(ops, x, norm, eps, bounds, integer=True, time_limit=time_limit) if classes else None
@@ -938,11 +950,11 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float, ba
             claimed = ruled.get("bounds", 0)
             if claimed:
                 wrong = [c for c in range(n_classes) if c != label]
-                found = ruled_out_by_bounds(tightened_bounds(layers, x, norm, eps, lp=False, backward=backward),
-                                            wrong, label, delta)
+                bounds, margins = bounds_and_margins(layers, x, label, norm, eps, False, backward)
+                found = ruled_out_by_bounds(bounds, wrong, label, delta, margins)
                 if len(found) < claimed and not any(isinstance(op, certify.MaxPool) for op in layers):
-                    found = ruled_out_by_bounds(tightened_bounds(layers, x, norm, eps, lp=True, backward=backward),
-                                                wrong, label, delta)
+                    bounds, margins = bounds_and_margins(layers, x, label, norm, eps, True, backward)
+                    found = ruled_out_by_bounds(bounds, wrong, label, delta, margins)
                 if len(found) < claimed:
                     problems.append(f"{where}: robust with {claimed} classes ruled out by bounds, but bounds derived "
                                     f"afresh rule out {len(found)}")
