@@ -242,8 +242,9 @@ def calibrate(dataset: str, plan: RegimePlan, root: Path | None = None, compute:
             met = True
             break
         lo, hi = (mid, hi) if drop < target else (lo, mid)
-    result = {"dataset": dataset, "eps": round(steps[-1]["eps"], 4), "target_pp": target,
-              "median_drop_pp": steps[-1]["median_drop_pp"], "tolerance_met": met, "steps": steps,
+    closest = steps[-1] if met else min(steps, key=lambda st: abs(st["median_drop_pp"] - target))
+    result = {"dataset": dataset, "eps": round(closest["eps"], 4), "target_pp": target,
+              "median_drop_pp": closest["median_drop_pp"], "tolerance_met": met, "steps": steps,
               "median_clean_validation": float(np.median(clean))}
     store.save(path, result, request)
     return result
@@ -268,11 +269,12 @@ def model_rows(dataset: str, hidden, seed: int, plan: RegimePlan, calibration: d
     """Both regimes' rows of one (architecture, seed): the standard model's accuracies, then for each
     regime its FGSM and PGD-10 accuracy before adversarial training, the adversarially trained model's
     clean, FGSM and PGD-10 accuracy, and the epochs early stopping chose."""
-    _, _, _, _, xt, yt = data_splits
+    x, y, _, _, xt, yt = data_splits
     st, st_info = standard_model(dataset, hidden, seed, plan, data_splits, root)
     base = {"dataset": dataset, "hidden": str(list(hidden)), "depth": len(hidden), "depth_group": depth_group(hidden),
             "params": n_params(st), "seed": seed, "st_epochs": st_info["epochs"], "st_best_epoch": st_info["best_epoch"],
-            "val_acc": st_info["best_score"], "test_acc": accuracy(st, xt, yt)}
+            "st_seconds": st_info.get("seconds", 0.0), "val_acc": st_info["best_score"], "train_acc": accuracy(st, x, y),
+            "test_acc": accuracy(st, xt, yt)}
     rows = []
     for regime in REGIMES:
         eps = regime_eps(dataset, regime, calibration)
@@ -280,11 +282,11 @@ def model_rows(dataset: str, hidden, seed: int, plan: RegimePlan, calibration: d
         rows.append({**base, "regime": regime, "eps": eps,
                      "acc_fgsm_before_at": atras_sweep.fgsm_accuracy(st, xt, yt, eps),
                      "acc_pgd_before_at": pgd_accuracy(st, xt, yt, eps),
-                     "adv_test_acc": accuracy(at, xt, yt),
+                     "adv_train_acc": accuracy(at, x, y), "adv_test_acc": accuracy(at, xt, yt),
                      "acc_fgsm_after_at": atras_sweep.fgsm_accuracy(at, xt, yt, eps),
                      "acc_pgd_after_at": pgd_accuracy(at, xt, yt, eps),
                      "at_epochs": at_info["epochs"], "at_best_epoch": at_info["best_epoch"],
-                     "seconds": st_info.get("seconds", 0.0) + at_info["seconds"]})
+                     "at_seconds": at_info["seconds"]})
     return rows
 
 
@@ -353,12 +355,16 @@ def transfer_path(dataset: str, plan: RegimePlan, root: Path | None = None) -> P
     return regime_dir(plan.scale, root) / f"transfer-{dataset}.csv"
 
 
+def transfer_request(dataset: str, plan: RegimePlan, calibration: dict) -> dict:
+    return {**sweep_request(dataset, plan, calibration), "what": "ATRAS regime transfer",
+            "architectures": [str(a) for a in plan.transfer_archs()], "images": plan.transfer_images}
+
+
 def run_transfer(dataset: str, plan: RegimePlan, root: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """The transfer rows of every seed not yet saved (resumable per seed)."""
     calibration = calibrate(dataset, plan, root, progress=progress)
     path = transfer_path(dataset, plan, root)
-    request = {**sweep_request(dataset, plan, calibration), "what": "ATRAS regime transfer",
-               "architectures": [str(a) for a in plan.transfer_archs()], "images": plan.transfer_images}
+    request = transfer_request(dataset, plan, calibration)
     done = store.load(path, request) if path.exists() else pd.DataFrame()
     ds = splits(dataset, plan)
     for seed in [s for s in plan.seeds if not len(done) or s not in set(done["seed"])]:
@@ -369,17 +375,21 @@ def run_transfer(dataset: str, plan: RegimePlan, root: Path | None = None, progr
 
 
 def load_transfer(dataset: str, plan: RegimePlan, root: Path | None = None) -> pd.DataFrame | None:
+    """The saved transfer rows of ``dataset`` (validated against the plan and its calibration), or None."""
+    calibration = calibrate(dataset, plan, root, compute=False)
     path = transfer_path(dataset, plan, root)
-    return store.load(path) if path.exists() else None
+    if calibration is None or not path.exists():
+        return None
+    return store.load(path, transfer_request(dataset, plan, calibration))
 
 
 # ------------------------------------------------------------------------------------------------
-# Statistics (book/protocol_atras.md): D_1, Spearman, T, with two-stage bootstrap intervals
+# Statistics (book/protocol_atras.md): contrasts between depth groups, Spearman's rho, transfer,
+# with bootstrap intervals over architectures (and, beside them, over seeds)
 # ------------------------------------------------------------------------------------------------
-def _depth_gap(groups: np.ndarray, values: np.ndarray) -> float:
-    if not (groups == "1").any() or (groups == "1").all():
-        return float("nan")
-    return float(values[groups == "1"].mean() - max(values[groups == g].mean() for g in set(groups) - {"1"}))
+#: the three pairwise gaps of C1 are judged together: all above 0 at 95% each (intersection-union), or
+#: any below 0 at 1 - 0.05 / 3 (Bonferroni)
+PAIRWISE_LEVEL = 1 - 0.05 / 3
 
 
 def _rho(params: np.ndarray, values: np.ndarray) -> float:
@@ -388,15 +398,20 @@ def _rho(params: np.ndarray, values: np.ndarray) -> float:
     return float(np.corrcoef(rankdata(params), rankdata(values))[0, 1])  # Spearman's rho: Pearson's on ranks
 
 
-def depth_gap(values_by_arch: pd.DataFrame) -> float:
-    """D_1: the mean of the one-hidden-layer group minus the largest mean among the other depth groups
-    (``values_by_arch``: one value per architecture, columns ``depth_group`` and ``value``)."""
-    return _depth_gap(values_by_arch["depth_group"].to_numpy(), values_by_arch["value"].to_numpy(float))
-
-
-def params_rho(values_by_arch: pd.DataFrame) -> float:
-    """Spearman's rho between parameter count and the value, over architectures (NaN if either is constant)."""
-    return _rho(values_by_arch["params"].to_numpy(float), values_by_arch["value"].to_numpy(float))
+def contrasts(groups: np.ndarray, params: np.ndarray, values: np.ndarray) -> dict:
+    """From one value per architecture: the one-hidden-layer mean minus each deeper group's mean (``1-2``,
+    ``1-3``, ``1->3``), their minimum ``D1`` (one layer against the best deeper group), ``pooled`` (one layer
+    against all deeper architectures together, the paper's form for C2) and Spearman's ``rho`` with the
+    parameter count. NaN where a group is missing."""
+    one = values[groups == "1"]
+    out = {f"1-{g}": (float(one.mean() - values[groups == g].mean()) if len(one) and (groups == g).any()
+                      else float("nan")) for g in DEPTH_GROUPS[1:]}
+    gaps = [v for v in out.values() if v == v]
+    out["D1"] = min(gaps) if gaps else float("nan")
+    out["pooled"] = float(one.mean() - values[groups != "1"].mean()) if len(one) and (groups != "1").any() \
+        else float("nan")
+    out["rho"] = _rho(params, values)
+    return out
 
 
 def _arch_means(df: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -404,61 +419,69 @@ def _arch_means(df: pd.DataFrame, column: str) -> pd.DataFrame:
                                                  value=(column, "mean")).reset_index())
 
 
-def bootstrap_statistics(df: pd.DataFrame, column: str, n_boot: int, seed: int = 0) -> dict:
-    """D_1 and rho of ``column`` (per architecture: the mean over its seeds) with 95% percentile intervals
-    from a two-stage bootstrap: architectures resampled within their depth group, then seeds within each
-    architecture."""
+def _percentile(draws: list[dict], level: float) -> dict:
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for k in draws[0]:
+        v = np.array([d[k] for d in draws], float)
+        out[k] = tuple(float(q) for q in np.nanpercentile(v, [tail, 100 - tail])) if np.isfinite(v).any() \
+            else (float("nan"), float("nan"))
+    return out
+
+
+def bootstrap_contrasts(df: pd.DataFrame, column: str, n_boot: int, seed: int = 0) -> dict:
+    """:func:`contrasts` of ``column`` (per architecture, the mean over its seeds) with 95% percentile intervals
+    from resampling architectures within their depth group (``ci``; the pairwise gaps also at
+    :data:`PAIRWISE_LEVEL`, ``ci_pairwise``), and, beside them, from resampling each architecture's seeds with
+    the architectures fixed (``seed_ci``: would these very architectures give this again)."""
     rng = np.random.default_rng(seed)
     info = _arch_means(df, column)
     per_arch = [df.loc[df["hidden"] == h, column].to_numpy(float) for h in info["hidden"]]
-    counts = np.array([len(v) for v in per_arch])
-    padded = np.zeros((len(per_arch), counts.max()))
-    for i, v in enumerate(per_arch):
-        padded[i, :len(v)] = v
-    group = info["depth_group"].to_numpy()
-    params = info["params"].to_numpy(float)
+    group, params, means = info["depth_group"].to_numpy(), info["params"].to_numpy(float), info["value"].to_numpy(float)
     members = [np.flatnonzero(group == g) for g in DEPTH_GROUPS if (group == g).any()]
-    d1, rho = [], []
+    by_arch, by_seed = [], []
     for _ in range(n_boot):
         picked = np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
-        k = counts[picked][:, None]  # each picked architecture's seeds, drawn with replacement
-        draws = (rng.random((len(picked), padded.shape[1])) * k).astype(int)
-        used = np.arange(padded.shape[1])[None, :] < k
-        vals = (np.take_along_axis(padded[picked], draws, axis=1) * used).sum(axis=1) / k[:, 0]
-        d1.append(_depth_gap(group[picked], vals))
-        rho.append(_rho(params[picked], vals))
-    ci = lambda v: (tuple(float(q) for q in np.nanpercentile(v, [2.5, 97.5])) if np.isfinite(v).any()  # noqa: E731
-                    else (float("nan"), float("nan")))
-    return {"D1": depth_gap(info), "D1_ci": ci(d1), "rho": params_rho(info), "rho_ci": ci(rho),
-            "group_means": info.groupby("depth_group")["value"].mean().reindex(list(DEPTH_GROUPS)).to_dict()}
+        by_arch.append(contrasts(group[picked], params[picked], means[picked]))
+        seeds = np.array([v[rng.integers(0, len(v), len(v))].mean() for v in per_arch])
+        by_seed.append(contrasts(group, params, seeds))
+    return {"point": contrasts(group, params, means), "ci": _percentile(by_arch, 0.95),
+            "ci_pairwise": _percentile(by_arch, PAIRWISE_LEVEL), "seed_ci": _percentile(by_seed, 0.95),
+            "group_means": info.groupby("depth_group")["value"].mean().reindex(list(DEPTH_GROUPS)).to_dict(),
+            "architectures": len(info)}
 
 
-def transfer_statistic(tr: pd.DataFrame, n_boot: int, direction: str = "smaller to larger", seed: int = 0) -> dict:
-    """T: the mean over (source, target) pairs with the source smaller (or, reversed, larger) and over seeds
-    of the transfer drop minus the control's drop (= noise accuracy - transfer accuracy, in pp), with a
-    95% interval from resampling architectures and then seeds; and the white-box drop for scale."""
-    check_choice("direction", direction, ("smaller to larger", "larger to smaller"))
+def transfer_statistics(tr: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
+    """C3 from the transfer rows of one regime, in pp: ``T`` (smaller to larger) and ``T_reverse`` (larger to
+    smaller), the mean over pairs and seeds of the transfer drop minus the random-sign control's (= noise
+    accuracy - transfer accuracy); ``asymmetry`` = T - T_reverse; ``ratio`` = the transfer drop beyond the
+    control as a share of the target's own FGSM drop beyond it (smaller to larger, summed over pairs); each with
+    a 95% interval from resampling architectures and seed indices; and the mean white-box drop."""
     archs = sorted(set(tr["source"]))
     size = dict(zip(tr["source"], tr["source_params"]))
     seeds = sorted(set(tr["seed"]))
-    gain = {(r.source, r.target, r.seed): 100 * (r.noise_acc - r.transfer_acc) for r in tr.itertuples()}
-    white = 100 * (tr.loc[tr["source"] == tr["target"], "clean_acc"]
-                   - tr.loc[tr["source"] == tr["target"], "transfer_acc"]).mean()
-    wanted = (lambda s, t: size[s] < size[t]) if direction == "smaller to larger" else (lambda s, t: size[s] > size[t])
+    beyond = {(r.source, r.target, r.seed): 100 * (r.noise_acc - r.transfer_acc) for r in tr.itertuples()}
+    own = {(r.target, r.seed): 100 * (r.noise_acc - r.transfer_acc) for r in tr.itertuples() if r.source == r.target}
+    white = tr[tr["source"] == tr["target"]]
 
-    def mean_t(arch_sample, seed_sample) -> float:
-        v = [gain[(s, t, k)] for s in arch_sample for t in arch_sample if wanted(s, t) for k in seed_sample]
-        return float(np.mean(v)) if v else float("nan")
+    def stats(arch_sample, seed_sample) -> dict:
+        fwd = [(s, t, k) for s in arch_sample for t in arch_sample if size[s] < size[t] for k in seed_sample]
+        back = [(s, t, k) for s in arch_sample for t in arch_sample if size[s] > size[t] for k in seed_sample]
+        t_fwd = float(np.mean([beyond[p] for p in fwd])) if fwd else float("nan")
+        t_back = float(np.mean([beyond[p] for p in back])) if back else float("nan")
+        denom = sum(own[(t, k)] for _, t, k in fwd)
+        return {"T": t_fwd, "T_reverse": t_back, "asymmetry": t_fwd - t_back,
+                "ratio": sum(beyond[p] for p in fwd) / denom if fwd and denom > 0 else float("nan")}
 
     rng = np.random.default_rng(seed)
-    boots = [mean_t(list(rng.choice(archs, len(archs))), list(rng.choice(seeds, len(seeds)))) for _ in range(n_boot)]
-    return {"T": mean_t(archs, seeds), "T_ci": tuple(float(q) for q in np.nanpercentile(boots, [2.5, 97.5])),
-            "white_box_drop_pp": float(white),
-            "pairs": sum(wanted(s, t) for s in archs for t in archs)}
+    draws = [stats(list(rng.choice(archs, len(archs))), list(rng.choice(seeds, len(seeds)))) for _ in range(n_boot)]
+    return {"point": stats(archs, seeds), "ci": _percentile(draws, 0.95),
+            "white_box_drop_pp": float(100 * (white["clean_acc"] - white["transfer_acc"]).mean()),
+            "pairs": sum(size[s] < size[t] for s in archs for t in archs)}
 
 
 def verdict(ci: tuple[float, float], claim_sign: int, comparable: bool) -> str:
-    """The protocol's rule: the interval on the claim's side of 0, on the other side, or across it; "not
+    """The protocol's rule on one interval: on the claim's side of 0, on the other side, or across it; "not
     comparable" (with the rule's reading) where the regime is not the paper's."""
     lo, hi = ci
     reproduced, not_reproduced, inconclusive = VERDICTS
@@ -467,59 +490,109 @@ def verdict(ci: tuple[float, float], claim_sign: int, comparable: bool) -> str:
     return side if comparable else f"not comparable ({side})"
 
 
+def pairwise_verdict(boot: dict, comparable: bool) -> str:
+    """C1's rule: reproduced if every pairwise gap (one layer minus a deeper group) is above 0 at 95%; not
+    reproduced if any is below 0 at :data:`PAIRWISE_LEVEL`; else inconclusive."""
+    keys = [f"1-{g}" for g in DEPTH_GROUPS[1:] if boot["point"][f"1-{g}"] == boot["point"][f"1-{g}"]]
+    reproduced, not_reproduced, inconclusive = VERDICTS
+    side = reproduced if keys and all(boot["ci"][k][0] > 0 for k in keys) else \
+        not_reproduced if any(boot["ci_pairwise"][k][1] < 0 for k in keys) else inconclusive
+    return side if comparable else f"not comparable ({side})"
+
+
+def _live(paper: pd.DataFrame) -> pd.DataFrame:
+    return paper[paper["test_acc"] >= LIVE_ACCURACY]
+
+
 def comparability(sweep: pd.DataFrame, dataset: str) -> dict:
-    """The regime's medians against the paper's tables (clean test accuracy; accuracy under FGSM before
-    adversarial training), in pp, and whether both are within :data:`COMPARABLE_PP`."""
-    ours = sweep.rename(columns={"acc_fgsm_before_at": "acc_attacked_before_at"})
-    gaps = atras_sweep.regime_gaps_pp(ours.assign(dataset=dataset), atras_sweep.paper_tables(), dataset)
-    return {**gaps, "comparable": max(map(abs, gaps.values())) <= COMPARABLE_PP}
+    """The regime against the paper's live networks: median clean test accuracy (within :data:`COMPARABLE_PP`
+    points) and median drop from it to accuracy under FGSM before adversarial training (within
+    :data:`DROP_TOLERANCE` of the paper's, relatively); both must hold. Adversarially trained medians and
+    the epochs early stopping chose are reported beside, not judged."""
+    paper = _live(atras_sweep.paper_tables())
+    paper = paper[paper["dataset"] == dataset]
+    ours_clean, paper_clean = 100 * sweep["test_acc"].median(), 100 * paper["test_acc"].median()
+    ours_drop = 100 * (sweep["test_acc"] - sweep["acc_fgsm_before_at"]).median()
+    paper_drop = 100 * (paper["test_acc"] - paper["acc_attacked_before_at"]).median()
+    return {"clean_gap_pp": float(ours_clean - paper_clean), "drop_ours_pp": float(ours_drop),
+            "drop_paper_pp": float(paper_drop),
+            "comparable": bool(abs(ours_clean - paper_clean) <= COMPARABLE_PP
+                               and abs(ours_drop - paper_drop) <= DROP_TOLERANCE * paper_drop),
+            "adv_train_acc_pp": float(100 * sweep["adv_train_acc"].median()),
+            "paper_adv_train_acc_pp": float(100 * paper["adv_train_acc"].median()),
+            "at_epochs_median": float(sweep["at_best_epoch"].median())}
 
 
-def paper_statistics(dataset: str, n_boot: int, seed: int = 0) -> dict:
-    """D_1 and rho of recovery (C1) and of accuracy under FGSM after AT (C2) on the paper's tables as
-    printed (dead networks included), bootstrapped over architectures within depth groups."""
+#: the regime's median FGSM drop before adversarial training may differ from the paper's by this share of it
+DROP_TOLERANCE = 0.5
+
+
+def paper_statistics(dataset: str, n_boot: int, seed: int = 0, live: bool = False) -> dict:
+    """:func:`bootstrap_contrasts` of recovery (C1) and of accuracy under FGSM after AT (C2) on the paper's tables:
+    as printed (dead networks included), or on its ``live`` networks only."""
     p = atras_sweep.paper_tables()
-    p = p[p["dataset"] == dataset].assign(
-        depth_group=lambda d: d["depth"].map(lambda n: str(n) if n <= 3 else ">3"), seed=0,
-        recovery_pp=lambda d: 100 * (d["acc_attacked_after_at"] - d["acc_attacked_before_at"]),
-        after_pp=lambda d: 100 * d["acc_attacked_after_at"])
-    return {"C1": bootstrap_statistics(p, "recovery_pp", n_boot, seed),
-            "C2": bootstrap_statistics(p, "after_pp", n_boot, seed)}
+    p = p[p["dataset"] == dataset]
+    p = _live(p) if live else p
+    p = p.assign(depth_group=lambda d: d["depth"].map(lambda n: str(n) if n <= 3 else ">3"), seed=0,
+                 recovery_pp=lambda d: 100 * (d["acc_attacked_after_at"] - d["acc_attacked_before_at"]),
+                 after_pp=lambda d: 100 * d["acc_attacked_after_at"])
+    return {"C1": bootstrap_contrasts(p, "recovery_pp", n_boot, seed),
+            "C2": bootstrap_contrasts(p, "after_pp", n_boot, seed)}
+
+
+#: what the paper's text states for C1 (one layer's mean recovery against the best deeper group's, Section IV)
+#: and C2 (CIFAR-10: "around 53% test accuracy compared to 43.34%"), in pp
+PAPER_TEXT = {("mnist", "C1"): "+0.52 (4.58 vs 4.06 at three layers)",
+              ("cifar10", "C1"): "+3.9 (35.2 vs 31.3 at three layers)",
+              ("mnist", "C2"): "no number", ("cifar10", "C2"): "+9.7 (about 53% vs 43.34%)"}
 
 
 def with_derived(sweep: pd.DataFrame) -> pd.DataFrame:
-    """The sweep with recovery and accuracy after AT in pp, under FGSM and under PGD-10."""
+    """The sweep with recovery and accuracy after AT in pp, under FGSM and under PGD-10, and the drop before AT."""
     return sweep.assign(recovery_pp=100 * (sweep["acc_fgsm_after_at"] - sweep["acc_fgsm_before_at"]),
                         after_pp=100 * sweep["acc_fgsm_after_at"],
+                        drop_pp=100 * (sweep["test_acc"] - sweep["acc_fgsm_before_at"]),
                         pgd_recovery_pp=100 * (sweep["acc_pgd_after_at"] - sweep["acc_pgd_before_at"]),
                         pgd_after_pp=100 * sweep["acc_pgd_after_at"])
 
 
+def pgd_check(sweep: pd.DataFrame) -> dict:
+    """Per adversarially trained network: does its PGD-10 accuracy rise with adversarial training, and how far
+    below its FGSM accuracy does PGD-10 put it (FGSM training is known to overfit to FGSM)?"""
+    gap = 100 * (sweep["acc_fgsm_after_at"] - sweep["acc_pgd_after_at"])
+    return {"models": len(sweep), "pgd_not_improved": int((sweep["acc_pgd_after_at"] <= sweep["acc_pgd_before_at"]).sum()),
+            "fgsm_minus_pgd_median_pp": float(gap.median()), "fgsm_minus_pgd_max_pp": float(gap.max())}
+
+
 def claim_rows(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.DataFrame | None, n_boot: int) -> list[dict]:
     """The protocol's three claims on one dataset and regime: the primary statistic with its interval and
-    verdict, the secondary one, the same on the paper's tables, and the PGD-10 sensitivity."""
+    verdict, Spearman's rho as its own labelled verdict, the paper's statistics (as printed, live networks
+    only, and its text), the PGD-10 sensitivity and the regime's comparability."""
     s = with_derived(sweep[sweep["regime"] == regime])
     comp = comparability(s, dataset)
-    paper = paper_statistics(dataset, n_boot)
+    printed, live = paper_statistics(dataset, n_boot), paper_statistics(dataset, n_boot, live=True)
+    common = {"dataset": dataset, "regime": regime, "models": len(s), **comp, **pgd_check(s)}
     rows = []
-    for claim, column, pgd_column in (("C1", "recovery_pp", "pgd_recovery_pp"), ("C2", "after_pp", "pgd_after_pp")):
-        ours, under_pgd = bootstrap_statistics(s, column, n_boot), bootstrap_statistics(s, pgd_column, n_boot)
-        rows.append({"dataset": dataset, "regime": regime, "claim": claim, "statement": CLAIMS[claim],
-                     "statistic": "D1 (pp)", "value": ours["D1"], "ci_low": ours["D1_ci"][0], "ci_high": ours["D1_ci"][1],
-                     "verdict": verdict(ours["D1_ci"], +1, comp["comparable"]),
-                     "rho": ours["rho"], "rho_ci": ours["rho_ci"], "paper_D1": paper[claim]["D1"],
-                     "paper_D1_ci": paper[claim]["D1_ci"], "paper_rho": paper[claim]["rho"],
-                     "paper_rho_ci": paper[claim]["rho_ci"], "pgd_D1": under_pgd["D1"], "pgd_D1_ci": under_pgd["D1_ci"],
-                     "group_means": ours["group_means"], "paper_group_means": paper[claim]["group_means"],
-                     "models": len(s), "clean_gap_pp": comp["test_acc"], "fgsm_gap_pp": comp["acc_attacked_before_at"]})
+    for claim, column, primary in (("C1", "recovery_pp", "D1"), ("C2", "after_pp", "pooled")):
+        ours, under_pgd = bootstrap_contrasts(s, column, n_boot), bootstrap_contrasts(s, f"pgd_{column}", n_boot)
+        rows.append({**common, "claim": claim, "statement": CLAIMS[claim], "statistic": primary,
+                     "value": ours["point"][primary], "ci": ours["ci"][primary], "seed_ci": ours["seed_ci"][primary],
+                     "verdict": pairwise_verdict(ours, comp["comparable"]) if claim == "C1" else
+                     verdict(ours["ci"][primary], +1, comp["comparable"]),
+                     "pairwise": {k: (ours["point"][k], ours["ci"][k]) for k in ours["point"] if k.startswith("1-")},
+                     "rho": ours["point"]["rho"], "rho_ci": ours["ci"]["rho"],
+                     "rho_verdict": verdict(ours["ci"]["rho"], -1, comp["comparable"]),
+                     "paper_printed": (printed[claim]["point"][primary], printed[claim]["ci"][primary]),
+                     "paper_live": (live[claim]["point"][primary], live[claim]["ci"][primary]),
+                     "paper_text": PAPER_TEXT[(dataset, claim)],
+                     "pgd": (under_pgd["point"][primary], under_pgd["ci"][primary]),
+                     "group_means": ours["group_means"], "architectures": ours["architectures"]})
     if transfer is not None and len(transfer[transfer["regime"] == regime]):
-        tr = transfer[transfer["regime"] == regime]
-        fwd, back = transfer_statistic(tr, n_boot), transfer_statistic(tr, n_boot, "larger to smaller")
-        rows.append({"dataset": dataset, "regime": regime, "claim": "C3", "statement": CLAIMS["C3"],
-                     "statistic": "T (pp)", "value": fwd["T"], "ci_low": fwd["T_ci"][0], "ci_high": fwd["T_ci"][1],
-                     "verdict": verdict(fwd["T_ci"], +1, comp["comparable"]), "reverse_T": back["T"],
-                     "reverse_T_ci": back["T_ci"], "white_box_drop_pp": fwd["white_box_drop_pp"], "pairs": fwd["pairs"],
-                     "models": len(tr), "clean_gap_pp": comp["test_acc"], "fgsm_gap_pp": comp["acc_attacked_before_at"]})
+        t = transfer_statistics(transfer[transfer["regime"] == regime], n_boot)
+        rows.append({**common, "claim": "C3", "statement": CLAIMS["C3"], "statistic": "T",
+                     "value": t["point"]["T"], "ci": t["ci"]["T"], "seed_ci": None,
+                     "verdict": verdict(t["ci"]["T"], +1, comp["comparable"]),
+                     "transfer": t, "paper_text": "no number", "pairs": t["pairs"]})
     return rows
 
 
@@ -571,51 +644,70 @@ def _interval(value: float, ci) -> str:
     return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
+STATISTIC_NAMES = {"D1": "D1: one layer minus the best deeper group (pp)",
+                   "pooled": "one layer minus all deeper networks (pp)", "T": "T: transfer beyond random signs (pp)"}
+
+
 def _display_row(c: dict) -> dict:
     """One row of :func:`claim_rows` as Table 6.1 shows it."""
-    transfer = c["claim"] == "C3"
-    if transfer:
-        paper = "no number in the paper"
-        secondary = (f"reverse T {_interval(c['reverse_T'], c['reverse_T_ci'])}; "
-                     f"white-box drop {c['white_box_drop_pp']:.1f} pp")
+    regime = (f"clean {c['clean_gap_pp']:+.0f} pp vs the paper; FGSM drop {c['drop_ours_pp']:.1f} vs "
+              f"{c['drop_paper_pp']:.1f} pp")
+    row = {"regime": c["regime"], "dataset": c["dataset"], "claim": f"{c['claim']}: {c['statement']}",
+           "statistic": STATISTIC_NAMES[c["statistic"]], "ours [95%]": _interval(c["value"], c["ci"]),
+           "verdict": c["verdict"], "paper's text": c["paper_text"]}
+    if c["claim"] == "C3":
+        t = c["transfer"]
+        row.update({"paper's tables (printed; live networks)": "no transfer in the paper",
+                    "secondary": (f"reverse {_interval(t['point']['T_reverse'], t['ci']['T_reverse'])}; asymmetry "
+                                  f"{_interval(t['point']['asymmetry'], t['ci']['asymmetry'])}; share of the own-FGSM "
+                                  f"drop {_interval(t['point']['ratio'], t['ci']['ratio'])}; white-box drop "
+                                  f"{t['white_box_drop_pp']:.1f} pp"),
+                    "under PGD-10": ""})
     else:
-        paper = _interval(c["paper_D1"], c["paper_D1_ci"])
-        secondary = f"rho {_interval(c['rho'], c['rho_ci'])} (paper {_interval(c['paper_rho'], c['paper_rho_ci'])})"
-    return {"dataset": c["dataset"], "regime": c["regime"], "claim": f"{c['claim']}: {c['statement']}",
-            "statistic": c["statistic"], "ours [95%]": _interval(c["value"], (c["ci_low"], c["ci_high"])),
-            "verdict": c["verdict"], "paper's tables": paper, "secondary": secondary,
-            "under PGD-10": "" if transfer else _interval(c["pgd_D1"], c["pgd_D1_ci"]),
-            "regime vs paper (clean, FGSM before AT)": f"{c['clean_gap_pp']:+.0f} pp, {c['fgsm_gap_pp']:+.0f} pp"}
+        pairs = "; ".join(f"{k}: {_interval(v, ci)}" for k, (v, ci) in c["pairwise"].items())
+        row.update({"paper's tables (printed; live networks)": f"{_interval(*c['paper_printed'])}; "
+                                                               f"{_interval(*c['paper_live'])}",
+                    "secondary": (f"{pairs}; by parameters rho {_interval(c['rho'], c['rho_ci'])}: {c['rho_verdict']}"
+                                  f"; seeds only {c['seed_ci'][0]:+.2f} to {c['seed_ci'][1]:+.2f}"),
+                    "under PGD-10": _interval(*c["pgd"])})
+    row["regime vs paper"] = regime
+    return row
 
 
 def claims_table(results: dict, scale: str) -> pd.DataFrame:
-    """Table 6.1: every claim, dataset and regime of the complete sweeps: the primary statistic with its
-    interval and verdict, the paper's statistic beside it, the secondary statistic and the PGD-10 check."""
+    """Table 6.1: every claim of the complete sweeps, the calibrated regime's first: the primary statistic with
+    its interval and verdict, the paper's text and tables beside it, the secondary readings and PGD-10."""
     plan = plan_for(scale)
-    return pd.DataFrame([_display_row(c) for ds, r in results.items() if r["complete"] for regime in REGIMES
+    return pd.DataFrame([_display_row(c) for regime in REGIMES for ds, r in results.items() if r["complete"]
                          for c in claim_rows(ds, regime, r["sweep"], r["transfer"], plan.bootstrap)])
 
 
-def depth_table(results: dict, regime: str = "calibrated") -> pd.DataFrame:
-    """Table 6.2: mean recovery and accuracy under FGSM after AT per depth group, ours (the regime's
-    complete sweep, mean over seeds) beside the paper's stated figures and its tables."""
-    rows = []
-    paper = atras_sweep.paper_tables()
-    for ds, r in results.items():
-        if not r["complete"]:
-            continue
-        s = with_derived(r["sweep"][r["sweep"]["regime"] == regime])
-        p = paper[paper["dataset"] == ds].assign(depth_group=lambda d: d["depth"].map(lambda n: str(n) if n <= 3 else ">3"))
-        for g in DEPTH_GROUPS:
-            mine, theirs = s[s["depth_group"] == g], p[p["depth_group"] == g]
-            rows.append({"dataset": ds, "depth": g, "architectures": mine["hidden"].nunique(),
-                         "recovery, ours (pp)": mine["recovery_pp"].mean(),
-                         "recovery, paper stated (pp)": atras_sweep.PAPER_DEPTH_SUMMARY[ds][g],
-                         "recovery, paper's tables (pp)": 100 * (theirs["acc_attacked_after_at"]
-                                                                 - theirs["acc_attacked_before_at"]).mean(),
-                         "FGSM acc after AT, ours (%)": mine["after_pp"].mean(),
-                         "FGSM acc after AT, paper's tables (%)": 100 * theirs["acc_attacked_after_at"].mean(),
-                         "PGD-10 acc after AT, ours (%)": mine["pgd_after_pp"].mean()})
+def depth_table(results: dict) -> pd.DataFrame:
+    """Table 6.2: per regime, dataset and depth group, ours (complete sweeps, mean over architectures and seeds)
+    beside the paper's stated figures and its tables: the FGSM drop before AT, recovery, accuracy under FGSM
+    after AT, clean accuracy after AT and accuracy under PGD-10 after AT."""
+    rows, paper = [], atras_sweep.paper_tables()
+    for regime in REGIMES:
+        for ds, r in results.items():
+            if not r["complete"]:
+                continue
+            s = with_derived(r["sweep"][r["sweep"]["regime"] == regime])
+            p = paper[paper["dataset"] == ds].assign(
+                depth_group=lambda d: d["depth"].map(lambda n: str(n) if n <= 3 else ">3"))
+            for g in DEPTH_GROUPS:
+                mine, theirs = s[s["depth_group"] == g], p[p["depth_group"] == g]
+                rows.append({"regime": regime, "dataset": ds, "depth": g, "architectures": mine["hidden"].nunique(),
+                             "FGSM drop before AT, ours (pp)": mine["drop_pp"].mean(),
+                             "FGSM drop before AT, paper (pp)": 100 * (theirs["test_acc"]
+                                                                       - theirs["acc_attacked_before_at"]).mean(),
+                             "recovery, ours (pp)": mine["recovery_pp"].mean(),
+                             "recovery, paper stated (pp)": atras_sweep.PAPER_DEPTH_SUMMARY[ds][g],
+                             "recovery, paper's tables (pp)": 100 * (theirs["acc_attacked_after_at"]
+                                                                     - theirs["acc_attacked_before_at"]).mean(),
+                             "FGSM acc after AT, ours (%)": mine["after_pp"].mean(),
+                             "FGSM acc after AT, paper's tables (%)": 100 * theirs["acc_attacked_after_at"].mean(),
+                             "clean acc after AT, ours (%)": 100 * mine["adv_test_acc"].mean(),
+                             "PGD-10 acc after AT, ours (%)": mine["pgd_after_pp"].mean()})
     return pd.DataFrame(rows)
 
 
@@ -626,7 +718,8 @@ def answer(results: dict, scale: str) -> str:
         return "The regime sweep is not complete at this scale; " + progress_sentence(results, scale)
     cal = table[table["regime"] == "calibrated"]
     return "; ".join(f"{ds}: " + ", ".join(f"{c.split(':')[0]} {v}" for c, v in zip(d["claim"], d["verdict"]))
-                     for ds, d in cal.groupby("dataset", sort=False)) + " (calibrated regime, 95% bootstrap intervals)."
+                     for ds, d in cal.groupby("dataset", sort=False)) + \
+        " (calibrated regime, 95% bootstrap intervals over architectures)."
 
 
 GLANCE_TARGET = "atras-claims"
@@ -641,7 +734,7 @@ def glance_rows(scale: str) -> list[dict]:
     table = claims_table(results, scale)
     rows = [] if table.empty else [
         {"paper": "ATRAS", "claim": f"{r['claim'].split(': ', 1)[1]} ({r['dataset']})",
-         "the paper's number": r["paper's tables"], "scale": scale, "verdict": r["verdict"], "target": GLANCE_TARGET,
+         "the paper's number": r["paper's text"], "scale": scale, "verdict": r["verdict"], "target": GLANCE_TARGET,
          "ours": f"{r['statistic']} {r['ours [95%]']} (calibrated regime, {len(plan.seeds)} seeds x 40 MLPs)"}
         for r in table[table["regime"] == "calibrated"].to_dict("records")]
     earlier = [r for ds, res in results.items() if not res["complete"]
