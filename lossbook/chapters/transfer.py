@@ -693,7 +693,7 @@ def saved_cross(scale: str) -> dict[str, pd.DataFrame]:
 PARAMETERS: dict[str, Param] = {
     **common("smoke | cpu (committed results) | paper"),
     "sources": Param("arm", listing(is_setting, "settings", ("arm", "all"))),
-    "cifar_searched": Param("grid", listing(is_setting, "settings", ("arm", "grid", "none"))),
+    "cifar_searched": Param("arm", listing(is_setting, "settings", ("arm", "grid", "none"))),
     "cifar_sources": Param("mnist-net1-at-linf,mnist-net2-at-linf", listing(is_setting, "settings", ("none",))),
     "mnist_norms": Param("all", listing(lambda s: s in NORMS, "norms", ("all",))),
     "cifar_norms": Param("all", listing(lambda s: s in NORMS, "norms", ("all",))),
