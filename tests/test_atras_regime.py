@@ -168,3 +168,16 @@ def test_glance_rows_fall_back_to_the_earlier_sweep_until_a_dataset_is_complete(
         complete = R.chapter_results([ds], "cpu")[ds]["complete"]
         mine = [r for r in rows if r["claim"].endswith(f"({ds})")]
         assert all(("calibrated regime" in r["ours"]) == complete for r in mine)
+
+
+def test_a_sweep_table_without_todays_columns_is_refused_in_one_line(tmp_path):
+    from lossbook import store
+
+    plan = R.PLANS["smoke"]
+    cal = {"eps": 0.01}
+    store.save(R.regime_dir("smoke", tmp_path) / "calibration-mnist.json", cal, R.calibration_request("mnist", plan))
+    path = R.sweep_path("mnist", plan, tmp_path)
+    store.save(path, pd.DataFrame([{"hidden": "[40]", "seed": 0, "regime": "calibrated"}]),
+               R.sweep_request("mnist", plan, cal))
+    with pytest.raises(store.ResultError, match="rows without depth_group, params, .* \\(made by an older lossbook\\); delete it"):
+        R.load_sweep("mnist", plan, tmp_path)

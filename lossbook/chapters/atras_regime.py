@@ -300,7 +300,7 @@ def run_sweep(dataset: str, plan: RegimePlan, root: Path | None = None, progress
     is rewritten (atomically) after each model, so an interrupted sweep resumes where it stopped."""
     calibration = calibrate(dataset, plan, root, progress=progress)
     path, request = sweep_path(dataset, plan, root), sweep_request(dataset, plan, calibration)
-    done = store.load(path, request) if path.exists() else pd.DataFrame()
+    done = _complete_rows(store.load(path, request), path) if path.exists() else pd.DataFrame()
     finished = set(zip(done["hidden"], done["seed"])) if len(done) else set()
     ds = splits(dataset, plan)
     todo = [(s, h) for s in (seeds or plan.seeds) for h in plan.archs() if (str(h), s) not in finished]
@@ -311,13 +311,27 @@ def run_sweep(dataset: str, plan: RegimePlan, root: Path | None = None, progress
     return done
 
 
+#: the columns every sweep row has (a table made by an older lossbook without some of them is refused)
+ROW_COLUMNS = ("hidden", "depth_group", "params", "seed", "regime", "eps", "train_acc", "test_acc",
+               "acc_fgsm_before_at", "acc_pgd_before_at", "adv_train_acc", "adv_test_acc", "acc_fgsm_after_at",
+               "acc_pgd_after_at", "st_best_epoch", "at_best_epoch", "st_seconds", "at_seconds")
+
+
+def _complete_rows(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    missing = [c for c in ROW_COLUMNS if c not in table.columns]
+    if missing:
+        raise store.ResultError(f"{path}: rows without {', '.join(missing)} (made by an older lossbook); delete it "
+                                f"to compute it again")
+    return table
+
+
 def load_sweep(dataset: str, plan: RegimePlan, root: Path | None = None) -> pd.DataFrame | None:
     """The saved sweep of ``dataset`` (validated against its calibration), or None."""
     calibration = calibrate(dataset, plan, root, compute=False)
     path = sweep_path(dataset, plan, root)
     if calibration is None or not path.exists():
         return None
-    return store.load(path, sweep_request(dataset, plan, calibration))
+    return _complete_rows(store.load(path, sweep_request(dataset, plan, calibration)), path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -364,7 +364,19 @@ def answer(summary: pd.DataFrame | None, sens: pd.DataFrame | None = None) -> st
             f"In-sample, on the search images where the paper reports its gains, the mean is "
             f"{summary.insample_gain_pp.mean():+.2f} pp against the paper's {summary.paper_gain_pp.mean():+.2f} pp for "
             f"the same settings. The paper's 100% success rate, read {success_sentence(summary)}."
-            + textbook_sentence(summary, sens))
+            + textbook_sentence(summary, sens) + shared_starts_sentence(summary, sens))
+
+
+def shared_starts_sentence(summary: pd.DataFrame, sens: pd.DataFrame | None) -> str:
+    """How selection with shared random starts changes the picks and the verdicts (a sensitivity arm)."""
+    if sens is None or "shared_direction" not in sens or sens["shared_direction"].isna().all():
+        return ""
+    done = sens.dropna(subset=["shared_direction"])
+    moved = int((done["shared_starts_seed"] != done["best_run_seed"]).sum())
+    counts = done["shared_direction"].value_counts()
+    return (f" Selected again with one shared set of random starts on the search images, {moved} of {len(done)} "
+            f"settings pick another run; the verdicts are then {counts.get('reproduced', 0)} reproduced, "
+            f"{counts.get('not reproduced', 0)} not reproduced and {counts.get('inconclusive', 0)} inconclusive.")
 
 
 def textbook_sentence(summary: pd.DataFrame, sens: pd.DataFrame | None) -> str:
