@@ -157,6 +157,14 @@ def test_the_chapter_tables_read_a_complete_smoke_sweep(tmp_path, data_available
     assert len(depth) == 2 * len(R.DEPTH_GROUPS)  # the fixed regime too
     assert R.answer(results, "smoke").startswith("mnist: C1 ")
     assert "complete" in R.progress_sentence(results, "smoke")
+    # the takeaway box: the verdicts once complete; before, where the sweep stands and the earlier sweep, labelled
+    question, text, differs = R.takeaway(results, "smoke", pd.DataFrame(), {}, {})
+    assert question == R.QUESTION and text == R.answer(results, "smoke") and "protocol_atras" in differs
+    partial = {"mnist": {**results["mnist"], "complete": False, "done": 1}}
+    _, text, _ = R.takeaway(partial, "smoke", pd.DataFrame(), {}, {})
+    assert text.startswith("Not yet judged in the paper's regime (**mnist**: calibrated eps ")
+    assert text.endswith("not the paper's: No sweep is available at this scale.")
+    assert "no regime sweep at this scale" in R.takeaway({}, "smoke", pd.DataFrame(), {}, {})[1]
 
 
 def test_glance_rows_fall_back_to_the_earlier_sweep_until_a_dataset_is_complete():

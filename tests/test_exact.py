@@ -308,8 +308,10 @@ def test_back_substitution_is_part_of_the_settings_only_where_it_is_used(monkeyp
 
     cnn, mlp = X.network_ops(_tiny_cnn(), (1, 2, 2)), certify.as_ops(X.relu_layers(_relu_net()))
     assert not X.uses_backward(cnn) and "backward_bounds" not in X.settings("linf", X.uses_backward(cnn))
+    assert not X.uses_backward(_tiny_cnn())
     monkeypatch.setattr(X, "BACKWARD_FOR_MAXPOOL", True)
     assert X.uses_backward(cnn) and not X.uses_backward(mlp)  # MLPs keep their LP-tightened bounds
+    assert X.uses_backward(_tiny_cnn()) and not X.uses_backward(_relu_net())  # read from the PyTorch model alike
     assert "backward_bounds" in X.settings("linf", X.uses_backward(cnn))
 
 

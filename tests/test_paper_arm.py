@@ -55,6 +55,11 @@ def test_holm_adjustment():
     # hand-computed: sorted 0.01, 0.03, 0.04, 0.5 -> 4*0.01, max(.04, 3*.03), max(.09, 2*.04), max(.09, .5)
     assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
     assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    # a partial family: the two hypotheses not tested yet count as the largest p-values
+    assert stats.holm([0.01, 0.02], family_size=4) == pytest.approx([0.04, 0.06])
+    assert stats.holm([0.01], family_size=1) == pytest.approx([0.01])
+    with pytest.raises(ValueError, match="family_size 1 is smaller than the 2 p-values given"):
+        stats.holm([0.01, 0.02], family_size=1)
 
 
 def test_pooled_gain_interval():
@@ -137,6 +142,9 @@ def test_the_arm_counts_a_run_of_the_same_request_and_judges_on_held_out_images(
     summary = A.load_summary(plan, root)
     assert summary.setting.tolist() == [smoke_arm["name"]]
     assert "holm_p" in A.with_holm(summary) and A.family(summary)["judged"] == 1
+    # Holm runs over the arm's planned family, not over the one judged row
+    assert summary.planned_settings.eq(len(A.arm_settings(plan.name))).all()
+    assert A.with_holm(summary).holm_p.iloc[0] == pytest.approx(min(1.0, summary.p_value.iloc[0] * len(A.arm_settings(plan.name))))
     assert "1 of 24 settings judged" in A.answer(summary)
 
 

@@ -325,13 +325,20 @@ def _complete_rows(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     return table
 
 
-def load_sweep(dataset: str, plan: RegimePlan, root: Path | None = None) -> pd.DataFrame | None:
-    """The saved sweep of ``dataset`` (validated against its calibration), or None."""
+def _load_saved(dataset: str, plan: RegimePlan, root: Path | None, path_of, request_of) -> pd.DataFrame | None:
+    """The table at ``path_of(dataset, plan, root)`` if it was made for ``request_of(dataset, plan, calibration)``
+    with the saved calibration; None where either is not saved yet."""
     calibration = calibrate(dataset, plan, root, compute=False)
-    path = sweep_path(dataset, plan, root)
+    path = path_of(dataset, plan, root)
     if calibration is None or not path.exists():
         return None
-    return _complete_rows(store.load(path, sweep_request(dataset, plan, calibration)), path)
+    return store.load(path, request_of(dataset, plan, calibration))
+
+
+def load_sweep(dataset: str, plan: RegimePlan, root: Path | None = None) -> pd.DataFrame | None:
+    """The saved sweep of ``dataset`` (validated against its calibration), or None."""
+    table = _load_saved(dataset, plan, root, sweep_path, sweep_request)
+    return None if table is None else _complete_rows(table, sweep_path(dataset, plan, root))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,11 +397,7 @@ def run_transfer(dataset: str, plan: RegimePlan, root: Path | None = None, progr
 
 def load_transfer(dataset: str, plan: RegimePlan, root: Path | None = None) -> pd.DataFrame | None:
     """The saved transfer rows of ``dataset`` (validated against the plan and its calibration), or None."""
-    calibration = calibrate(dataset, plan, root, compute=False)
-    path = transfer_path(dataset, plan, root)
-    if calibration is None or not path.exists():
-        return None
-    return store.load(path, transfer_request(dataset, plan, calibration))
+    return _load_saved(dataset, plan, root, transfer_path, transfer_request)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -734,6 +737,29 @@ def answer(results: dict, scale: str) -> str:
     return "; ".join(f"{ds}: " + ", ".join(f"{c.split(':')[0]} {v}" for c, v in zip(d["claim"], d["verdict"]))
                      for ds, d in cal.groupby("dataset", sort=False)) + \
         " (calibrated regime, 95% bootstrap intervals over architectures)."
+
+
+QUESTION = ("Does adversarial training recover most on small architectures, is accuracy under attack after it "
+            "highest there, and do FGSM examples from small networks fool large ones (ATRAS's conclusions)?")
+
+
+def takeaway(results: dict, scale: str, earlier: pd.DataFrame, earlier_transfers: dict, configs: dict
+             ) -> tuple[str, str, str]:
+    """Chapter 06's takeaway box: (question, answer, how our regime differs). The answer is the calibrated
+    regime's verdicts once every dataset's sweep is complete, else where the sweep stands and the earlier
+    one-seed sweep's reading, labelled as not the paper's regime."""
+    earlier_answer, earlier_differs = atras_sweep.takeaway(earlier, earlier_transfers, atras_sweep.paper_tables(),
+                                                           configs)
+    complete = bool(results) and all(r["complete"] for r in results.values())
+    if complete:
+        text = answer(results, scale)
+    else:
+        where = progress_sentence(results, scale) if results else "no regime sweep at this scale"
+        text = (f"Not yet judged in the paper's regime ({where}). The earlier one-seed sweep, in a regime that is "
+                f"not the paper's: {earlier_answer}")
+    differs = ("The paper states neither its FGSM eps nor its training; the book calibrates eps to the paper's "
+               "median FGSM drop and trains to convergence (book/protocol_atras.md). " + earlier_differs)
+    return QUESTION, text, differs
 
 
 GLANCE_TARGET = "atras-claims"

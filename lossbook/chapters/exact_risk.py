@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lossbook import runner, store
 from lossbook.chapters import atras_sweep, paper_arm, transfer
-from lossbook.config import RESULTS_DIR, SCALES, SHAPES, check_choice, check_dataset_eps, quiet
+from lossbook.config import RESULTS_DIR, SCALES, check_choice, check_dataset_eps, quiet
 from lossbook.core import certify, data, exact
 from lossbook.core.attack_registry import attack_names, run_attacks
 from lossbook.core.attacks import evaluation_images, pgd
@@ -262,8 +262,7 @@ def exact_request(study: Study, model) -> dict:
     smaller one)."""
     return {"study": {k: v for k, v in asdict(study).items() if k != "n_images"}, "weights": exact.network_hash(model),
             "images": "first correctly classified test images",
-            "rule": exact.settings(study.norm, backward=exact.uses_backward(
-                exact.network_ops(model, SHAPES[MODELS[study.model].dataset])))}
+            "rule": exact.settings(study.norm, backward=exact.uses_backward(model))}
 
 
 def exact_path(study: Study, scale: str, root: Path | None = None) -> Path:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from lossbook import store
+from lossbook.chapters.gp_search import PLANS as GRID_PLANS
 from lossbook.chapters.gp_search import SEEDED, GridPlan, heldout_outcomes, paper_gain
 from lossbook.config import RESULTS_DIR, SETTINGS, check_choice, train_config
 from lossbook.core.attacks import evaluate_losses, pgd
@@ -249,7 +250,10 @@ def load_summary(plan: ArmPlan | str = "paper", root: Path | None = None) -> pd.
     """The arm's summary (validated), or None where no setting is judged yet."""
     plan = ARMS[plan] if isinstance(plan, str) else plan
     path = summary_path(plan, root)
-    return store.load(path, summary_request(plan)) if path.exists() else None
+    if not path.exists():
+        return None
+    # the family Holm's correction runs over: every setting the arm plans, judged or not
+    return store.load(path, summary_request(plan)).assign(planned_settings=len(arm_settings(plan.name)))
 
 
 def judge_setting(name: str, plan: ArmPlan, root: Path | None = None, compute: bool = True, progress: bool = True,
@@ -297,10 +301,14 @@ def second_attack(summary: pd.DataFrame) -> str:
 
 
 def with_holm(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary with Holm-adjusted p-values over its rows, under each held-out attack."""
+    """The summary with Holm-adjusted p-values under each held-out attack, over the arm's planned family
+    (``planned_settings``, set by :func:`load_summary`; else its rows): settings not judged yet count as the
+    largest p-values, so a partial arm's adjustment is never smaller than the complete arm's could be."""
     out = summary.copy()
+    family_size = int(summary["planned_settings"].iloc[0]) if "planned_settings" in summary and len(summary) \
+        else len(summary)
     for sfx in ("", second_attack(summary)):
-        out[f"holm_p{sfx}"] = holm(out[f"p_value{sfx}"].to_numpy())
+        out[f"holm_p{sfx}"] = holm(out[f"p_value{sfx}"].to_numpy(), family_size)
     return out
 
 
@@ -627,7 +635,7 @@ def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 #: the earlier grid's unseeded runs (searched before book/protocol_q1.md), counted by the arm where eps is unchanged
-GRID_UNSEEDED_SEEDS = (0, 1)
+GRID_UNSEEDED_SEEDS = tuple(seed for seed, seeded in GRID_PLANS["cpu"].seeds if not seeded)
 
 
 def made_before_protocol(summary: pd.DataFrame) -> pd.Series:

@@ -88,8 +88,13 @@ BACKWARD_FOR_MAXPOOL = False
 
 
 def uses_backward(net) -> bool:
-    """Whether the verifier back-substitutes bounds for this network (ops with a max-pool, when switched on)."""
-    return BACKWARD_FOR_MAXPOOL and any(isinstance(op, certify.MaxPool) for op in certify.as_ops(net))
+    """Whether the verifier back-substitutes bounds for this network (one with a max-pool, when switched on);
+    ``net``: its ops, an MLP's ``[(W, b), ...]`` or the PyTorch model itself."""
+    if isinstance(net, nn.Module):
+        pooled = any(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    else:
+        pooled = any(isinstance(op, certify.MaxPool) for op in certify.as_ops(net))
+    return BACKWARD_FOR_MAXPOOL and pooled
 
 
 def settings(norm: str = "linf", backward: bool = False) -> dict:

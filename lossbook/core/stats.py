@@ -186,12 +186,17 @@ def size_verdict(g, paper_gain_pp: float) -> str:
     return "consistent"
 
 
-def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values (same order as given)."""
+def holm(p_values, family_size: int | None = None) -> np.ndarray:
+    """Holm's step-down adjusted p-values (same order as given). With ``family_size`` larger than the p-values
+    given, the missing hypotheses are taken as the largest p-values (the adjustment is then valid whatever
+    their values turn out to be)."""
     p = np.asarray(p_values, float)
     order = np.argsort(p, kind="stable")
     k = len(p)
-    adjusted = np.minimum(1.0, np.maximum.accumulate((k - np.arange(k)) * p[order]))
+    m = k if family_size is None else family_size
+    if m < k:
+        raise ValueError(f"family_size {m} is smaller than the {k} p-values given")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(k)) * p[order]))
     out = np.empty(k)
     out[order] = adjusted
     return out
