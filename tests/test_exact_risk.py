@@ -212,6 +212,12 @@ def test_table_7_6_counts_the_verdicts_that_changed_under_the_new_rule(tmp_path)
     row = exact_risk.decision_changes({"s": (None, t)}, "smoke", tmp_path).iloc[0]
     assert (row["images"], row["changed"], row["which"]) == (3, 1, "robust -> unknown: 1")
     assert exact_risk.decision_changes({"s": (None, t)}, "smoke", tmp_path / "nowhere") is None
+    # the same count for any two sets of verdicts: only the images in both are compared
+    old = pd.Series(["unknown", "unknown", "robust", "vulnerable"], index=[3, 5, 7, 9])
+    new = pd.Series(["robust", "unknown", "unknown", "vulnerable", "robust"], index=[3, 5, 7, 9, 11])
+    assert exact_risk.verdict_changes(old, new) == {"images": 4, "changed": 2,
+                                                    "which": "robust -> unknown: 1, unknown -> robust: 1"}
+    assert exact_risk.backward_changes("smoke", tmp_path) is None  # no earlier NET-1 verdicts kept there
 
 
 def test_the_paper_network_sentence_says_when_every_attack_ties_and_names_the_best_when_not():

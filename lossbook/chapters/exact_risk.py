@@ -512,6 +512,16 @@ def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]
     return problems
 
 
+def verdict_changes(old: pd.Series, new: pd.Series) -> dict:
+    """How the verdicts of the images in both (indexed by image) moved: images, changed, and which way."""
+    common = old.index.intersection(new.index)
+    pairs = pd.crosstab(old[common], new[common])
+    changed = {f"{a} -> {b}": int(pairs.loc[a, b]) for a in pairs.index for b in pairs.columns
+               if a != b and pairs.loc[a, b]}
+    return {"images": len(common), "changed": sum(changed.values()),
+            "which": ", ".join(f"{k}: {v}" for k, v in changed.items()) or "none"}
+
+
 def decision_changes(results: dict, scale: str, root: Path | None = None) -> pd.DataFrame | None:
     """Per study, how many images changed verdict when the auditable rule replaced the earlier one (the
     earlier verdicts are kept in ``decisions-before-audit-rule.csv``); None where that file is absent."""
@@ -519,17 +529,34 @@ def decision_changes(results: dict, scale: str, root: Path | None = None) -> pd.
     if not path.exists():
         return None
     before = store.load(path)
-    rows = []
-    for name, (_, t) in results.items():
-        old = before[before["study"] == name].set_index("index")["status"]
-        new = t.set_index("index")["status"]
-        common_idx = old.index.intersection(new.index)
-        pairs = pd.crosstab(old[common_idx], new[common_idx])
-        changed = {f"{a} -> {b}": int(pairs.loc[a, b]) for a in pairs.index for b in pairs.columns
-                   if a != b and pairs.loc[a, b]}
-        rows.append({"study": name, "images": len(common_idx), "changed": sum(changed.values()),
-                     "which": ", ".join(f"{k}: {v}" for k, v in changed.items()) or "none"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"study": name, **verdict_changes(before[before["study"] == name].set_index("index")["status"],
+                                                           t.set_index("index")["status"])}
+                         for name, (_, t) in results.items()])
+
+
+#: the NET-1 verdicts made with interval and LP bounds only, kept when back-substituted bounds replaced them
+BEFORE_BACKWARD = "net1-decisions-before-backward-bounds.csv"
+
+
+def backward_changes(scale: str, root: Path | None = None) -> pd.DataFrame | None:
+    """Per NET-1 study verified both before and after back-substituted bounds were switched on (the saved
+    study's request says it was made with them): how many of the images in both changed verdict. A robust
+    image turning vulnerable (or back) would be a bug; unknown turning decided is what the bounds are for.
+    None where the earlier verdicts are not kept."""
+    path = study_dir(scale, root) / BEFORE_BACKWARD
+    if not path.exists():
+        return None
+    before, rows, models = store.load(path), [], {}
+    for (name, eps), old in before.groupby(["model", "eps"], sort=False):
+        if name not in models:
+            models[name] = load_verified_model(name, scale, train=False, root=root)
+        st = Study(name, "linf", float(eps), PAPER_NET_IMAGES, PAPER_NET_TIME_LIMIT)
+        request = exact_request(st, models[name])
+        if not request["rule"].get("backward_bounds") or not store.matches(exact_path(st, scale, root), request):
+            continue
+        new = pd.DataFrame(store.load(exact_path(st, scale, root), request)).set_index("index")["status"]
+        rows.append({"network": name, "eps": float(eps), **verdict_changes(old.set_index("index")["status"], new)})
+    return pd.DataFrame(rows, columns=["network", "eps", "images", "changed", "which"])
 
 
 def load_study(study: Study, scale: str, root: Path | None = None) -> pd.DataFrame | None:
