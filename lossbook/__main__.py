@@ -312,7 +312,7 @@ def _atras_command(sub, fmt=DefaultsHelpFormatter) -> None:
 
 
 def _atras_regime(args) -> None:
-    from lossbook.chapters.atras_regime import REGIMES, claim_rows, plan_for, run_sweep, run_transfer
+    from lossbook.chapters.atras_regime import REGIMES, claim_line, claim_rows, plan_for, run_sweep, run_transfer
 
     plan = plan_for(args.scale)
     for ds in args.dataset:
@@ -320,8 +320,7 @@ def _atras_regime(args) -> None:
         transfer = run_transfer(ds, plan, progress=not args.quiet) if not args.no_transfer else None
         for regime in REGIMES:
             for r in claim_rows(ds, regime, sweep, transfer, plan.bootstrap):
-                print(f"{ds} {regime} {r['claim']}: {r['statistic']} = {r['value']:+.2f} "
-                      f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]: {r['verdict']}")
+                print(claim_line(ds, regime, r))
 
 
 def _atras_regime_command(sub, fmt=DefaultsHelpFormatter) -> None:

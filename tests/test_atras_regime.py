@@ -71,6 +71,29 @@ def test_the_contrasts_and_their_bootstrap():
     assert flat["point"]["D1"] == 0 and flat["ci"]["D1"] == (0.0, 0.0) and flat["point"]["rho"] != flat["point"]["rho"]
 
 
+def test_welch_intervals_decide_the_gaps_and_agree_with_scipy():
+    from scipy.stats import ttest_ind
+
+    from lossbook.core.stats import welch_interval
+
+    a, b = np.array([3.1, 4.2, 2.5, 5.0]), np.array([1.0, 2.2, 3.3, 0.5, 1.7, 2.9, 4.1, 0.2])
+    for level in (0.95, R.PAIRWISE_LEVEL):
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(level)
+        assert welch_interval(a, b, level) == pytest.approx((ci.low, ci.high))
+    assert np.isnan(welch_interval(a[:1], b)).all()  # one value: no variance, no interval
+    assert welch_interval(np.full(3, 2.0), np.full(4, 1.0)) == (1.0, 1.0)
+    clear = _frame({"a": ("1", 10, [10, 11, 12]), "b": ("1", 20, [10, 10, 10]), "c": ("2", 30, [5, 6, 7]),
+                    "d": ("2", 40, [5, 5, 5]), "e": (">3", 50, [2, 3, 4]), "f": (">3", 60, [2, 2, 2])})
+    w = R.welch_contrasts(clear, "v")
+    means = {"1": [11.0, 10.0], "2": [6.0, 5.0], ">3": [3.0, 2.0]}
+    assert w["ci"]["1-2"] == pytest.approx(welch_interval(means["1"], means["2"]))
+    assert w["ci"]["pooled"] == pytest.approx(welch_interval(means["1"], means["2"] + means[">3"]))
+    assert np.isnan(w["ci"]["1-3"]).all()  # no three-layer group
+    lo, hi = w["ci_pairwise"]["1-2"]
+    assert lo < w["ci"]["1-2"][0] and w["ci"]["1-2"][1] < hi  # the Bonferroni level is wider
+    assert R.pairwise_verdict(w, True) == "inconclusive"  # a gap that cannot be computed decides nothing
+
+
 def test_the_verdict_rules():
     assert R.verdict((0.5, 2.0), +1, True) == "reproduced"
     assert R.verdict((-2.0, -0.5), +1, True) == "not reproduced"
@@ -137,6 +160,8 @@ def test_a_smoke_sweep_end_to_end_resumes_and_judges(tmp_path, data_available):
     assert [r["claim"] for r in rows] == ["C1", "C2", "C3"]
     allowed = set(R.VERDICTS) | {f"not comparable ({v})" for v in R.VERDICTS}
     assert all(r["verdict"] in allowed and r["ci"][0] <= r["value"] <= r["ci"][1] for r in rows)
+    line = R.claim_line("mnist", "calibrated", rows[0])  # what the command line prints
+    assert line.startswith("mnist calibrated C1: D1 = ") and line.endswith(f": {rows[0]['verdict']}")
     # a sweep made for another plan is not taken
     other = R.RegimePlan(**{**plan.__dict__, "max_at_epochs": 3})
     with pytest.raises(ValueError, match="max_at_epochs"):
@@ -155,6 +180,11 @@ def test_the_chapter_tables_read_a_complete_smoke_sweep(tmp_path, data_available
     cal = depth[depth["regime"] == "calibrated"]
     assert list(cal["depth"]) == list(R.DEPTH_GROUPS) and cal["recovery, paper stated (pp)"].tolist() == [4.58, -2.5, 4.06, 0.99]
     assert len(depth) == 2 * len(R.DEPTH_GROUPS)  # the fixed regime too
+    share = cal["share of the drop recovered, ours (%)"]
+    assert share.tolist() == pytest.approx((100 * cal["recovery, ours (pp)"] / cal["FGSM drop before AT, ours (pp)"]).tolist())
+    assert table["regime vs paper"].str.contains(r"at the epoch cap: ST \d+ of \d+ \(2\), AT \d+ of \d+ \(2\)").all()
+    assert table["ours [95%]"].iloc[0].endswith("(bootstrap; not judged: the verdict reads the pairwise gaps)")
+    assert table["secondary"].iloc[0].startswith("pairwise (Welch, judged) 1-2: ")
     assert R.answer(results, "smoke").startswith("mnist: C1 ")
     assert "complete" in R.progress_sentence(results, "smoke")
     # the takeaway box: the verdicts once complete; before, where the sweep stands and the earlier sweep, labelled

@@ -3,8 +3,8 @@
 Every MLP is trained to convergence by early stopping on a validation split, with several seeds; FGSM's
 eps is calibrated so that the median drop from clean to FGSM accuracy before adversarial training matches
 the paper's tables (the *calibrated* regime), and the earlier radii are kept as a second, *fixed* regime.
-Each claim is read from a statistic with a two-stage bootstrap interval, beside the same statistic on the
-paper's own tables.
+Each claim is read from a statistic with an interval over architectures (Welch's for the depth-group gaps
+that decide, a percentile bootstrap otherwise), beside the same statistic on the paper's own tables.
 
 Files, under ``results/atras/regime/<scale>/``:
 
@@ -13,8 +13,8 @@ Files, under ``results/atras/regime/<scale>/``:
 * ``transfer-<dataset>.csv`` -- per (seed, regime, source, target): accuracy clean, on the source's FGSM
   examples and under a random-sign perturbation of the same eps;
 * ``cache/`` (not committed) -- the standard-trained weights, so that calibration, the sweep and the
-  transfer share them within a machine; lost, they are trained again (the same weights: one thread, the
-  same seed).
+  transfer share them within a machine; lost, they are trained again from the same seed (bitwise the same
+  weights only with the same thread count: the committed sweeps ran with ``OMP_NUM_THREADS=1``).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from lossbook.config import DATASETS, RESULTS_DIR, check_choice, quiet
 from lossbook.core import data
 from lossbook.core.attacks import fgsm, pgd
 from lossbook.core.models import accuracy, build_model, n_params
-from lossbook.core.stats import VERDICTS
+from lossbook.core.stats import VERDICTS, welch_interval
 from lossbook.core.train import fit
 
 #: the regimes: the calibrated eps (the book's answer) and the earlier sweep's radii
@@ -49,7 +49,8 @@ CALIBRATION_TOLERANCE_PP = 0.5
 CALIBRATION_HALVINGS = 12
 #: a network of the paper's tables with less test accuracy than this is dead (it predicts one class)
 LIVE_ACCURACY = 0.2
-#: the regime is comparable with the paper's where both medians are within this many points
+#: the regime is comparable with the paper's where the median clean accuracy is within this many points (the
+#: FGSM drop is compared relatively: :data:`DROP_TOLERANCE`)
 COMPARABLE_PP = atras_sweep.REGIME_TOLERANCE_PP
 DEPTH_GROUPS = ("1", "2", "3", ">3")
 CLAIMS = {
@@ -89,8 +90,11 @@ class RegimePlan:
         return archs if self.scale == "smoke" else [a for a in TRANSFER_SUBSET if a in archs]
 
 
+#: the smoke sweep's architectures: the two smallest of each depth group, so that every interval of the verdicts
+#: (Welch's, two architectures at least per group) can be computed
+SMOKE_ARCHITECTURES = (36, 37, 24, 32, 16, 10, 8, 9)
 PLANS = {
-    "smoke": RegimePlan("smoke", (0, 1), 2, 2, 1, 500, 2500, 500, atras_sweep.SMOKE_ARCHITECTURES, 200, 200),
+    "smoke": RegimePlan("smoke", (0, 1), 2, 2, 1, 500, 2500, 500, SMOKE_ARCHITECTURES, 200, 200),
     "cpu": RegimePlan("cpu", (0, 1, 2), 20, 10, 3, 5000, None, None, None, 2000, 2000),
 }
 
@@ -468,6 +472,20 @@ def bootstrap_contrasts(df: pd.DataFrame, column: str, n_boot: int, seed: int = 
             "architectures": len(info)}
 
 
+def welch_contrasts(df: pd.DataFrame, column: str) -> dict:
+    """Welch intervals for the gaps of :func:`contrasts` that the verdicts read (one layer minus each deeper group,
+    and minus all deeper networks), from one value per architecture (the mean over its seeds): at 95% (``ci``)
+    and at :data:`PAIRWISE_LEVEL` (``ci_pairwise``). Protocol revision 3: these decide, the percentile bootstrap
+    is shown beside: with 4 one-layer architectures it covers 85-87% at a nominal 95%, Welch's 93-94%
+    (normal data, ``benchmarks/coverage_atras_intervals.py``)."""
+    info = _arch_means(df, column)
+    group, means = info["depth_group"].to_numpy(), info["value"].to_numpy(float)
+    one = means[group == "1"]
+    others = {f"1-{g}": means[group == g] for g in DEPTH_GROUPS[1:]} | {"pooled": means[group != "1"]}
+    return {"ci": {k: welch_interval(one, v) for k, v in others.items()},
+            "ci_pairwise": {k: welch_interval(one, v, PAIRWISE_LEVEL) for k, v in others.items()}}
+
+
 def transfer_statistics(tr: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
     """C3 from the transfer rows of one regime, in pp: ``T`` (smaller to larger) and ``T_reverse`` (larger to
     smaller), the mean over pairs and seeds of the transfer drop minus the random-sign control's (= noise
@@ -507,13 +525,14 @@ def verdict(ci: tuple[float, float], claim_sign: int, comparable: bool) -> str:
     return side if comparable else f"not comparable ({side})"
 
 
-def pairwise_verdict(boot: dict, comparable: bool) -> str:
-    """C1's rule: reproduced if every pairwise gap (one layer minus a deeper group) is above 0 at 95%; not
-    reproduced if any is below 0 at :data:`PAIRWISE_LEVEL`; else inconclusive."""
-    keys = [f"1-{g}" for g in DEPTH_GROUPS[1:] if boot["point"][f"1-{g}"] == boot["point"][f"1-{g}"]]
+def pairwise_verdict(intervals: dict, comparable: bool) -> str:
+    """C1's rule on :func:`welch_contrasts`: reproduced if every pairwise gap (one layer minus a deeper group) is
+    above 0 at 95%; not reproduced if any is below 0 at :data:`PAIRWISE_LEVEL`; else inconclusive. A gap whose
+    interval cannot be computed (a group of fewer than two architectures) leaves the rule inconclusive."""
+    keys = [f"1-{g}" for g in DEPTH_GROUPS[1:]]
     reproduced, not_reproduced, inconclusive = VERDICTS
-    side = reproduced if keys and all(boot["ci"][k][0] > 0 for k in keys) else \
-        not_reproduced if any(boot["ci_pairwise"][k][1] < 0 for k in keys) else inconclusive
+    side = reproduced if all(intervals["ci"][k][0] > 0 for k in keys) else \
+        not_reproduced if any(intervals["ci_pairwise"][k][1] < 0 for k in keys) else inconclusive
     return side if comparable else f"not comparable ({side})"
 
 
@@ -553,8 +572,8 @@ def paper_statistics(dataset: str, n_boot: int, seed: int = 0, live: bool = Fals
     p = p.assign(depth_group=lambda d: d["depth"].map(lambda n: str(n) if n <= 3 else ">3"), seed=0,
                  recovery_pp=lambda d: 100 * (d["acc_attacked_after_at"] - d["acc_attacked_before_at"]),
                  after_pp=lambda d: 100 * d["acc_attacked_after_at"])
-    return {"C1": bootstrap_contrasts(p, "recovery_pp", n_boot, seed),
-            "C2": bootstrap_contrasts(p, "after_pp", n_boot, seed)}
+    return {claim: {**bootstrap_contrasts(p, column, n_boot, seed), "welch": welch_contrasts(p, column)}
+            for claim, column in (("C1", "recovery_pp"), ("C2", "after_pp"))}
 
 
 #: what the paper's text states for C1 (one layer's mean recovery against the best deeper group's, Section IV)
@@ -581,6 +600,12 @@ def pgd_check(sweep: pd.DataFrame) -> dict:
             "fgsm_minus_pgd_median_pp": float(gap.median()), "fgsm_minus_pgd_max_pp": float(gap.max())}
 
 
+def _paper_interval(stat: dict, primary: str) -> tuple[float, tuple[float, float]]:
+    """The paper's own statistic with the interval of the same kind as ours: Welch's where it decides (the
+    pooled gap), the bootstrap's for D1."""
+    return stat["point"][primary], stat["welch"]["ci"][primary] if primary in stat["welch"]["ci"] else stat["ci"][primary]
+
+
 def claim_rows(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.DataFrame | None, n_boot: int) -> list[dict]:
     """The protocol's three claims on one dataset and regime: the primary statistic with its interval and
     verdict, Spearman's rho as its own labelled verdict, the paper's statistics (as printed, live networks
@@ -592,22 +617,29 @@ def claim_rows(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.Data
     rows = []
     for claim, column, primary in (("C1", "recovery_pp", "D1"), ("C2", "after_pp", "pooled")):
         ours, under_pgd = bootstrap_contrasts(s, column, n_boot), bootstrap_contrasts(s, f"pgd_{column}", n_boot)
+        welch = welch_contrasts(s, column)
         rows.append({**common, "claim": claim, "statement": CLAIMS[claim], "statistic": primary,
-                     "value": ours["point"][primary], "ci": ours["ci"][primary], "seed_ci": ours["seed_ci"][primary],
-                     "verdict": pairwise_verdict(ours, comp["comparable"]) if claim == "C1" else
-                     verdict(ours["ci"][primary], +1, comp["comparable"]),
-                     "pairwise": {k: (ours["point"][k], ours["ci"][k]) for k in ours["point"] if k.startswith("1-")},
+                     "value": ours["point"][primary],
+                     # C1's D1 has no Welch form (a minimum of gaps): its bootstrap interval is shown, not judged
+                     "ci": ours["ci"][primary] if claim == "C1" else welch["ci"][primary], "judged": claim == "C2",
+                     "bootstrap_ci": ours["ci"][primary], "seed_ci": ours["seed_ci"][primary],
+                     "verdict": pairwise_verdict(welch, comp["comparable"]) if claim == "C1" else
+                     verdict(welch["ci"][primary], +1, comp["comparable"]),
+                     "pairwise": {k: (ours["point"][k], welch["ci"][k]) for k in ours["point"] if k.startswith("1-")},
                      "rho": ours["point"]["rho"], "rho_ci": ours["ci"]["rho"],
                      "rho_verdict": verdict(ours["ci"]["rho"], -1, comp["comparable"]),
-                     "paper_printed": (printed[claim]["point"][primary], printed[claim]["ci"][primary]),
-                     "paper_live": (live[claim]["point"][primary], live[claim]["ci"][primary]),
+                     "paper_printed": _paper_interval(printed[claim], primary),
+                     "paper_live": _paper_interval(live[claim], primary),
+                     "paper_pairwise_verdict": (pairwise_verdict(printed[claim]["welch"], True),
+                                                pairwise_verdict(live[claim]["welch"], True)),
                      "paper_text": PAPER_TEXT[(dataset, claim)],
                      "pgd": (under_pgd["point"][primary], under_pgd["ci"][primary]),
                      "group_means": ours["group_means"], "architectures": ours["architectures"]})
     if transfer is not None and len(transfer[transfer["regime"] == regime]):
         t = transfer_statistics(transfer[transfer["regime"] == regime], n_boot)
         rows.append({**common, "claim": "C3", "statement": CLAIMS["C3"], "statistic": "T",
-                     "value": t["point"]["T"], "ci": t["ci"]["T"], "seed_ci": None,
+                     "value": t["point"]["T"], "ci": t["ci"]["T"], "judged": True, "bootstrap_ci": t["ci"]["T"],
+                     "seed_ci": None,
                      "verdict": verdict(t["ci"]["T"], +1, comp["comparable"]),
                      "transfer": t, "paper_text": "no number", "pairs": t["pairs"]})
     return rows
@@ -616,6 +648,12 @@ def claim_rows(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.Data
 # ------------------------------------------------------------------------------------------------
 # Chapter 06: what the regime sweep shows, read from the saved files
 # ------------------------------------------------------------------------------------------------
+def claim_line(dataset: str, regime: str, row: dict) -> str:
+    """One row of :func:`claim_rows` as the command line prints it."""
+    return (f"{dataset} {regime} {row['claim']}: {row['statistic']} = {row['value']:+.2f} "
+            f"[{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]: {row['verdict']}")
+
+
 def planned_models(plan: RegimePlan) -> int:
     """Models of one dataset's sweep (each gives one row per regime)."""
     return len(plan.archs()) * len(plan.seeds)
@@ -639,6 +677,11 @@ def chapter_results(datasets, scale: str, compute: bool = False, progress: bool 
         out[ds] = {"calibration": calibration, "sweep": sweep, "transfer": transfer, "done": done,
                    "complete": done == planned_models(plan) and seeds_done == set(plan.seeds)}
     return out
+
+
+def all_complete(results: dict) -> bool:
+    """Whether there are results and every dataset's sweep and transfer are complete (verdicts are read then)."""
+    return bool(results) and all(r["complete"] for r in results.values())
 
 
 def progress_sentence(results: dict, scale: str) -> str:
@@ -669,8 +712,9 @@ def _display_row(c: dict) -> dict:
     """One row of :func:`claim_rows` as Table 6.1 shows it."""
     regime = (f"clean {c['clean_gap_pp']:+.0f} pp vs the paper; FGSM drop {c['drop_ours_pp']:.1f} vs "
               f"{c['drop_paper_pp']:.1f} pp")
+    how = {"C1": " (bootstrap; not judged: the verdict reads the pairwise gaps)", "C2": " (Welch)", "C3": " (bootstrap)"}
     row = {"regime": c["regime"], "dataset": c["dataset"], "claim": f"{c['claim']}: {c['statement']}",
-           "statistic": STATISTIC_NAMES[c["statistic"]], "ours [95%]": _interval(c["value"], c["ci"]),
+           "statistic": STATISTIC_NAMES[c["statistic"]], "ours [95%]": _interval(c["value"], c["ci"]) + how[c["claim"]],
            "verdict": c["verdict"], "paper's text": c["paper_text"]}
     if c["claim"] == "C3":
         t = c["transfer"]
@@ -682,21 +726,45 @@ def _display_row(c: dict) -> dict:
                     "under PGD-10": ""})
     else:
         pairs = "; ".join(f"{k}: {_interval(v, ci)}" for k, (v, ci) in c["pairwise"].items())
-        row.update({"paper's tables (printed; live networks)": f"{_interval(*c['paper_printed'])}; "
-                                                               f"{_interval(*c['paper_live'])}",
+        pairs = (f"pairwise (Welch, judged) {pairs}" if c["claim"] == "C1" else
+                 f"{pairs} (Welch, not judged); bootstrap {_interval(c['value'], c['bootstrap_ci'])}")
+        paper = f"{_interval(*c['paper_printed'])}; {_interval(*c['paper_live'])}"
+        if c["claim"] == "C1":
+            paper += f" (the rule on them: {c['paper_pairwise_verdict'][0]}; {c['paper_pairwise_verdict'][1]})"
+        row.update({"paper's tables (printed; live networks)": paper,
                     "secondary": (f"{pairs}; by parameters rho {_interval(c['rho'], c['rho_ci'])}: {c['rho_verdict']}"
                                   f"; seeds only {c['seed_ci'][0]:+.2f} to {c['seed_ci'][1]:+.2f}"),
                     "under PGD-10": _interval(*c["pgd"])})
+    if "caps" in c:
+        k = c["caps"]
+        regime += (f"; at the epoch cap: ST {k['st_at_cap']} of {k['trainings']} ({k['max_st_epochs']}), "
+                   f"AT {k['at_at_cap']} of {k['trainings']} ({k['max_at_epochs']})")
     row["regime vs paper"] = regime
     return row
 
 
+def cap_counts(sweep: pd.DataFrame, plan: RegimePlan) -> dict:
+    """How many trainings of these rows ran to their epoch cap (early stopping never fired), standard and
+    adversarial, of how many."""
+    return {"st_at_cap": int((sweep["st_epochs"] >= plan.max_st_epochs).sum()),
+            "at_at_cap": int((sweep["at_epochs"] >= plan.max_at_epochs).sum()), "trainings": len(sweep),
+            "max_st_epochs": plan.max_st_epochs, "max_at_epochs": plan.max_at_epochs}
+
+
 def claims_table(results: dict, scale: str) -> pd.DataFrame:
     """Table 6.1: every claim of the complete sweeps, the calibrated regime's first: the primary statistic with
-    its interval and verdict, the paper's text and tables beside it, the secondary readings and PGD-10."""
+    its interval and verdict, the paper's text and tables beside it, the secondary readings, PGD-10, and how the
+    regime compares with the paper's (and how many trainings ran to their epoch cap)."""
     plan = plan_for(scale)
-    return pd.DataFrame([_display_row(c) for regime in REGIMES for ds, r in results.items() if r["complete"]
-                         for c in claim_rows(ds, regime, r["sweep"], r["transfer"], plan.bootstrap)])
+    rows = []
+    for regime in REGIMES:
+        for ds, r in results.items():
+            if not r["complete"]:
+                continue
+            caps = cap_counts(r["sweep"][r["sweep"]["regime"] == regime], plan)
+            rows += [_display_row({**c, "caps": caps})
+                     for c in claim_rows(ds, regime, r["sweep"], r["transfer"], plan.bootstrap)]
+    return pd.DataFrame(rows)
 
 
 def depth_table(results: dict) -> pd.DataFrame:
@@ -721,8 +789,16 @@ def depth_table(results: dict) -> pd.DataFrame:
                              "recovery, paper stated (pp)": atras_sweep.PAPER_DEPTH_SUMMARY[ds][g],
                              "recovery, paper's tables (pp)": 100 * (theirs["acc_attacked_after_at"]
                                                                      - theirs["acc_attacked_before_at"]).mean(),
+                             # not judged: recovery largely follows the drop (protocol, revision 3)
+                             "share of the drop recovered, ours (%)": 100 * mine["recovery_pp"].mean()
+                             / mine["drop_pp"].mean(),
+                             "share of the drop recovered, paper's tables (%)": 100 * (
+                                 theirs["acc_attacked_after_at"] - theirs["acc_attacked_before_at"]).mean()
+                             / (theirs["test_acc"] - theirs["acc_attacked_before_at"]).mean(),
                              "FGSM acc after AT, ours (%)": mine["after_pp"].mean(),
                              "FGSM acc after AT, paper's tables (%)": 100 * theirs["acc_attacked_after_at"].mean(),
+                             "FGSM acc after AT, paper's live networks (%)":
+                                 100 * _live(theirs)["acc_attacked_after_at"].mean(),
                              "clean acc after AT, ours (%)": 100 * mine["adv_test_acc"].mean(),
                              "PGD-10 acc after AT, ours (%)": mine["pgd_after_pp"].mean()})
     return pd.DataFrame(rows)
@@ -750,8 +826,7 @@ def takeaway(results: dict, scale: str, earlier: pd.DataFrame, earlier_transfers
     one-seed sweep's reading, labelled as not the paper's regime."""
     earlier_answer, earlier_differs = atras_sweep.takeaway(earlier, earlier_transfers, atras_sweep.paper_tables(),
                                                            configs)
-    complete = bool(results) and all(r["complete"] for r in results.values())
-    if complete:
+    if all_complete(results):
         text = answer(results, scale)
     else:
         where = progress_sentence(results, scale) if results else "no regime sweep at this scale"
