@@ -233,3 +233,25 @@ def test_rows_whose_selected_run_predates_the_protocol_are_marked():
 
     s = pd.DataFrame({"runs_from_grid": [2, 2, 0, 2], "best_run_seed": [0, 3, 0, 1]})
     assert made_before_protocol(s).tolist() == [True, False, False, True]
+
+
+def test_where_the_evidence_sits_is_counted_from_the_summary():
+    import pandas as pd
+
+    from lossbook.chapters import paper_arm as A
+
+    base = {"model_scale": "cpu", "model_epochs": 4, "model_clean_acc": 0.56, "table_iii_eps": 0.024,
+            "table_iii_ce_risk": 0.6, "runs_from_grid": 0, "best_run_seed": 3, "heldout_gain_pp": 3.0,
+            "p_value": 1e-6, "p_value_pgd100": 1e-6, "heldout_gain_pp_pgd100": 3.0, "eps": 0.03}
+    rows = [{**base, "setting": "cifar10-net1-at-linf", "insample_gain_pp": 3.5},
+            {**base, "setting": "cifar10-net2-at-l1", "insample_gain_pp": 0.25, "runs_from_grid": 2, "best_run_seed": 1,
+             "model_clean_acc": 0.59},
+            {**base, "setting": "mnist-net1-st-l1", "insample_gain_pp": 0.0, "model_scale": "paper", "model_epochs": 160,
+             "eps": 5.0, "table_iii_eps": 25.0, "table_iii_ce_risk": 1.0, "p_value": 0.5, "p_value_pgd100": 0.5,
+             "heldout_gain_pp": 0.1, "direction": "inconclusive"}]
+    s = pd.DataFrame(rows).assign(direction=lambda d: d.get("direction", "reproduced")).fillna({"direction": "reproduced"})
+    text = A.where_the_evidence_sits(s, search_images=400)
+    assert "The 2 gains that survive Holm sit 2 on cifar10 cpu models of 4 epochs (56%-59% clean)." in text
+    assert "Without the 1 rows whose selected run was searched before this protocol" in text
+    assert "On MNIST the rule's eps is 0.20 to 0.20 times Table III's" in text
+    assert "In 2 settings (cifar10-net2-at-l1, mnist-net1-st-l1) the selected run beats CE by at most one of its 400" in text
