@@ -163,14 +163,29 @@ def test_sensitivity_arms(smoke_arm):
     # every run's tree scored again with one set of starts: one gain per run, the pick among the arm's seeds
     assert len(row["shared_starts_gains_pp"].split()) == 2 and row["shared_starts_seed"] in (0, 1)
     assert row["best_run_seed"] == A.best_run(A.arm_runs(smoke_arm["name"], plan, root, compute=False))["seed"]
-    for label in ("textbook", "seeded", "shared"):
+    for label in ("textbook", "seeded", "shared", "fresh"):
         assert row[f"{label}_ci_low"] <= row[f"{label}_gain_pp"] <= row[f"{label}_ci_high"]
         assert row[f"{label}_direction"] in stats.DIRECTIONS
     assert {f"{k}_risk" for k in RELEASED_FORMULAS} <= set(row)
     assert 0 <= row["released_beating_ce"] + row["released_losing_to_ce"] <= len(RELEASED_FORMULAS)
     folder = root / plan.preset / smoke_arm["name"]
     assert {"heldout-smoke-arm.json", "heldout-seeded.json", "heldout-sensitivity.npz",
-            "selection-shared-starts.json"} <= {p.name for p in folder.iterdir()}
+            "selection-shared-starts.json", "heldout-fresh-block.json"} <= {p.name for p in folder.iterdir()}
+    # the fresh block: images after the search's and the held-out block's, none of them shared with either
+    best = A.best_run(A.arm_runs(smoke_arm["name"], plan, root, compute=False))
+    searched, ce, fresh_idx = A.fresh_block_outcomes(smoke_arm["name"], plan, best, root)
+    held = A.heldout_outcomes(A.arm_setting(smoke_arm["name"], plan, root), plan.heldout_plan("mnist"), best, root,
+                              tag=plan.preset)
+    assert len(fresh_idx) == len(searched) == len(ce) == plan.heldout_images
+    assert min(fresh_idx) > max(held["test_indices"])
+    g = stats.exact_gain(searched, ce)
+    assert row["fresh_gain_pp"] == pytest.approx(round(g.gain_pp, 2))
+    import pandas as pd
+
+    summary = A.load_summary(plan, root)
+    sentence = A.fresh_block_sentence(summary, pd.DataFrame([row]))
+    assert sentence.startswith(f" On a fresh block of {plan.heldout_images} images that nothing had used")
+    assert A.fresh_block_sentence(summary, None) == ""
 
 
 def test_the_long_at_arm_judges_only_the_cifar10_at_settings_on_the_30_epoch_models():

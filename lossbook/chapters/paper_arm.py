@@ -373,7 +373,8 @@ def answer(summary: pd.DataFrame | None, sens: pd.DataFrame | None = None) -> st
             f"{summary.insample_gain_pp.mean():+.2f} pp against the paper's {summary.paper_gain_pp.mean():+.2f} pp for "
             f"the same settings ({insample_by_dataset(summary)}). The paper's 100% success rate, read "
             f"{success_sentence(summary)}." + where_the_evidence_sits(summary)
-            + textbook_sentence(summary, sens) + shared_starts_sentence(summary, sens))
+            + fresh_block_sentence(summary, sens) + textbook_sentence(summary, sens)
+            + shared_starts_sentence(summary, sens))
 
 
 def insample_by_dataset(summary: pd.DataFrame) -> str:
@@ -439,6 +440,29 @@ def shared_starts_sentence(summary: pd.DataFrame, sens: pd.DataFrame | None) -> 
             f"{counts.get('not reproduced', 0)} not reproduced and {counts.get('inconclusive', 0)} inconclusive.")
 
 
+def fresh_block_sentence(summary: pd.DataFrame, sens: pd.DataFrame | None) -> str:
+    """The verdicts on the fresh held-out block (announced on the protocol page before it was run): counts, the
+    gains that survive Holm over the arm's settings, and what becomes of the rows made before the protocol."""
+    if sens is None or "fresh_direction" not in sens or sens["fresh_direction"].isna().all():
+        return ""
+    fresh = sens.dropna(subset=["fresh_direction"]).set_index("setting")
+    counts = fresh["fresh_direction"].value_counts()
+    adjusted = holm(fresh["fresh_p_value"].to_numpy(float), max(len(fresh), len(SETTINGS)))
+    survive = int(((adjusted < 0.05) & (fresh["fresh_gain_pp"].to_numpy(float) > 0)).sum())
+    text = (f" On a fresh block of {int(summary.heldout_images.iloc[0])} images that nothing had used (announced "
+            f"before it was run), the verdicts are {counts.get('reproduced', 0)} reproduced, "
+            f"{counts.get('not reproduced', 0)} not reproduced and {counts.get('inconclusive', 0)} inconclusive, with "
+            f"{survive} gains after Holm")
+    if {"runs_from_grid", "best_run_seed"} <= set(summary.columns):
+        early = [n for n, b, d in zip(summary.setting, made_before_protocol(summary), summary.direction)
+                 if b and d == "reproduced" and n in fresh.index]
+        if early:
+            kept = sum(fresh.loc[n, "fresh_direction"] == "reproduced" for n in early)
+            text += (f"; of the {len(early)} reproduced rows whose run was made before the protocol, {kept} are "
+                     f"reproduced there too")
+    return text + "."
+
+
 def textbook_sentence(summary: pd.DataFrame, sens: pd.DataFrame | None) -> str:
     """How many reproduced settings keep their verdict under textbook PGD (constant step, final iterate scored)."""
     if sens is None or "textbook_direction" not in sens:
@@ -448,9 +472,10 @@ def textbook_sentence(summary: pd.DataFrame, sens: pd.DataFrame | None) -> str:
     if not won:
         return ""
     lost = [n for n in won if kept[n] != "reproduced"]
-    return (f" A transfer to another algorithm, which the paper does not claim (its Eq. 8 holds the algorithm fixed, and "
-            f"its released PGD scores the first misclassified iterate): under textbook PGD (constant step, only the final iterate "
-            f"scored), {len(won) - len(lost)} of the {len(won)} reproduced settings keep their verdict"
+    return (f" A transfer to another algorithm, which the paper does not claim (its Eq. 8 holds the algorithm "
+            f"fixed, and its released PGD scores the first misclassified iterate): under textbook PGD (constant step, "
+            f"only the final iterate scored), {len(won) - len(lost)} of the {len(won)} reproduced settings keep their "
+            f"verdict"
             + (f"; {', '.join(lost)} do not." if lost else "."))
 
 
@@ -554,6 +579,34 @@ def shared_starts_selection(name: str, plan: ArmPlan, runs: list[dict], root: Pa
     return {"run": ordered[pick], "gains_pp": [round(100 * (r - scores["risk"][-1]), 2) for r in risks]}
 
 
+#: the fresh held-out block (book/protocol_q1.md, announced before it was run): the next ``heldout_images``
+#: correctly classified test images after the search's and the held-out block's, with new random starts
+FRESH_BLOCK_SEED = 3000
+
+
+def fresh_block_outcomes(name: str, plan: ArmPlan, best: dict, root: Path | None = None) -> tuple:
+    """Per-image outcomes of the selected loss and CE under the arm's PGD-10 on the fresh block; cached beside
+    the runs for this exact request. Returns (searched broken, CE broken, the block's test indices)."""
+    setting = arm_setting(name, plan, root)
+    n_search = best["gp"]["n_images"]
+    request = {"setting": asdict(setting), "formula": best["best"], "run_seed": best["seed"],
+               "skip": n_search + plan.heldout_images, "n": plan.heldout_images, "steps": plan.heldout_steps[0],
+               "seed": FRESH_BLOCK_SEED, "model_scale": plan.scale_of(setting.dataset)}
+    path = search_dir(setting, plan.preset, root) / "heldout-fresh-block.json"
+
+    def compute() -> dict:
+        model, x, y, idx = setting_images(setting, plan.scale_of(setting.dataset), plan.heldout_images,
+                                          skip=request["skip"])
+        res = evaluate_losses(model, x, y, [compile_formula(best["best"]), HANDCRAFTED["ce"]], norm=setting.norm,
+                              eps=setting.eps, steps=plan.heldout_steps[0], seed=FRESH_BLOCK_SEED)
+        broken = res.broken.numpy()
+        return {"searched": [int(v) for v in broken[0]], "ce": [int(v) for v in broken[1]],
+                "test_indices": [int(i) for i in idx]}
+
+    out = store.cached(path, request, compute)
+    return np.array(out["searched"], bool), np.array(out["ce"], bool), out["test_indices"]
+
+
 def sensitivity_row(name: str, plan: ArmPlan, root: Path | None = None) -> dict | None:
     """The sensitivity columns of a judged setting (None where the setting is not judged); the seeded
     run's columns say "not run at this scale" until that run is done, the others do not wait for it."""
@@ -576,6 +629,7 @@ def sensitivity_row(name: str, plan: ArmPlan, root: Path | None = None) -> dict 
     held_shared = held if shared["run"]["seed"] == best["seed"] else \
         heldout_outcomes(setting, hp, shared["run"], root, tag="shared-starts")
     pairs["shared"] = (held_shared["broken"][plan.heldout_steps[0]][0], held_shared["broken"][plan.heldout_steps[0]][1])
+    pairs["fresh"] = fresh_block_outcomes(name, plan, best, root)[:2]
     if seeded:
         held_seeded = heldout_outcomes(setting, hp, seeded[0], root, tag="seeded")
         pairs["seeded"] = (held_seeded["broken"][plan.heldout_steps[0]][0], held_seeded["broken"][plan.heldout_steps[0]][1])
@@ -719,6 +773,7 @@ def sensitivity_table(sens: pd.DataFrame) -> pd.DataFrame:
         "textbook PGD-10: gain over CE": [iv(r, "textbook") for _, r in sens.iterrows()],
         "selected with shared starts: gain over CE": [shared(r) for _, r in sens.iterrows()],
         "seeded run: gain over CE": [iv(r, "seeded") for _, r in sens.iterrows()],
+        "fresh block: gain over CE": [iv(r, "fresh") if "fresh_gain_pp" in r else NOT_RUN for _, r in sens.iterrows()],
         "CE R''": sens.ce_risk.map("{:.3f}".format),
         "released losses beating / losing to CE": [f"{a} / {b} of {len(RELEASED_FORMULAS)}" for a, b in
                                                    zip(sens.released_beating_ce, sens.released_losing_to_ce)],
@@ -825,7 +880,8 @@ def glance_rows(scale: str) -> list[dict]:
             f"{r['holm_p']:.2g}; best of {r['runs']} reduced-budget runs, in-sample {r['insample_gain_pp']:+.2f} pp; "
             f"{r['model_scale']} model, {r['model_epochs']} epochs; eps {r['eps']:.3g}, "
             f"Table III {r['table_iii_eps']:.3g}; {SIZE_WORDS[r['size']]})")
-        rows.append({"paper": "AutoLoss-AR", "claim": f"Q1: the loss the search picks beats CE under PGD-10 on held-out images ({name})",
+        rows.append({"paper": "AutoLoss-AR",
+                     "claim": f"Q1: the loss the search picks beats CE under PGD-10 on held-out images ({name})",
                      "the paper's number": f"+{paper_gain(name)} pp (in-sample, full budget)", "ours": ours,
                      "scale": where,
                      "verdict": NOT_RUN if r is None else r["direction"], "target": ANSWER_TARGET})
