@@ -810,7 +810,8 @@ def differences_table(plan: ArmPlan, summary: pd.DataFrame | None) -> pd.DataFra
              ("verdict images", "the searched images (no held-out set described)",
               f"{plan.heldout_images} held-out correctly classified test images, new random starts"),
              ("images attacked", "Eq. 4 averages over the data set D",
-              "correctly classified test images only (R'' starts at 0)"),
+              "correctly classified test images only (R'' starts at 0), as the authors' released main.py does "
+              "(data_filtering)"),
              ("random starts", "not stated", "the same starts for every tree of a run, so a tree's fitness depends on its "
               "formula only")]
     if summary is not None and len(summary):
