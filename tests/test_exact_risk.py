@@ -244,3 +244,16 @@ def test_the_paper_network_sentence_says_when_every_attack_ties_and_names_the_be
     by_study = exact_risk.conclusions({"tied": (st, table.assign(**{"PGD-10 searched": table["FGSM"]})), "not": (st, table)})
     assert "all 3 attacks tie at E = 25.0 to 50.0 pp" in by_study
     assert "the best single attack, PGD-10 searched, misses 0.0 to 25.0 pp; FGSM (ATRAS's evaluation) misses 25.0 to 50.0 pp" in by_study
+
+
+def test_the_scope_note_reads_the_verified_radii():
+    assert exact_risk.scope_note("smoke").endswith("none of AutoLoss-AR's CNNs is verified at this scale.")
+    note = exact_risk.scope_note("cpu")  # the committed NET-1 curves, against the paper arm's eps
+    ratios = [exact_risk.arm_eps(n) / exact_risk.chosen_eps(c) for n, (c, _, _) in exact_risk.paper_net_results("cpu").items()
+              if exact_risk.curve_complete(n, c) and exact_risk.chosen_eps(c)]
+    if len(ratios) > 1:
+        assert f"only at radii {min(ratios):.0f} to {max(ratios):.0f} times smaller" in note
+    elif ratios:
+        assert f"only at a radius {ratios[0]:.0f} times smaller" in note
+    else:
+        assert "not yet to a chosen radius" in note

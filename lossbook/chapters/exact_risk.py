@@ -443,6 +443,23 @@ def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: 
                    f"the arm's searched loss {e_text(g.loc['PGD-10 searched'])} pp; {best_attack_text(g)}.{scale_note}")
 
 
+def scope_note(scale: str, root: Path | None = None) -> str:
+    """The takeaway's "how far this is from the papers": which networks are verified, and how much smaller the
+    paper networks' verified radii are than the paper arm's eps (read from the saved curves)."""
+    ratios, nets = [], paper_net_results(scale, root)
+    for name, (curve, _, _) in nets.items():
+        e, arm = chosen_eps(curve) if curve_complete(name, curve) else None, arm_eps(name)
+        if e and arm:
+            ratios.append(arm / e)
+    where = (f"only at radii {min(ratios):.0f} to {max(ratios):.0f} times smaller than the paper arm's eps"
+             if len(ratios) > 1 else f"only at a radius {ratios[0]:.0f} times smaller than the paper arm's eps"
+             if ratios else "not yet to a chosen radius")
+    cnns = (f"of AutoLoss-AR's CNNs only MNIST NET-1 is verified, and {where} (NET-2 and CIFAR-10's CNNs are not "
+            f"verified)" if nets else "none of AutoLoss-AR's CNNs is verified at this scale")
+    return ("Both papers attack without knowing R. Most networks verified here are small ReLU MLPs of the ATRAS "
+            f"sweep (MNIST and CIFAR-10); {cnns}.")
+
+
 def arm_eps(name: str) -> float | None:
     """The eps at which chapter 3's paper arm judged the l_inf setting of a paper network (None if not judged)."""
     summary = paper_arm.load_summary("paper")
