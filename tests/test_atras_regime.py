@@ -94,6 +94,12 @@ def test_welch_intervals_decide_the_gaps_and_agree_with_scipy():
     assert R.pairwise_verdict(w, True) == "inconclusive"  # a gap that cannot be computed decides nothing
 
 
+def test_the_practical_transfer_reading_is_the_rule_about_one_half():
+    assert R.practical_transfer((0.6, 0.9)) == "reproduced"
+    assert R.practical_transfer((0.1, 0.4)) == "not reproduced"
+    assert R.practical_transfer((0.3, 0.7)) == "inconclusive"
+
+
 def test_the_verdict_rules():
     assert R.verdict((0.5, 2.0), +1, True) == "reproduced"
     assert R.verdict((-2.0, -0.5), +1, True) == "not reproduced"
