@@ -193,6 +193,11 @@ def test_the_chapter_tables_read_a_complete_smoke_sweep(tmp_path, data_available
     assert table["secondary"].iloc[0].startswith("pairwise (Welch, judged) 1-2: ")
     assert R.answer(results, "smoke").startswith("mnist: C1 ")
     assert "complete" in R.progress_sentence(results, "smoke")
+    sweep = results["mnist"]["sweep"]
+    hours = R.training_hours(sweep)
+    assert hours == pytest.approx((sweep.groupby(["hidden", "seed"])["st_seconds"].first().sum()
+                                   + sweep["at_seconds"].sum()) / 3600) and hours > 0
+    assert f"({hours:.1f} CPU-hours of training so far" in R.progress_sentence(results, "smoke")
     # the takeaway box: the verdicts once complete; before, where the sweep stands and the earlier sweep, labelled
     question, text, differs = R.takeaway(results, "smoke", pd.DataFrame(), {}, {})
     assert question == R.QUESTION and text == R.answer(results, "smoke") and "protocol_atras" in differs

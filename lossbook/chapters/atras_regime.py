@@ -679,6 +679,14 @@ def chapter_results(datasets, scale: str, compute: bool = False, progress: bool 
     return out
 
 
+def training_hours(sweep: pd.DataFrame | None) -> float:
+    """CPU-hours of training in a sweep's rows: each standard model once, each adversarial training per regime
+    (the attacks' evaluation and the calibration are not timed in the rows)."""
+    if sweep is None or not len(sweep):
+        return 0.0
+    return float(sweep.drop_duplicates(["hidden", "seed"])["st_seconds"].sum() + sweep["at_seconds"].sum()) / 3600
+
+
 def all_complete(results: dict) -> bool:
     """Whether there are results and every dataset's sweep and transfer are complete (verdicts are read then)."""
     return bool(results) and all(r["complete"] for r in results.values())
@@ -694,6 +702,8 @@ def progress_sentence(results: dict, scale: str) -> str:
                + ("" if cal["tolerance_met"] else ", tolerance not met") + ")") if cal else "not calibrated yet"
         state = "complete" if r["complete"] else (f"{r['done']} of {planned_models(plan)} models, "
                                                   f"transfer {'done' if r['transfer'] is not None else 'not run'}")
+        if r["sweep"] is not None:
+            state += f" ({training_hours(r['sweep']):.1f} CPU-hours of training so far, evaluation not timed)"
         parts.append(f"**{ds}**: {eps}; {state}.")
     return " ".join(parts) + ("" if all(r["complete"] for r in results.values()) else
                               f" Verdicts are read only from a complete sweep: `python -m lossbook atras-regime "
