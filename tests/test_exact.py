@@ -307,6 +307,8 @@ def test_back_substitution_is_part_of_the_settings_only_where_it_is_used(monkeyp
     from lossbook.core import certify
 
     cnn, mlp = X.network_ops(_tiny_cnn(), (1, 2, 2)), certify.as_ops(X.relu_layers(_relu_net()))
+    assert X.BACKWARD_FOR_MAXPOOL  # on: the committed NET-1 studies were made with it
+    monkeypatch.setattr(X, "BACKWARD_FOR_MAXPOOL", False)
     assert not X.uses_backward(cnn) and "backward_bounds" not in X.settings("linf", X.uses_backward(cnn))
     assert not X.uses_backward(_tiny_cnn())
     monkeypatch.setattr(X, "BACKWARD_FOR_MAXPOOL", True)

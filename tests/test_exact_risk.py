@@ -168,7 +168,7 @@ def test_the_paper_networks_eps_is_the_largest_with_90_percent_decided():
     assert exact_risk.chosen_eps(curve.assign(**{"decided share": 0.5})) is None
     name = "mnist-net1-at"
     radii = exact_risk.CURVE_EPS[name]
-    full = pd.concat([curve] * 2, ignore_index=True)[:len(radii)].assign(eps=radii)  # the whole curve, 90% decided early
+    full = pd.concat([curve] * (len(radii) // len(curve) + 1), ignore_index=True)[:len(radii)].assign(eps=radii)  # the whole curve, 90% decided early
     assert "the curve has 2 of its" in exact_risk.paper_net_sentence(name, curve[:2], None, None)
     assert "up to eps" in exact_risk.paper_net_sentence(name, full, None, None)
     assert list(exact_risk.curve_table(curve)["decided (95% interval)"])[1] == "0.93 [0.00, 1.00]"

@@ -79,7 +79,8 @@ MODELS = {m.name: m for m in (
 #: the paper's networks: verified on the first ``PAPER_NET_IMAGES`` images at the largest eps of ``CURVE_EPS``
 #: where at least ``DECIDED_SHARE`` of the first ``CURVE_IMAGES`` images are decided within the time limit
 PAPER_NETS = ("mnist-net1-at", "mnist-net1-st")
-CURVE_EPS = {"mnist-net1-at": (0.005, 0.01, 0.02, 0.03, 0.04, 0.05), "mnist-net1-st": (0.001, 0.002, 0.003, 0.005)}
+CURVE_EPS = {"mnist-net1-at": (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.13, 0.18),
+             "mnist-net1-st": (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.047)}
 CURVE_IMAGES, PAPER_NET_IMAGES, PAPER_NET_TIME_LIMIT, DECIDED_SHARE = 40, 200, 60.0, 0.9
 #: PGD-AT of the verified MLP (Madry et al.: adversarial examples only, l_inf, from scratch)
 PGD_AT = {"mnist": dict(eps=0.1, steps=10, step_size=0.025), "cifar10": dict(eps=8 / 255, steps=10, step_size=2 / 255)}
