@@ -377,7 +377,7 @@ def _audit(args) -> None:
         chosen += paper_net_saved_studies(args.scale)
     problems = []
     for st in chosen:
-        found = audit_study(st, args.scale)
+        found = audit_study(st, args.scale, lp_dual=args.lp_dual)
         print(f"{st.name()}: {'passes' if not found else f'{len(found)} problem(s)'}")
         problems += found
     for p in problems:
@@ -388,7 +388,7 @@ def _audit(args) -> None:
 
 def _audit_command(sub, fmt=DefaultsHelpFormatter) -> None:
     """The ``audit`` subcommand."""
-    from lossbook.chapters.exact_risk import STUDIES
+    from lossbook.chapters.exact_risk import AUDIT_LP_DUAL, STUDIES
 
     au = sub.add_parser("audit", formatter_class=fmt, help="chapter 07: re-check every stored exact verdict without a "
                         "solver (witnesses in the ball and the box exactly, certified margins, proofs per class, the "
@@ -398,7 +398,19 @@ def _audit_command(sub, fmt=DefaultsHelpFormatter) -> None:
     au.add_argument("--studies", nargs="+", default=None, metavar="STUDY",
                     choices=sorted({s.name() for v in STUDIES.values() for s in v}),
                     help="default: the scale's studies and every saved study of the paper networks")
+    au.add_argument("--lp-dual", type=_lp_dual_count, default=AUDIT_LP_DUAL, metavar="N|all",
+                    help="robust images per study whose LP-dual proofs are derived again (the LPs solved afresh, each "
+                         "bound read from the dual); 'all' takes every one (minutes per study)")
     au.set_defaults(func=_audit)
+
+
+def _lp_dual_count(text: str) -> int | None:
+    """``audit --lp-dual``: a whole number, or 'all' (None)."""
+    if text == "all":
+        return None
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a whole number >= 0, or 'all'")
 
 
 def _landscape_command(sub, fmt=DefaultsHelpFormatter) -> None:

@@ -169,6 +169,7 @@ CASES = {
                              lambda s: s["run_paper_net"].args[0] == "mnist-net1-st" and not s["run_study"].calls),
     ("audit", "scale"): (["audit", "--scale", "smoke"], lambda s: s["audit_study"].args[1] == "smoke"),
     ("audit", "studies"): (["audit", "--studies", STUDY], lambda s: [c[0][0].name() for c in s["audit_study"].calls] == [STUDY]),
+    ("audit", "lp_dual"): (["audit", "--lp-dual", "all"], lambda s: s["audit_study"].kwargs["lp_dual"] is None),
     ("landscape", "source"): (["landscape", "--source", "mnist-net2-st-l2"],
                               lambda s: s["chapter_studies"].args[0] == "mnist-net2-st-l2"),
     ("landscape", "datasets"): (["landscape", "--datasets", "cifar10"], lambda s: s["chapter_studies"].args[1] == ["cifar10"]),
@@ -297,3 +298,11 @@ def test_paper_arm_no_seeded_runs_no_seeded_search(fresh_results):
 def test_run_writes_into_runs_and_leaves_the_books_chapters_alone(spies):
     main(["run", "02_training"])
     assert str(spies["run_chapter"].kwargs["out_dir"]) == "runs"
+
+
+def test_audit_lp_dual_takes_a_count_or_all():
+    from lossbook.__main__ import _lp_dual_count
+
+    assert _lp_dual_count("all") is None and _lp_dual_count("7") == 7
+    with pytest.raises(Exception, match="'-1' is not allowed; allowed: a whole number >= 0, or 'all'"):
+        _lp_dual_count("-1")

@@ -91,6 +91,13 @@ def test_a_smoke_study_end_to_end(data_available, tmp_path):
     problems = exact_risk.audit_study(st, "smoke", tmp_path)
     assert any(p.startswith(f"{st.name()}: image {bad['index']}: robust with 9 classes ruled out by bounds, but bounds "
                             "derived afresh rule out ") for p in problems)
+    # the same image passed off with every class "ruled out by an LP dual": the LPs solved afresh say otherwise
+    forged = [{**r, "status": "robust", "by": "milp", "witness": None, "ruled_out": {"bounds": 0, "lp-dual": 9, "milp": 0},
+               "delta": bad["delta"], "slack": 0.0} if r is bad else r for r in rows]
+    store.save(path, forged, store.record(path)["request"])
+    problems = exact_risk.audit_study(st, "smoke", tmp_path, lp_dual=None)
+    assert any(p.startswith(f"{st.name()}: image {bad['index']}: robust with 9 classes ruled out by bounds and LP duals, "
+                            "but derived afresh they rule out ") for p in problems)
     store.save(path, rows, store.record(path)["request"])
     # a second call reuses every saved result (nothing is solved again)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}

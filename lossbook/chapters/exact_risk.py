@@ -423,7 +423,8 @@ def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: 
     s = exact_summary(table)
     r = f"R = {s['R_low']:.3f}" if s["unknown"] == 0 else f"R in [{s['R_low']:.3f}, {s['R_high']:.3f}]"
     share = 1 - s["unknown"] / s["images"]
-    decided = f"{share:.1%} of them decided" + (
+    decided = (f"{share:.1%} of them decided; the solver took a median {s['milp_median_s']:.1f} s and at most "
+               f"{s['milp_max_s']:.0f} s on the images no attack broke") + (
         f", below the {DECIDED_SHARE:.0%} that the 40-image curve met: on 200 images the criterion does not hold"
         if share < DECIDED_SHARE else "")
     if e < 0.5 / 255:
@@ -488,12 +489,18 @@ def paper_net_saved_studies(scale: str = "cpu", root: Path | None = None) -> lis
 SOLVER_VERSION_KEYS = ("solver", "l2_solver")
 
 
-def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]:
+#: robust images per study whose LP-dual proofs the audit derives again by default (the first ones; the command's
+#: ``--lp-dual all`` takes every one)
+AUDIT_LP_DUAL = 5
+
+
+def audit_study(study: Study, scale: str, root: Path | None = None, lp_dual: int | None = AUDIT_LP_DUAL) -> list[str]:
     """Everything wrong with a committed study, checked without trusting a solver (empty: it passes): the
     record was made for these weights under today's rule and settings (:func:`exact_request`; the solvers'
     versions are recorded but not compared); every row passes
     :func:`lossbook.core.exact.audit_rows` on the study's own images (found again from the dataset); the
-    outcomes table carries the same verdicts; no image proven robust was broken by an attack."""
+    outcomes table carries the same verdicts; no image proven robust was broken by an attack. The LP-dual proofs
+    of the first ``lp_dual`` robust images that have any are derived again (None: of all)."""
     path = exact_path(study, scale, root)
     if not path.exists():
         return [f"{study.name()}: not run at scale {scale}"]
@@ -513,7 +520,8 @@ def audit_study(study: Study, scale: str, root: Path | None = None) -> list[str]
     images = {int(i): (xi.reshape(-1).double().numpy(), int(yi)) for i, xi, yi in zip(idx, x, y)}
     net = exact.network_ops(model, tuple(x.shape[1:]))
     backward = "backward_bounds" in (saved.get("rule") or {})
-    problems = [f"{study.name()}: {p}" for p in exact.audit_rows(net, rows, images, study.norm, study.eps, backward)]
+    problems = [f"{study.name()}: {p}" for p in exact.audit_rows(net, rows, images, study.norm, study.eps, backward,
+                                                                   lp_dual=lp_dual)]
     missing = sorted(set(images) - {r["index"] for r in rows})
     if missing:
         problems.append(f"{study.name()}: {len(missing)} of the study's images have no verdict (first: {missing[0]})")

@@ -905,7 +905,12 @@ def verify_set(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, p
 # ------------------------------------------------------------------------------------------------
 # The audit: every stored decision re-checked without a solver
 # ------------------------------------------------------------------------------------------------
-def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float, backward: bool = False) -> list[str]:
+#: seconds per LP relaxation when the audit derives LP-dual proofs again (a timed-out LP proves nothing)
+LP_AUDIT_TIME_LIMIT = 60.0
+
+
+def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float, backward: bool = False,
+               lp_dual: int | None = 0) -> list[str]:
     """What is wrong with a study's stored rows (empty: nothing), checked in float64 and rationals only. Fully
     re-checked: each vulnerable image's witness lies in the ball and the box exactly and has certified margin
     >= 0 under the verified function; each robust image's classes ruled out by bounds are ruled out again by
@@ -914,7 +919,10 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float, ba
     names a known kind of proof for every wrong class, with a delta of the rule (the LP-dual and MILP proofs
     of single classes are not stored); every unknown image says why; no image appears twice. ``images`` maps
     each row's index to its (float64 image, label); ``backward``: the study's bounds were back-substituted
-    (its rule says so), and so are the bounds derived again."""
+    (its rule says so), and so are the bounds derived again. ``lp_dual``: for this many robust images with
+    LP-dual proofs (the first ones; None: all), those proofs are derived again too: the LP relaxations are
+    solved afresh and each bound is taken from the dual, so the bounds and the LP duals together must rule
+    out at least as many classes as the row claims for both."""
     problems = []
     seen = [r["index"] for r in rows]
     twice = sorted({i for i in seen if seen.count(i) > 1})
@@ -922,6 +930,8 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float, ba
         problems.append(f"images {twice[:5]} appear more than once")
     layers = certify.as_ops(layers)
     n_classes = layers[-1].W.shape[0]
+    pooled = any(isinstance(op, certify.MaxPool) for op in layers)
+    lp_checked = 0
     for r in rows:
         i = r["index"]
         if i not in images:
@@ -963,6 +973,18 @@ def audit_rows(layers, rows: list[dict], images: dict, norm: str, eps: float, ba
                 if len(found) < claimed:
                     problems.append(f"{where}: robust with {claimed} classes ruled out by bounds, but bounds derived "
                                     f"afresh rule out {len(found)}")
+            claimed_lp = ruled.get("lp-dual", 0)
+            if claimed_lp and (lp_dual is None or lp_checked < lp_dual):
+                lp_checked += 1
+                wrong = [c for c in range(n_classes) if c != label]
+                bounds, margins = bounds_and_margins(layers, x, label, norm, eps, not pooled, backward)
+                by_bounds = ruled_out_by_bounds(bounds, wrong, label, delta, margins)
+                rest = [c for c in wrong if c not in by_bounds]
+                lp = _Model(layers, x, norm, eps, bounds, integer=False, time_limit=LP_AUDIT_TIME_LIMIT)
+                got = len(by_bounds) + len(lp.lp_ruled_out(rest, label, delta)) if rest else len(by_bounds)
+                if got < claimed + claimed_lp:
+                    problems.append(f"{where}: robust with {claimed + claimed_lp} classes ruled out by bounds and LP "
+                                    f"duals, but derived afresh they rule out {got}")
         elif r["status"] == "unknown":
             if r["by"] not in ("time limit", "margin"):
                 problems.append(f"{where}: unknown for no stated reason ({r['by']!r})")
