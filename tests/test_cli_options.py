@@ -301,8 +301,10 @@ def test_run_writes_into_runs_and_leaves_the_books_chapters_alone(spies):
 
 
 def test_audit_lp_dual_takes_a_count_or_all():
+    import argparse
+
     from lossbook.__main__ import _lp_dual_count
 
     assert _lp_dual_count("all") is None and _lp_dual_count("7") == 7
-    with pytest.raises(Exception, match="'-1' is not allowed; allowed: a whole number >= 0, or 'all'"):
+    with pytest.raises(argparse.ArgumentTypeError, match="'-1' is not allowed; allowed: a whole number >= 0, or 'all'"):
         _lp_dual_count("-1")

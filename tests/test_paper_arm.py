@@ -224,6 +224,10 @@ def test_the_sensitivity_columns_do_not_wait_for_the_seeded_run(smoke_arm):
     assert row["textbook_direction"] in stats.DIRECTIONS and {f"{k}_risk" for k in RELEASED_FORMULAS} <= set(row)
     table = A.sensitivity_table(pd.DataFrame([row]))
     assert table["seeded run: gain over CE"].iloc[0] == NOT_RUN
+    # a row saved before a column existed reads back as NaN beside a newer row: "not run", never "nan"
+    old = {k: v for k, v in row.items() if not k.startswith("fresh_")}
+    table = A.sensitivity_table(pd.DataFrame([old, row]))
+    assert table["fresh block: gain over CE"].iloc[0] == NOT_RUN
 
 
 def test_the_all_settings_sentence_reads_the_committed_arm_and_a_summary_without_power():
@@ -265,8 +269,10 @@ def test_where_the_evidence_sits_is_counted_from_the_summary():
              "eps": 5.0, "table_iii_eps": 25.0, "table_iii_ce_risk": 1.0, "p_value": 0.5, "p_value_pgd100": 0.5,
              "heldout_gain_pp": 0.1, "direction": "inconclusive"}]
     s = pd.DataFrame(rows).assign(direction=lambda d: d.get("direction", "reproduced")).fillna({"direction": "reproduced"})
-    text = A.where_the_evidence_sits(s, search_images=400)
+    text = A.where_the_evidence_sits(s.assign(search_images=400))
     assert "The 2 gains that survive Holm sit 2 on cifar10 cpu models of 4 epochs (56%-59% clean)." in text
     assert "Without the 1 rows whose selected run was searched before this protocol" in text
     assert "On MNIST the rule's eps is 0.20 to 0.20 times Table III's" in text
     assert "In 2 settings (cifar10-net2-at-l1, mnist-net1-st-l1) the selected run beats CE by at most one of its 400" in text
+    # an arm with fewer search images (the smoke arm's) has a coarser "one image": 4 pp of 25 covers all three
+    assert "In 3 settings (" in A.where_the_evidence_sits(s.assign(search_images=25))

@@ -431,9 +431,9 @@ def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: 
                     f"besides the image itself")
     decided += (f"; the solver took a median {s['milp_median_s']:.1f} s and at most {s['milp_max_s']:.0f} s on the "
                 f"images no attack broke")
-    arm = arm_eps(name)
-    scale_note = (f" The paper arm judges this setting at eps {arm:g}, {arm / e:.0f} times larger: exact risk does not "
-                  f"reach the paper's regime on this network." if arm else "")
+    ratio = radius_ratio(name, curve)
+    scale_note = (f" The paper arm judges this setting at eps {arm_eps(name):g}, {ratio:.0f} times larger: exact risk "
+                  f"does not reach the paper's regime on this network." if ratio else "")
     if all_attacks_tie(g):
         return head + (f"at eps {e:g}, the largest radius of the curve with {DECIDED_SHARE:.0%} of its images decided, "
                        f"{r} on {s['images']} images ({decided}). All {len(g) - 1} attacks find the same "
@@ -449,11 +449,8 @@ def paper_net_sentence(name: str, curve: pd.DataFrame, st: Study | None, table: 
 def scope_note(scale: str, root: Path | None = None) -> str:
     """The takeaway's "how far this is from the papers": which networks are verified, and how much smaller the
     paper networks' verified radii are than the paper arm's eps (read from the saved curves)."""
-    ratios, nets = [], paper_net_results(scale, root)
-    for name, (curve, _, _) in nets.items():
-        e, arm = chosen_eps(curve) if curve_complete(name, curve) else None, arm_eps(name)
-        if e and arm:
-            ratios.append(arm / e)
+    nets = paper_net_results(scale, root)
+    ratios = [r for r in (radius_ratio(name, curve) for name, (curve, _, _) in nets.items()) if r]
     where = (f"only at radii {min(ratios):.0f} to {max(ratios):.0f} times smaller than the paper arm's eps"
              if len(ratios) > 1 else f"only at a radius {ratios[0]:.0f} times smaller than the paper arm's eps"
              if ratios else "not yet to a chosen radius")
@@ -461,6 +458,13 @@ def scope_note(scale: str, root: Path | None = None) -> str:
             f"verified)" if nets else "none of AutoLoss-AR's CNNs is verified at this scale")
     return ("Both papers attack without knowing R. Most networks verified here are small ReLU MLPs of the ATRAS "
             f"sweep (MNIST and CIFAR-10); {cnns}.")
+
+
+def radius_ratio(name: str, curve: pd.DataFrame) -> float | None:
+    """How many times the paper arm's eps exceeds the largest radius the curve decides (None: either is missing)."""
+    e = chosen_eps(curve) if curve_complete(name, curve) else None
+    arm = arm_eps(name)
+    return arm / e if e and arm else None
 
 
 def arm_eps(name: str) -> float | None:

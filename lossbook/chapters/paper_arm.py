@@ -252,8 +252,9 @@ def load_summary(plan: ArmPlan | str = "paper", root: Path | None = None) -> pd.
     path = summary_path(plan, root)
     if not path.exists():
         return None
-    # the family Holm's correction runs over: every setting the arm plans, judged or not
-    return store.load(path, summary_request(plan)).assign(planned_settings=len(arm_settings(plan.name)))
+    # the family Holm's correction runs over (every setting the arm plans, judged or not), and the search's images
+    return store.load(path, summary_request(plan)).assign(planned_settings=len(arm_settings(plan.name)),
+                                                          search_images=SEARCH_PRESETS[plan.preset].n_images)
 
 
 def judge_setting(name: str, plan: ArmPlan, root: Path | None = None, compute: bool = True, progress: bool = True,
@@ -383,11 +384,12 @@ def insample_by_dataset(summary: pd.DataFrame) -> str:
     return "; ".join(f"{d}: {g.insample_gain_pp.mean():+.2f} against {g.paper_gain_pp.mean():+.2f}" for d, g in by)
 
 
-def where_the_evidence_sits(summary: pd.DataFrame, search_images: int | None = None) -> str:
+def where_the_evidence_sits(summary: pd.DataFrame) -> str:
     """What the verdicts rest on, counted from the summary: the models of the gains that survive Holm (and whether
     the long-AT arm that re-judges them has landed), the verdicts without the rows searched before the protocol,
     MNIST's eps against Table III's, and the settings where the search barely beat CE on its own images."""
-    search_images = search_images or SEARCH_PRESETS[ARMS["paper"].preset].n_images
+    search_images = int(summary.search_images.iloc[0]) if "search_images" in summary \
+        else SEARCH_PRESETS[ARMS["paper"].preset].n_images
     s = with_holm(summary)
     gains = s[(s.holm_p < 0.05) & (s.heldout_gain_pp > 0)]
     out = []
@@ -402,8 +404,7 @@ def where_the_evidence_sits(summary: pd.DataFrame, search_images: int | None = N
         out.append(f" The {len(gains)} gains that survive Holm sit {models}. Training length is checked by the long-AT "
                    f"arm, which judges the CIFAR-10 AT settings again on models trained 30 epochs: "
                    f"{arm_status('long-at')}; until it has judged them, the AT verdicts are provisional.")
-    before = made_before_protocol(summary) if {"runs_from_grid", "best_run_seed"} <= set(summary.columns) \
-        else pd.Series(False, index=summary.index)
+    before = made_before_protocol(summary)
     if before.any():
         rest = summary[~before].drop(columns="planned_settings", errors="ignore")
         f = family(rest)
@@ -447,19 +448,19 @@ def fresh_block_sentence(summary: pd.DataFrame, sens: pd.DataFrame | None) -> st
         return ""
     fresh = sens.dropna(subset=["fresh_direction"]).set_index("setting")
     counts = fresh["fresh_direction"].value_counts()
-    adjusted = holm(fresh["fresh_p_value"].to_numpy(float), max(len(fresh), len(SETTINGS)))
+    family_size = int(summary.planned_settings.iloc[0]) if "planned_settings" in summary else len(SETTINGS)
+    adjusted = holm(fresh["fresh_p_value"].to_numpy(float), max(len(fresh), family_size))
     survive = int(((adjusted < 0.05) & (fresh["fresh_gain_pp"].to_numpy(float) > 0)).sum())
     text = (f" On a fresh block of {int(summary.heldout_images.iloc[0])} images that nothing had used (announced "
             f"before it was run), the verdicts are {counts.get('reproduced', 0)} reproduced, "
             f"{counts.get('not reproduced', 0)} not reproduced and {counts.get('inconclusive', 0)} inconclusive, with "
             f"{survive} gains after Holm")
-    if {"runs_from_grid", "best_run_seed"} <= set(summary.columns):
-        early = [n for n, b, d in zip(summary.setting, made_before_protocol(summary), summary.direction)
-                 if b and d == "reproduced" and n in fresh.index]
-        if early:
-            kept = sum(fresh.loc[n, "fresh_direction"] == "reproduced" for n in early)
-            text += (f"; of the {len(early)} reproduced rows whose run was made before the protocol, {kept} are "
-                     f"reproduced there too")
+    early = [n for n, b, d in zip(summary.setting, made_before_protocol(summary), summary.direction)
+             if b and d == "reproduced" and n in fresh.index]
+    if early:
+        kept = sum(fresh.loc[n, "fresh_direction"] == "reproduced" for n in early)
+        text += (f"; of the {len(early)} reproduced rows whose run was made before the protocol, {kept} are "
+                 f"reproduced there too")
     return text + "."
 
 
@@ -747,7 +748,10 @@ GRID_UNSEEDED_SEEDS = tuple(seed for seed, seeded in GRID_PLANS["cpu"].seeds if 
 
 
 def made_before_protocol(summary: pd.DataFrame) -> pd.Series:
-    """Whether a row's selected run is one of the earlier grid's, searched before the protocol page."""
+    """Whether a row's selected run is one of the earlier grid's, searched before the protocol page (all False
+    for a summary without the columns that say so)."""
+    if not {"runs_from_grid", "best_run_seed"} <= set(summary.columns):
+        return pd.Series(False, index=summary.index)
     return (summary.runs_from_grid > 0) & summary.best_run_seed.isin(GRID_UNSEEDED_SEEDS)
 
 
@@ -758,8 +762,9 @@ def _power_text(power: float) -> str:
 def sensitivity_table(sens: pd.DataFrame) -> pd.DataFrame:
     """The sensitivity arms beside each setting: textbook PGD, the seeded run, the authors' released losses."""
     def iv(r, k):
-        if r[f"{k}_gain_pp"] is None or r[f"{k}_gain_pp"] != r[f"{k}_gain_pp"]:  # not run yet (None, or NaN read back)
-            return r[f"{k}_direction"]
+        gain = r.get(f"{k}_gain_pp")
+        if gain is None or gain != gain:  # not run yet (absent, None, or NaN read back): the row's reason, if any
+            return r[f"{k}_direction"] if isinstance(r.get(f"{k}_direction"), str) else NOT_RUN
         return f"{r[f'{k}_gain_pp']:+.1f} [{r[f'{k}_ci_low']:+.1f}, {r[f'{k}_ci_high']:+.1f}] {r[f'{k}_direction']}"
 
     def shared(r):
@@ -773,7 +778,7 @@ def sensitivity_table(sens: pd.DataFrame) -> pd.DataFrame:
         "textbook PGD-10: gain over CE": [iv(r, "textbook") for _, r in sens.iterrows()],
         "selected with shared starts: gain over CE": [shared(r) for _, r in sens.iterrows()],
         "seeded run: gain over CE": [iv(r, "seeded") for _, r in sens.iterrows()],
-        "fresh block: gain over CE": [iv(r, "fresh") if "fresh_gain_pp" in r else NOT_RUN for _, r in sens.iterrows()],
+        "fresh block: gain over CE": [iv(r, "fresh") for _, r in sens.iterrows()],
         "CE R''": sens.ce_risk.map("{:.3f}".format),
         "released losses beating / losing to CE": [f"{a} / {b} of {len(RELEASED_FORMULAS)}" for a, b in
                                                    zip(sens.released_beating_ce, sens.released_losing_to_ce)],
