@@ -7,6 +7,7 @@ from torch import nn
 
 from lossbook.chapters import toy_inconsistency as toy
 from lossbook.core import attacks as A
+from lossbook.core import certify
 from lossbook.core import exact as X
 from lossbook.core import losses as L
 
@@ -332,3 +333,65 @@ def test_back_substituted_margins_bound_every_sampled_margin_and_beat_the_logit_
         assert np.all(np.delete(f - f[y] <= margins, y))
     l_out, u_out = bounds[-1]
     assert np.all(np.delete(margins < u_out - l_out[y], y))  # both ends move together: a tighter bound
+
+
+def _small_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(6, 3))
+    for m in net:
+        if isinstance(m, nn.BatchNorm2d):  # statistics far from the identity, so that BatchNorm's terms matter
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.1, 2), m.weight.data.uniform_(0.5, 2)
+    return net.eval()
+
+
+def test_the_float32_error_bound_is_its_closed_form_on_one_layer():
+    """One Linear with W = [1, 1], b = -1 on the box [0, 1]^2: |W| |a| + |b| is at most 3, so the bound is
+    SAFETY * gamma32(3) * 3 (magnitudes widened by 1e-9); a BatchNorm after it adds alpha times that and
+    gamma32(8) times its own terms."""
+    lin = nn.Linear(2, 1)
+    lin.weight.data[:] = torch.tensor([[1.0, 1.0]])
+    lin.bias.data[:] = -1.0
+    (e,) = X.float32_logit_error(nn.Sequential(lin), np.zeros(2), np.ones(2), (2,))
+    assert e == pytest.approx(certify.SAFETY * X.gamma32(3) * (2 * (1 + 1e-9) + 1), rel=1e-12)
+    bn = nn.BatchNorm1d(1).eval()
+    bn.running_mean[:], bn.running_var[:], bn.weight.data[:], bn.bias.data[:] = 0.5, 4.0 - bn.eps, 3.0, 0.25
+    (e2,) = X.float32_logit_error(nn.Sequential(lin, bn), np.zeros(2), np.ones(2), (2,))
+    first = X.gamma32(3) * (2 * (1 + 1e-9) + 1)  # W a + b lies in [-1, 1]: its magnitude is 1 (widened), plus first
+    alpha = 3.0 / 2.0
+    assert e2 == pytest.approx(certify.SAFETY * (alpha * first + X.gamma32(8) * (alpha * ((1 + 1e-9) + first + 0.5) + 0.25)),
+                               rel=1e-9)
+    with pytest.raises(ValueError, match="the float32 error bound handles the modules of exact verification; found Tanh"):
+        X.float32_logit_error(nn.Sequential(lin, nn.Tanh()), np.zeros(2), np.ones(2), (2,))
+
+
+def test_the_float32_error_bound_covers_every_sampled_float32_evaluation():
+    """A CNN with BatchNorm, max-pooling and global average pooling: at random float32 points of a box, the
+    float32 logits lie within the bound of the float64 ones (float64 stands in for the exact values: its own
+    error is about 1e-16 of theirs). The worst case is loose by orders of magnitude, as expected."""
+    net = _small_cnn()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 64)
+    lo, hi = np.maximum(x - 0.1, 0), np.minimum(x + 0.1, 1)
+    bound = X.float32_logit_error(net, lo, hi, (1, 8, 8))
+    p = torch.tensor(rng.uniform(lo, hi, (500, 64)), dtype=torch.float32)
+    with torch.no_grad():
+        f32 = net(p.view(-1, 1, 8, 8)).double()
+        f64 = net.double()(p.double().view(-1, 1, 8, 8))
+    seen = (f32 - f64).abs().max(0).values.numpy()
+    assert (seen <= bound).all() and (seen > 0).any()
+    assert (bound < 1e-3).all()  # not vacuous: a thousandth on logits of order one
+
+
+def test_a_robust_verdict_carries_to_float32_only_when_the_bound_is_below_delta():
+    net = _small_cnn()
+    x = np.random.default_rng(1).uniform(0, 1, 64)
+    bound = X.float32_logit_error(net, *X.input_box(x, "linf", 0.05), (1, 8, 8))
+    need = max(bound[c] + bound[0] for c in (1, 2))
+    rows = [{"index": 0, "status": "robust", "delta": 2 * need}, {"index": 1, "status": "robust", "delta": need / 2},
+            {"index": 2, "status": "vulnerable", "delta": 1.0}]
+    images = {0: (x, 0), 1: (x, 0), 2: (x, 0)}
+    out = X.float32_carried(net, rows, images, "linf", 0.05, (1, 8, 8))
+    assert out["robust"] == 2 and out["carried"] == 1
+    assert out["max_ratio"] == pytest.approx(2.0) and out["median_ratio"] == pytest.approx(1.25)

@@ -264,3 +264,19 @@ def test_the_scope_note_reads_the_verified_radii():
         exact_risk.arm_eps("mnist-net1-at") / 0.03)
     assert "only at radii 6 to 47 times smaller than the paper arm's eps" in exact_risk.scope_note("cpu")
     assert exact_risk.radius_ratio("mnist-net1-at", curves["mnist-net1-at"].iloc[:2]) is None  # an unfinished curve
+
+
+def test_the_float32_sentence_counts_the_robust_verdicts_that_carry_over(monkeypatch):
+    st = exact_risk.studies("cpu")[0]
+    monkeypatch.setattr(exact_risk, "paper_net_saved_studies", lambda scale, root=None: [])
+    checks = iter([{"robust": 10, "carried": 4, "median_ratio": 2.4, "max_ratio": 7.6},
+                   {"robust": 0, "carried": 0, "median_ratio": float("nan"), "max_ratio": float("nan")}])
+    monkeypatch.setattr(exact_risk, "float32_check", lambda study, scale, root=None: next(checks))
+    text = exact_risk.float32_sentence({"a": (st, None), "b": (st, None)}, "cpu")
+    assert "proves it for 4 of the 10 robust images of 1 studies; on the rest" in text
+    assert "by a median factor of 2 to 2 per study (at most 8)" in text
+    monkeypatch.setattr(exact_risk, "float32_check", lambda study, scale, root=None:
+                        {"robust": 3, "carried": 3, "median_ratio": 0.1, "max_ratio": 0.2})
+    assert exact_risk.float32_sentence({"a": (st, None)}, "cpu").endswith(
+        "proves it for 3 of the 3 robust images of 1 studies: on every one the bound is below delta.")
+    assert exact_risk.float32_sentence({}, "cpu") == ""

@@ -798,6 +798,38 @@ def audit_sentence(results: dict, scale: str, root: Path | None = None) -> str:
             f"It passes.")
 
 
+def float32_check(study: Study, scale: str, root: Path | None = None) -> dict:
+    """:func:`lossbook.core.exact.float32_carried` on a saved study's robust images: whether the float32
+    PyTorch model is proven robust there too (its worst-case rounding bound below each row's delta)."""
+    model = load_verified_model(study.model, scale, train=False, root=root)
+    x, y, idx = evaluation_images(model, MODELS[study.model].dataset, study.n_images)
+    images = {int(i): (xi.reshape(-1).double().numpy(), int(yi)) for i, xi, yi in zip(idx, x, y)}
+    return exact.float32_carried(model, load_exact_rows(study, scale, root), images, study.norm, study.eps,
+                                 tuple(x.shape[1:]))
+
+
+def float32_sentence(results: dict, scale: str, root: Path | None = None) -> str:
+    """Whether the robust verdicts of the chapter's studies and the paper networks' carry over to the float32
+    model, as one Markdown sentence."""
+    chosen = [st for st, _ in results.values()] + paper_net_saved_studies(scale, root)
+    checks = [c for c in (float32_check(st, scale, root) for st in chosen) if c["robust"]]
+    if not checks:
+        return ""
+    robust, carried = sum(c["robust"] for c in checks), sum(c["carried"] for c in checks)
+    medians = [c["median_ratio"] for c in checks]
+    text = (f"Do the robust verdicts hold for the float32 PyTorch model as well? A worst-case bound on its "
+            f"rounding, module by module (Higham's gamma_n for every sum of products; "
+            f"`exact.float32_logit_error`), proves it for {carried} of the {robust} robust images of "
+            f"{len(checks)} studies")
+    if carried == robust:
+        return text + ": on every one the bound is below delta."
+    return text + (f"; on the rest the bound on f_c - f_y exceeds delta, by a median factor of {min(medians):.0f} to "
+                   f"{max(medians):.0f} per study (at most {max(c['max_ratio'] for c in checks):.0f}). Such "
+                   f"worst cases add every product's largest rounding and are far from typical, but a proof cannot "
+                   f"assume that: a robust verdict here is about f, the exact function of the float32 weights. "
+                   f"Re-solving with delta raised to each image's bound would extend it to the float32 model.")
+
+
 def l2_sentence(results: dict, scale: str, root: Path | None = None) -> str:
     """How much of each l_2 study is decided, and, below ``DECIDED_SHARE``, what the undecided images look
     like (their unstable ReLUs and the classes still open at the time limit), from the stored rows."""

@@ -815,6 +815,98 @@ def float32_fooled(model, witness: np.ndarray, y: int, shape) -> bool:
         return bool(int(model(torch.tensor(witness, dtype=torch.float32).view(1, *shape)).argmax(1)) != y)
 
 
+# ------------------------------------------------------------------------------------------------
+# The float32 model: how far its computed logits can sit from the verified function's
+# ------------------------------------------------------------------------------------------------
+#: unit roundoff of float32 (the PyTorch model's arithmetic)
+UNIT32 = 2.0 ** -24
+#: roundings one BatchNorm output may take in eval mode (var + eps, sqrt, divide, multiply, subtract, add),
+#: with room: its error is at most gamma32(BN_ROUNDINGS) (|alpha| (|z| + |mean|) + |beta|)
+BN_ROUNDINGS = 8
+
+
+def gamma32(n: int) -> float:
+    """Higham's gamma_n for float32, with float64's unit roundoff added to every term: it also covers the
+    float64 rounding that separates the verified (BatchNorm-folded, float64) network from the modules' real
+    composition."""
+    u = UNIT32 + certify.UNIT
+    return n * u / (1 - n * u)
+
+
+def float32_logit_error(model: nn.Module, lo: np.ndarray, hi: np.ndarray, shape: tuple) -> np.ndarray:
+    """A bound, per logit, on |f32(p) - f(p)| for every float32 input p with lo <= p <= hi: f32 is the PyTorch
+    model evaluated in float32, module by module, f the exact function of its float32 parameters. Each linear
+    module (Linear, Conv2d, bias included) adds Higham's gamma32(fan-in + 1) |W| |a| + |b| to |W| times the error
+    it receives; BatchNorm adds gamma32(BN_ROUNDINGS) times its terms' magnitudes; global average pooling its sum's
+    bound; ReLU and max-pooling pass the error on (1-Lipschitz). Magnitudes come from interval bounds over the
+    box in float64, widened by 1e-9 relative, and the total by :data:`certify.SAFETY` (both far above the float64
+    rounding of this computation itself). It assumes that every linear module is computed as sums of
+    products in float32 (direct or GEMM convolution, as PyTorch does on a CPU; not Winograd or FFT, nor TF32)."""
+    mods = [m for m in model.modules() if not isinstance(m, nn.Sequential)] if isinstance(model, nn.Sequential) \
+        else list(model.children())
+    with torch.no_grad():
+        lo_t = torch.as_tensor(lo, dtype=torch.float64).view(1, *shape)
+        hi_t = torch.as_tensor(hi, dtype=torch.float64).view(1, *shape)
+        err = torch.zeros_like(lo_t)
+        for m in mods:
+            size = torch.maximum(lo_t.abs(), hi_t.abs()) * (1 + 1e-9) + err  # |computed input|
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                w_abs = m.weight.detach().double().abs()
+                b_abs = m.bias.detach().double().abs() if m.bias is not None else None
+                fan_in = m.weight[0].numel()
+                if isinstance(m, nn.Linear):
+                    lin = lambda t, w, b: nn.functional.linear(t, w, b)  # noqa: E731
+                else:
+                    lin = lambda t, w, b: nn.functional.conv2d(t, w, b, m.stride, m.padding, m.dilation,  # noqa: E731
+                                                               m.groups)
+                mid, rad = (lo_t + hi_t) / 2, (hi_t - lo_t) / 2
+                center = lin(mid, m.weight.detach().double(), m.bias.detach().double() if m.bias is not None else None)
+                spread = lin(rad, w_abs, None)
+                err = lin(err, w_abs, None) + gamma32(fan_in + 1) * lin(size, w_abs, b_abs)
+                lo_t, hi_t = center - spread, center + spread
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                view = (1, -1) + (1,) * (lo_t.dim() - 2)
+                alpha = (m.weight.double() / torch.sqrt(m.running_var.double() + m.eps)).view(view)
+                mean, beta = m.running_mean.double().view(view), m.bias.double().view(view)
+                ends = ((lo_t - mean) * alpha + beta, (hi_t - mean) * alpha + beta)
+                lo_t, hi_t = torch.minimum(*ends), torch.maximum(*ends)
+                err = alpha.abs() * err + gamma32(BN_ROUNDINGS) * (alpha.abs() * (size + mean.abs()) + beta.abs())
+            elif isinstance(m, nn.ReLU):
+                lo_t, hi_t = lo_t.clamp(min=0), hi_t.clamp(min=0)
+            elif isinstance(m, nn.MaxPool2d):
+                pool = nn.functional.max_pool2d
+                lo_t, hi_t, err = pool(lo_t, 2, 2), pool(hi_t, 2, 2), pool(err, 2, 2)
+            elif isinstance(m, nn.AdaptiveAvgPool2d):
+                n = lo_t.shape[2] * lo_t.shape[3]
+                lo_t, hi_t = lo_t.mean((2, 3), keepdim=True), hi_t.mean((2, 3), keepdim=True)
+                err = err.mean((2, 3), keepdim=True) + gamma32(n + 1) * size.mean((2, 3), keepdim=True)
+            elif isinstance(m, nn.Flatten):
+                lo_t, hi_t, err = lo_t.flatten(1), hi_t.flatten(1), err.flatten(1)
+            elif not isinstance(m, nn.Dropout):
+                raise ValueError(f"the float32 error bound handles the modules of exact verification; found "
+                                 f"{type(m).__name__}")
+    return certify.SAFETY * err.reshape(-1).numpy()
+
+
+def float32_carried(model: nn.Module, rows: list[dict], images: dict, norm: str, eps: float, shape: tuple) -> dict:
+    """Whether each robust verdict holds for the float32 model too: it does where, for every wrong class c,
+    the float32 errors of f_c and f_y together stay below the row's delta (the verified f_c - f_y <= -delta
+    then leaves the float32 margin < 0 at every float32 point of the ball). Returns the robust rows' count,
+    how many carry over, and the largest ratio of error bound to delta."""
+    ratios = []
+    for r in rows:
+        if r["status"] != "robust":
+            continue
+        x, y = images[r["index"]]
+        lo, hi = input_box(x, norm, eps)
+        e = float32_logit_error(model, lo, hi, shape)
+        worst = max(e[c] + e[y] for c in range(len(e)) if c != y)
+        ratios.append(worst / r["delta"])
+    return {"robust": len(ratios), "carried": int(sum(q < 1 for q in ratios)),
+            "max_ratio": max(ratios) if ratios else float("nan"),
+            "median_ratio": float(np.median(ratios)) if ratios else float("nan")}
+
+
 def network_hash(model: nn.Module) -> str:
     """A hash of a model's parameters and buffers: part of a study's request, so that verdicts made for other
     weights are never reused."""
