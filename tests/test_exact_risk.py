@@ -280,3 +280,25 @@ def test_the_float32_sentence_counts_the_robust_verdicts_that_carry_over(monkeyp
     assert exact_risk.float32_sentence({"a": (st, None)}, "cpu").endswith(
         "proves it for 3 of the 3 robust images of 1 studies: on every one the bound is below delta.")
     assert exact_risk.float32_sentence({}, "cpu") == ""
+
+
+def test_the_l2_sentence_says_what_a_longer_limit_decided(tmp_path, monkeypatch):
+    from lossbook import store
+
+    st = exact_risk.Study("mnist-mlp64-fgsm", "l2", 1.0, 4, 120.0)
+    rows = [{"index": 0, "status": "robust", "by": "milp", "unstable": 10, "ruled_out": {"bounds": 9}},
+            {"index": 1, "status": "vulnerable", "by": "attack", "unstable": 0, "ruled_out": {}},
+            {"index": 2, "status": "robust", "by": "milp", "unstable": 20, "ruled_out": {"milp": 9}},
+            {"index": 3, "status": "unknown", "by": "time limit", "unstable": 30, "ruled_out": {"bounds": 2, "lp-dual": 1}}]
+    monkeypatch.setattr(exact_risk, "load_exact_rows", lambda study, scale, root=None: rows)
+    monkeypatch.setattr(exact_risk, "study_dir", lambda scale, root=None: tmp_path)
+    results = {st.name(): (st, pd.DataFrame({"index": [0, 1, 2, 3]}))}
+    text = exact_risk.l2_sentence(results, "cpu")
+    assert text.startswith(f"The l_2 study {st.name()} decides 3 of its 4 images (75%) within 120 s each. That is short")
+    assert "a median of 30 unstable ReLUs (the decided ones 15) and a median of 6 of 9 classes still open" in text
+    earlier = pd.DataFrame({"study": st.name(), "index": [0, 1, 2, 3], "status": ["unknown", "vulnerable", "unknown", "unknown"]})
+    store.save(tmp_path / exact_risk.L2_EARLIER, earlier, {"what": "test"})
+    text = exact_risk.l2_sentence(results, "cpu")
+    assert ("; at 30 s it decided 1, and the longer limit decided 2 of the 3 images left open then (unknown -> robust: 2), "
+            "with no decided verdict reversed. That is short") in text
+    assert "at 30 s" not in exact_risk.l2_sentence({st.name(): (replace(st, time_limit=30.0), results[st.name()][1])}, "cpu")

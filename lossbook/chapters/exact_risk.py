@@ -830,9 +830,16 @@ def float32_sentence(results: dict, scale: str, root: Path | None = None) -> str
                    f"Re-solving with delta raised to each image's bound would extend it to the float32 model.")
 
 
+#: the l_2 study's verdicts at its first time limit (seconds), kept when the limit was raised
+L2_EARLIER, L2_EARLIER_LIMIT = "l2-decisions-at-30s.csv", 30.0
+
+
 def l2_sentence(results: dict, scale: str, root: Path | None = None) -> str:
-    """How much of each l_2 study is decided, and, below ``DECIDED_SHARE``, what the undecided images look
-    like (their unstable ReLUs and the classes still open at the time limit), from the stored rows."""
+    """How much of each l_2 study is decided; against the verdicts kept from a shorter limit (:data:`L2_EARLIER`),
+    what the longer limit decided; and, below ``DECIDED_SHARE``, what the undecided images look like (their
+    unstable ReLUs and the classes still open at the time limit), from the stored rows."""
+    path = study_dir(scale, root) / L2_EARLIER
+    earlier = store.load(path) if path.exists() else None
     parts = []
     for name, (st, t) in results.items():
         if st.norm != "l2":
@@ -843,17 +850,25 @@ def l2_sentence(results: dict, scale: str, root: Path | None = None) -> str:
         share = 1 - len(undecided) / len(rows)
         text = (f"The l_2 study {name} decides {len(rows) - len(undecided)} of its {len(rows)} images ({share:.0%}) "
                 f"within {st.time_limit:g} s each")
+        old = earlier[earlier["study"] == name].set_index("index")["status"] if earlier is not None else None
+        if old is not None and len(old) and st.time_limit != L2_EARLIER_LIMIT:
+            now = pd.Series({r["index"]: r["status"] for r in rows})
+            common = old.index.intersection(now.index)
+            was_open = old[common] == "unknown"
+            flipped = int(((old[common] != now[common]) & ~was_open & (now[common] != "unknown")).sum())
+            text += (f"; at {L2_EARLIER_LIMIT:g} s it decided {int((~was_open).sum())}, and the longer limit decided "
+                     f"{int((was_open & (now[common] != 'unknown')).sum())} of the {int(was_open.sum())} images left "
+                     f"open then ({verdict_changes(old, now)['which']}), with "
+                     + (f"{flipped} decided verdicts reversed" if flipped else "no decided verdict reversed"))
         if share < DECIDED_SHARE and undecided:
             solved = [r for r in rows if r["status"] != "unknown" and r["by"] != "attack"]
             open_classes = [9 - sum((r.get("ruled_out") or {}).values()) for r in undecided]
-            text += (f", short of {DECIDED_SHARE:.0%}. Its undecided images keep a median of "
+            text += (f". That is short of {DECIDED_SHARE:.0%}: the undecided images keep a median of "
                      f"{np.median([r['unstable'] for r in undecided]):.0f} unstable ReLUs (the decided ones "
                      f"{np.median([r['unstable'] for r in solved] or [0]):.0f}) and a median of "
-                     f"{np.median(open_classes):.0f} of 9 classes still open at the time limit. The unstable counts "
-                     f"barely differ, so the rows do not single out a cause; what they show is that SCIP, with the ball "
-                     f"as a quadratic constraint, does not close the open classes within {st.time_limit:g} s (half the "
-                     f"l_inf studies' limit; a longer limit has not been tried). For l_2 the chapter therefore reports "
-                     f"bounds on R")
+                     f"{np.median(open_classes):.0f} of 9 classes still open at the time limit, which SCIP, with the "
+                     f"ball as a convex quadratic constraint, has not closed in time; for l_2 the chapter therefore "
+                     f"reports bounds on R")
         parts.append(text + ".")
     return " ".join(parts)
 
