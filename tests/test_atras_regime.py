@@ -133,6 +133,12 @@ def test_the_transfer_statistics_subtract_the_control_and_keep_directions_apart(
     assert (p["T"], p["T_reverse"], p["asymmetry"]) == pytest.approx((30.0, 0.0, 30.0)) and t["pairs"] == 3
     assert p["ratio"] == pytest.approx(30 / 70)  # the own FGSM drops 70 pp below the noise
     assert t["ci"]["T"] == pytest.approx((30.0, 30.0)) and t["white_box_drop_pp"] == pytest.approx(80.0)
+    assert t["seed_ci"]["T"] == pytest.approx((30.0, 30.0))
+    # seed 1 transfers 10 pp more: a seed-to-seed spread, which the seeds-only interval shows ({30, 35, 40})
+    for r in rows:
+        r["transfer_acc"] -= 0.1 * r["seed"] * (r["source_params"] < r["target_params"])
+    t = R.transfer_statistics(pd.DataFrame(rows), n_boot=400)
+    assert t["point"]["T"] == pytest.approx(35.0) and t["seed_ci"]["T"] == pytest.approx((30.0, 40.0))
 
 
 def test_random_sign_moves_every_pixel_by_eps_inside_the_box():

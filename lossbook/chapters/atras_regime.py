@@ -491,7 +491,8 @@ def transfer_statistics(tr: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
     smaller), the mean over pairs and seeds of the transfer drop minus the random-sign control's (= noise
     accuracy - transfer accuracy); ``asymmetry`` = T - T_reverse; ``ratio`` = the transfer drop beyond the
     control as a share of the target's own FGSM drop beyond it (smaller to larger, summed over pairs); each with
-    a 95% interval from resampling architectures and seed indices; and the mean white-box drop."""
+    a 95% interval from resampling architectures and seed indices (``ci``) and, beside it, from resampling the
+    seeds with the architectures fixed (``seed_ci``, as for C1 and C2); and the mean white-box drop."""
     archs = sorted(set(tr["source"]))
     size = dict(zip(tr["source"], tr["source_params"]))
     seeds = sorted(set(tr["seed"]))
@@ -510,7 +511,9 @@ def transfer_statistics(tr: pd.DataFrame, n_boot: int, seed: int = 0) -> dict:
 
     rng = np.random.default_rng(seed)
     draws = [stats(list(rng.choice(archs, len(archs))), list(rng.choice(seeds, len(seeds)))) for _ in range(n_boot)]
-    return {"point": stats(archs, seeds), "ci": _percentile(draws, 0.95),
+    seed_rng = np.random.default_rng([seed, 1])  # its own stream: the intervals above stay as they were
+    seed_draws = [stats(archs, list(seed_rng.choice(seeds, len(seeds)))) for _ in range(n_boot)]
+    return {"point": stats(archs, seeds), "ci": _percentile(draws, 0.95), "seed_ci": _percentile(seed_draws, 0.95),
             "white_box_drop_pp": float(100 * (white["clean_acc"] - white["transfer_acc"]).mean()),
             "pairs": sum(size[s] < size[t] for s in archs for t in archs)}
 
@@ -638,8 +641,7 @@ def claim_rows(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.Data
     if transfer is not None and len(transfer[transfer["regime"] == regime]):
         t = transfer_statistics(transfer[transfer["regime"] == regime], n_boot)
         rows.append({**common, "claim": "C3", "statement": CLAIMS["C3"], "statistic": "T",
-                     "value": t["point"]["T"], "ci": t["ci"]["T"],
-                     "seed_ci": None,
+                     "value": t["point"]["T"], "ci": t["ci"]["T"], "seed_ci": t["seed_ci"]["T"],
                      "verdict": verdict(t["ci"]["T"], +1, comp["comparable"]),
                      "transfer": t, "paper_text": "no number", "pairs": t["pairs"]})
     return rows
@@ -745,7 +747,8 @@ def _display_row(c: dict) -> dict:
                                   f"{_interval(t['point']['asymmetry'], t['ci']['asymmetry'])}; share of the own-FGSM "
                                   f"drop {_interval(t['point']['ratio'], t['ci']['ratio'])} (at least half of it: "
                                   f"{practical_transfer(t['ci']['ratio'])}, not judged); white-box drop "
-                                  f"{t['white_box_drop_pp']:.1f} pp"),
+                                  f"{t['white_box_drop_pp']:.1f} pp; seeds only {c['seed_ci'][0]:+.2f} to "
+                                  f"{c['seed_ci'][1]:+.2f}"),
                     "under PGD-10": ""})
     else:
         pairs = "; ".join(f"{k}: {_interval(v, ci)}" for k, (v, ci) in c["pairwise"].items())
