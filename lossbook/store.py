@@ -74,15 +74,28 @@ def _settle(path: Path) -> None:
             pending.unlink(missing_ok=True)
 
 
+#: the tracked paths whose uncommitted changes make a result's code stamp "-dirty": the code that computes, not
+#: the results it writes (a background run rewriting a tracked result file leaves the code as committed)
+CODE_PATHS = ("lossbook", "pyproject.toml", "environment.yml")
+
+
+def git_stamp(root: Path) -> str:
+    """The checkout's commit, ``-dirty`` with uncommitted changes to :data:`CODE_PATHS` ("" outside git)."""
+    def git(*args) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5).stdout.strip()
+
+    try:
+        rev = git("rev-parse", "--short", "HEAD")
+        return rev + "-dirty" if rev and git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) \
+            else rev
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version and, in a git checkout, the commit (``+dirty`` with uncommitted changes)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = ""
+    """The package version and, in a git checkout, its :func:`git_stamp`: the stamp of every result's record."""
+    rev = git_stamp(Path(__file__).resolve().parent.parent)
     return f"{__version__}+{rev}" if rev else __version__
 
 

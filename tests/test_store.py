@@ -117,3 +117,27 @@ def test_update_starts_afresh_from_a_result_of_another_request(tmp_path):
     seen = []
     store.update(tmp_path / "t.csv", {"eps": 0.2}, lambda cur: seen.append(cur) or pd.DataFrame({"a": [2]}))
     assert seen == [None] and store.load(tmp_path / "t.csv", {"eps": 0.2})["a"].tolist() == [2]
+
+
+def test_the_code_stamp_is_dirty_for_changed_code_only(tmp_path):
+    """A background run rewriting a tracked result file leaves the stamp clean; a changed module does not."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "lossbook").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "lossbook" / "m.py").write_text("x = 1\n")
+    (tmp_path / "results" / "r.csv").write_text("a\n1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    rev = store.git_stamp(tmp_path)
+    assert len(rev) >= 7 and not rev.endswith("-dirty")
+    (tmp_path / "results" / "r.csv").write_text("a\n2\n")
+    (tmp_path / "lossbook" / "new.py").write_text("untracked\n")
+    assert store.git_stamp(tmp_path) == rev
+    (tmp_path / "lossbook" / "m.py").write_text("x = 2\n")
+    assert store.git_stamp(tmp_path) == rev + "-dirty"
+    assert store.git_stamp(tmp_path / "results" / "no-such-folder") == ""
