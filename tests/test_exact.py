@@ -364,6 +364,15 @@ def test_the_float32_error_bound_is_its_closed_form_on_one_layer():
                                rel=1e-9)
     with pytest.raises(ValueError, match="the float32 error bound handles the modules of exact verification; found Tanh"):
         X.float32_logit_error(nn.Sequential(lin, nn.Tanh()), np.zeros(2), np.ones(2), (2,))
+    with pytest.raises(ValueError, match="is for a float32 model"):
+        X.float32_logit_error(nn.Sequential(nn.Linear(2, 1).double()), np.zeros(2), np.ones(2), (2,))
+    precision = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with pytest.raises(ValueError, match="float32 matmul precision is 'high', allowed: 'highest'"):
+            X.float32_logit_error(nn.Sequential(lin), np.zeros(2), np.ones(2), (2,))
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def test_the_float32_error_bound_covers_every_sampled_float32_evaluation():
@@ -384,35 +393,48 @@ def test_the_float32_error_bound_covers_every_sampled_float32_evaluation():
     assert (bound < 1e-3).all()  # not vacuous: a thousandth on logits of order one
 
 
-def test_a_robust_verdict_carries_to_float32_only_when_the_bound_is_below_delta():
-    net = _small_cnn()
+def test_a_robust_verdict_carries_to_float32_where_its_proven_margin_leaves_room_for_the_rounding():
+    """A robust row proves every margin <= -delta; bounds derived again may prove less than that. The float32
+    model is robust where the lower of the two, plus the float32 errors, stays below 0."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
     x = np.random.default_rng(1).uniform(0, 1, 64)
-    bound = X.float32_logit_error(net, *X.input_box(x, "linf", 0.05), (1, 8, 8))
-    need = max(bound[c] + bound[0] for c in (1, 2))
-    rows = [{"index": 0, "status": "robust", "delta": 2 * need}, {"index": 1, "status": "robust", "delta": need / 2},
-            {"index": 2, "status": "vulnerable", "delta": 1.0}]
-    images = {0: (x, 0), 1: (x, 0), 2: (x, 0)}
-    out = X.float32_carried(net, rows, images, "linf", 0.05, (1, 8, 8))
-    assert out["robust"] == 2 and out["carried"] == 1
-    assert out["max_ratio"] == pytest.approx(2.0) and out["median_ratio"] == pytest.approx(1.25)
-
-
-def test_an_l2_image_left_open_says_which_class_scip_was_on_and_how_far_it_got(monkeypatch):
-    """With SCIP stopped at its limit on the first open class, the row names that class, how many of the open
-    classes were tried, SCIP's bound on the class's margin and its nodes; a decided row carries none of it."""
-    model = _relu_net(seed=0)
-    layers = X.relu_layers(model)
-    rng = np.random.default_rng(1)
-    xs = rng.random((30, 2)).astype(np.float32).astype(float)
     with torch.no_grad():
-        ys = model(torch.tensor(xs, dtype=torch.float32)).argmax(1)
-    robust = next(k for k in range(30) if X.verify_image(model, layers, xs[k], int(ys[k]), "l2", 0.1).status == "robust")
-    monkeypatch.setattr(X, "_scip_class", lambda *a, **k: ("timelimit", None, {"bound": 0.25, "nodes": 7}))
-    monkeypatch.setattr(X._Model, "lp_ruled_out", lambda self, classes, y, delta, deadline=None: [])
-    monkeypatch.setattr(X, "ruled_out_by_bounds", lambda *a, **k: [])
-    r = X.verify_image(model, layers, xs[robust], int(ys[robust]), "l2", 0.1)
-    assert (r.status, r.by) == ("unknown", "time limit")
-    assert r.open_class == {"class": r.open_class["class"], "tried": 1, "of": 2, "bound": 0.25, "nodes": 7}
-    assert X._row(r)["open_class"] == r.open_class
-    monkeypatch.undo()
-    assert "open_class" not in X._row(X.verify_image(model, layers, xs[robust], int(ys[robust]), "l2", 0.1))
+        y = int(net(torch.tensor(x, dtype=torch.float32).view(1, 64)).argmax())
+    ops = X.network_ops(net, (64,))
+
+    def need(eps):
+        e = X.float32_logit_error(net, *X.input_box(x, "linf", eps), (64,))
+        return max(e[c] + e[y] for c in range(3) if c != y)
+
+    # a wide ball: the bounds prove nothing (some margin's bound is above 0), so delta alone must cover the errors
+    bounds, margins = X.bounds_and_margins(ops, x, y, "linf", 0.5, False, X.uses_backward(ops))
+    assert (np.delete(X.margin_bounds(bounds, y, margins), y) > 0).any()
+    rows = [{"index": 0, "status": "robust", "delta": 2 * need(0.5)},
+            {"index": 1, "status": "robust", "delta": need(0.5) / 2}, {"index": 2, "status": "vulnerable", "delta": 1.0}]
+    images = {0: (x, y), 1: (x, y), 2: (x, y)}
+    out = X.float32_carried(net, rows, images, "linf", 0.5, (64,))
+    assert (out["robust"], out["carried"], out["by_delta"]) == (2, 1, 1)
+    assert out["median_ratio"] == pytest.approx(1.25)  # the ratios 0.5 and 2
+    # a tiny ball: the bounds prove margins far below the errors, so even a delta smaller than them carries over
+    small = [{"index": 0, "status": "robust", "delta": need(1e-4) / 2}]
+    out = X.float32_carried(net, small, images, "linf", 1e-4, (64,))
+    assert (out["robust"], out["carried"], out["by_delta"]) == (1, 1, 0)
+
+
+def test_a_sequential_float32_sum_comes_within_a_few_percent_of_the_bound():
+    """The bound's gamma_n term is not loose by a factor: summing 1 and 999 terms of 2^-24 left to right in
+    float32 rounds every addition back to 1, an error of 999 * 2^-24, against a bound of 1.01 gamma32(1001)
+    times the sum; a bound with half that gamma would not cover it."""
+    n = 1000
+    a = np.full(n, 2.0 ** -24)
+    a[0] = 1.0
+    lin = nn.Linear(n, 1, bias=False)
+    lin.weight.data[:] = 1.0
+    (bound,) = X.float32_logit_error(nn.Sequential(lin), a, a, (n,))
+    total = np.float32(0)
+    for v in a.astype(np.float32):
+        total = np.float32(total + v)
+    error = abs(float(total) - a.sum())  # a.sum() in float64 is exact here
+    assert total == np.float32(1) and error == (n - 1) * 2.0 ** -24
+    assert 0.95 * bound < error <= bound

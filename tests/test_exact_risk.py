@@ -268,18 +268,34 @@ def test_the_scope_note_reads_the_verified_radii():
 
 def test_the_float32_sentence_counts_the_robust_verdicts_that_carry_over(monkeypatch):
     st = exact_risk.studies("cpu")[0]
-    monkeypatch.setattr(exact_risk, "paper_net_saved_studies", lambda scale, root=None: [])
-    checks = iter([{"robust": 10, "carried": 4, "median_ratio": 2.4, "max_ratio": 7.6},
-                   {"robust": 0, "carried": 0, "median_ratio": float("nan"), "max_ratio": float("nan")}])
-    monkeypatch.setattr(exact_risk, "float32_check", lambda study, scale, root=None: next(checks))
-    text = exact_risk.float32_sentence({"a": (st, None), "b": (st, None)}, "cpu")
-    assert "proves it for 4 of the 10 robust images of 1 studies; on the rest" in text
-    assert "by a median factor of 2 to 2 per study (at most 8)" in text
-    monkeypatch.setattr(exact_risk, "float32_check", lambda study, scale, root=None:
-                        {"robust": 3, "carried": 3, "median_ratio": 0.1, "max_ratio": 0.2})
-    assert exact_risk.float32_sentence({"a": (st, None)}, "cpu").endswith(
-        "proves it for 3 of the 3 robust images of 1 studies: on every one the bound is below delta.")
+    net = exact_risk.Study("mnist-net1-at", "linf", 0.03, 200, 60.0)
+    monkeypatch.setattr(exact_risk, "paper_net_saved_studies", lambda scale, root=None: [net])
+    checks = {st.name(): {"robust": 10, "carried": 1, "by_delta": 0, "median_ratio": 2.4},
+              net.name(): {"robust": 20, "carried": 15, "by_delta": 0, "median_ratio": 107.6}}
+    monkeypatch.setattr(exact_risk, "float32_checks", lambda studies, scale, root=None: checks)
+    text = exact_risk.float32_sentence({"a": (st, None)}, "cpu")
+    assert "proves it for 16 of the 30 robust images of 2 studies, 15 of 20 of them on NET-1 (where bounds" in text
+    assert "by a median factor of 2 to 108 per study" in text
+    checks = {st.name(): {"robust": 3, "carried": 3, "by_delta": 3, "median_ratio": 0.1}}
+    assert exact_risk.float32_sentence({"a": (st, None)}, "cpu").endswith("of the 3 robust images of 1 studies.")
+    checks = {}
     assert exact_risk.float32_sentence({}, "cpu") == ""
+
+
+def test_the_float32_check_is_kept_for_the_verdicts_it_was_made_from(tmp_path, monkeypatch):
+    """Saved once per set of verdict files; a changed verdict file (another hash) makes it again."""
+    from lossbook import store
+
+    st = exact_risk.Study("mnist-mlp64-fgsm", "l2", 1.0, 4, 120.0)
+    calls = []
+    monkeypatch.setattr(exact_risk, "float32_check", lambda study, scale, root=None: calls.append(study) or {"robust": 1})
+    store.save(exact_risk.exact_path(st, "cpu", tmp_path), [{"index": 0}], {"v": 1})
+    assert exact_risk.float32_checks([st], "cpu", tmp_path) == {st.name(): {"robust": 1}}
+    exact_risk.float32_checks([st], "cpu", tmp_path)
+    assert len(calls) == 1
+    store.save(exact_risk.exact_path(st, "cpu", tmp_path), [{"index": 1}], {"v": 1})
+    exact_risk.float32_checks([st], "cpu", tmp_path)
+    assert len(calls) == 2
 
 
 def test_the_l2_sentence_says_what_a_longer_limit_decided(tmp_path, monkeypatch):
