@@ -791,11 +791,12 @@ def audit_sentence(results: dict, scale: str, root: Path | None = None) -> str:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         return f"**The audit fails** on {len(problems)} point(s): {shown}."
     return (f"`python -m lossbook audit --scale {scale}` re-checks all {len(results) + len(nets)} studies "
-            f"({len(nets)} of them on the paper's NET-1) without a solver: "
+            f"({len(nets)} of them on the paper's NET-1) without trusting a solver: "
             f"{witnesses} witnesses (each in the ball and the box exactly, each with a certified margin >= 0), the "
-            f"classes each robust image rules out by bounds (derived again), that every other wrong class names a "
-            f"proof (the LP-dual and MILP proofs themselves are not stored), and the rule recorded with each study. "
-            f"It passes.")
+            f"classes each robust image rules out by bounds (derived again), the LP-dual proofs of the first "
+            f"{AUDIT_LP_DUAL} robust images per study that have any (HiGHS finds the duals again; the bound is "
+            f"checked from them), that every other wrong class names a proof (the MILP proofs are not stored), and "
+            f"the rule recorded with each study. It passes.")
 
 
 def float32_check(study: Study, scale: str, root: Path | None = None) -> dict:
