@@ -305,13 +305,17 @@ def test_the_l2_sentence_says_what_a_longer_limit_decided(tmp_path, monkeypatch)
     rows = [{"index": 0, "status": "robust", "by": "milp", "unstable": 10, "ruled_out": {"bounds": 9}},
             {"index": 1, "status": "vulnerable", "by": "attack", "unstable": 0, "ruled_out": {}},
             {"index": 2, "status": "robust", "by": "milp", "unstable": 20, "ruled_out": {"milp": 9}},
-            {"index": 3, "status": "unknown", "by": "time limit", "unstable": 30, "ruled_out": {"bounds": 2, "lp-dual": 1}}]
+            {"index": 3, "status": "unknown", "by": "time limit", "unstable": 30, "ruled_out": {"bounds": 2, "lp-dual": 1},
+             "open_class": {"class": 4, "tried": 1, "of": 6, "bound": 0.3, "nodes": 12}}]
     monkeypatch.setattr(exact_risk, "load_exact_rows", lambda study, scale, root=None: rows)
     monkeypatch.setattr(exact_risk, "study_dir", lambda scale, root=None: tmp_path)
     results = {st.name(): (st, pd.DataFrame({"index": [0, 1, 2, 3]}))}
     text = exact_risk.l2_sentence(results, "cpu")
     assert text.startswith(f"The l_2 study {st.name()} decides 3 of its 4 images (75%) within 120 s each. That is short")
-    assert "a median of 30 unstable ReLUs (the decided ones 15) and a median of 6 of 9 classes still open" in text
+    assert "bounds and LP duals rule out a median of 3 of 9 wrong classes" in text
+    assert ("on 1 of 1 images that is the first class it tries, and at the limit its bound on that margin f_c - f_y is "
+            "still a median +0.30 (from +0.30 to +0.30; robust needs -delta) after a median of 12 branch-and-bound nodes. "
+            "The undecided images keep a median of 30 unstable ReLUs (the solved ones 15)") in text
     earlier = pd.DataFrame({"study": st.name(), "index": [0, 1, 2, 3], "status": ["unknown", "vulnerable", "unknown", "unknown"]})
     store.save(tmp_path / exact_risk.L2_EARLIER, earlier, {"what": "test"})
     text = exact_risk.l2_sentence(results, "cpu")
