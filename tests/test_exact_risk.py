@@ -274,8 +274,8 @@ def test_the_float32_sentence_counts_the_robust_verdicts_that_carry_over(monkeyp
               net.name(): {"robust": 20, "carried": 15, "by_delta": 0, "median_ratio": 107.6}}
     monkeypatch.setattr(exact_risk, "float32_checks", lambda studies, scale, root=None: checks)
     text = exact_risk.float32_sentence({"a": (st, None)}, "cpu")
-    assert "proves it for 16 of the 30 robust images of 2 studies, 15 of 20 of them on NET-1 (where bounds" in text
-    assert "by a median factor of 2 to 108 per study" in text
+    assert "proves it for 16 of the 30 robust images of 2 studies, 15 of 20 on NET-1, where bounds" in text
+    assert "exceeds by a median 2 to 108 times per study" in text
     checks = {st.name(): {"robust": 3, "carried": 3, "by_delta": 3, "median_ratio": 0.1}}
     assert exact_risk.float32_sentence({"a": (st, None)}, "cpu").endswith("of the 3 robust images of 1 studies.")
     checks = {}

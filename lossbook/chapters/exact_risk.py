@@ -833,19 +833,17 @@ def float32_sentence(results: dict, scale: str, root: Path | None = None) -> str
     robust, carried = sum(c["robust"] for c in checks.values()), sum(c["carried"] for c in checks.values())
     nets = {k: c for k, c in checks.items() if k.startswith(tuple(PAPER_NETS))}
     medians = [c["median_ratio"] for c in checks.values()]
-    text = (f"Do the robust verdicts hold for the float32 PyTorch model as well? A worst-case bound on its rounding, "
-            f"module by module (Higham's gamma_n for every sum of products; `exact.float32_logit_error`), proves "
-            f"it for {carried} of the {robust} robust images of {len(checks)} studies")
+    text = (f"Do robust verdicts hold for the float32 PyTorch model? A worst-case bound on its rounding "
+            f"(`exact.float32_logit_error`: Higham's gamma_n, module by module) proves it for {carried} of the "
+            f"{robust} robust images of {len(checks)} studies")
     if carried == robust:
         return text + "."
-    text += (f", {sum(c['carried'] for c in nets.values())} of {sum(c['robust'] for c in nets.values())} of them on "
-             f"NET-1" if nets else "") + (
-        f" (where bounds re-derived without a solver leave each wrong class's margin further below 0 than the "
-        f"bound). Delta alone never suffices: the bound exceeds it by a median factor of {min(medians):.0f} to "
-        f"{max(medians):.0f} per study. The MLPs' robust verdicts rest on LP and MILP proofs of -delta, so few "
-        f"carry over. Worst cases add every product's largest rounding and are far from typical, but a proof "
-        f"cannot assume that: elsewhere a robust verdict is about f, the exact function of the float32 weights; "
-        f"re-solving with delta raised to each image's bound would extend it to the float32 model.")
+    text += (f", {sum(c['carried'] for c in nets.values())} of {sum(c['robust'] for c in nets.values())} on NET-1"
+             if nets else "") + (
+        f", where bounds re-derived without a solver leave each margin further below 0 than the bound. Elsewhere "
+        f"the proofs reach only -delta, which the bound exceeds by a median {min(medians):.0f} to "
+        f"{max(medians):.0f} times per study: those robust verdicts are about f, the exact function of the "
+        f"float32 weights (re-solving with delta raised to each image's bound would extend them).")
     return text
 
 
