@@ -395,3 +395,24 @@ def test_a_robust_verdict_carries_to_float32_only_when_the_bound_is_below_delta(
     out = X.float32_carried(net, rows, images, "linf", 0.05, (1, 8, 8))
     assert out["robust"] == 2 and out["carried"] == 1
     assert out["max_ratio"] == pytest.approx(2.0) and out["median_ratio"] == pytest.approx(1.25)
+
+
+def test_an_l2_image_left_open_says_which_class_scip_was_on_and_how_far_it_got(monkeypatch):
+    """With SCIP stopped at its limit on the first open class, the row names that class, how many of the open
+    classes were tried, SCIP's bound on the class's margin and its nodes; a decided row carries none of it."""
+    model = _relu_net(seed=0)
+    layers = X.relu_layers(model)
+    rng = np.random.default_rng(1)
+    xs = rng.random((30, 2)).astype(np.float32).astype(float)
+    with torch.no_grad():
+        ys = model(torch.tensor(xs, dtype=torch.float32)).argmax(1)
+    robust = next(k for k in range(30) if X.verify_image(model, layers, xs[k], int(ys[k]), "l2", 0.1).status == "robust")
+    monkeypatch.setattr(X, "_scip_class", lambda *a, **k: ("timelimit", None, {"bound": 0.25, "nodes": 7}))
+    monkeypatch.setattr(X._Model, "lp_ruled_out", lambda self, classes, y, delta, deadline=None: [])
+    monkeypatch.setattr(X, "ruled_out_by_bounds", lambda *a, **k: [])
+    r = X.verify_image(model, layers, xs[robust], int(ys[robust]), "l2", 0.1)
+    assert (r.status, r.by) == ("unknown", "time limit")
+    assert r.open_class == {"class": r.open_class["class"], "tried": 1, "of": 2, "bound": 0.25, "nodes": 7}
+    assert X._row(r)["open_class"] == r.open_class
+    monkeypatch.undo()
+    assert "open_class" not in X._row(X.verify_image(model, layers, xs[robust], int(ys[robust]), "l2", 0.1))

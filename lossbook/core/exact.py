@@ -578,8 +578,9 @@ def _scip_version() -> str:
 def _scip_class(ops, x, eps, bounds, c, y, delta, time_limit, first_only: bool):
     """One class of an l_2 image: does a point of the ball ``sum (x'_i - x_i)^2 <= eps^2`` (exactly, a convex
     quadratic constraint) and the box reach ``f_c - f_y >= -delta``? The network is encoded as for HiGHS
-    (:class:`_Model`). Returns (status, the point's inputs or None); with ``first_only`` the search stops at
-    the first such point, else it maximises ``f_c - f_y``."""
+    (:class:`_Model`). Returns (status, the point's inputs or None, SCIP's dual bound on the maximum of
+    ``f_c - f_y`` and its branch-and-bound nodes); with ``first_only`` the search stops at the first such point,
+    else it maximises ``f_c - f_y``."""
     try:
         from pyscipopt import Model, quicksum
     except ImportError as exc:  # pragma: no cover - installed by `make setup`
@@ -632,7 +633,7 @@ def _scip_class(ops, x, eps, bounds, c, y, delta, time_limit, first_only: bool):
     if m.getNSols() > 0:
         sol = m.getBestSol()
         point = np.array([m.getSolVal(sol, v) for v in xs])
-    return status, point
+    return status, point, {"bound": float(m.getDualbound()), "nodes": int(m.getNNodes())}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -654,6 +655,7 @@ class ImageResult:
     delta: float = 0.0
     ruled_out: dict = field(default_factory=dict)  # how many wrong classes each kind of proof ruled out
     slack: float = 0.0
+    open_class: dict | None = None  # l_2, unknown: the class SCIP was working on at the limit, its bound and nodes
 
 
 class _Witnesses:
@@ -754,7 +756,7 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
             left = time_limit - (time.perf_counter() - t0)
             if left <= 0:
                 break
-            status, raw = _scip_class(ops, x, eps, bounds, c, y, delta, left, first_only)
+            status, raw, info = _scip_class(ops, x, eps, bounds, c, y, delta, left, first_only)
             found = wit.check(raw, bounds) if raw is not None else None
             if found is not None:
                 p, cw, low = found
@@ -767,6 +769,8 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
             ruled["milp"] += 1
             continue
         unknown = "margin" if status == "optimal" else "time limit"
+        open_class = {"class": int(c), "tried": classes.index(c) + 1, "of": len(classes), **info} \
+            if status is not None else {"class": int(c), "tried": classes.index(c), "of": len(classes)}
         break
     for c in classes if norm != "l2" and not unknown else ():
         left = time_limit - (time.perf_counter() - t0)
@@ -805,7 +809,7 @@ def verify_image(model, layers, x: np.ndarray, y: int, norm: str, eps: float, sh
         unknown = "margin" if status in ("kOptimal", "kInfeasible") else "time limit"
         break
     if unknown:
-        return result("unknown", unknown)
+        return result("unknown", unknown, **({"open_class": open_class} if norm == "l2" else {}))
     return result("robust", "milp")
 
 
@@ -951,7 +955,7 @@ def _row(r: ImageResult) -> dict:
             "unstable": r.unstable, "stable": r.stable, "predicted": r.predicted, "delta": r.delta,
             "ruled_out": dict(r.ruled_out), "slack": r.slack, "witness_margin": r.witness_margin,
             "witness": None if r.witness is None else certify.encode_point(r.witness),
-            "float32_fooled": r.float32_fooled}
+            "float32_fooled": r.float32_fooled, **({"open_class": r.open_class} if r.open_class else {})}
 
 
 def attack_candidates(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int = 100, seed: int = 0):
