@@ -314,8 +314,8 @@ def test_the_l2_sentence_says_what_a_longer_limit_decided(tmp_path, monkeypatch)
     assert text.startswith(f"The l_2 study {st.name()} decides 3 of its 4 images (75%) within 120 s each. That is short")
     assert "bounds and LP duals rule out a median of 3 of 9 wrong classes" in text
     assert ("on 1 of 1 images that is the first class it tries, and at the limit its bound on that margin f_c - f_y is "
-            "still a median +0.30 (from +0.30 to +0.30; robust needs -delta) after a median of 12 branch-and-bound nodes. "
-            "The undecided images keep a median of 30 unstable ReLUs (the solved ones 15)") in text
+            "still above 0 on 1 of the 1 (median +0.30; robust needs -delta), after a median of 12 branch-and-bound "
+            "nodes. The undecided images keep a median of 30 unstable ReLUs (the solved ones 15).") in text
     earlier = pd.DataFrame({"study": st.name(), "index": [0, 1, 2, 3], "status": ["unknown", "vulnerable", "unknown", "unknown"]})
     store.save(tmp_path / exact_risk.L2_EARLIER, earlier, {"what": "test"})
     text = exact_risk.l2_sentence(results, "cpu")

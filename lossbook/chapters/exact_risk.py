@@ -888,13 +888,13 @@ def l2_sentence(results: dict, scale: str, root: Path | None = None) -> str:
             if seen:
                 bounds = [o["bound"] for o in seen]
                 text += (f": on {sum(o['tried'] == 1 for o in seen)} of {len(seen)} images that is the first class "
-                         f"it tries, and at the limit its bound on that margin f_c - f_y is still a median "
-                         f"{np.median(bounds):+.2f} (from {min(bounds):+.2f} to {max(bounds):+.2f}; robust needs "
-                         f"-delta) after a median of {np.median([o['nodes'] for o in seen]):.0f} branch-and-bound "
-                         f"nodes")
+                         f"it tries, and at the limit its bound on that margin f_c - f_y is still above 0 on "
+                         f"{sum(b > 0 for b in bounds)} of the {len(seen)} (median {np.median(bounds):+.2f}; robust "
+                         f"needs -delta), after a median of {np.median([o['nodes'] for o in seen]):.0f} "
+                         f"branch-and-bound nodes")
             text += (f". The undecided images keep a median of {np.median([r['unstable'] for r in undecided]):.0f} "
-                     f"unstable ReLUs (the solved ones {np.median([r['unstable'] for r in solved] or [0]):.0f}), so "
-                     f"their number does not single them out; for l_2 the chapter therefore reports bounds on R")
+                     f"unstable ReLUs (the solved ones {np.median([r['unstable'] for r in solved] or [0]):.0f}). "
+                     f"For l_2 the chapter therefore reports bounds on R")
         parts.append(text + ".")
     return " ".join(parts)
 
