@@ -414,12 +414,12 @@ def test_a_robust_verdict_carries_to_float32_where_its_proven_margin_leaves_room
             {"index": 1, "status": "robust", "delta": need(0.5) / 2}, {"index": 2, "status": "vulnerable", "delta": 1.0}]
     images = {0: (x, y), 1: (x, y), 2: (x, y)}
     out = X.float32_carried(net, rows, images, "linf", 0.5, (64,))
-    assert (out["robust"], out["carried"], out["by_delta"]) == (2, 1, 1)
+    assert (out["robust"], out["carried"], out["by_delta"]) == (2, 1, 1) and out["delta_classes"] >= 1
     assert out["median_ratio"] == pytest.approx(1.25)  # the ratios 0.5 and 2
     # a tiny ball: the bounds prove margins far below the errors, so even a delta smaller than them carries over
     small = [{"index": 0, "status": "robust", "delta": need(1e-4) / 2}]
     out = X.float32_carried(net, small, images, "linf", 1e-4, (64,))
-    assert (out["robust"], out["carried"], out["by_delta"]) == (1, 1, 0)
+    assert (out["robust"], out["carried"], out["by_delta"], out["delta_classes"]) == (1, 1, 0, 0)
 
 
 def test_a_sequential_float32_sum_comes_within_a_few_percent_of_the_bound():

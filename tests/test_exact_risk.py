@@ -275,6 +275,10 @@ def test_the_float32_sentence_counts_the_robust_verdicts_that_carry_over(monkeyp
     monkeypatch.setattr(exact_risk, "float32_checks", lambda studies, scale, root=None: checks)
     text = exact_risk.float32_sentence({"a": (st, None)}, "cpu")
     assert "proves it for 16 of the 30 robust images of 2 studies, 15 of 20 on NET-1, where bounds" in text
+    assert "through the verdict's delta" not in text
+    checks[net.name()]["delta_classes"] = 3
+    assert "than the bound (3 classes through the verdict's delta instead). Elsewhere" in \
+        exact_risk.float32_sentence({"a": (st, None)}, "cpu")
     assert "exceeds by a median 2 to 108 times per study" in text
     checks = {st.name(): {"robust": 3, "carried": 3, "by_delta": 3, "median_ratio": 0.1}}
     assert exact_risk.float32_sentence({"a": (st, None)}, "cpu").endswith("of the 3 robust images of 1 studies.")

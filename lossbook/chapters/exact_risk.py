@@ -810,7 +810,7 @@ def float32_check(study: Study, scale: str, root: Path | None = None) -> dict:
 
 
 #: what the float32 check's saved result depends on besides the studies' verdicts (bump when the bound changes)
-FLOAT32_CHECK_VERSION = 1
+FLOAT32_CHECK_VERSION = 2
 
 
 def float32_checks(studies_: list[Study], scale: str, root: Path | None = None) -> dict:
@@ -833,18 +833,20 @@ def float32_sentence(results: dict, scale: str, root: Path | None = None) -> str
     robust, carried = sum(c["robust"] for c in checks.values()), sum(c["carried"] for c in checks.values())
     nets = {k: c for k, c in checks.items() if k.startswith(tuple(PAPER_NETS))}
     medians = [c["median_ratio"] for c in checks.values()]
-    text = (f"Do robust verdicts hold for the float32 PyTorch model? A worst-case bound on its rounding "
+    text = (f"Do robust verdicts hold for the float32 PyTorch model (on a CPU)? A worst-case bound on its rounding "
             f"(`exact.float32_logit_error`: Higham's gamma_n, module by module) proves it for {carried} of the "
             f"{robust} robust images of {len(checks)} studies")
     if carried == robust:
         return text + "."
-    text += (f", {sum(c['carried'] for c in nets.values())} of {sum(c['robust'] for c in nets.values())} on NET-1"
-             if nets else "") + (
-        f", where bounds re-derived without a solver leave each margin further below 0 than the bound. Elsewhere "
-        f"the proofs reach only -delta, which the bound exceeds by a median {min(medians):.0f} to "
-        f"{max(medians):.0f} times per study: those robust verdicts are about f, the exact function of the "
-        f"float32 weights (re-solving with delta raised to each image's bound would extend them).")
-    return text
+    via = sum(c.get("delta_classes", 0) for c in checks.values())
+    if nets:
+        text += f", {sum(c['carried'] for c in nets.values())} of {sum(c['robust'] for c in nets.values())} on NET-1"
+    text += ", where bounds re-derived without a solver leave each margin further below 0 than the bound"
+    text += f" ({via} classes through the verdict's delta instead)" if via else ""
+    return text + (f". Elsewhere the proofs reach only -delta, which the bound exceeds by a median "
+                   f"{min(medians):.0f} to {max(medians):.0f} times per study: those robust verdicts are about f, "
+                   f"the exact function of the float32 weights (re-solving with delta raised to each image's bound "
+                   f"would extend them).")
 
 
 #: the l_2 study's verdicts at its first time limit (seconds), kept when the limit was raised

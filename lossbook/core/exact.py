@@ -907,24 +907,27 @@ def float32_carried(model: nn.Module, rows: list[dict], images: dict, norm: str,
     every wrong class c, and bounds derived again without a solver (interval, and back-substituted where the
     study used them: :func:`margin_bounds`) may prove a lower ceiling; the float32 model is robust there if,
     for every c, that ceiling plus the float32 errors of f_c and f_y (:func:`float32_logit_error`) stays
-    below 0. Returns the robust rows' count, how many carry over, how many would by delta alone, and the
-    median ratio of the error bound to delta."""
+    below 0. Returns the robust rows' count, how many carry over, how many would by delta alone, how many
+    classes of the carried rows needed the verdict's delta (the rest: bounds alone, no solver's word), and
+    the median ratio of the error bound to delta."""
     ops = network_ops(model, shape)
     backward = uses_backward(ops)
-    carried, by_delta, ratios = 0, 0, []
+    carried, by_delta, delta_classes, ratios = 0, 0, 0, []
     for r in rows:
         if r["status"] != "robust":
             continue
         x, y = images[r["index"]]
         e = float32_logit_error(model, *input_box(x, norm, eps), shape)
         bounds, margins = bounds_and_margins(ops, x, y, norm, eps, False, backward)
-        ceiling = np.minimum(margin_bounds(bounds, y, margins), -r["delta"])
+        by_bounds = margin_bounds(bounds, y, margins)
         wrong = [c for c in range(len(e)) if c != y]
-        carried += all(ceiling[c] + e[c] + e[y] < 0 for c in wrong)
+        if all(min(by_bounds[c], -r["delta"]) + e[c] + e[y] < 0 for c in wrong):
+            carried += 1
+            delta_classes += sum(by_bounds[c] + e[c] + e[y] >= 0 for c in wrong)  # carried by the verdict's delta
         worst = max(e[c] + e[y] for c in wrong)
-        by_delta += worst < r["delta"]
+        by_delta += bool(worst < r["delta"])
         ratios.append(worst / r["delta"])
-    return {"robust": len(ratios), "carried": carried, "by_delta": by_delta,
+    return {"robust": len(ratios), "carried": carried, "by_delta": by_delta, "delta_classes": int(delta_classes),
             "median_ratio": float(np.median(ratios)) if ratios else float("nan")}
 
 
