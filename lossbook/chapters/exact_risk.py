@@ -844,9 +844,8 @@ def float32_sentence(results: dict, scale: str, root: Path | None = None) -> str
     text += ", where bounds re-derived without a solver leave each margin further below 0 than the bound"
     text += f" ({via} classes through the verdict's delta instead)" if via else ""
     return text + (f". Elsewhere the proofs reach only -delta, which the bound exceeds by a median "
-                   f"{min(medians):.0f} to {max(medians):.0f} times per study: those robust verdicts are about f, "
-                   f"the exact function of the float32 weights (re-solving with delta raised to each image's bound "
-                   f"would extend them).")
+                   f"{min(medians):.0f} to {max(medians):.0f} times per study: those verdicts are about f, the "
+                   f"exact function of the float32 weights.")
 
 
 #: the l_2 study's verdicts at its first time limit (seconds), kept when the limit was raised
