@@ -74,19 +74,21 @@ def _settle(path: Path) -> None:
             pending.unlink(missing_ok=True)
 
 
-#: the tracked paths whose uncommitted changes make a result's code stamp "-dirty": the code that computes, not
-#: the results it writes (a background run rewriting a tracked result file leaves the code as committed)
+#: the paths whose uncommitted changes (new files included) make a result's code stamp "-dirty": the code that
+#: computes, not the results it writes (a background run rewriting a tracked result file leaves the code as
+#: committed); ignored files (bytecode caches) do not count
 CODE_PATHS = ("lossbook", "pyproject.toml", "environment.yml")
 
 
 def git_stamp(root: Path) -> str:
-    """The checkout's commit, ``-dirty`` with uncommitted changes to :data:`CODE_PATHS` ("" outside git)."""
+    """The checkout's commit, ``-dirty`` with uncommitted changes or new files under :data:`CODE_PATHS` ("" outside
+    git)."""
     def git(*args) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5).stdout.strip()
 
     try:
         rev = git("rev-parse", "--short", "HEAD")
-        return rev + "-dirty" if rev and git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) \
+        return rev + "-dirty" if rev and git("status", "--porcelain", "--", *CODE_PATHS) \
             else rev
     except (OSError, subprocess.SubprocessError):
         return ""

@@ -1,5 +1,7 @@
 """Exact verification by MILP against answers known otherwise: brute force on a fine grid (2-D ReLU
 nets) and the toy's closed form (a linear net); counterexamples are real; proofs are never broken."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,6 @@ from torch import nn
 
 from lossbook.chapters import toy_inconsistency as toy
 from lossbook.core import attacks as A
-from lossbook.core import certify
 from lossbook.core import exact as X
 from lossbook.core import losses as L
 
@@ -348,29 +349,46 @@ def _small_cnn(seed: int = 0) -> nn.Module:
 
 def test_the_float32_error_bound_is_its_closed_form_on_one_layer():
     """One Linear with W = [1, 1], b = -1 on the box [0, 1]^2: |W| |a| + |b| is at most 3, so the bound is
-    SAFETY * gamma32(3) * 3 (magnitudes widened by 1e-9); a BatchNorm after it adds alpha times that and
-    gamma32(8) times its own terms."""
+    1.01 * gamma_3 * 3, with u = 2^-24 + 2^-53 and gamma_3 = 3u / (1 - 3u) = 1.7881397e-7: 5.418063e-7. A
+    BatchNorm after it (alpha = 3 / 2, mean 0.5, beta 0.25) adds alpha times that and gamma_8 = 4.7683739e-7
+    times its own terms alpha (1 + 1.8e-7 + 0.5) + 0.25 = 2.5000003: 1.01 (8.127095e-7 + 1.1920936e-6) = 2.016724e-6."""
     lin = nn.Linear(2, 1)
     lin.weight.data[:] = torch.tensor([[1.0, 1.0]])
     lin.bias.data[:] = -1.0
-    (e,) = X.float32_logit_error(nn.Sequential(lin), np.zeros(2), np.ones(2), (2,))
-    assert e == pytest.approx(certify.SAFETY * X.gamma32(3) * (2 * (1 + 1e-9) + 1), rel=1e-12)
+    (e,) = X.float32_logit_error(nn.Sequential(lin).eval(), np.zeros(2), np.ones(2), (2,))
+    assert e == pytest.approx(5.418063e-7, rel=1e-6)
     bn = nn.BatchNorm1d(1).eval()
     bn.running_mean[:], bn.running_var[:], bn.weight.data[:], bn.bias.data[:] = 0.5, 4.0 - bn.eps, 3.0, 0.25
-    (e2,) = X.float32_logit_error(nn.Sequential(lin, bn), np.zeros(2), np.ones(2), (2,))
-    first = X.gamma32(3) * (2 * (1 + 1e-9) + 1)  # W a + b lies in [-1, 1]: its magnitude is 1 (widened), plus first
-    alpha = 3.0 / 2.0
-    assert e2 == pytest.approx(certify.SAFETY * (alpha * first + X.gamma32(8) * (alpha * ((1 + 1e-9) + first + 0.5) + 0.25)),
-                               rel=1e-9)
-    with pytest.raises(ValueError, match="the float32 error bound handles the modules of exact verification; found Tanh"):
-        X.float32_logit_error(nn.Sequential(lin, nn.Tanh()), np.zeros(2), np.ones(2), (2,))
-    with pytest.raises(ValueError, match="is for a float32 model"):
-        X.float32_logit_error(nn.Sequential(nn.Linear(2, 1).double()), np.zeros(2), np.ones(2), (2,))
+    (e2,) = X.float32_logit_error(nn.Sequential(lin, bn).eval(), np.zeros(2), np.ones(2), (2,))
+    assert e2 == pytest.approx(2.016724e-6, rel=1e-6)
+
+
+@pytest.mark.parametrize("module, said", [
+    (nn.Tanh(), "cannot bound Tanh; allowed: Linear, Conv2d (zero padding)"),
+    (nn.AdaptiveAvgPool2d(2), "cannot bound AdaptiveAvgPool2d(output_size=2); allowed:"),
+    (nn.MaxPool2d(2, 2, ceil_mode=True), "cannot bound MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, "
+                                         "ceil_mode=True); allowed:"),
+    (nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), "cannot bound Conv2d with padding_mode='reflect'"),
+    (nn.BatchNorm2d(1, affine=False), "affine=False, bias=False, track_running_stats=True) without affine parameters"),
+])
+def test_the_float32_error_bound_refuses_in_one_line_what_it_cannot_bound(module, said):
+    net = nn.Sequential(nn.Conv2d(1, 1, 1), module).eval()
+    with pytest.raises(ValueError, match=re.escape(said)) as err:
+        X.float32_logit_error(net, np.zeros(16), np.ones(16), (1, 4, 4))
+    assert "\n" not in str(err.value) and "a float32 model in eval mode" in str(err.value)
+
+
+def test_the_float32_error_bound_refuses_other_dtypes_training_mode_and_reduced_precision():
+    lin = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="is for a float32 model; found parameters of torch.float64"):
+        X.float32_logit_error(nn.Sequential(nn.Linear(2, 1).double()).eval(), np.zeros(2), np.ones(2), (2,))
+    with pytest.raises(ValueError, match=re.escape("is for a model in eval mode (BatchNorm's running statistics")):
+        X.float32_logit_error(nn.Sequential(lin).train(), np.zeros(2), np.ones(2), (2,))
     precision = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")
         with pytest.raises(ValueError, match="float32 matmul precision is 'high', allowed: 'highest'"):
-            X.float32_logit_error(nn.Sequential(lin), np.zeros(2), np.ones(2), (2,))
+            X.float32_logit_error(nn.Sequential(lin).eval(), np.zeros(2), np.ones(2), (2,))
     finally:
         torch.set_float32_matmul_precision(precision)
 
@@ -414,12 +432,12 @@ def test_a_robust_verdict_carries_to_float32_where_its_proven_margin_leaves_room
             {"index": 1, "status": "robust", "delta": need(0.5) / 2}, {"index": 2, "status": "vulnerable", "delta": 1.0}]
     images = {0: (x, y), 1: (x, y), 2: (x, y)}
     out = X.float32_carried(net, rows, images, "linf", 0.5, (64,))
-    assert (out["robust"], out["carried"], out["by_delta"]) == (2, 1, 1) and out["delta_classes"] >= 1
-    assert out["median_ratio"] == pytest.approx(1.25)  # the ratios 0.5 and 2
+    assert (out["robust"], out["carried"]) == (2, 1) and out["delta_classes"] >= 1
+    assert out["median_ratio"] == pytest.approx(2.0)  # over the row that does not carry over: its error is 2 delta
     # a tiny ball: the bounds prove margins far below the errors, so even a delta smaller than them carries over
     small = [{"index": 0, "status": "robust", "delta": need(1e-4) / 2}]
     out = X.float32_carried(net, small, images, "linf", 1e-4, (64,))
-    assert (out["robust"], out["carried"], out["by_delta"], out["delta_classes"]) == (1, 1, 0, 0)
+    assert (out["robust"], out["carried"], out["delta_classes"]) == (1, 1, 0) and np.isnan(out["median_ratio"])
 
 
 def test_a_sequential_float32_sum_comes_within_a_few_percent_of_the_bound():
@@ -431,7 +449,7 @@ def test_a_sequential_float32_sum_comes_within_a_few_percent_of_the_bound():
     a[0] = 1.0
     lin = nn.Linear(n, 1, bias=False)
     lin.weight.data[:] = 1.0
-    (bound,) = X.float32_logit_error(nn.Sequential(lin), a, a, (n,))
+    (bound,) = X.float32_logit_error(nn.Sequential(lin).eval(), a, a, (n,))
     total = np.float32(0)
     for v in a.astype(np.float32):
         total = np.float32(total + v)

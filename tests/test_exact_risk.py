@@ -269,25 +269,28 @@ def test_the_scope_note_reads_the_verified_radii():
 def test_the_float32_sentence_counts_the_robust_verdicts_that_carry_over(monkeypatch):
     st = exact_risk.studies("cpu")[0]
     net = exact_risk.Study("mnist-net1-at", "linf", 0.03, 200, 60.0)
-    monkeypatch.setattr(exact_risk, "paper_net_saved_studies", lambda scale, root=None: [net])
-    checks = {st.name(): {"robust": 10, "carried": 1, "by_delta": 0, "median_ratio": 2.4},
-              net.name(): {"robust": 20, "carried": 15, "by_delta": 0, "median_ratio": 107.6}}
+    other = exact_risk.Study("mnist-net1-at", "linf", 0.01, 200, 60.0)  # every verdict carries: its ratio is not quoted
+    monkeypatch.setattr(exact_risk, "paper_net_saved_studies", lambda scale, root=None: [net, other])
+    checks = {st.name(): {"robust": 10, "carried": 1, "delta_classes": 0, "median_ratio": 2.4},
+              net.name(): {"robust": 20, "carried": 15, "delta_classes": 0, "median_ratio": 107.6},
+              other.name(): {"robust": 5, "carried": 5, "delta_classes": 0, "median_ratio": float("nan")}}
     monkeypatch.setattr(exact_risk, "float32_checks", lambda studies, scale, root=None: checks)
     text = exact_risk.float32_sentence({"a": (st, None)}, "cpu")
-    assert "proves it for 16 of the 30 robust images of 2 studies, 15 of 20 on NET-1, where bounds" in text
+    assert "proves it for 21 of the 35 robust images of 3 studies, 20 of 25 on NET-1, where bounds" in text
     assert "through the verdict's delta" not in text
     checks[net.name()]["delta_classes"] = 3
-    assert "than the bound (3 classes through the verdict's delta instead). Elsewhere" in \
+    assert "than the bound (3 classes through the verdict's delta instead). On the other robust images" in \
         exact_risk.float32_sentence({"a": (st, None)}, "cpu")
-    assert "exceeds by a median 2 to 108 times per study" in text
-    checks = {st.name(): {"robust": 3, "carried": 3, "by_delta": 3, "median_ratio": 0.1}}
+    assert "which exceeds delta there by a median 2 to 108 times per study" in text
+    checks = {st.name(): {"robust": 3, "carried": 3, "delta_classes": 0, "median_ratio": float("nan")}}
     assert exact_risk.float32_sentence({"a": (st, None)}, "cpu").endswith("of the 3 robust images of 1 studies.")
     checks = {}
     assert exact_risk.float32_sentence({}, "cpu") == ""
 
 
 def test_the_float32_check_is_kept_for_the_verdicts_it_was_made_from(tmp_path, monkeypatch):
-    """Saved once per set of verdict files; a changed verdict file (another hash) makes it again."""
+    """Saved once per set of verdict files; a changed verdict file (another hash), or the same rows made for
+    another request (other weights or rule), makes it again."""
     from lossbook import store
 
     st = exact_risk.Study("mnist-mlp64-fgsm", "l2", 1.0, 4, 120.0)
@@ -300,6 +303,9 @@ def test_the_float32_check_is_kept_for_the_verdicts_it_was_made_from(tmp_path, m
     store.save(exact_risk.exact_path(st, "cpu", tmp_path), [{"index": 1}], {"v": 1})
     exact_risk.float32_checks([st], "cpu", tmp_path)
     assert len(calls) == 2
+    store.save(exact_risk.exact_path(st, "cpu", tmp_path), [{"index": 1}], {"v": 2})
+    exact_risk.float32_checks([st], "cpu", tmp_path)
+    assert len(calls) == 3
 
 
 def test_the_l2_sentence_says_what_a_longer_limit_decided(tmp_path, monkeypatch):
@@ -310,19 +316,22 @@ def test_the_l2_sentence_says_what_a_longer_limit_decided(tmp_path, monkeypatch)
             {"index": 1, "status": "vulnerable", "by": "attack", "unstable": 0, "ruled_out": {}},
             {"index": 2, "status": "robust", "by": "milp", "unstable": 20, "ruled_out": {"milp": 9}},
             {"index": 3, "status": "unknown", "by": "time limit", "unstable": 30, "ruled_out": {"bounds": 2, "lp-dual": 1},
-             "open_class": {"class": 4, "tried": 1, "of": 6, "bound": 0.3, "nodes": 12}}]
+             "open_class": {"class": 4, "tried": 1, "of": 6, "bound": 0.3, "nodes": 12}},
+            {"index": 4, "status": "unknown", "by": "time limit", "unstable": 40, "ruled_out": {"bounds": 3},
+             "open_class": {"class": 2, "tried": 5, "of": 5, "bound": -4.4, "nodes": 1}}]  # a late class: not quoted
     monkeypatch.setattr(exact_risk, "load_exact_rows", lambda study, scale, root=None: rows)
     monkeypatch.setattr(exact_risk, "study_dir", lambda scale, root=None: tmp_path)
-    results = {st.name(): (st, pd.DataFrame({"index": [0, 1, 2, 3]}))}
+    results = {st.name(): (st, pd.DataFrame({"index": [0, 1, 2, 3, 4]}))}
     text = exact_risk.l2_sentence(results, "cpu")
-    assert text.startswith(f"The l_2 study {st.name()} decides 3 of its 4 images (75%) within 120 s each. That is short")
+    assert text.startswith(f"The l_2 study {st.name()} decides 3 of its 5 images (60%) within 120 s each. That is short")
     assert "bounds and LP duals rule out a median of 3 of 9 wrong classes" in text
-    assert ("on 1 of 1 images that is the first class it tries, and at the limit its bound on that margin f_c - f_y is "
-            "still above 0 on 1 of the 1 (median +0.30; robust needs -delta), after a median of 12 branch-and-bound "
-            "nodes. The undecided images keep a median of 30 unstable ReLUs (the solved ones 15).") in text
-    earlier = pd.DataFrame({"study": st.name(), "index": [0, 1, 2, 3], "status": ["unknown", "vulnerable", "unknown", "unknown"]})
+    assert ("on 1 of 2 images that is the first class it tries, with all the time left, and when it stops its bound on "
+            "f_c - f_y is still above 0 on 1 of them (median +0.30; robust needs -delta), after a median of 12 "
+            "branch-and-bound nodes. The undecided images keep a median of 35 unstable ReLUs (the solved ones 15).") in text
+    earlier = pd.DataFrame({"study": st.name(), "index": [0, 1, 2, 3, 4],
+                            "status": ["unknown", "vulnerable", "unknown", "unknown", "unknown"]})
     store.save(tmp_path / exact_risk.L2_EARLIER, earlier, {"what": "test"})
     text = exact_risk.l2_sentence(results, "cpu")
-    assert ("; at 30 s it decided 1, and the longer limit decided 2 of the 3 images left open then (unknown -> robust: 2), "
+    assert ("; at 30 s it decided 1, and the longer limit decided 2 of the 4 images left open then (unknown -> robust: 2), "
             "with no decided verdict reversed. That is short") in text
     assert "at 30 s" not in exact_risk.l2_sentence({st.name(): (replace(st, time_limit=30.0), results[st.name()][1])}, "cpu")

@@ -120,7 +120,8 @@ def test_update_starts_afresh_from_a_result_of_another_request(tmp_path):
 
 
 def test_the_code_stamp_is_dirty_for_changed_code_only(tmp_path):
-    """A background run rewriting a tracked result file leaves the stamp clean; a changed module does not."""
+    """A background run rewriting a tracked result file leaves the stamp clean; a changed or new module, which
+    can change results, does not; an ignored bytecode cache does not count."""
     import subprocess
 
     def git(*args):
@@ -130,13 +131,20 @@ def test_the_code_stamp_is_dirty_for_changed_code_only(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "lossbook" / "m.py").write_text("x = 1\n")
     (tmp_path / "results" / "r.csv").write_text("a\n1\n")
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
     rev = store.git_stamp(tmp_path)
     assert len(rev) >= 7 and not rev.endswith("-dirty")
     (tmp_path / "results" / "r.csv").write_text("a\n2\n")
-    (tmp_path / "lossbook" / "new.py").write_text("untracked\n")
+    (tmp_path / "results" / "new.csv").write_text("a\n3\n")
+    (tmp_path / "lossbook" / "__pycache__").mkdir()
+    (tmp_path / "lossbook" / "__pycache__" / "m.pyc").write_bytes(b"\0")
+    assert store.git_stamp(tmp_path) == rev
+    (tmp_path / "lossbook" / "new.py").write_text("y = 1\n")
+    assert store.git_stamp(tmp_path) == rev + "-dirty"
+    (tmp_path / "lossbook" / "new.py").unlink()
     assert store.git_stamp(tmp_path) == rev
     (tmp_path / "lossbook" / "m.py").write_text("x = 2\n")
     assert store.git_stamp(tmp_path) == rev + "-dirty"

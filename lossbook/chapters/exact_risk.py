@@ -805,20 +805,22 @@ def float32_check(study: Study, scale: str, root: Path | None = None) -> dict:
     model = load_verified_model(study.model, scale, train=False, root=root)
     x, y, idx = evaluation_images(model, MODELS[study.model].dataset, study.n_images)
     images = {int(i): (xi.reshape(-1).double().numpy(), int(yi)) for i, xi, yi in zip(idx, x, y)}
-    return exact.float32_carried(model, load_exact_rows(study, scale, root), images, study.norm, study.eps,
-                                 tuple(x.shape[1:]))
+    rows = store.load(exact_path(study, scale, root), exact_request(study, model))  # made for these weights and rule
+    return exact.float32_carried(model, rows, images, study.norm, study.eps, tuple(x.shape[1:]))
 
 
 #: what the float32 check's saved result depends on besides the studies' verdicts (bump when the bound changes)
-FLOAT32_CHECK_VERSION = 2
+FLOAT32_CHECK_VERSION = 3
 
 
 def float32_checks(studies_: list[Study], scale: str, root: Path | None = None) -> dict:
     """{study name: :func:`float32_check`} for saved studies, kept in ``float32-check.json`` for the verdicts it
-    was made from (each study's verdict file by its hash): minutes for the NET-1 studies' back-substitution."""
+    was made from (each study's verdict file by its hash and request, which names the weights and the rule):
+    minutes for the NET-1 studies' back-substitution."""
     chosen = [st for st in studies_ if exact_path(st, scale, root).exists()]
+    records = {st.name(): store.record(exact_path(st, scale, root)) for st in chosen}
     request = {"what": "float32 check of the robust verdicts", "version": FLOAT32_CHECK_VERSION,
-               "verdicts": {st.name(): store.record(exact_path(st, scale, root)).get("sha256") for st in chosen}}
+               "verdicts": {k: {"sha256": r.get("sha256"), "request": r.get("request")} for k, r in records.items()}}
     return store.cached(study_dir(scale, root) / "float32-check.json", request,
                         lambda: {st.name(): float32_check(st, scale, root) for st in chosen})
 
@@ -832,20 +834,20 @@ def float32_sentence(results: dict, scale: str, root: Path | None = None) -> str
         return ""
     robust, carried = sum(c["robust"] for c in checks.values()), sum(c["carried"] for c in checks.values())
     nets = {k: c for k, c in checks.items() if k.startswith(tuple(PAPER_NETS))}
-    medians = [c["median_ratio"] for c in checks.values()]
+    medians = [c["median_ratio"] for c in checks.values() if c["carried"] < c["robust"]]
     text = (f"Do robust verdicts hold for the float32 PyTorch model (on a CPU)? A worst-case bound on its rounding "
             f"(`exact.float32_logit_error`: Higham's gamma_n, module by module) proves it for {carried} of the "
             f"{robust} robust images of {len(checks)} studies")
     if carried == robust:
         return text + "."
-    via = sum(c.get("delta_classes", 0) for c in checks.values())
+    via = sum(c["delta_classes"] for c in checks.values())
     if nets:
         text += f", {sum(c['carried'] for c in nets.values())} of {sum(c['robust'] for c in nets.values())} on NET-1"
     text += ", where bounds re-derived without a solver leave each margin further below 0 than the bound"
     text += f" ({via} classes through the verdict's delta instead)" if via else ""
-    return text + (f". Elsewhere the proofs reach only -delta, which the bound exceeds by a median "
-                   f"{min(medians):.0f} to {max(medians):.0f} times per study: those verdicts are about f, the "
-                   f"exact function of the float32 weights.")
+    return text + (f". On the other robust images some margin is not proven below minus the rounding bound, which "
+                   f"exceeds delta there by a median {min(medians):.0f} to {max(medians):.0f} times per study: those "
+                   f"verdicts are about f, the exact function of the float32 weights.")
 
 
 #: the l_2 study's verdicts at its first time limit (seconds), kept when the limit was raised
@@ -886,12 +888,13 @@ def l2_sentence(results: dict, scale: str, root: Path | None = None) -> str:
                      f"a median of {np.median(by_bounds):.0f} of 9 wrong classes; SCIP, with the ball as a convex "
                      f"quadratic constraint, takes the others one at a time and stops at the first it cannot close")
             seen = [r["open_class"] for r in undecided if r.get("open_class") and "bound" in r["open_class"]]
-            if seen:
-                bounds = [o["bound"] for o in seen]
-                text += (f": on {sum(o['tried'] == 1 for o in seen)} of {len(seen)} images that is the first class "
-                         f"it tries, and at the limit its bound on that margin f_c - f_y is still above 0 on "
-                         f"{sum(b > 0 for b in bounds)} of the {len(seen)} (median {np.median(bounds):+.2f}; robust "
-                         f"needs -delta), after a median of {np.median([o['nodes'] for o in seen]):.0f} "
+            first = [o for o in seen if o["tried"] == 1]  # SCIP had all the time that bounds and LPs left
+            if first:
+                bounds = [o["bound"] for o in first]
+                text += (f": on {len(first)} of {len(seen)} images that is the first class it tries, with all the "
+                         f"time left, and when it stops its bound on f_c - f_y is still above 0 on "
+                         f"{sum(b > 0 for b in bounds)} of them (median {np.median(bounds):+.2f}; robust needs "
+                         f"-delta), after a median of {np.median([o['nodes'] for o in first]):.0f} "
                          f"branch-and-bound nodes")
             text += (f". The undecided images keep a median of {np.median([r['unstable'] for r in undecided]):.0f} "
                      f"unstable ReLUs (the solved ones {np.median([r['unstable'] for r in solved] or [0]):.0f}). "

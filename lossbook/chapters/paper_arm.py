@@ -388,8 +388,7 @@ def where_the_evidence_sits(summary: pd.DataFrame) -> str:
     """What the verdicts rest on, counted from the summary: the models of the gains that survive Holm (and whether
     the long-AT arm that re-judges them has landed), the verdicts without the rows searched before the protocol,
     MNIST's eps against Table III's, and the settings where the search barely beat CE on its own images."""
-    search_images = int(summary.search_images.iloc[0]) if "search_images" in summary \
-        else SEARCH_PRESETS[ARMS["paper"].preset].n_images
+    search_images = int(summary.search_images.iloc[0])  # set by load_summary
     s = with_holm(summary)
     gains = s[(s.holm_p < 0.05) & (s.heldout_gain_pp > 0)]
     out = []
@@ -448,7 +447,7 @@ def fresh_block_sentence(summary: pd.DataFrame, sens: pd.DataFrame | None) -> st
         return ""
     fresh = sens.dropna(subset=["fresh_direction"]).set_index("setting")
     counts = fresh["fresh_direction"].value_counts()
-    family_size = int(summary.planned_settings.iloc[0]) if "planned_settings" in summary else len(SETTINGS)
+    family_size = int(summary.planned_settings.iloc[0])  # set by load_summary
     adjusted = holm(fresh["fresh_p_value"].to_numpy(float), max(len(fresh), family_size))
     survive = int(((adjusted < 0.05) & (fresh["fresh_gain_pp"].to_numpy(float) > 0)).sum())
     text = (f" On a fresh block of {int(summary.heldout_images.iloc[0])} images that nothing had used (announced "

@@ -124,12 +124,19 @@ class UnsoundBounds(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # The network as matrices
 # ------------------------------------------------------------------------------------------------
+def leaf_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules a network applies in order: a Sequential's leaves (nested Sequentials opened), else the
+    model's children."""
+    if isinstance(model, nn.Sequential):
+        return [m for m in model.modules() if not isinstance(m, nn.Sequential)]
+    return list(model.children())
+
+
 def relu_layers(model: nn.Module) -> list[tuple[np.ndarray, np.ndarray]]:
     """(W, b) of each Linear layer of a ReLU MLP (``Flatten``, ``Linear``, ``ReLU``, ..., ``Linear``),
     in float64; anything else is refused with what was found."""
-    mods = [m for m in model.modules() if not isinstance(m, nn.Sequential) and m is not model] \
-        if isinstance(model, nn.Sequential) else list(model.children())
     layers, expect_linear = [], True
+    mods = leaf_modules(model)
     for m in mods:
         if isinstance(m, nn.Flatten):
             continue
@@ -153,8 +160,7 @@ def network_ops(model: nn.Module, shape: tuple) -> list:
     the BatchNorm after it, or convolution, global average pooling, flatten and the last Linear) is
     composed into one affine map in float64 (BatchNorm folded: the verified function differs from the float32
     PyTorch model by rounding only); ReLU stays; 2x2 max-pooling becomes index groups."""
-    mods = [m for m in model.modules() if not isinstance(m, nn.Sequential)] if isinstance(model, nn.Sequential) \
-        else list(model.children())
+    mods = leaf_modules(model)
     ops, pending, cur = [], [], tuple(shape)
 
     def flush():
@@ -578,9 +584,9 @@ def _scip_version() -> str:
 def _scip_class(ops, x, eps, bounds, c, y, delta, time_limit, first_only: bool):
     """One class of an l_2 image: does a point of the ball ``sum (x'_i - x_i)^2 <= eps^2`` (exactly, a convex
     quadratic constraint) and the box reach ``f_c - f_y >= -delta``? The network is encoded as for HiGHS
-    (:class:`_Model`). Returns (status, the point's inputs or None, SCIP's dual bound on the maximum of
-    ``f_c - f_y`` and its branch-and-bound nodes); with ``first_only`` the search stops at the first such point,
-    else it maximises ``f_c - f_y``."""
+    (:class:`_Model`). Returns (status, the point's inputs or None, {SCIP's dual bound on the maximum of
+    ``f_c - f_y``, its branch-and-bound nodes, its seconds, the stage it stopped in}); with ``first_only`` the
+    search stops at the first such point, else it maximises ``f_c - f_y``."""
     try:
         from pyscipopt import Model, quicksum
     except ImportError as exc:  # pragma: no cover - installed by `make setup`
@@ -633,7 +639,8 @@ def _scip_class(ops, x, eps, bounds, c, y, delta, time_limit, first_only: bool):
     if m.getNSols() > 0:
         sol = m.getBestSol()
         point = np.array([m.getSolVal(sol, v) for v in xs])
-    return status, point, {"bound": float(m.getDualbound()), "nodes": int(m.getNNodes())}
+    return status, point, {"bound": float(m.getDualbound()), "nodes": int(m.getNNodes()),
+                           "seconds": round(float(m.getSolvingTime()), 1), "stage": m.getStageName()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -655,7 +662,7 @@ class ImageResult:
     delta: float = 0.0
     ruled_out: dict = field(default_factory=dict)  # how many wrong classes each kind of proof ruled out
     slack: float = 0.0
-    open_class: dict | None = None  # l_2, unknown: the class SCIP was working on at the limit, its bound and nodes
+    open_class: dict | None = None  # l_2, unknown: the class SCIP stopped on, its bound, nodes, seconds and stage
 
 
 class _Witnesses:
@@ -840,6 +847,47 @@ def gamma32(n: int) -> float:
     return n * u / (1 - n * u)
 
 
+#: what :func:`float32_logit_error` bounds (said in its refusals)
+FLOAT32_MODULES = ("Linear, Conv2d (zero padding), BatchNorm1d/2d (affine, running statistics), ReLU, "
+                   "MaxPool2d(2, 2), AdaptiveAvgPool2d(1), Flatten, Dropout; a float32 model in eval mode")
+
+
+def _float32_refusal(m: nn.Module) -> str | None:
+    """Why :func:`float32_logit_error` cannot bound module ``m`` (None: it can)."""
+    if isinstance(m, (nn.Linear, nn.ReLU, nn.Flatten, nn.Dropout)):
+        return None
+    if isinstance(m, nn.Conv2d):
+        return None if m.padding_mode == "zeros" else f"Conv2d with padding_mode={m.padding_mode!r}"
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return None if m.affine and m.running_mean is not None else f"{m} without affine parameters or running statistics"
+    if isinstance(m, nn.MaxPool2d):
+        square = all(v in (k, (k, k)) for v, k in ((m.kernel_size, 2), (m.stride, 2), (m.padding, 0), (m.dilation, 1)))
+        return None if square and not m.ceil_mode else str(m)
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return None if m.output_size in (1, (1, 1)) else str(m)
+    return type(m).__name__
+
+
+def float32_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's modules, once each is known to be one :func:`float32_logit_error` can bound; anything else
+    is refused in one line with what is allowed."""
+    if torch.get_float32_matmul_precision() != "highest":
+        raise ValueError(f"the float32 error bound assumes full float32 products; torch's float32 matmul precision "
+                         f"is {torch.get_float32_matmul_precision()!r}, allowed: 'highest'")
+    dtypes = sorted({str(p.dtype) for p in model.parameters()} - {"torch.float32"})
+    if dtypes:
+        raise ValueError(f"the float32 error bound is for a float32 model; found parameters of {', '.join(dtypes)}")
+    if model.training:
+        raise ValueError("the float32 error bound is for a model in eval mode (BatchNorm's running statistics, no "
+                         "dropout); call model.eval() first")
+    mods = leaf_modules(model)
+    for m in mods:
+        why = _float32_refusal(m)
+        if why is not None:
+            raise ValueError(f"the float32 error bound cannot bound {why}; allowed: {FLOAT32_MODULES}")
+    return mods
+
+
 def float32_logit_error(model: nn.Module, lo: np.ndarray, hi: np.ndarray, shape: tuple) -> np.ndarray:
     """A bound, per logit, on |f32(p) - f(p)| for every float32 input p with lo <= p <= hi: f32 is the PyTorch
     model evaluated in float32, module by module, f the exact function of its float32 parameters. Each linear
@@ -849,13 +897,7 @@ def float32_logit_error(model: nn.Module, lo: np.ndarray, hi: np.ndarray, shape:
     box in float64, widened by 1e-9 relative, and the total by :data:`certify.SAFETY` (both far above the float64
     rounding of this computation itself). It assumes that every linear module is computed as sums of
     products in float32 (direct or GEMM convolution, as PyTorch does on a CPU; not Winograd or FFT, nor TF32)."""
-    if torch.get_float32_matmul_precision() != "highest":
-        raise ValueError(f"the float32 error bound assumes full float32 products; torch's float32 matmul precision "
-                         f"is {torch.get_float32_matmul_precision()!r}, allowed: 'highest'")
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        raise ValueError("the float32 error bound is for a float32 model; found parameters of another dtype")
-    mods = [m for m in model.modules() if not isinstance(m, nn.Sequential)] if isinstance(model, nn.Sequential) \
-        else list(model.children())
+    mods = float32_modules(model)
     with torch.no_grad():
         lo_t = torch.as_tensor(lo, dtype=torch.float64).view(1, *shape)
         hi_t = torch.as_tensor(hi, dtype=torch.float64).view(1, *shape)
@@ -886,8 +928,6 @@ def float32_logit_error(model: nn.Module, lo: np.ndarray, hi: np.ndarray, shape:
             elif isinstance(m, nn.ReLU):
                 lo_t, hi_t = lo_t.clamp(min=0), hi_t.clamp(min=0)
             elif isinstance(m, nn.MaxPool2d):
-                if m.kernel_size not in (2, (2, 2)) or m.stride not in (2, (2, 2)) or m.padding not in (0, (0, 0)):
-                    raise ValueError(f"the float32 error bound handles 2x2 max-pooling with stride 2 only, found {m}")
                 pool = nn.functional.max_pool2d
                 lo_t, hi_t, err = pool(lo_t, 2, 2), pool(hi_t, 2, 2), pool(err, 2, 2)
             elif isinstance(m, nn.AdaptiveAvgPool2d):
@@ -896,9 +936,6 @@ def float32_logit_error(model: nn.Module, lo: np.ndarray, hi: np.ndarray, shape:
                 err = err.mean((2, 3), keepdim=True) + gamma32(n + 1) * size.mean((2, 3), keepdim=True)
             elif isinstance(m, nn.Flatten):
                 lo_t, hi_t, err = lo_t.flatten(1), hi_t.flatten(1), err.flatten(1)
-            elif not isinstance(m, nn.Dropout):
-                raise ValueError(f"the float32 error bound handles the modules of exact verification; found "
-                                 f"{type(m).__name__}")
     return certify.SAFETY * err.reshape(-1).numpy()
 
 
@@ -907,12 +944,12 @@ def float32_carried(model: nn.Module, rows: list[dict], images: dict, norm: str,
     every wrong class c, and bounds derived again without a solver (interval, and back-substituted where the
     study used them: :func:`margin_bounds`) may prove a lower ceiling; the float32 model is robust there if,
     for every c, that ceiling plus the float32 errors of f_c and f_y (:func:`float32_logit_error`) stays
-    below 0. Returns the robust rows' count, how many carry over, how many would by delta alone, how many
-    classes of the carried rows needed the verdict's delta (the rest: bounds alone, no solver's word), and
+    below 0. Returns the robust rows' count, how many carry over, how many classes of the carried rows needed
+    the verdict's delta (the rest: bounds alone, no solver's word), and, over the rows that do not carry over,
     the median ratio of the error bound to delta."""
     ops = network_ops(model, shape)
     backward = uses_backward(ops)
-    carried, by_delta, delta_classes, ratios = 0, 0, 0, []
+    robust, carried, delta_classes, ratios = 0, 0, 0, []
     for r in rows:
         if r["status"] != "robust":
             continue
@@ -921,13 +958,13 @@ def float32_carried(model: nn.Module, rows: list[dict], images: dict, norm: str,
         bounds, margins = bounds_and_margins(ops, x, y, norm, eps, False, backward)
         by_bounds = margin_bounds(bounds, y, margins)
         wrong = [c for c in range(len(e)) if c != y]
+        robust += 1
         if all(min(by_bounds[c], -r["delta"]) + e[c] + e[y] < 0 for c in wrong):
             carried += 1
             delta_classes += sum(by_bounds[c] + e[c] + e[y] >= 0 for c in wrong)  # carried by the verdict's delta
-        worst = max(e[c] + e[y] for c in wrong)
-        by_delta += bool(worst < r["delta"])
-        ratios.append(worst / r["delta"])
-    return {"robust": len(ratios), "carried": carried, "by_delta": by_delta, "delta_classes": int(delta_classes),
+        else:
+            ratios.append(max(e[c] + e[y] for c in wrong) / r["delta"])
+    return {"robust": robust, "carried": carried, "delta_classes": int(delta_classes),
             "median_ratio": float(np.median(ratios)) if ratios else float("nan")}
 
 
