@@ -196,7 +196,7 @@ def test_the_chapter_tables_read_a_complete_smoke_sweep(tmp_path, data_available
     assert share.tolist() == pytest.approx((100 * cal["recovery, ours (pp)"] / cal["FGSM drop before AT, ours (pp)"]).tolist())
     assert table["regime vs paper"].str.contains(r"at the epoch cap: ST \d+ of \d+ \(2\), AT \d+ of \d+ \(2\)").all()
     assert table["ours [95%]"].iloc[0].endswith("(bootstrap; not judged: the verdict reads the pairwise gaps)")
-    assert table["secondary"].iloc[0].startswith("pairwise (Welch, judged) 1-2: ")
+    assert table["secondary"].iloc[0].startswith("pairwise (Welch, judged) 1 vs 2: ")
     assert R.answer(results, "smoke").startswith("mnist: C1 ")
     assert "complete" in R.progress_sentence(results, "smoke")
     sweep = results["mnist"]["sweep"]
@@ -225,6 +225,10 @@ def test_glance_rows_fall_back_to_the_earlier_sweep_until_a_dataset_is_complete(
         complete = R.chapter_results([ds], "cpu")[ds]["complete"]
         mine = [r for r in rows if r["claim"].endswith(f"({ds})")]
         assert all(("calibrated regime" in r["ours"]) == complete for r in mine)
+        if complete:  # C1's row shows the gaps its verdict reads, not D1 (shown in the chapter, not judged)
+            c1 = next(r for r in mine if r["claim"].startswith("adversarial training recovers most"))
+            assert "pairwise (Welch, judged) 1 vs 2: " in c1["ours"] and "1 vs >3: " in c1["ours"]
+            assert "not judged" not in c1["ours"]
 
 
 def test_a_sweep_table_without_todays_columns_is_refused_in_one_line(tmp_path):

@@ -751,7 +751,7 @@ def _display_row(c: dict) -> dict:
                                   f"{c['seed_ci'][1]:+.2f}"),
                     "under PGD-10": ""})
     else:
-        pairs = "; ".join(f"{k}: {_interval(v, ci)}" for k, (v, ci) in c["pairwise"].items())
+        pairs = "; ".join(f"{k.replace('-', ' vs ', 1)}: {_interval(v, ci)}" for k, (v, ci) in c["pairwise"].items())
         pairs = (f"pairwise (Welch, judged) {pairs}" if c["claim"] == "C1" else
                  f"{pairs} (Welch, not judged); bootstrap {_interval(c['value'], c['bootstrap_ci'])}")
         paper = f"{_interval(*c['paper_printed'])}; {_interval(*c['paper_live'])}"
@@ -865,6 +865,14 @@ def takeaway(results: dict, scale: str, earlier: pd.DataFrame, earlier_transfers
 GLANCE_TARGET = "atras-claims"
 
 
+def _judged(row: dict) -> str:
+    """What a Table 6.1 row's verdict reads: C1's pairwise Welch gaps (its D1 is shown, not judged), else the
+    primary statistic with its interval."""
+    if row["claim"].startswith("C1"):
+        return "recovery, one layer minus each deeper group (pp): " + row["secondary"].split("; by parameters")[0]
+    return f"{row['statistic']} {row['ours [95%]']}"
+
+
 def glance_rows(scale: str) -> list[dict]:
     """The glance page's rows: each claim of the calibrated regime per dataset whose sweep is complete;
     for the others, the earlier one-seed sweep's rows (:func:`atras_sweep.glance_rows`)."""
@@ -875,7 +883,7 @@ def glance_rows(scale: str) -> list[dict]:
     rows = [] if table.empty else [
         {"paper": "ATRAS", "claim": f"{r['claim'].split(': ', 1)[1]} ({r['dataset']})",
          "the paper's number": r["paper's text"], "scale": scale, "verdict": r["verdict"], "target": GLANCE_TARGET,
-         "ours": f"{r['statistic']} {r['ours [95%]']} (calibrated regime, {len(plan.seeds)} seeds x 40 MLPs)"}
+         "ours": f"{_judged(r)} (calibrated regime, {len(plan.seeds)} seeds x 40 MLPs)"}
         for r in table[table["regime"] == "calibrated"].to_dict("records")]
     earlier = [r for ds, res in results.items() if not res["complete"]
                for r in atras_sweep.glance_rows(scale) if r["claim"].endswith(f"({ds})")]
