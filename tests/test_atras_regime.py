@@ -211,9 +211,15 @@ def test_the_chapter_tables_read_a_complete_smoke_sweep(tmp_path, data_available
     assert question == R.QUESTION and text == R.answer(results, "smoke") and "protocol_atras" in differs
     partial = {"mnist": {**results["mnist"], "complete": False, "done": 1}}
     _, text, _ = R.takeaway(partial, "smoke", pd.DataFrame(), {}, {})
-    assert text.startswith("Not yet judged in the paper's regime (**mnist**: calibrated eps ")
+    assert text.startswith("Not yet judged in the paper's regime: **mnist**: calibrated eps ")
     assert text.endswith("not the paper's: No sweep is available at this scale.")
-    assert "no regime sweep at this scale" in R.takeaway({}, "smoke", pd.DataFrame(), {}, {})[1]
+    # one dataset complete, the other not: the complete one's verdicts are stated, the other's progress
+    mixed = {"mnist": results["mnist"], "cifar10": {**results["mnist"], "complete": False, "done": 1}}
+    _, text, _ = R.takeaway(mixed, "smoke", pd.DataFrame(), {}, {})
+    assert text.startswith(f"In the paper's regime, {R.answer({'mnist': results['mnist']}, 'smoke')} Not yet judged "
+                           "in the paper's regime: **cifar10**: calibrated eps ")
+    assert text.startswith("In the paper's regime, mnist: C1 ")
+    assert "No regime sweep at this scale." in R.takeaway({}, "smoke", pd.DataFrame(), {}, {})[1]
 
 
 def test_glance_rows_fall_back_to_the_earlier_sweep_until_a_dataset_is_complete():

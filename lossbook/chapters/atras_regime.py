@@ -840,6 +840,16 @@ def answer(results: dict, scale: str) -> str:
          "bootstrap interval over architectures and seeds).")
 
 
+def answer_so_far(results: dict, scale: str) -> str:
+    """The calibrated regime's verdicts on the datasets whose sweep is complete (:func:`answer`), and where
+    the others stand (:func:`progress_sentence`)."""
+    done = {ds: r for ds, r in results.items() if r["complete"]}
+    rest = {ds: r for ds, r in results.items() if not r["complete"]}
+    parts = ([f"In the paper's regime, {answer(done, scale)}"] if done else []) + \
+        ([f"Not yet judged in the paper's regime: {progress_sentence(rest, scale)}"] if rest else [])
+    return " ".join(parts) if parts else "No regime sweep at this scale."
+
+
 QUESTION = ("Does adversarial training recover most on small architectures, is accuracy under attack after it "
             "highest there, and do FGSM examples from small networks fool large ones (ATRAS's conclusions)?")
 
@@ -847,16 +857,15 @@ QUESTION = ("Does adversarial training recover most on small architectures, is a
 def takeaway(results: dict, scale: str, earlier: pd.DataFrame, earlier_transfers: dict, configs: dict
              ) -> tuple[str, str, str]:
     """Chapter 06's takeaway box: (question, answer, how our regime differs). The answer is the calibrated
-    regime's verdicts once every dataset's sweep is complete, else where the sweep stands and the earlier
-    one-seed sweep's reading, labelled as not the paper's regime."""
+    regime's verdicts once every dataset's sweep is complete; before, those of the complete datasets, where the
+    others stand, and the earlier one-seed sweep's reading, labelled as not the paper's regime."""
     earlier_answer, earlier_differs = atras_sweep.takeaway(earlier, earlier_transfers, atras_sweep.paper_tables(),
                                                            configs)
     if all_complete(results):
         text = answer(results, scale)
     else:
-        where = progress_sentence(results, scale) if results else "no regime sweep at this scale"
-        text = (f"Not yet judged in the paper's regime ({where}). The earlier one-seed sweep, in a regime that is "
-                f"not the paper's: {earlier_answer}")
+        text = (f"{answer_so_far(results, scale)} The earlier one-seed sweep, in a regime that is not the paper's: "
+                f"{earlier_answer}")
     differs = ("The paper states neither its FGSM eps nor its training; the book calibrates eps to the paper's "
                "median FGSM drop and trains to convergence (book/protocol_atras.md). " + earlier_differs)
     return QUESTION, text, differs
