@@ -172,6 +172,26 @@ def test_calibration_reaches_the_target(toy):
     assert abs(r - 0.7) <= 0.05
 
 
+def test_a_calibration_entry_made_beside_another_run_keeps_that_runs_entry(tmp_path, monkeypatch):
+    """Two runs calibrating different settings at once: the one that writes second adds its entry to the file
+    as it is then, so the first run's entry, written while the second computed, is kept."""
+    monkeypatch.setattr(SS, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(SS, "evaluation_images", lambda model, dataset, n: (None, None, None))
+    path = tmp_path / "cpu" / "calibration.json"
+    request = {"what": "eps calibration", "scale": "cpu"}
+    store.save(path, {"a@0.7": {"eps": 0.1, "n_images": 5}}, request)
+
+    def compute(model, x, y):  # meanwhile, a run beside this one finishes its own entry
+        store.update(path, request, lambda current: {**current, "b@0.7": {"eps": 0.2, "n_images": 5}})
+        return {"eps": 0.3}
+
+    entry = SS._calibration("c@0.7", "mnist", "net1", "st", "cpu", 5, compute, tmp_path, None)
+    assert entry == {"eps": 0.3, "n_images": 5}
+    assert store.load(path, request) == {"a@0.7": {"eps": 0.1, "n_images": 5}, "b@0.7": {"eps": 0.2, "n_images": 5},
+                                         "c@0.7": {"eps": 0.3, "n_images": 5}}
+    assert SS._calibration("b@0.7", "mnist", "net1", "st", "cpu", 5, None, tmp_path, None)["eps"] == 0.2  # reused
+
+
 def test_paper_preset_is_table_iv():
     c = SS.SEARCH_PRESETS["paper"]
     assert (c.gn, c.md, c.ps, c.ts, c.st, c.cp, c.mp) == (100, 25, 200, 3, 200, 0.5, 0.3)

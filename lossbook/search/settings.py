@@ -118,8 +118,10 @@ def _calibration(key: str, dataset: str, net: str, training: str, scale: str, n_
     if key not in table:
         model = load_model(dataset, net, training, scale, device=device)
         x, y, _ = evaluation_images(model, dataset, n_images)
-        table[key] = {**compute(model, x, y), "n_images": n_images}
-        store.save(path, dict(sorted(table.items())), request)
+        entry = {**compute(model, x, y), "n_images": n_images}
+        # under the folder's lock, onto the file as it is now: a run beside this one may have added entries meanwhile
+        store.update(path, request, lambda current: dict(sorted({**(current or {}), key: entry}.items())))
+        return entry
     return table[key]
 
 
