@@ -276,3 +276,47 @@ def test_where_the_evidence_sits_is_counted_from_the_summary():
     assert "In 2 settings (cifar10-net2-at-l1, mnist-net1-st-l1) the selected run beats CE by at most one of its 400" in text
     # an arm with fewer search images (the smoke arm's) has a coarser "one image": 4 pp of 25 covers all three
     assert "In 3 settings (" in A.where_the_evidence_sits(s.assign(search_images=25))
+
+
+def _at_rows(gains: list, epochs: int, clean: float):
+    """A summary of the six CIFAR-10 AT settings: setting -> (held-out gain, p-value, direction)."""
+    import pandas as pd
+
+    from lossbook.chapters import paper_arm as A
+
+    return pd.DataFrame([{"setting": n, "heldout_gain_pp": g, "p_value": p, "direction": d,
+                          "heldout_gain_pp_pgd100": g, "p_value_pgd100": p, "direction_pgd100": d,
+                          "ci_low": g - 1, "ci_high": g + 1, "model_epochs": epochs, "model_clean_acc": clean,
+                          "table_iii_eps": 0.024, "table_iii_ce_risk": 0.6, "eps": 0.03}
+                         for n, (g, p, d) in zip(A.arm_settings("long-at"), gains)])
+
+
+def test_the_training_length_sentence_says_which_gains_survive_on_the_longer_trained_models():
+    from lossbook.chapters import paper_arm as A
+
+    no, gain = (0.2, 0.5, "inconclusive"), (3.0, 1e-6, "reproduced")
+    paper = _at_rows([gain, gain, no, no, no, no], 4, 0.56)  # net1 linf and l1 gain here
+    longer = _at_rows([gain, no, no, no, no, (2.0, 1e-5, "reproduced")], 30, 0.70)  # linf kept, l1 lost, net2 l2 new
+    text = A.training_length_sentence(paper, longer)
+    assert text == (" On CIFAR-10 AT models trained 30 epochs instead of 4 (the long-AT arm; 70% clean), the 6 AT "
+                    "settings read 2 gains, 0 losses and 4 inconclusive; 1 of the 2 AT gains that survive Holm here "
+                    "survive Holm there too (cifar10-net1-at-linf); only there: cifar10-net2-at-l2.")
+    partial = A.training_length_sentence(paper, longer.iloc[:2])
+    assert "the long-at arm has judged 2 of 6 settings: 1 gains, 0 losses, 1 inconclusive; until it has judged them, " \
+           "the AT verdicts are provisional." in partial
+    assert "is not run yet" in A.training_length_sentence(paper, None)
+
+
+def test_the_training_length_table_sets_both_models_side_by_side():
+    from lossbook.chapters import paper_arm as A
+    from lossbook.core.stats import NOT_RUN
+
+    gain = (3.0, 1e-6, "reproduced")
+    t = A.training_length_table(_at_rows([gain] * 6, 4, 0.5), _at_rows([gain], 30, 0.75))
+    assert len(t) == 6 and t["setting"].tolist() == list(A.arm_settings("long-at"))
+    # PGD-10 accuracy at Table III's eps: clean accuracy times 1 - R'' (0.5 * 0.4 and 0.75 * 0.4)
+    assert t["paper arm: model"].iloc[0] == "4 ep., 50.0% clean, 20.0% PGD-10 at 0.024"
+    assert t["long-AT arm: model"].iloc[0] == "30 ep., 75.0% clean, 30.0% PGD-10 at 0.024"
+    assert t["long-AT arm: held-out gain [95%]"].iloc[0] == "+3.0 [+2.0, +4.0]"
+    assert t["long-AT arm: direction (Holm p)"].iloc[0] == "reproduced (1e-06)"  # Holm over its own 1 judged row
+    assert (t["long-AT arm: model"].iloc[1:] == NOT_RUN).all()

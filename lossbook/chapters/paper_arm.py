@@ -373,7 +373,7 @@ def answer(summary: pd.DataFrame | None, sens: pd.DataFrame | None = None) -> st
             f"In-sample, on the search images where the paper reports its gains, the mean is "
             f"{summary.insample_gain_pp.mean():+.2f} pp against the paper's {summary.paper_gain_pp.mean():+.2f} pp for "
             f"the same settings ({insample_by_dataset(summary)}). The paper's 100% success rate, read "
-            f"{success_sentence(summary)}." + where_the_evidence_sits(summary)
+            f"{success_sentence(summary)}." + where_the_evidence_sits(summary, load_summary("long-at"))
             + fresh_block_sentence(summary, sens) + textbook_sentence(summary, sens)
             + shared_starts_sentence(summary, sens))
 
@@ -384,25 +384,50 @@ def insample_by_dataset(summary: pd.DataFrame) -> str:
     return "; ".join(f"{d}: {g.insample_gain_pp.mean():+.2f} against {g.paper_gain_pp.mean():+.2f}" for d, g in by)
 
 
-def where_the_evidence_sits(summary: pd.DataFrame) -> str:
-    """What the verdicts rest on, counted from the summary: the models of the gains that survive Holm (and whether
-    the long-AT arm that re-judges them has landed), the verdicts without the rows searched before the protocol,
-    MNIST's eps against Table III's, and the settings where the search barely beat CE on its own images."""
+def _percent_range(lo: float, hi: float) -> str:
+    return f"{lo:.0%}" if round(100 * lo) == round(100 * hi) else f"{lo:.0%}-{hi:.0%}"
+
+
+def training_length_sentence(summary: pd.DataFrame, long_at: pd.DataFrame | None) -> str:
+    """How the arm's CIFAR-10 AT gains fare on the 30-epoch models: the long-AT arm's directions, and which gains
+    that survive Holm in ``summary`` survive Holm over the long-AT arm's own settings too (provisional until it
+    has judged every one)."""
+    settings = arm_settings("long-at")
+    if long_at is None or len(long_at) < len(settings):
+        return (f" Training length is checked by the long-AT arm, which judges the CIFAR-10 AT settings again on models "
+                f"trained 30 epochs: {_status_words('long-at', long_at)}; until it has judged them, the AT verdicts "
+                f"are provisional.")
+    s, lng = with_holm(summary), with_holm(long_at).set_index("setting")
+    gains = set(s[s.setting.isin(settings) & (s.holm_p < 0.05) & (s.heldout_gain_pp > 0)].setting)
+    there = {n for n in lng.index if lng.loc[n, "holm_p"] < 0.05 and lng.loc[n, "heldout_gain_pp"] > 0}
+    kept, new = [n for n in settings if n in gains & there], [n for n in settings if n in there - gains]
+    f = family(long_at)
+    clean = _percent_range(long_at.model_clean_acc.min(), long_at.model_clean_acc.max())
+    return (f" On CIFAR-10 AT models trained {int(long_at.model_epochs.iloc[0])} epochs instead of "
+            f"{int(s[s.setting.isin(settings)].model_epochs.iloc[0])} (the long-AT arm; {clean} clean), the "
+            f"{len(settings)} AT settings read {f['reproduced']} gains, {f['not reproduced']} losses and "
+            f"{f['inconclusive']} inconclusive; {len(kept)} of the {len(gains)} AT gains that survive Holm here survive "
+            f"Holm there too ({', '.join(kept) or 'none'})"
+            + (f"; only there: {', '.join(new)}" if new else "") + ".")
+
+
+def where_the_evidence_sits(summary: pd.DataFrame, long_at: pd.DataFrame | None = None) -> str:
+    """What the verdicts rest on, counted from the summary: the models of the gains that survive Holm (and what
+    the long-AT arm's summary ``long_at`` says of them: :func:`training_length_sentence`), the verdicts without
+    the rows searched before the protocol, MNIST's eps against Table III's, and the settings where the search
+    barely beat CE on its own images."""
     search_images = int(summary.search_images.iloc[0])  # set by load_summary
     s = with_holm(summary)
     gains = s[(s.holm_p < 0.05) & (s.heldout_gain_pp > 0)]
     out = []
     if len(gains):
-        models = ", ".join(f"{n} on {d} {sc} models of {e} epochs ("
-                           + (f"{a_lo:.0%}" if round(100 * a_lo) == round(100 * a_hi) else f"{a_lo:.0%}-{a_hi:.0%}")
-                           + " clean)"
+        models = ", ".join(f"{n} on {d} {sc} models of {e} epochs ({_percent_range(a_lo, a_hi)} clean)"
                            for (d, sc, e), n, a_lo, a_hi in
                            [(k, len(g), g.model_clean_acc.min(), g.model_clean_acc.max())
                             for k, g in gains.groupby([gains.setting.str.split("-").str[0], gains.model_scale,
                                                        gains.model_epochs], sort=False)])
-        out.append(f" The {len(gains)} gains that survive Holm sit {models}. Training length is checked by the long-AT "
-                   f"arm, which judges the CIFAR-10 AT settings again on models trained 30 epochs: "
-                   f"{arm_status('long-at')}; until it has judged them, the AT verdicts are provisional.")
+        out.append(f" The {len(gains)} gains that survive Holm sit {models}."
+                   + training_length_sentence(summary, long_at))
     before = made_before_protocol(summary)
     if before.any():
         rest = summary[~before].drop(columns="planned_settings", errors="ignore")
@@ -742,6 +767,32 @@ def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
         "label moves the gradient": s.best_formula.map(uses_label).map({True: "yes", False: "no"})})
 
 
+def training_length_table(summary: pd.DataFrame | None, long_at: pd.DataFrame | None) -> pd.DataFrame:
+    """The CIFAR-10 AT settings on the paper arm's models and on the long-AT arm's, side by side: per arm, the
+    model (epochs, clean test accuracy, and CE-PGD-10 accuracy at Table III's eps, estimated as clean accuracy
+    times 1 - R'' on the calibration's correctly classified images), the arm's eps and the held-out gain with
+    its interval, direction and Holm p over that arm's own family. A setting an arm has not judged reads
+    :data:`NOT_RUN`."""
+    arms = {"paper arm": summary, "long-AT arm": long_at}
+    judged = {k: {} if v is None else with_holm(v).set_index("setting").to_dict("index") for k, v in arms.items()}
+    rows = []
+    for name in arm_settings("long-at"):
+        row = {"setting": name}
+        for arm, by in judged.items():
+            r = by.get(name)
+            if r is None:
+                row.update({f"{arm}: model": NOT_RUN, f"{arm}: eps": "", f"{arm}: held-out gain [95%]": "",
+                            f"{arm}: direction (Holm p)": ""})
+                continue
+            pgd = r["model_clean_acc"] * (1 - r["table_iii_ce_risk"])
+            row.update({f"{arm}: model": f"{r['model_epochs']} ep., {r['model_clean_acc']:.1%} clean, "
+                                         f"{pgd:.1%} PGD-10 at {r['table_iii_eps']:.4g}",
+                        f"{arm}: eps": f"{r['eps']:.4g}", f"{arm}: held-out gain [95%]": _interval(r),
+                        f"{arm}: direction (Holm p)": f"{r['direction']} ({r['holm_p']:.2g})"})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 #: the earlier grid's unseeded runs (searched before book/protocol_q1.md), counted by the arm where eps is unchanged
 GRID_UNSEEDED_SEEDS = tuple(seed for seed, seeded in GRID_PLANS["cpu"].seeds if not seeded)
 
@@ -836,7 +887,10 @@ OTHER_ARMS = {"long-at": "the CIFAR-10 AT settings on models trained 30 epochs (
 
 def arm_status(arm: str) -> str:
     """How far an arm has got, in words: its judged settings and their direction counts, or the command."""
-    summary = load_summary(arm)
+    return _status_words(arm, load_summary(arm))
+
+
+def _status_words(arm: str, summary: pd.DataFrame | None) -> str:
     todo = len(arm_settings(arm))
     if summary is None or summary.empty:
         return f"the {arm} arm is not run yet (`python -m lossbook paper-arm --arm {arm}`)"

@@ -60,17 +60,17 @@ def takeaway(question: str, answer: str, differs: str) -> None:
 LONG_TABLE = 15
 
 
-def table(obj, what: str = "rows") -> None:
+def table(obj, what: str = "rows", folded: bool = False) -> None:
     """Show a DataFrame (floats to 4 significant digits) or Styler without its index; longer than
-    :data:`LONG_TABLE` rows, inside a closed <details> box that says how many rows it holds (the page stays
-    short, the numbers one click away)."""
+    :data:`LONG_TABLE` rows, or ``folded``, inside a closed <details> box that says how many rows it holds (the
+    page stays short, the numbers one click away)."""
     from IPython.display import HTML, display
 
     styler = obj if hasattr(obj, "to_html") and hasattr(obj, "data") else \
         obj.style.hide(axis="index").format(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
     rows = len(styler.data)
     html = f'<div style="overflow-x:auto">{styler.to_html()}</div>'
-    if rows <= LONG_TABLE:
+    if rows <= LONG_TABLE and not folded:
         display(HTML(html))
     else:
         display(HTML(f"<details><summary>Show all {rows} {what}</summary>{html}</details>"))
