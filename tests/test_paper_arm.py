@@ -315,8 +315,8 @@ def test_the_training_length_table_sets_both_models_side_by_side():
     t = A.training_length_table(_at_rows([gain] * 6, 4, 0.5), _at_rows([gain], 30, 0.75))
     assert len(t) == 6 and t["setting"].tolist() == list(A.arm_settings("long-at"))
     # PGD-10 accuracy at Table III's eps: clean accuracy times 1 - R'' (0.5 * 0.4 and 0.75 * 0.4)
-    assert t["paper arm: model"].iloc[0] == "4 ep., 50.0% clean, 20.0% PGD-10 at 0.024"
-    assert t["long-AT arm: model"].iloc[0] == "30 ep., 75.0% clean, 30.0% PGD-10 at 0.024"
-    assert t["long-AT arm: held-out gain [95%]"].iloc[0] == "+3.0 [+2.0, +4.0]"
-    assert t["long-AT arm: direction (Holm p)"].iloc[0] == "reproduced (1e-06)"  # Holm over its own 1 judged row
+    assert t["paper arm: model"].iloc[0] == "4 ep.: 50.0% clean, 20.0% PGD-10 at 0.024"
+    assert t["long-AT arm: model"].iloc[0] == "30 ep.: 75.0% clean, 30.0% PGD-10 at 0.024"
+    # Holm over the arm's own family: here its 1 judged row
+    assert t["long-AT arm: held-out gain [95%] at eps"].iloc[0] == "+3.0 [+2.0, +4.0] at 0.03: reproduced (Holm p 1e-06)"
     assert (t["long-AT arm: model"].iloc[1:] == NOT_RUN).all()

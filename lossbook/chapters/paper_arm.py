@@ -770,7 +770,7 @@ def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
 def training_length_table(summary: pd.DataFrame | None, long_at: pd.DataFrame | None) -> pd.DataFrame:
     """The CIFAR-10 AT settings on the paper arm's models and on the long-AT arm's, side by side: per arm, the
     model (epochs, clean test accuracy, and CE-PGD-10 accuracy at Table III's eps, estimated as clean accuracy
-    times 1 - R'' on the calibration's correctly classified images), the arm's eps and the held-out gain with
+    times 1 - R'' on the calibration's correctly classified images), the arm's eps, and the held-out gain with
     its interval, direction and Holm p over that arm's own family. A setting an arm has not judged reads
     :data:`NOT_RUN`."""
     arms = {"paper arm": summary, "long-AT arm": long_at}
@@ -781,14 +781,13 @@ def training_length_table(summary: pd.DataFrame | None, long_at: pd.DataFrame | 
         for arm, by in judged.items():
             r = by.get(name)
             if r is None:
-                row.update({f"{arm}: model": NOT_RUN, f"{arm}: eps": "", f"{arm}: held-out gain [95%]": "",
-                            f"{arm}: direction (Holm p)": ""})
+                row.update({f"{arm}: model": NOT_RUN, f"{arm}: held-out gain [95%] at eps": ""})
                 continue
             pgd = r["model_clean_acc"] * (1 - r["table_iii_ce_risk"])
-            row.update({f"{arm}: model": f"{r['model_epochs']} ep., {r['model_clean_acc']:.1%} clean, "
-                                         f"{pgd:.1%} PGD-10 at {r['table_iii_eps']:.4g}",
-                        f"{arm}: eps": f"{r['eps']:.4g}", f"{arm}: held-out gain [95%]": _interval(r),
-                        f"{arm}: direction (Holm p)": f"{r['direction']} ({r['holm_p']:.2g})"})
+            row.update({f"{arm}: model": f"{r['model_epochs']} ep.: {r['model_clean_acc']:.1%} clean, {pgd:.1%} "
+                                         f"PGD-10 at {r['table_iii_eps']:.4g}",
+                        f"{arm}: held-out gain [95%] at eps": f"{_interval(r)} at {r['eps']:.4g}: {r['direction']} "
+                                                              f"(Holm p {r['holm_p']:.2g})"})
         rows.append(row)
     return pd.DataFrame(rows)
 
