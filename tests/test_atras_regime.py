@@ -8,6 +8,7 @@ import torch
 
 from lossbook.chapters import atras_regime as R
 from lossbook.config import REPO_ROOT
+from lossbook.core.stats import NOT_RUN
 
 
 def test_the_calibration_targets_are_the_papers_medians_and_the_protocol_states_them():
@@ -197,7 +198,13 @@ def test_the_chapter_tables_read_a_complete_smoke_sweep(tmp_path, data_available
     assert table["regime vs paper"].str.contains(r"at the epoch cap: ST \d+ of \d+ \(2\), AT \d+ of \d+ \(2\)").all()
     assert table["ours [95%]"].iloc[0].endswith("(bootstrap; not judged: the verdict reads the pairwise gaps)")
     assert table["secondary"].iloc[0].startswith("pairwise (Welch, judged) 1 vs 2: ")
-    assert R.answer(results, "smoke").startswith("mnist: C1 ")
+    assert table["secondary"].iloc[0].count("(98.3%: [") == 3  # the Bonferroni interval "not reproduced" reads
+    assert table["regime vs paper"].str.contains(r"pp left \(not judged\)").all()
+    # C2's row reads the paper's own tables by the rule too
+    assert table["paper's tables (printed; live networks)"].iloc[1].endswith(
+        "(the rule on them: reproduced; not reproduced)")
+    text = R.answer(results, "smoke")
+    assert text.startswith("mnist: C1 ") and "; by parameters C1 " in text and "C3's transfer is " in text
     assert "complete" in R.progress_sentence(results, "smoke")
     sweep = results["mnist"]["sweep"]
     hours = R.training_hours(sweep)
@@ -230,11 +237,13 @@ def test_glance_rows_fall_back_to_the_earlier_sweep_until_a_dataset_is_complete(
     for ds in ("mnist", "cifar10"):
         complete = R.chapter_results([ds], "cpu")[ds]["complete"]
         mine = [r for r in rows if r["claim"].endswith(f"({ds})")]
-        assert all(("calibrated regime" in r["ours"]) == complete for r in mine)
-        if complete:  # C1's row shows the gaps its verdict reads, not D1 (shown in the chapter, not judged)
+        # not complete: not judged yet, the earlier sweep's reading shown and labelled
+        assert all((r["verdict"] == NOT_RUN) == (not complete) for r in mine)
+        assert all(r["ours"].startswith("calibrated regime sweep at ") != complete for r in mine)
+        if complete:  # C1's row shows the gaps its verdict reads (its numbers first), not D1 (shown, not judged)
             c1 = next(r for r in mine if r["claim"].startswith("adversarial training recovers most"))
-            assert "pairwise (Welch, judged) 1 vs 2: " in c1["ours"] and "1 vs >3: " in c1["ours"]
-            assert "not judged" not in c1["ours"]
+            assert c1["ours"].startswith("recovery gaps in pp, one layer minus each deeper group: 1 vs 2: ")
+            assert "1 vs >3: " in c1["ours"] and "(98.3%: [" in c1["ours"] and "not judged" not in c1["ours"]
 
 
 def test_a_sweep_table_without_todays_columns_is_refused_in_one_line(tmp_path):
@@ -248,3 +257,18 @@ def test_a_sweep_table_without_todays_columns_is_refused_in_one_line(tmp_path):
                R.sweep_request("mnist", plan, cal))
     with pytest.raises(store.ResultError, match="rows without depth_group, params, .* \\(made by an older lossbook\\); delete it"):
         R.load_sweep("mnist", plan, tmp_path)
+
+
+def test_comparability_reports_the_drop_left_after_training_and_its_depth_gradient():
+    """By hand: drops before AT of 5 and 3 pp (one layer) and 10 and 6 pp (eight layers), and 2, 1, 5 and 4 pp
+    left after AT (median 3); the paper's live MNIST networks keep 0.04 pp after AT (Tables I-II)."""
+    sweep = pd.DataFrame({"depth_group": ["1", "1", ">3", ">3"], "test_acc": [0.9, 0.9, 0.8, 0.8],
+                          "acc_fgsm_before_at": [0.85, 0.87, 0.7, 0.74], "adv_test_acc": [0.9] * 4,
+                          "acc_fgsm_after_at": [0.88, 0.89, 0.85, 0.86], "adv_train_acc": [0.95] * 4,
+                          "at_best_epoch": [3] * 4})
+    c = R.comparability(sweep, "mnist")
+    assert c["drop_by_depth_ours_pp"] == pytest.approx((4.0, 8.0))
+    assert c["drop_after_ours_pp"] == pytest.approx(3.0)
+    assert c["drop_after_paper_pp"] == pytest.approx(0.04, abs=0.005)
+    one, deep = c["drop_by_depth_paper_pp"]
+    assert 0 < one < deep  # on its live networks the paper's drop also grows with depth

@@ -91,8 +91,8 @@ def test_conclusion_counts_the_supported_claims():
     table = pd.DataFrame({"dataset": ["mnist", "mnist", "cifar10"], "claim": ["a", "b", "a"],
                           "evidence": ["", "", ""], "supported": [True, False, True]})
     text = atras.conclusion(table, "FGSM misses 9 pp")
-    assert text.splitlines() == ["* mnist: 1 of 2 conclusions supported; not supported: b.",
-                                 "* cifar10: 1 of 1 conclusions supported.", "* FGSM misses 9 pp"]
+    assert text.splitlines() == ["* mnist, earlier sweep (descriptive): 1 of 2 conclusions supported; not supported: b.",
+                                 "* cifar10, earlier sweep (descriptive): 1 of 1 conclusions supported.", "* FGSM misses 9 pp"]
 
 
 def test_chapter_configs_keep_the_scale_default_where_a_parameter_is_zero():

@@ -1,6 +1,6 @@
 """ATRAS's claims in ATRAS's regime, by the protocol of ``book/protocol_atras.md``.
 
-Every MLP is trained to convergence by early stopping on a validation split, with several seeds; FGSM's
+Every MLP is trained with early stopping on a validation split (epochs capped), with several seeds; FGSM's
 eps is calibrated so that the median drop from clean to FGSM accuracy before adversarial training matches
 the paper's tables (the *calibrated* regime), and the earlier radii are kept as a second, *fixed* regime.
 Each claim is read from a statistic with an interval over architectures (Welch's for the depth-group gaps
@@ -37,7 +37,7 @@ from lossbook.config import DATASETS, RESULTS_DIR, check_choice, quiet
 from lossbook.core import data
 from lossbook.core.attacks import fgsm, pgd
 from lossbook.core.models import accuracy, build_model, n_params
-from lossbook.core.stats import VERDICTS, welch_interval
+from lossbook.core.stats import NOT_RUN, VERDICTS, welch_interval
 from lossbook.core.train import fit
 
 #: the regimes: the calibrated eps (the book's answer) and the earlier sweep's radii
@@ -120,7 +120,7 @@ def paper_target_pp(dataset: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Training to convergence
+# Training, with early stopping
 # ------------------------------------------------------------------------------------------------
 def splits(dataset: str, plan: RegimePlan):
     """(x_train, y_train, x_val, y_val, x_test, y_test): the last ``n_validation`` training images are the
@@ -559,7 +559,18 @@ def comparability(sweep: pd.DataFrame, dataset: str) -> dict:
                                and abs(ours_drop - paper_drop) <= DROP_TOLERANCE * paper_drop),
             "adv_train_acc_pp": float(100 * sweep["adv_train_acc"].median()),
             "paper_adv_train_acc_pp": float(100 * paper["adv_train_acc"].median()),
-            "at_epochs_median": float(sweep["at_best_epoch"].median())}
+            "at_epochs_median": float(sweep["at_best_epoch"].median()),
+            # reported beside, not judged: the drop left after AT, and how the drop before AT changes with depth
+            "drop_after_ours_pp": float(100 * (sweep["adv_test_acc"] - sweep["acc_fgsm_after_at"]).median()),
+            "drop_after_paper_pp": float(100 * (paper["adv_test_acc"] - paper["acc_attacked_after_at"]).median()),
+            "drop_by_depth_ours_pp": _ends_by_depth(sweep["depth_group"], sweep["test_acc"] - sweep["acc_fgsm_before_at"]),
+            "drop_by_depth_paper_pp": _ends_by_depth(paper["depth"].map(lambda n: str(n) if n <= 3 else ">3"),
+                                                     paper["test_acc"] - paper["acc_attacked_before_at"])}
+
+
+def _ends_by_depth(groups: pd.Series, drop: pd.Series) -> tuple[float, float]:
+    """The mean drop (pp) of the one-hidden-layer group and of the deepest (more than three layers)."""
+    return float(100 * drop[groups.to_numpy() == "1"].mean()), float(100 * drop[groups.to_numpy() == ">3"].mean())
 
 
 #: the regime's median FGSM drop before adversarial training may differ from the paper's by this share of it
@@ -628,13 +639,14 @@ def claim_rows(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.Data
                      "bootstrap_ci": ours["ci"][primary], "seed_ci": ours["seed_ci"][primary],
                      "verdict": pairwise_verdict(welch, comp["comparable"]) if claim == "C1" else
                      verdict(welch["ci"][primary], +1, comp["comparable"]),
-                     "pairwise": {k: (ours["point"][k], welch["ci"][k]) for k in ours["point"] if k.startswith("1-")},
+                     "pairwise": {k: (ours["point"][k], welch["ci"][k], welch["ci_pairwise"][k])
+                                  for k in ours["point"] if k.startswith("1-")},
                      "rho": ours["point"]["rho"], "rho_ci": ours["ci"]["rho"],
                      "rho_verdict": verdict(ours["ci"]["rho"], -1, comp["comparable"]),
                      "paper_printed": _paper_interval(printed[claim], primary),
                      "paper_live": _paper_interval(live[claim], primary),
-                     "paper_pairwise_verdict": (pairwise_verdict(printed[claim]["welch"], True),
-                                                pairwise_verdict(live[claim]["welch"], True)) if claim == "C1" else None,
+                     "paper_rule": tuple(pairwise_verdict(t[claim]["welch"], True) if claim == "C1" else
+                                         verdict(t[claim]["welch"]["ci"][primary], +1, True) for t in (printed, live)),
                      "paper_text": PAPER_TEXT[(dataset, claim)],
                      "pgd": (under_pgd["point"][primary], under_pgd["ci"][primary]),
                      "group_means": ours["group_means"], "architectures": ours["architectures"]})
@@ -699,8 +711,8 @@ def progress_sentence(results: dict, scale: str) -> str:
     plan, parts = plan_for(scale), []
     for ds, r in results.items():
         cal = r["calibration"]
-        eps = (f"calibrated eps {cal['eps']:g} (median drop {cal['median_drop_pp']:.1f} pp against the paper's "
-               f"{cal['target_pp']:.1f} pp, {len(cal['steps'])} bisection steps"
+        eps = (f"calibrated eps {cal['eps']:g} (median drop {cal['median_drop_pp']:.1f} pp on validation images of the "
+               f"seed-0 models, against the paper's {cal['target_pp']:.1f} pp, {len(cal['steps'])} bisection steps"
                + ("" if cal["tolerance_met"] else ", tolerance not met") + ")") if cal else "not calibrated yet"
         state = "complete" if r["complete"] else (f"{r['done']} of {planned_models(plan)} models, "
                                                   f"transfer {'done' if r['transfer'] is not None else 'not run'}")
@@ -734,8 +746,11 @@ def practical_transfer(ratio_ci: tuple[float, float]) -> str:
 
 def _display_row(c: dict) -> dict:
     """One row of :func:`claim_rows` as Table 6.1 shows it."""
+    (o1, o4), (p1, p4) = c["drop_by_depth_ours_pp"], c["drop_by_depth_paper_pp"]
     regime = (f"clean {c['clean_gap_pp']:+.0f} pp vs the paper; FGSM drop {c['drop_ours_pp']:.1f} vs "
-              f"{c['drop_paper_pp']:.1f} pp")
+              f"{c['drop_paper_pp']:.1f} pp (one layer to more than three: {o1:.1f} to {o4:.1f}, the paper's {p1:.1f} "
+              f"to {p4:.1f}); after AT {c['drop_after_ours_pp']:.1f} vs {c['drop_after_paper_pp']:.2f} pp left (not "
+              f"judged)")
     how = {"C1": " (bootstrap; not judged: the verdict reads the pairwise gaps)", "C2": " (Welch)", "C3": " (bootstrap)"}
     row = {"regime": c["regime"], "dataset": c["dataset"], "claim": f"{c['claim']}: {c['statement']}",
            "statistic": STATISTIC_NAMES[c["statistic"]], "ours [95%]": _interval(c["value"], c["ci"]) + how[c["claim"]],
@@ -751,12 +766,15 @@ def _display_row(c: dict) -> dict:
                                   f"{c['seed_ci'][1]:+.2f}"),
                     "under PGD-10": ""})
     else:
-        pairs = "; ".join(f"{k.replace('-', ' vs ', 1)}: {_interval(v, ci)}" for k, (v, ci) in c["pairwise"].items())
-        pairs = (f"pairwise (Welch, judged) {pairs}" if c["claim"] == "C1" else
-                 f"{pairs} (Welch, not judged); bootstrap {_interval(c['value'], c['bootstrap_ci'])}")
-        paper = f"{_interval(*c['paper_printed'])}; {_interval(*c['paper_live'])}"
-        if c["claim"] == "C1":
-            paper += f" (the rule on them: {c['paper_pairwise_verdict'][0]}; {c['paper_pairwise_verdict'][1]})"
+        if c["claim"] == "C1":  # "not reproduced" reads the Bonferroni interval: it is shown beside the 95% one
+            pairs = "; ".join(f"{k.replace('-', ' vs ', 1)}: {_interval(v, ci)} ({PAIRWISE_LEVEL:.1%}: "
+                              f"[{wide[0]:+.2f}, {wide[1]:+.2f}])" for k, (v, ci, wide) in c["pairwise"].items())
+            pairs = f"pairwise (Welch, judged) {pairs}"
+        else:
+            pairs = "; ".join(f"{k.replace('-', ' vs ', 1)}: {_interval(v, ci)}" for k, (v, ci, _) in c["pairwise"].items())
+            pairs = f"{pairs} (Welch, not judged); bootstrap {_interval(c['value'], c['bootstrap_ci'])}"
+        paper = (f"{_interval(*c['paper_printed'])}; {_interval(*c['paper_live'])} (the rule on them: "
+                 f"{c['paper_rule'][0]}; {c['paper_rule'][1]})")
         row.update({"paper's tables (printed; live networks)": paper,
                     "secondary": (f"{pairs}; by parameters rho {_interval(c['rho'], c['rho_ci'])}: {c['rho_verdict']}"
                                   f"; seeds only {c['seed_ci'][0]:+.2f} to {c['seed_ci'][1]:+.2f}"),
@@ -781,6 +799,11 @@ def claims_table(results: dict, scale: str) -> pd.DataFrame:
     """Table 6.1: every claim of the complete sweeps, the calibrated regime's first: the primary statistic with
     its interval and verdict, the paper's text and tables beside it, the secondary readings, PGD-10, and how the
     regime compares with the paper's (and how many trainings ran to their epoch cap)."""
+    return pd.DataFrame([_display_row(c) for c in claim_records(results, scale)])
+
+
+def claim_records(results: dict, scale: str) -> list[dict]:
+    """:func:`claim_rows` of every complete sweep, the calibrated regime's first, each with its epoch-cap counts."""
     plan = plan_for(scale)
     rows = []
     for regime in REGIMES:
@@ -788,15 +811,29 @@ def claims_table(results: dict, scale: str) -> pd.DataFrame:
             if not r["complete"]:
                 continue
             caps = cap_counts(r["sweep"][r["sweep"]["regime"] == regime], plan)
-            rows += [_display_row({**c, "caps": caps})
-                     for c in claim_rows(ds, regime, r["sweep"], r["transfer"], plan.bootstrap)]
-    return pd.DataFrame(rows)
+            rows += [{**c, "caps": caps} for c in _claim_rows_once(ds, regime, r["sweep"], r["transfer"], plan.bootstrap)]
+    return rows
+
+
+#: :func:`claim_rows` by (dataset, regime, resamples, the tables' content): the chapter, its takeaway and the glance
+#: page read the same statistics several times in one process, and each costs seconds of bootstrap
+_CLAIM_ROWS: dict = {}
+
+
+def _claim_rows_once(dataset: str, regime: str, sweep: pd.DataFrame, transfer: pd.DataFrame | None,
+                     n_boot: int) -> list[dict]:
+    content = tuple(None if t is None else int(pd.util.hash_pandas_object(t, index=False).sum()) for t in (sweep, transfer))
+    key = (dataset, regime, n_boot, content)
+    if key not in _CLAIM_ROWS:
+        _CLAIM_ROWS[key] = claim_rows(dataset, regime, sweep, transfer, n_boot)
+    return [dict(c) for c in _CLAIM_ROWS[key]]
 
 
 def depth_table(results: dict) -> pd.DataFrame:
     """Table 6.2: per regime, dataset and depth group, ours (complete sweeps, mean over architectures and seeds)
     beside the paper's stated figures and its tables: the FGSM drop before AT, recovery, accuracy under FGSM
-    after AT, clean accuracy after AT and accuracy under PGD-10 after AT."""
+    after AT, clean accuracy after AT, accuracy under PGD-10 after AT, and the share of networks whose accuracy
+    under FGSM after AT is back at their clean accuracy before it (not judged)."""
     rows, paper = [], atras_sweep.paper_tables()
     for regime in REGIMES:
         for ds, r in results.items():
@@ -824,20 +861,34 @@ def depth_table(results: dict) -> pd.DataFrame:
                              "FGSM acc after AT, paper's live networks (%)":
                                  100 * _live(theirs)["acc_attacked_after_at"].mean(),
                              "clean acc after AT, ours (%)": 100 * mine["adv_test_acc"].mean(),
-                             "PGD-10 acc after AT, ours (%)": mine["pgd_after_pp"].mean()})
+                             "PGD-10 acc after AT, ours (%)": mine["pgd_after_pp"].mean(),
+                             # the paper: smaller networks "recover their pre-attack accuracies almost all the time"
+                             "back to clean acc under FGSM after AT, ours (% of networks)":
+                                 100 * (mine["acc_fgsm_after_at"] >= mine["test_acc"]).mean(),
+                             "back to clean acc under FGSM after AT, paper's live (% of networks)":
+                                 100 * (_live(theirs)["acc_attacked_after_at"] >= _live(theirs)["test_acc"]).mean()})
     return pd.DataFrame(rows)
 
 
 def answer(results: dict, scale: str) -> str:
-    """The chapter's answer from the calibrated regime's verdicts (or where the sweep stands)."""
-    table = claims_table(results, scale)
-    if table.empty:
+    """The chapter's answer from the calibrated regime's verdicts, with the by-parameters readings of C1 and C2
+    and how large and how one-sided C3's transfer is (or where the sweep stands)."""
+    records = [c for c in claim_records(results, scale) if c["regime"] == "calibrated"]
+    if not records:
         return "The regime sweep is not complete at this scale; " + progress_sentence(results, scale)
-    cal = table[table["regime"] == "calibrated"]
-    return "; ".join(f"{ds}: " + ", ".join(f"{c.split(':')[0]} {v}" for c, v in zip(d["claim"], d["verdict"]))
-                     for ds, d in cal.groupby("dataset", sort=False)) + \
-        (" (calibrated regime; C1's and C2's gaps by Welch intervals at the protocol's levels, C3 by a 95% "
-         "bootstrap interval over architectures and seeds).")
+    parts = []
+    for ds in dict.fromkeys(c["dataset"] for c in records):
+        mine = {c["claim"]: c for c in records if c["dataset"] == ds}
+        text = f"{ds}: " + ", ".join(f"{k} {c['verdict']}" for k, c in mine.items())
+        text += "; by parameters " + ", ".join(f"{k} {mine[k]['rho_verdict']}" for k in ("C1", "C2") if k in mine)
+        if "C3" in mine:
+            t = mine["C3"]["transfer"]
+            text += (f"; C3's transfer is {t['point']['ratio']:.0%} of the larger network's own FGSM drop (beyond "
+                     f"random signs) and {'one-sided' if t['ci']['asymmetry'][0] > 0 else 'about as large the other way'}"
+                     f" (asymmetry {_interval(t['point']['asymmetry'], t['ci']['asymmetry'])} pp)")
+        parts.append(text)
+    return "; ".join(parts) + (" (calibrated regime; C1's and C2's gaps by Welch intervals at the protocol's levels, "
+                               "C3 by a 95% bootstrap interval over architectures and seeds).")
 
 
 def answer_so_far(results: dict, scale: str) -> str:
@@ -866,8 +917,18 @@ def takeaway(results: dict, scale: str, earlier: pd.DataFrame, earlier_transfers
     else:
         text = (f"{answer_so_far(results, scale)} The earlier one-seed sweep, in a regime that is not the paper's: "
                 f"{earlier_answer}")
+    plan = plan_for(scale) if scale in PLANS else None
     differs = ("The paper states neither its FGSM eps nor its training; the book calibrates eps to the paper's "
-               "median FGSM drop and trains to convergence (book/protocol_atras.md). " + earlier_differs)
+               "median FGSM drop before adversarial training and trains with early stopping on a validation split"
+               + (f", capped at {plan.max_st_epochs} standard and {plan.max_at_epochs} adversarial epochs" if plan else "")
+               + " (book/protocol_atras.md).")
+    for c in claim_records({ds: r for ds, r in results.items() if r["complete"]}, scale) if plan else []:
+        if c["regime"] == "calibrated" and c["claim"] == "C1":  # one line per dataset
+            k = c["caps"]
+            differs += (f" {c['dataset']}: {k['at_at_cap']} of {k['trainings']} adversarial trainings stop at the cap; "
+                        f"after it our networks keep a median {c['drop_after_ours_pp']:.1f} pp FGSM drop, the paper's "
+                        f"{c['drop_after_paper_pp']:.2f} pp.")
+    differs += f" The earlier one-seed sweep: {earlier_differs}"
     return QUESTION, text, differs
 
 
@@ -878,7 +939,8 @@ def _judged(row: dict) -> str:
     """What a Table 6.1 row's verdict reads: C1's pairwise Welch gaps (its D1 is shown, not judged), else the
     primary statistic with its interval."""
     if row["claim"].startswith("C1"):
-        return "recovery, one layer minus each deeper group (pp): " + row["secondary"].split("; by parameters")[0]
+        gaps = row["secondary"].split("; by parameters")[0].removeprefix("pairwise (Welch, judged) ")
+        return f"recovery gaps in pp, one layer minus each deeper group: {gaps} (Welch, judged)"
     return f"{row['statistic']} {row['ours [95%]']}"
 
 
@@ -894,6 +956,10 @@ def glance_rows(scale: str) -> list[dict]:
          "the paper's number": r["paper's text"], "scale": scale, "verdict": r["verdict"], "target": GLANCE_TARGET,
          "ours": f"{_judged(r)} (calibrated regime, {len(plan.seeds)} seeds x 40 MLPs)"}
         for r in table[table["regime"] == "calibrated"].to_dict("records")]
-    earlier = [r for ds, res in results.items() if not res["complete"]
+    # a dataset whose calibrated sweep is not complete is not judged yet: the earlier sweep's reading is shown, labelled
+    earlier = [{**r, "verdict": NOT_RUN,
+                "ours": f"calibrated regime sweep at {res['done']} of {planned_models(plan)} models; the earlier "
+                        f"one-seed sweep, not the paper's regime ({r['verdict']}): {r['ours']}"}
+               for ds, res in results.items() if not res["complete"]
                for r in atras_sweep.glance_rows(scale) if r["claim"].endswith(f"({ds})")]
     return rows + earlier

@@ -393,7 +393,7 @@ def conclusion(claims_table: pd.DataFrame, exact_fgsm_gap: str = "") -> str:
     lines = []
     for ds, d in claims_table.groupby("dataset", sort=False):
         no = d.loc[~d["supported"], "claim"].tolist()
-        lines.append(f"* {ds}: {int(d['supported'].sum())} of {len(d)} conclusions supported"
+        lines.append(f"* {ds}, earlier sweep (descriptive): {int(d['supported'].sum())} of {len(d)} conclusions supported"
                      + (f"; not supported: {'; '.join(no)}." if no else "."))
     if exact_fgsm_gap:
         lines.append(f"* {exact_fgsm_gap}")
