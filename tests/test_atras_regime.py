@@ -205,6 +205,10 @@ def test_the_chapter_tables_read_a_complete_smoke_sweep(tmp_path, data_available
         "(the rule on them: reproduced; not reproduced)")
     text = R.answer(results, "smoke")
     assert text.startswith("mnist: C1 ") and "; by parameters C1 " in text and "C3's transfer is " in text
+    # the chapter's three views of the table lose no column; the regime view has one row per (regime, dataset)
+    views = R.claims_views(table)
+    assert set().union(*(v.columns for v in views.values())) == set(table.columns)
+    assert len(views["verdicts"]) == 6 and views["regimes"]["regime"].tolist() == ["calibrated", "fixed"]
     assert "complete" in R.progress_sentence(results, "smoke")
     sweep = results["mnist"]["sweep"]
     hours = R.training_hours(sweep)

@@ -802,6 +802,19 @@ def claims_table(results: dict, scale: str) -> pd.DataFrame:
     return pd.DataFrame([_display_row(c) for c in claim_records(results, scale)])
 
 
+#: Table 6.1's columns as the chapter shows them: the verdicts; the secondary readings (folded); the regimes
+CLAIM_VIEWS = {"verdicts": ["regime", "dataset", "claim", "statistic", "ours [95%]", "verdict", "paper's text",
+                            "paper's tables (printed; live networks)"],
+               "secondary readings": ["regime", "dataset", "claim", "secondary", "under PGD-10"],
+               "regimes": ["regime", "dataset", "regime vs paper"]}
+
+
+def claims_views(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """:data:`CLAIM_VIEWS` of :func:`claims_table`, the regimes' view once per (regime, dataset)."""
+    return {name: table[cols].drop_duplicates() if name == "regimes" else table[cols]
+            for name, cols in CLAIM_VIEWS.items()}
+
+
 def claim_records(results: dict, scale: str) -> list[dict]:
     """:func:`claim_rows` of every complete sweep, the calibrated regime's first, each with its epoch-cap counts."""
     plan = plan_for(scale)
