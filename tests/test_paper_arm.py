@@ -287,6 +287,7 @@ def _at_rows(gains: list, epochs: int, clean: float):
     return pd.DataFrame([{"setting": n, "heldout_gain_pp": g, "p_value": p, "direction": d,
                           "heldout_gain_pp_pgd100": g, "p_value_pgd100": p, "direction_pgd100": d,
                           "ci_low": g - 1, "ci_high": g + 1, "model_epochs": epochs, "model_clean_acc": clean,
+                          "model_scale": "cpu-long" if epochs == 30 else "cpu",
                           "table_iii_eps": 0.024, "table_iii_ce_risk": 0.6, "eps": 0.03}
                          for n, (g, p, d) in zip(A.arm_settings("long-at"), gains)])
 
@@ -305,6 +306,8 @@ def test_the_training_length_sentence_says_which_gains_survive_on_the_longer_tra
     assert "the long-at arm has judged 2 of 6 settings: 1 gains, 0 losses, 1 inconclusive; until it has judged them, " \
            "the AT verdicts are provisional." in partial
     assert "is not run yet" in A.training_length_sentence(paper, None)
+    # another arm's models (the smoke arm's) are not what the long-AT arm is read against
+    assert A.training_length_sentence(paper.assign(model_scale="smoke"), longer) == ""
 
 
 def test_the_training_length_table_sets_both_models_side_by_side():

@@ -393,6 +393,9 @@ def training_length_sentence(summary: pd.DataFrame, long_at: pd.DataFrame | None
     that survive Holm in ``summary`` survive Holm over the long-AT arm's own settings too (provisional until it
     has judged every one)."""
     settings = arm_settings("long-at")
+    mine = summary[summary.setting.isin(settings)]
+    if mine.empty or (mine.model_scale != ARMS["paper"].scale_of("cifar10")).any():
+        return ""  # not the paper arm's CIFAR-10 models, against which the long-AT arm is read
     if long_at is None or len(long_at) < len(settings):
         return (f" Training length is checked by the long-AT arm, which judges the CIFAR-10 AT settings again on models "
                 f"trained 30 epochs: {_status_words('long-at', long_at)}; until it has judged them, the AT verdicts "
@@ -404,7 +407,7 @@ def training_length_sentence(summary: pd.DataFrame, long_at: pd.DataFrame | None
     f = family(long_at)
     clean = _percent_range(long_at.model_clean_acc.min(), long_at.model_clean_acc.max())
     return (f" On CIFAR-10 AT models trained {int(long_at.model_epochs.iloc[0])} epochs instead of "
-            f"{int(s[s.setting.isin(settings)].model_epochs.iloc[0])} (the long-AT arm; {clean} clean), the "
+            f"{int(mine.model_epochs.iloc[0])} (the long-AT arm; {clean} clean), the "
             f"{len(settings)} AT settings read {f['reproduced']} gains, {f['not reproduced']} losses and "
             f"{f['inconclusive']} inconclusive; {len(kept)} of the {len(gains)} AT gains that survive Holm here survive "
             f"Holm there too ({', '.join(kept) or 'none'})"
