@@ -896,9 +896,11 @@ def answer(results: dict, scale: str) -> str:
         text += "; by parameters " + ", ".join(f"{k} {mine[k]['rho_verdict']}" for k in ("C1", "C2") if k in mine)
         if "C3" in mine:
             t = mine["C3"]["transfer"]
+            lo, hi = t["ci"]["asymmetry"]
+            way = "larger than" if lo > 0 else "smaller than" if hi < 0 else "about as large as"
             text += (f"; C3's transfer is {t['point']['ratio']:.0%} of the larger network's own FGSM drop (beyond "
-                     f"random signs) and {'one-sided' if t['ci']['asymmetry'][0] > 0 else 'about as large the other way'}"
-                     f" (asymmetry {_interval(t['point']['asymmetry'], t['ci']['asymmetry'])} pp)")
+                     f"random signs) and {way} the reverse direction's (asymmetry "
+                     f"{_interval(t['point']['asymmetry'], t['ci']['asymmetry'])} pp)")
         parts.append(text)
     return "; ".join(parts) + (" (calibrated regime; C1's and C2's gaps by Welch intervals at the protocol's levels, "
                                "C3 by a 95% bootstrap interval over architectures and seeds).")
