@@ -8,7 +8,7 @@ import torch
 
 from lossbook.chapters import atras_regime as R
 from lossbook.config import REPO_ROOT
-from lossbook.core.stats import NOT_RUN
+from lossbook.core.stats import PENDING
 
 
 def test_the_calibration_targets_are_the_papers_medians_and_the_protocol_states_them():
@@ -242,7 +242,7 @@ def test_glance_rows_fall_back_to_the_earlier_sweep_until_a_dataset_is_complete(
         complete = R.chapter_results([ds], "cpu")[ds]["complete"]
         mine = [r for r in rows if r["claim"].endswith(f"({ds})")]
         # not complete: not judged yet, the earlier sweep's reading shown and labelled
-        assert all((r["verdict"] == NOT_RUN) == (not complete) for r in mine)
+        assert all((r["verdict"] == PENDING) == (not complete) for r in mine)
         assert all(r["ours"].startswith("calibrated regime sweep at ") != complete for r in mine)
         if complete:  # C1's row shows the gaps its verdict reads (its numbers first), not D1 (shown, not judged)
             c1 = next(r for r in mine if r["claim"].startswith("adversarial training recovers most"))

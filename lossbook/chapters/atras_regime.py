@@ -37,7 +37,7 @@ from lossbook.config import DATASETS, RESULTS_DIR, check_choice, quiet
 from lossbook.core import data
 from lossbook.core.attacks import fgsm, pgd
 from lossbook.core.models import accuracy, build_model, n_params
-from lossbook.core.stats import NOT_RUN, VERDICTS, welch_interval
+from lossbook.core.stats import PENDING, VERDICTS, welch_interval
 from lossbook.core.train import fit
 
 #: the regimes: the calibrated eps (the book's answer) and the earlier sweep's radii
@@ -972,7 +972,7 @@ def glance_rows(scale: str) -> list[dict]:
          "ours": f"{_judged(r)} (calibrated regime, {len(plan.seeds)} seeds x 40 MLPs)"}
         for r in table[table["regime"] == "calibrated"].to_dict("records")]
     # a dataset whose calibrated sweep is not complete is not judged yet: the earlier sweep's reading is shown, labelled
-    earlier = [{**r, "verdict": NOT_RUN,
+    earlier = [{**r, "verdict": PENDING,
                 "ours": f"calibrated regime sweep at {res['done']} of {planned_models(plan)} models; the earlier "
                         f"one-seed sweep, not the paper's regime ({r['verdict']}): {r['ours']}"}
                for ds, res in results.items() if not res["complete"]

@@ -245,6 +245,8 @@ def pooled_gain(pairs, n_boot: int = 10_000, level: float = 0.95, seed: int = 0,
 
 #: the verdict of a claim whose result is not computed at the scale shown
 NOT_RUN = "not run at this scale"
+#: the verdict of a claim whose computation at the scale shown is under way (verdicts are read once it is complete)
+PENDING = "pending (its run is under way)"
 #: a claim measured but not judged (the protocol gives it no verdict, e.g. an in-sample success rate)
 DESCRIPTIVE = "descriptive (no verdict)"
 #: a claim whose regime here differs too much from the paper's for a verdict about the paper's claim

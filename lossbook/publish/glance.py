@@ -11,7 +11,7 @@ import pandas as pd
 from lossbook.chapters.exact_risk import NO_ROOM, NO_ROOM_IMAGES
 from lossbook.chapters.paper_arm import answer, load_summary
 from lossbook.chapters.registry import BEYOND_PAPERS, CHAPTERS, PAPERS_CLAIMS
-from lossbook.core.stats import DESCRIPTIVE, NOT_COMPARABLE, NOT_RUN
+from lossbook.core.stats import DESCRIPTIVE, NOT_COMPARABLE, NOT_RUN, PENDING
 
 COLUMNS = ["paper", "claim", "the paper's number", "ours", "scale", "verdict", "section", "heading", "target"]
 
@@ -35,7 +35,8 @@ def _section(row) -> str:
 
 
 #: every verdict a row can carry, in the order the page counts them
-VERDICTS = ("reproduced", "not reproduced", "inconclusive", DESCRIPTIVE, NO_ROOM, NOT_COMPARABLE, NOT_RUN)
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", DESCRIPTIVE, NO_ROOM, NOT_COMPARABLE, PENDING,
+            NOT_RUN)
 
 
 def _counts(rows: pd.DataFrame) -> str:
